@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from watchkeeper.config import ConfigError, FileReference, load_config
+from watchkeeper.settings import DEFAULT_CONFIG
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "watchkeeper.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def example() -> dict:
+    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+
+def test_example_config_loads_with_its_models_and_topology() -> None:
+    config = load_config(DEFAULT_CONFIG)
+    model = config.model("credit_approval")
+    assert model is not None and model.version == "v1"
+    assert [f.name for f in model.features][:3] == ["salary", "commission", "age"]
+    assert model.windows.drift.total_seconds() == 1800
+    assert config.topology.services["credit-approval-api"] == ["model-server", "feature-store"]
+    assert config.schedules.collect_model_metrics.total_seconds() == 60
+
+
+def test_unknown_key_names_file_and_key_path(tmp_path: Path) -> None:
+    data = example()
+    data["models"][0]["windows"]["drfit"] = "1h"
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    message = str(raised.value)
+    assert str(path) in message
+    assert "models[0].windows.drfit: unknown key" in message
+
+
+def test_bad_value_says_what_was_expected(tmp_path: Path) -> None:
+    data = example()
+    data["models"][0]["features"][2]["type"] = "float"
+    data["schedules"]["evaluate_drift"] = "every now and then"
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, data))
+    message = str(raised.value)
+    assert "models[0].features[2].type: Input should be 'numerical' or 'categorical'" in message
+    assert "schedules.evaluate_drift: expected a duration such as '30s'" in message
+
+
+def test_literal_secret_is_refused(tmp_path: Path) -> None:
+    data = example()
+    data["notifications"][0]["secret"] = {"value": "https://hooks.slack.com/services/T/B/X"}
+    with pytest.raises(ConfigError, match=r"notifications\[0\]\.secret\.value: unknown key"):
+        load_config(write(tmp_path, data))
+
+
+def test_secret_reference_needs_exactly_one_source(tmp_path: Path) -> None:
+    data = example()
+    data["notifications"][0]["secret"] = {"env": "A", "prefect_secret": "b"}
+    with pytest.raises(ConfigError, match=r"notifications\[0\]\.secret: expected exactly one of"):
+        load_config(write(tmp_path, data))
+
+
+def test_topology_dependency_must_be_a_listed_service(tmp_path: Path) -> None:
+    data = example()
+    data["topology"]["services"]["model-server"] = ["gpu-pool"]
+    with pytest.raises(ConfigError, match="depends on 'gpu-pool', which is not listed"):
+        load_config(write(tmp_path, data))
+
+
+def test_dataset_must_name_a_configured_model(tmp_path: Path) -> None:
+    data = example()
+    data["datasets"][0]["model"] = "fraud"
+    with pytest.raises(ConfigError, match="names model 'fraud'"):
+        load_config(write(tmp_path, data))
+
+
+def test_reference_file_is_relative_to_the_config_folder(tmp_path: Path) -> None:
+    data = example()
+    data["models"][0]["reference"] = {"kind": "file", "path": "ref/credit.parquet"}
+    reference = load_config(write(tmp_path, data)).models[0].reference
+    assert isinstance(reference, FileReference)
+    assert reference.path == tmp_path / "ref" / "credit.parquet"
+
+
+def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        load_config(write(tmp_path, ["models"]))

@@ -1,0 +1,291 @@
+"""The operator's YAML configuration: monitored models, datasets, pipelines, topology, notifications.
+
+Every section is a strict pydantic model: an unknown key or a bad value stops start-up with one
+message naming the file, the key path and what was expected. Secrets never appear in the file; a
+field that needs one holds a reference to an environment variable or a Prefect Secret block.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$"
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used; the message says where and why."""
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept `90`, `"90s"`, `"15m"`, `"1h"`, `"1d"`, `"250ms"` as well as what pydantic accepts."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+        raise ValueError(f"expected a duration such as '30s', '15m', '1h' or '1d', got {value!r}")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(Strict):
+    """Where a secret lives: an environment variable or a Prefect Secret block, never the file."""
+
+    env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    prefect_secret: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.prefect_secret is None):
+            raise ValueError("expected exactly one of 'env' or 'prefect_secret'")
+        return self
+
+
+class Feature(Strict):
+    name: Name
+    type: Literal["numerical", "categorical"]
+    drift_method: str | None = Field(
+        default=None, description="Evidently drift method for this column; Evidently's default when unset"
+    )
+    drift_threshold: float | None = Field(default=None, ge=0)
+
+
+class FileReference(Strict):
+    """A CSV or Parquet file; a relative path is taken from the configuration file's folder."""
+
+    kind: Literal["file"]
+    path: Path
+
+    @field_validator("path")
+    @classmethod
+    def _relative_to_config(cls, path: Path, info: ValidationInfo) -> Path:
+        base = (info.context or {}).get("base_dir")
+        return path if path.is_absolute() or base is None else Path(base) / path
+
+
+class SqlReference(Strict):
+    kind: Literal["sql"]
+    query: str
+    database_url: SecretRef | None = Field(
+        default=None, description="Database holding the reference data; Watchkeeper's own store when unset"
+    )
+
+
+class PeriodReference(Strict):
+    """A fixed period of this model's own prediction log; from its first prediction when `start` is unset."""
+
+    kind: Literal["period"]
+    start: AwareDatetime | None = None
+    duration: Duration
+
+
+Reference = Annotated[FileReference | SqlReference | PeriodReference, Field(discriminator="kind")]
+
+
+class Windows(Strict):
+    metrics: Duration = timedelta(minutes=5)
+    quality: Duration = timedelta(hours=1)
+    drift: Duration = timedelta(hours=1)
+    min_rows: int = Field(default=100, ge=1)
+
+
+class Thresholds(Strict):
+    min_label_coverage: float = Field(default=0.5, ge=0, le=1)
+    accuracy_warning: float = Field(default=0.85, ge=0, le=1)
+    accuracy_critical: float = Field(default=0.75, ge=0, le=1)
+    drift_share: float = Field(default=0.5, ge=0, le=1)
+
+
+DEFAULT_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Model(Strict):
+    name: Name
+    version: str = Field(min_length=1, max_length=64)
+    service: Name | None = Field(default=None, description="Topology service that serves this model")
+    features: list[Feature] = Field(min_length=1)
+    prediction_column: str = "prediction"
+    score_column: str = "score"
+    label_column: str = "label"
+    positive_class: str | int | bool = 1
+    reference: Reference | None = None
+    windows: Windows = Windows()
+    thresholds: Thresholds = Thresholds()
+    latency_buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS
+    business_metric: str = Field(default="value_caught", pattern=NAME_PATTERN)
+
+    @field_validator("features")
+    @classmethod
+    def _unique_features(cls, features: list[Feature]) -> list[Feature]:
+        _require_unique([f.name for f in features], "feature")
+        return features
+
+    @field_validator("latency_buckets")
+    @classmethod
+    def _increasing(cls, buckets: tuple[float, ...]) -> tuple[float, ...]:
+        if not buckets or any(b <= a for a, b in zip(buckets, buckets[1:], strict=False)) or buckets[0] <= 0:
+            raise ValueError("expected strictly increasing positive bucket bounds in seconds")
+        return buckets
+
+
+class Dataset(Strict):
+    name: Name
+    model: Name | None = None
+    pipeline: Name | None = None
+
+
+class Pipeline(Strict):
+    name: Name
+    service: Name | None = None
+    prefect_deployment: str | None = Field(
+        default=None, description="'flow-name/deployment-name' whose runs are read from the Prefect API"
+    )
+
+
+class Topology(Strict):
+    """Service -> the services it depends on, for correlation."""
+
+    services: dict[Name, list[Name]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_dependencies(self) -> Topology:
+        for service, deps in self.services.items():
+            for dep in deps:
+                if dep not in self.services:
+                    raise ValueError(
+                        f"service {service!r} depends on {dep!r}, which is not listed under services"
+                    )
+        return self
+
+
+class NotificationTarget(Strict):
+    name: Name
+    kind: Literal["slack", "pagerduty", "webhook", "email"]
+    url: str | None = Field(default=None, description="Endpoint that is not itself a secret")
+    secret: SecretRef | None = Field(
+        default=None, description="Webhook URL, routing key or password, by reference"
+    )
+    to: list[str] = Field(default_factory=list)
+
+
+class Schedules(Strict):
+    collect_model_metrics: Duration = timedelta(minutes=1)
+    evaluate_drift: Duration = timedelta(minutes=15)
+    evaluate_data_quality: Duration = timedelta(minutes=15)
+
+
+class Intake(Strict):
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_records: int = Field(default=100_000, gt=0)
+
+
+class WatchkeeperConfig(Strict):
+    models: list[Model] = Field(min_length=1)
+    datasets: list[Dataset] = Field(default_factory=list)
+    pipelines: list[Pipeline] = Field(default_factory=list)
+    topology: Topology = Topology()
+    notifications: list[NotificationTarget] = Field(default_factory=list)
+    schedules: Schedules = Schedules()
+    intake: Intake = Intake()
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> WatchkeeperConfig:
+        _require_unique([m.name for m in self.models], "model")
+        _require_unique([d.name for d in self.datasets], "dataset")
+        _require_unique([p.name for p in self.pipelines], "pipeline")
+        _require_unique([n.name for n in self.notifications], "notification target")
+        models = {m.name for m in self.models}
+        pipelines = {p.name for p in self.pipelines}
+        for d in self.datasets:
+            if d.model is not None and d.model not in models:
+                raise ValueError(f"dataset {d.name!r} names model {d.model!r}, which is not under models")
+            if d.pipeline is not None and d.pipeline not in pipelines:
+                raise ValueError(
+                    f"dataset {d.name!r} names pipeline {d.pipeline!r}, which is not under pipelines"
+                )
+        services = self.topology.services
+        for owner in [*self.models, *self.pipelines]:
+            if owner.service is not None and services and owner.service not in services:
+                raise ValueError(
+                    f"{owner.name!r} names service {owner.service!r}, which is not under topology"
+                )
+        return self
+
+    def model(self, name: str) -> Model | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def _require_unique(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{what} {name!r} is listed twice")
+        seen.add(name)
+
+
+def format_location(loc: tuple[int | str, ...]) -> str:
+    """('models', 0, 'features', 2, 'type') -> 'models[0].features[2].type'."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in {"FileReference", "SqlReference", "PeriodReference"} or "[" in str(part):
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{format_location(tuple(item['loc']))}: {message}")
+    return lines
+
+
+def load_config(path: Path | str) -> WatchkeeperConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return WatchkeeperConfig.model_validate(raw, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        details = "\n".join(f"  {line}" for line in describe_errors(exc))
+        raise ConfigError(f"{path}: invalid configuration:\n{details}") from exc

@@ -1,0 +1,58 @@
+"""Process settings from the environment (the YAML file holds what operators configure per model)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from watchkeeper.config import WatchkeeperConfig, load_config
+from watchkeeper.store import Store
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "examples" / "watchkeeper.yaml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WATCHKEEPER_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".watchkeeper"), description="SQLite store, Evidently workspace, logs, PIDs"
+    )
+    config: Path = Field(default=DEFAULT_CONFIG, description="The YAML configuration file")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under home when unset")
+    api_token: SecretStr | None = Field(default=None, description="Bearer token required on every POST")
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_home / 'watchkeeper.db'}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.resolved_home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.resolved_home / "run"
+
+    @property
+    def evidently_workspace(self) -> Path:
+        return self.resolved_home / "evidently"
+
+    @cached_property
+    def monitoring(self) -> WatchkeeperConfig:
+        return load_config(self.config)
+
+    def ensure_home(self) -> None:
+        for folder in (self.resolved_home, self.logs_dir, self.run_dir, self.evidently_workspace):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def open_store(self) -> Store:
+        self.ensure_home()
+        return Store(self.store_url)
