@@ -1,0 +1,132 @@
+"""Shared fixtures: free ports, throwaway PostgreSQL, stores on both back ends, a live service."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+
+from watchkeeper.config import WatchkeeperConfig, load_config
+from watchkeeper.service.app import create_app
+from watchkeeper.settings import DEFAULT_CONFIG
+from watchkeeper.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _as_postgres_user(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port; yields its admin URL."""
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("PostgreSQL's initdb and pg_ctl are not on the PATH")
+    folder = Path(tempfile.mkdtemp(prefix="watchkeeper-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    data, port = folder / "data", free_port()
+    subprocess.run(
+        _as_postgres_user(["initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+        check=True,
+        capture_output=True,
+    )
+    options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off"
+    subprocess.run(
+        _as_postgres_user(
+            ["pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            _as_postgres_user(["pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A fresh, empty database on the throwaway cluster."""
+    name = f"wk_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{postgres_server}/{name}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A migrated store on each back end."""
+    url = (
+        f"sqlite:///{tmp_path / 'store.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    store = Store(url)
+    store.upgrade()
+    yield store
+    store.dispose()
+
+
+@pytest.fixture(scope="session")
+def example_config() -> WatchkeeperConfig:
+    return load_config(DEFAULT_CONFIG)
+
+
+class LiveService:
+    """The real FastAPI app under uvicorn on a free loopback port, in a thread of this process."""
+
+    def __init__(self, config: WatchkeeperConfig, store: Store, api_token: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(config, store, api_token=api_token)
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveService:
+        started = threading.Event()
+        original = self.server.startup
+
+        async def startup(*args: object, **kwargs: object) -> None:
+            await original(*args, **kwargs)
+            started.set()
+
+        self.server.startup = startup  # type: ignore[method-assign]
+        self.thread.start()
+        if not started.wait(timeout=30):
+            raise RuntimeError("the service did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def service(example_config: WatchkeeperConfig, store: Store) -> Iterator[LiveService]:
+    with LiveService(example_config, store) as live:
+        yield live

@@ -1,0 +1,121 @@
+"""The store on SQLite and on a real PostgreSQL cluster."""
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import func, inspect, select
+
+from watchkeeper.records import FeedbackRecord, PredictionRecord
+from watchkeeper.store import Store
+from watchkeeper.store.intake import intake_totals, store_feedback, store_predictions
+from watchkeeper.store.schema import Feedback, Prediction
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def prediction(request_id: str, version: str = "v1", **overrides: object) -> PredictionRecord:
+    fields = {
+        "model_name": "credit_approval",
+        "model_version": version,
+        "request_id": request_id,
+        "timestamp": T0,
+        "features": {"salary": 50_000.0, "elevel": 2},
+        "prediction": 1,
+        "score": 0.8,
+        "latency_seconds": 0.02,
+    }
+    return PredictionRecord(**{**fields, **overrides})
+
+
+def feedback(request_id: str, label: int = 1) -> FeedbackRecord:
+    return FeedbackRecord(
+        model_name="credit_approval", request_id=request_id, label=label, business_value=10.0
+    )
+
+
+def totals(store: Store) -> dict[tuple[str, str, str], int]:
+    with store.reading() as session:
+        return {(r.kind, r.model_name, r.model_version): r.total for r in intake_totals(session)}
+
+
+def test_migrations_create_every_table_and_reach_head(store: Store) -> None:
+    tables = set(inspect(store.engine).get_table_names())
+    assert {
+        "predictions",
+        "feedback",
+        "intake_counts",
+        "evaluation_results",
+        "alert_notifications",
+        "alerts",
+        "flow_run_outbox",
+        "incidents",
+        "incident_members",
+        "incident_events",
+        "remediation_actions",
+        "control_flags",
+    } <= tables
+    assert store.current_revision() == store.head_revision()
+    assert store.upgrade() == store.head_revision()  # a second upgrade is a no-op
+
+
+def test_predictions_are_stored_with_their_fields_and_utc_times(store: Store) -> None:
+    local = datetime(2026, 11, 1, 13, 0, tzinfo=UTC).astimezone(timezone(timedelta(hours=1)))
+    result = store_predictions(
+        store, [prediction("r1", timestamp=local), prediction("r2", error=True, prediction=None)]
+    )
+    assert (result.received, result.stored, result.duplicates) == (2, 2, 0)
+    with store.reading() as session:
+        rows = {p.request_id: p for p in session.scalars(select(Prediction))}
+    assert rows["r1"].timestamp == datetime(2026, 11, 1, 13, 0, tzinfo=UTC)
+    assert rows["r1"].features == {"salary": 50_000.0, "elevel": 2}
+    assert rows["r1"].prediction == 1 and rows["r1"].score == 0.8 and rows["r1"].error is False
+    assert rows["r2"].error is True and rows["r2"].prediction is None
+
+
+def test_repeated_request_ids_are_stored_and_counted_once(store: Store) -> None:
+    batch = [prediction("r1"), prediction("r2"), prediction("r1", prediction=0)]
+    first = store_predictions(store, batch)
+    second = store_predictions(store, batch)
+    assert (first.stored, first.duplicates) == (2, 1)
+    assert (second.stored, second.duplicates) == (0, 3)
+    with store.reading() as session:
+        assert session.scalar(select(func.count()).select_from(Prediction)) == 2
+        kept = session.scalar(select(Prediction.prediction).where(Prediction.request_id == "r1"))
+    assert kept == 1  # the first record wins
+    assert totals(store) == {("predictions", "credit_approval", "v1"): 2}
+
+
+def test_counts_follow_model_versions_and_feedback_takes_its_prediction_version(store: Store) -> None:
+    store_predictions(store, [prediction("a", "v1"), prediction("b", "v2"), prediction("c", "v2")])
+    store_feedback(store, [feedback("a"), feedback("b"), feedback("late-prediction")])
+    store_feedback(store, [feedback("a", label=0)])
+    assert totals(store) == {
+        ("feedback", "credit_approval", "unknown"): 1,
+        ("feedback", "credit_approval", "v1"): 1,
+        ("feedback", "credit_approval", "v2"): 1,
+        ("predictions", "credit_approval", "v1"): 1,
+        ("predictions", "credit_approval", "v2"): 2,
+    }
+    with store.reading() as session:
+        label = session.scalar(select(Feedback.label).where(Feedback.request_id == "a"))
+    assert label == 1
+
+
+def test_a_failing_batch_leaves_nothing_behind(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store_predictions(store, [prediction("before")])
+    import watchkeeper.store.intake as intake
+
+    def fail_after_insert(session, kind, counts):  # noqa: ANN001
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(intake, "_add_to_counts", fail_after_insert)
+    with pytest.raises(RuntimeError):
+        store_predictions(store, [prediction("x"), prediction("y")])
+    with store.reading() as session:
+        assert session.scalars(select(Prediction.request_id)).all() == ["before"]
+
+
+def test_large_batch_is_stored_whole(store: Store) -> None:
+    result = store_predictions(store, [prediction(f"r{i}") for i in range(5000)])
+    assert result.stored == 5000
+    assert totals(store)[("predictions", "credit_approval", "v1")] == 5000

@@ -1,0 +1,295 @@
+"""The store's tables. Alembic migrations under `migrations/` create them; this module is their shape.
+
+Timestamps are stored as naive UTC (`UTCDateTime`) so SQLite and PostgreSQL behave alike, and are
+returned timezone-aware.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("model_name", "request_id", name="uq_predictions_model_request"),
+        Index("ix_predictions_model_time", "model_name", "model_version", "timestamp"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(256))
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime())
+    features: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prediction: Mapped[Any] = mapped_column(JSON)
+    score: Mapped[float | None] = mapped_column(Float)
+    latency_seconds: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Feedback(Base):
+    """A delayed ground-truth label for one prediction, joined to it by (model_name, request_id)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("model_name", "request_id", name="uq_feedback_model_request"),
+        Index("ix_feedback_model_time", "model_name", "timestamp"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    request_id: Mapped[str] = mapped_column(String(256))
+    label: Mapped[Any] = mapped_column(JSON)
+    business_value: Mapped[float | None] = mapped_column(Float)
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class IntakeCount(Base):
+    """Running totals of stored records, updated in the same transaction as the records.
+
+    `/metrics` reads these instead of counting millions of rows on every scrape. Feedback is counted
+    under the version of the prediction it labels (`unknown` when the label arrived first).
+    """
+
+    __tablename__ = "intake_counts"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class EvaluationResult(Base):
+    """One number computed by a monitoring flow for one window.
+
+    `labels_key` is the canonical `k=v,...` form of `labels`, so a re-evaluated window (a backfill)
+    replaces its earlier result instead of adding a second one.
+    """
+
+    __tablename__ = "evaluation_results"
+    __table_args__ = (
+        UniqueConstraint(
+            "kind",
+            "subject",
+            "model_version",
+            "window_start",
+            "window_end",
+            "metric",
+            "labels_key",
+            name="uq_evaluation_window_metric",
+        ),
+        Index("ix_evaluation_latest", "kind", "subject", "metric", "window_end"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(128), doc="model, dataset or pipeline name")
+    model_version: Mapped[str] = mapped_column(String(64), default="", doc="'' for subjects without versions")
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    metric: Mapped[str] = mapped_column(String(128))
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    labels_key: Mapped[str] = mapped_column(String(512), default="")
+    value: Mapped[float] = mapped_column(Float)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class AlertNotification(Base):
+    """One Alertmanager webhook delivery, stored before the intake answers.
+
+    `digest` identifies the notification's content, so an at-least-once re-delivery is recognised.
+    """
+
+    __tablename__ = "alert_notifications"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    receiver: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16))
+    group_key: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    brought_news: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Alert(Base):
+    """An alert instance, keyed as Alertmanager identifies it: fingerprint and startsAt."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("fingerprint", "starts_at", name="uq_alerts_fingerprint_start"),
+        Index("ix_alerts_status_start", "status", "starts_at"),
+        Index("ix_alerts_service_start", "service", "starts_at"),
+        Index("ix_alerts_model_start", "model_name", "starts_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16))
+    alertname: Mapped[str] = mapped_column(String(256))
+    severity: Mapped[str | None] = mapped_column(String(32))
+    service: Mapped[str | None] = mapped_column(String(128))
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    pipeline_name: Mapped[str | None] = mapped_column(String(128))
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    annotations: Mapped[dict[str, str]] = mapped_column(JSON)
+    generator_url: Mapped[str | None] = mapped_column(Text)
+    first_notification_id: Mapped[int] = mapped_column(ForeignKey("alert_notifications.id"))
+    correlated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class FlowRunOutbox(Base):
+    """A Prefect run the intake owes: written with the notification, dispatched when Prefect answers."""
+
+    __tablename__ = "flow_run_outbox"
+    __table_args__ = (Index("ix_outbox_pending", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    deployment: Mapped[str] = mapped_column(String(256))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    notification_id: Mapped[int | None] = mapped_column(ForeignKey("alert_notifications.id"))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+    __table_args__ = (Index("ix_incidents_status_last", "status", "last_alert_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    title: Mapped[str] = mapped_column(Text)
+    severity: Mapped[str | None] = mapped_column(String(32))
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_alert_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    root_cause_alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id"))
+    root_cause_service: Mapped[str | None] = mapped_column(String(128))
+    root_cause_confidence: Mapped[float | None] = mapped_column(Float)
+    ranking: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    ticket_id: Mapped[str | None] = mapped_column(String(128))
+
+
+class IncidentMember(Base):
+    """Why an alert belongs to an incident, and how sure the correlation is."""
+
+    __tablename__ = "incident_members"
+
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id"), primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), primary_key=True, unique=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    confidence: Mapped[float] = mapped_column(Float)
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class IncidentEvent(Base):
+    """The incident's timeline: opened, alert joined, root cause changed, action taken, resolved."""
+
+    __tablename__ = "incident_events"
+    __table_args__ = (Index("ix_incident_events_incident", "incident_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class RemediationAction(Base):
+    """The audit trail: every remediation decision, taken or skipped, with reason, inputs and result.
+
+    Cooldowns and hourly limits are computed from this table, so they hold across restarts and
+    replicas; `idempotency_key` makes a retried flow run find its earlier decision.
+    """
+
+    __tablename__ = "remediation_actions"
+    __table_args__ = (
+        Index("ix_remediation_action_target", "action", "target", "decided_at"),
+        Index("ix_remediation_incident", "incident_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(256), unique=True)
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"))
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id"))
+    playbook: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(256))
+    decision: Mapped[str] = mapped_column(String(16), doc="run, dry_run, skip, needs_approval")
+    reason: Mapped[str] = mapped_column(Text)
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ControlFlag(Base):
+    """Operator switches that must survive restarts, such as the remediation kill switch."""
+
+    __tablename__ = "control_flags"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    changed_by: Mapped[str | None] = mapped_column(String(128))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
