@@ -1,0 +1,162 @@
+"""The HTTP service over real loopback HTTP, on SQLite and PostgreSQL."""
+
+import json
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import LiveService
+from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.store import Store
+
+
+def predictions(n: int, start: int = 0, model: str = "credit_approval") -> list[dict]:
+    now = datetime(2026, 11, 26, 9, 0, tzinfo=UTC).isoformat()
+    return [
+        {
+            "model_name": model,
+            "model_version": "v1",
+            "request_id": f"req-{i}",
+            "timestamp": now,
+            "features": {"salary": 40_000 + i, "age": 30, "elevel": 1},
+            "prediction": i % 2,
+            "score": 0.5,
+            "latency_seconds": 0.01,
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def counts(url: str) -> dict[tuple[str, str], float]:
+    text = httpx.get(f"{url}/metrics").text
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in {"watchkeeper_predictions_total", "watchkeeper_feedback_total"}:
+                found[(sample.name, sample.labels["model_version"])] = sample.value
+    return found
+
+
+def test_ten_thousand_predictions_in_one_request(service: LiveService) -> None:
+    response = httpx.post(f"{service.url}/v1/predictions", json=predictions(10_000), timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"received": 10_000, "stored": 10_000, "duplicates": 0}
+    assert counts(service.url)[("watchkeeper_predictions_total", "v1")] == 10_000
+
+
+def test_one_malformed_record_refuses_the_batch_and_names_it(service: LiveService) -> None:
+    batch = predictions(100)
+    batch[37]["timestamp"] = "yesterday"
+    response = httpx.post(f"{service.url}/v1/predictions", json=batch)
+    assert response.status_code == 422
+    body = response.json()
+    assert (body["index"], body["field"]) == (37, "timestamp")
+    assert counts(service.url) == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        (lambda r: r.pop("request_id"), "request_id", "required field is missing"),
+        (lambda r: r.update(timestamp="2026-11-26T09:00:00"), "timestamp", "timezone"),
+        (lambda r: r.update(features=[1, 2]), "features", "dictionary"),
+        (lambda r: r.update(prediction=None), "prediction", "required unless error is true"),
+        (lambda r: r.update(latency_seconds=-1), "latency_seconds", "greater than or equal to 0"),
+        (lambda r: r.update(colour="red"), "colour", "unknown field"),
+        (lambda r: r.update(model_name="fraud"), "model_name", "unknown model 'fraud'"),
+    ],
+)
+def test_bad_records_get_422_with_index_and_field(
+    service: LiveService, change, field: str, message: str
+) -> None:
+    batch = predictions(3)
+    change(batch[2])
+    response = httpx.post(f"{service.url}/v1/predictions", json=batch)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["index"] == 2 and body["field"] == field and message in body["error"]
+
+
+def test_the_same_batch_twice_counts_once(service: LiveService) -> None:
+    batch = predictions(500)
+    assert httpx.post(f"{service.url}/v1/predictions", json=batch).json()["stored"] == 500
+    again = httpx.post(f"{service.url}/v1/predictions", json=batch).json()
+    assert (again["stored"], again["duplicates"]) == (0, 500)
+    assert counts(service.url)[("watchkeeper_predictions_total", "v1")] == 500
+
+
+def test_ndjson_predictions_and_feedback(service: LiveService) -> None:
+    body = "\n".join(json.dumps(r) for r in predictions(20)) + "\n"
+    response = httpx.post(
+        f"{service.url}/v1/predictions", content=body, headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert response.json()["stored"] == 20
+    labels = [{"model_name": "credit_approval", "request_id": f"req-{i}", "label": 1} for i in range(5)]
+    labels.append(
+        {"model_name": "credit_approval", "request_id": "req-unscored", "label": 0, "business_value": 3.5}
+    )
+    assert httpx.post(f"{service.url}/v1/feedback", json=labels).json()["stored"] == 6
+    found = counts(service.url)
+    assert found[("watchkeeper_feedback_total", "v1")] == 5
+    assert found[("watchkeeper_feedback_total", "unknown")] == 1
+
+
+def test_broken_ndjson_line_is_named(service: LiveService) -> None:
+    body = json.dumps(predictions(1)[0]) + "\n{not json\n"
+    response = httpx.post(f"{service.url}/v1/predictions", content=body)
+    assert response.status_code == 422
+    assert response.json()["index"] == 1 and "line 2" in response.json()["error"]
+
+
+def test_limits_give_413(example_config: WatchkeeperConfig, store: Store) -> None:
+    small = example_config.model_copy(
+        update={
+            "intake": example_config.intake.model_copy(update={"max_body_bytes": 20_000, "max_records": 10})
+        }
+    )
+    with LiveService(small, store) as live:
+        too_many = httpx.post(f"{live.url}/v1/predictions", json=predictions(11))
+        too_big = httpx.post(f"{live.url}/v1/predictions", json=predictions(10) + [{"padding": "x" * 30_000}])
+        fits = httpx.post(f"{live.url}/v1/predictions", json=predictions(10))
+    assert too_many.status_code == 413 and "11 records" in too_many.json()["error"]
+    assert too_big.status_code == 413
+    assert fits.status_code == 200
+
+
+def test_bearer_token_is_required_on_posts_when_configured(
+    example_config: WatchkeeperConfig, store: Store
+) -> None:
+    with LiveService(example_config, store, api_token="s3cret-token") as live:
+        missing = httpx.post(f"{live.url}/v1/predictions", json=predictions(1))
+        wrong = httpx.post(f"{live.url}/v1/feedback", json=[], headers={"Authorization": "Bearer nope"})
+        right = httpx.post(
+            f"{live.url}/v1/predictions",
+            json=predictions(1),
+            headers={"Authorization": "Bearer s3cret-token"},
+        )
+        open_reads = httpx.get(f"{live.url}/healthz"), httpx.get(f"{live.url}/metrics")
+    assert missing.status_code == 401 and wrong.status_code == 401
+    assert right.status_code == 200
+    assert all(r.status_code == 200 for r in open_reads)
+
+
+def test_metrics_survive_a_restart_and_agree_across_replicas(
+    example_config: WatchkeeperConfig, store: Store
+) -> None:
+    with LiveService(example_config, store) as first:
+        httpx.post(f"{first.url}/v1/predictions", json=predictions(30))
+    with LiveService(example_config, store) as second, LiveService(example_config, store) as third:
+        httpx.post(f"{third.url}/v1/predictions", json=predictions(10, start=30))
+        assert counts(second.url) == counts(third.url) == {("watchkeeper_predictions_total", "v1"): 40}
+
+
+def test_healthz_checks_the_store(service: LiveService, store: Store) -> None:
+    healthy = httpx.get(f"{service.url}/healthz")
+    assert healthy.status_code == 200
+    assert healthy.json()["store"] == "ok" and healthy.json()["revision"] == store.head_revision()
+    store.engine.dispose()
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE alembic_version")
+    assert httpx.get(f"{service.url}/healthz").status_code == 503

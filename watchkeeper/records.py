@@ -1,0 +1,151 @@
+"""Prediction and feedback records as model services send them, and how a batch is parsed.
+
+A batch is a JSON array or NDJSON (one object per line). Parsing is all-or-nothing: the first
+problem found is reported with the record's index and the field, and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from watchkeeper.config import WatchkeeperConfig
+
+JsonScalar = str | int | float | bool
+
+
+class RecordModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PredictionRecord(RecordModel):
+    model_name: str = Field(min_length=1, max_length=128)
+    model_version: str = Field(min_length=1, max_length=64)
+    request_id: str = Field(min_length=1, max_length=256)
+    timestamp: AwareDatetime
+    features: dict[str, Any]
+    error: StrictBool = False
+    prediction: JsonScalar | None = Field(default=None, validate_default=True)
+    score: float | None = None
+    latency_seconds: float | None = Field(default=None, ge=0)
+
+    @field_validator("prediction")
+    @classmethod
+    def _required_unless_error(cls, prediction: Any, info: ValidationInfo) -> Any:
+        if prediction is None and not info.data.get("error", False):
+            raise ValueError("required unless error is true")
+        return prediction
+
+
+class FeedbackRecord(RecordModel):
+    model_name: str = Field(min_length=1, max_length=128)
+    request_id: str = Field(min_length=1, max_length=256)
+    label: JsonScalar
+    business_value: float | None = None
+    timestamp: AwareDatetime | None = None
+
+
+Record = TypeVar("Record", PredictionRecord, FeedbackRecord)
+
+
+class BatchError(Exception):
+    """A batch refused as a whole; `index` is the record's position, `field` its key path."""
+
+    def __init__(self, message: str, index: int | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.index, self.field = message, index, field
+
+    def as_detail(self) -> dict[str, Any]:
+        return {"error": self.message, "index": self.index, "field": self.field}
+
+
+class BatchTooLarge(BatchError):
+    """More records than the intake accepts in one request (HTTP 413)."""
+
+
+def decode_batch(body: bytes, content_type: str | None) -> list[Any]:
+    """A JSON array, or NDJSON when the body is not an array (or says application/x-ndjson)."""
+    text = body.decode("utf-8-sig", errors="strict") if body else ""
+    stripped = text.lstrip()
+    if not stripped:
+        raise BatchError("the body is empty: expected a JSON array or NDJSON records")
+    ndjson = content_type is not None and "ndjson" in content_type
+    if stripped.startswith("[") and not ndjson:
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BatchError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        if not isinstance(items, list):
+            raise BatchError("expected a JSON array of records")
+        return items
+    items = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise BatchError(
+                f"NDJSON line {line_number} is not valid JSON: {exc.msg}", index=len(items)
+            ) from exc
+    return items
+
+
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {
+    PredictionRecord: TypeAdapter(list[PredictionRecord]),
+    FeedbackRecord: TypeAdapter(list[FeedbackRecord]),
+}
+
+
+def validate_batch(items: list[Any], record_type: type[Record], config: WatchkeeperConfig) -> list[Record]:
+    try:
+        records: list[Record] = _ADAPTERS[record_type].validate_python(items)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        index, *path = first["loc"]
+        field = ".".join(str(p) for p in path) or None
+        raise BatchError(_explain(first), index=int(index), field=field) from exc
+    for index, record in enumerate(records):
+        if config.model(record.model_name) is None:
+            known = ", ".join(sorted(m.name for m in config.models))
+            raise BatchError(
+                f"unknown model {record.model_name!r}: expected one of the configured models ({known})",
+                index=index,
+                field="model_name",
+            )
+    return records
+
+
+def _explain(error: dict[str, Any]) -> str:
+    if error["type"] == "missing":
+        return "required field is missing"
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    if error["type"] == "model_type":
+        return "expected a JSON object"
+    return str(error["msg"])
+
+
+def parse_batch(
+    body: bytes,
+    content_type: str | None,
+    record_type: type[Record],
+    config: WatchkeeperConfig,
+    max_records: int,
+) -> list[Record]:
+    items = decode_batch(body, content_type)
+    if len(items) > max_records:
+        raise BatchTooLarge(f"the batch has {len(items)} records, more than the limit of {max_records}")
+    return validate_batch(items, record_type, config)

@@ -1,0 +1,130 @@
+"""The Watchkeeper HTTP service: intake, health and `/metrics`."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
+
+from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.records import (
+    BatchError,
+    BatchTooLarge,
+    FeedbackRecord,
+    PredictionRecord,
+    Record,
+    parse_batch,
+)
+from watchkeeper.service.metrics import store_registry
+from watchkeeper.store import Store
+from watchkeeper.store.intake import StoredBatch, store_feedback, store_predictions
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing before reading it all when it is larger than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def bearer_guard(token: str | None) -> Callable[..., None]:
+    """A dependency that requires `Authorization: Bearer <token>` when a token is configured."""
+
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            return
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), token.encode()):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                detail={"error": "a valid bearer token is required"},
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return require_token
+
+
+def create_app(config: WatchkeeperConfig, store: Store, api_token: str | None = None) -> FastAPI:
+    app = FastAPI(title="Watchkeeper", version="0.1.0")
+    registry = store_registry(store)
+    authorized = [Depends(bearer_guard(api_token))]
+    head = store.head_revision()
+
+    async def intake(
+        request: Request, record_type: type[Record], write: Callable[[Store, Sequence[Any]], StoredBatch]
+    ) -> JSONResponse:
+        try:
+            body = await read_limited_body(request, config.intake.max_body_bytes)
+            records = await run_in_threadpool(
+                parse_batch,
+                body,
+                request.headers.get("content-type"),
+                record_type,
+                config,
+                config.intake.max_records,
+            )
+        except (BodyTooLarge, BatchTooLarge) as exc:
+            limits = f"{config.intake.max_body_bytes} bytes and {config.intake.max_records} records"
+            message = exc.message if isinstance(exc, BatchTooLarge) else "the body is too large"
+            return JSONResponse(
+                {"error": f"{message}: the limits are {limits}"}, status.HTTP_413_CONTENT_TOO_LARGE
+            )
+        except BatchError as exc:
+            return JSONResponse(exc.as_detail(), status.HTTP_422_UNPROCESSABLE_CONTENT)
+        try:
+            stored = await run_in_threadpool(write, store, records)
+        except SQLAlchemyError as exc:
+            return JSONResponse(
+                {"error": f"the store could not commit the batch; nothing was stored: {type(exc).__name__}"},
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        return JSONResponse(
+            {"received": stored.received, "stored": stored.stored, "duplicates": stored.duplicates}
+        )
+
+    @app.post("/v1/predictions", dependencies=authorized)
+    async def post_predictions(request: Request) -> JSONResponse:
+        """Store a batch of predictions (JSON array or NDJSON), whole or not at all."""
+        return await intake(request, PredictionRecord, store_predictions)
+
+    @app.post("/v1/feedback", dependencies=authorized)
+    async def post_feedback(request: Request) -> JSONResponse:
+        """Store a batch of delayed ground-truth labels (JSON array or NDJSON), whole or not at all."""
+        return await intake(request, FeedbackRecord, store_feedback)
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        try:
+            store.ping()
+            revision = store.current_revision()
+        except SQLAlchemyError as exc:
+            return JSONResponse(
+                {"status": "unhealthy", "store": f"unreachable: {type(exc).__name__}"},
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        healthy = revision == head
+        body = {"status": "ok" if healthy else "unhealthy", "store": "ok", "revision": revision, "head": head}
+        return JSONResponse(body, status.HTTP_200_OK if healthy else status.HTTP_503_SERVICE_UNAVAILABLE)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
