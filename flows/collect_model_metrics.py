@@ -1,0 +1,38 @@
+"""collect-model-metrics: per model, traffic over the metrics window and quality over the quality window."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from tasks.metrics import Window, measure_quality, measure_traffic, record_results
+from watchkeeper.settings import Settings
+from watchkeeper.store.schema import utcnow
+
+
+def minute_floor(moment: datetime) -> datetime:
+    """Windows end on whole minutes, so a retried or repeated run rewrites the same window."""
+    return moment.replace(second=0, microsecond=0)
+
+
+@flow(name="collect-model-metrics", log_prints=True)
+def collect_model_metrics(models: list[str] | None = None) -> dict[str, int]:
+    settings = Settings()
+    config = settings.monitoring
+    store = settings.open_store()
+    end = minute_floor(utcnow())
+    stored: dict[str, int] = {}
+    for model in config.models:
+        if models and model.name not in models:
+            continue
+        traffic_window = Window(end - model.windows.metrics, end)
+        quality_window = Window(end - model.windows.quality, end)
+        traffic = measure_traffic(store, model, traffic_window)
+        quality = measure_quality(store, model, quality_window)
+        stored[model.name] = record_results(
+            store, "model_traffic", model, traffic_window, traffic, flow_run.id
+        ) + record_results(store, "model_quality", model, quality_window, quality, flow_run.id)
+        get_run_logger().info("%s: %d results for the window ending %s", model.name, stored[model.name], end)
+    return stored

@@ -1,0 +1,229 @@
+"""Model metrics over a window of the prediction log: traffic, errors, latency and quality.
+
+The functions taking a DataFrame are plain logic; the tasks at the bottom wrap store I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
+from sqlalchemy import and_, delete, select
+
+from watchkeeper.config import Model
+from watchkeeper.store import Store
+from watchkeeper.store.schema import EvaluationResult, Feedback, Prediction, utcnow
+
+
+@dataclass(frozen=True)
+class Measurement:
+    metric: str
+    value: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def labels_key(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start).total_seconds()
+
+
+def traffic_metrics(log: pd.DataFrame, window: Window) -> list[Measurement]:
+    """Request count, throughput, error rate and the prediction mix of one window."""
+    count = len(log)
+    measurements = [
+        Measurement("request_count", float(count)),
+        Measurement("throughput_rps", count / window.seconds),
+        Measurement("error_rate", float(log["error"].mean()) if count else 0.0),
+    ]
+    if "latency_seconds" in log and log["latency_seconds"].notna().any():
+        latency = log["latency_seconds"].dropna()
+        measurements += [
+            Measurement("latency_p50_seconds", float(latency.quantile(0.5))),
+            Measurement("latency_p95_seconds", float(latency.quantile(0.95))),
+        ]
+    served = log.loc[~log["error"], "prediction"].dropna()
+    for predicted_class, n in served.astype(str).value_counts().items():
+        measurements.append(
+            Measurement("prediction_share", n / len(served), {"prediction_class": str(predicted_class)})
+        )
+    return measurements
+
+
+def label_coverage(log: pd.DataFrame) -> float:
+    served = log.loc[~log["error"]]
+    return float(served["label"].notna().mean()) if len(served) else 0.0
+
+
+def quality_metrics(log: pd.DataFrame, positive_class: object, min_coverage: float) -> list[Measurement]:
+    """Confusion counts and scores from served predictions that have a label.
+
+    Below `min_coverage` only the coverage is reported: quality measured on the few labels that
+    arrived first would be biased toward whatever gets labelled fastest.
+    """
+    coverage = label_coverage(log)
+    measurements = [Measurement("label_coverage_ratio", coverage)]
+    labelled = log.loc[~log["error"] & log["label"].notna()]
+    if coverage < min_coverage or labelled.empty:
+        return measurements
+    positive = str(positive_class)
+    y_true = labelled["label"].astype(str) == positive
+    y_pred = labelled["prediction"].astype(str) == positive
+    tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[False, True]).ravel()
+    measurements += [
+        Measurement("true_positives", float(tp)),
+        Measurement("false_positives", float(fp)),
+        Measurement("true_negatives", float(tn)),
+        Measurement("false_negatives", float(fn)),
+        Measurement("accuracy", float(accuracy_score(y_true, y_pred))),
+        Measurement("precision", float(precision_score(y_true, y_pred, zero_division=0))),
+        Measurement("recall", float(recall_score(y_true, y_pred, zero_division=0))),
+        Measurement("f1", float(f1_score(y_true, y_pred, zero_division=0))),
+        Measurement("false_positive_rate", float(fp / (fp + tn)) if fp + tn else 0.0),
+    ]
+    return measurements
+
+
+def business_metrics(log: pd.DataFrame, positive_class: object, metric_type: str) -> list[Measurement]:
+    """The business value of correct positive decisions among labelled predictions (e.g. fraud caught)."""
+    labelled = log.loc[~log["error"] & log["label"].notna()]
+    positive = str(positive_class)
+    caught = labelled["prediction"].astype(str).eq(positive) & labelled["label"].astype(str).eq(positive)
+    value = float(labelled.loc[caught, "business_value"].fillna(0).sum())
+    return [Measurement("business_impact", value, {"metric_type": metric_type})]
+
+
+LOG_COLUMNS = [
+    "request_id",
+    "model_version",
+    "timestamp",
+    "prediction",
+    "latency_seconds",
+    "error",
+    "label",
+    "business_value",
+]
+
+
+def read_window(store: Store, model_name: str, window: Window) -> pd.DataFrame:
+    """Predictions in [start, end) with their labels when they have arrived."""
+    query = (
+        select(
+            Prediction.request_id,
+            Prediction.model_version,
+            Prediction.timestamp,
+            Prediction.prediction,
+            Prediction.latency_seconds,
+            Prediction.error,
+            Feedback.label,
+            Feedback.business_value,
+        )
+        .outerjoin(
+            Feedback,
+            and_(Feedback.model_name == Prediction.model_name, Feedback.request_id == Prediction.request_id),
+        )
+        .where(
+            Prediction.model_name == model_name,
+            Prediction.timestamp >= window.start,
+            Prediction.timestamp < window.end,
+        )
+    )
+    with store.reading() as session:
+        rows = session.execute(query).all()
+    frame = pd.DataFrame(rows, columns=LOG_COLUMNS)
+    frame["error"] = frame["error"].astype(bool)
+    return frame
+
+
+def save_results(
+    store: Store,
+    kind: str,
+    subject: str,
+    version: str,
+    window: Window,
+    measurements: list[Measurement],
+    flow_run_id: str | None = None,
+) -> int:
+    """Replace this window's results for `kind` and `subject`: a re-run never duplicates them."""
+    computed = utcnow()
+    with store.writing() as session:
+        session.execute(
+            delete(EvaluationResult).where(
+                EvaluationResult.kind == kind,
+                EvaluationResult.subject == subject,
+                EvaluationResult.model_version == version,
+                EvaluationResult.window_start == window.start,
+                EvaluationResult.window_end == window.end,
+            )
+        )
+        session.add_all(
+            EvaluationResult(
+                kind=kind,
+                subject=subject,
+                model_version=version,
+                window_start=window.start,
+                window_end=window.end,
+                metric=m.metric,
+                labels=m.labels,
+                labels_key=m.labels_key,
+                value=m.value,
+                computed_at=computed,
+                flow_run_id=flow_run_id,
+            )
+            for m in measurements
+        )
+    return len(measurements)
+
+
+def _per_version(log: pd.DataFrame, default_version: str) -> dict[str, pd.DataFrame]:
+    versions = sorted(set(log["model_version"])) or [default_version]
+    return {version: log[log["model_version"] == version] for version in versions}
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def measure_traffic(store: Store, model: Model, window: Window) -> dict[str, list[Measurement]]:
+    """Per model version: request count, throughput, errors, latency and prediction mix."""
+    log = read_window(store, model.name, window)
+    return {
+        version: traffic_metrics(part, window) for version, part in _per_version(log, model.version).items()
+    }
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def measure_quality(store: Store, model: Model, window: Window) -> dict[str, list[Measurement]]:
+    """Per model version: label coverage, quality once coverage allows, business impact."""
+    log = read_window(store, model.name, window)
+    return {
+        version: [
+            *quality_metrics(part, model.positive_class, model.thresholds.min_label_coverage),
+            *business_metrics(part, model.positive_class, model.business_metric),
+        ]
+        for version, part in _per_version(log, model.version).items()
+    }
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def record_results(
+    store: Store,
+    kind: str,
+    model: Model,
+    window: Window,
+    by_version: dict[str, list[Measurement]],
+    flow_run_id: str | None,
+) -> int:
+    return sum(
+        save_results(store, kind, model.name, version, window, measurements, flow_run_id)
+        for version, measurements in by_version.items()
+    )

@@ -1,0 +1,242 @@
+"""Demo traffic: a credit-approval classifier on river's Agrawal stream, with injectable failures.
+
+The classifier is trained on the opening part of the stream; the rest is scored and posted to the
+intake as predictions, and the true labels follow later as feedback, as in production. The
+injections are the failures the monitors must catch: concept drift (the stream switches to
+another Agrawal function), covariate drift (salary and age shift), nulls in a feature, latency
+spikes and error bursts. Positions count predictions after the training part.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.console import Console
+from river.datasets import synth
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+FEATURES = ("salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan")
+CATEGORICAL = ("elevel", "car", "zipcode")
+MEDIAN_LATENCY_SECONDS = 0.03
+POST_RETRY_SECONDS = (0.5, 1, 2, 5, 10)
+
+
+@dataclass(frozen=True)
+class Injections:
+    concept_drift_at: int | None = None
+    concept_drift_function: int = 2
+    covariate_drift_at: int | None = None
+    nulls_at: int | None = None
+    null_feature: str = "salary"
+    null_rate: float = 0.5
+    latency_spike_at: int | None = None
+    latency_factor: float = 20.0
+    error_burst_at: int | None = None
+    error_rate: float = 0.3
+    incident_length: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.null_feature not in FEATURES:
+            raise ValueError(
+                f"null_feature: expected one of {', '.join(FEATURES)}, got {self.null_feature!r}"
+            )
+
+    def during(self, start: int | None, position: int, lasting: int | None = None) -> bool:
+        if start is None or position < start:
+            return False
+        return lasting is None or position < start + lasting
+
+
+@dataclass(frozen=True)
+class DemoEvent:
+    """One scored application: the prediction record (without timestamp) and its later label."""
+
+    position: int
+    request_id: str
+    features: dict[str, Any]
+    prediction: int | None
+    score: float | None
+    latency_seconds: float
+    error: bool
+    label: int
+    business_value: float
+
+
+class DemoTraffic:
+    def __init__(
+        self,
+        model_name: str = "credit_approval",
+        model_version: str = "v1",
+        train_size: int = 5000,
+        seed: int = 7,
+        injections: Injections = Injections(),
+    ) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self.train_size = train_size
+        self.seed = seed
+        self.injections = injections
+        self.rng = np.random.default_rng(seed)
+        self.stream = iter(self._build_stream())
+        self.classifier = self._train()
+        self.position = 0
+
+    def _build_stream(self) -> synth.Agrawal | synth.ConceptDriftStream:
+        base = synth.Agrawal(classification_function=0, seed=self.seed)
+        at = self.injections.concept_drift_at
+        if at is None:
+            return base
+        drifted = synth.Agrawal(
+            classification_function=self.injections.concept_drift_function, seed=self.seed + 1
+        )
+        # ConceptDriftStream's sigmoid switch is centred on `position`; width 1 makes it abrupt.
+        return synth.ConceptDriftStream(
+            stream=base, drift_stream=drifted, position=self.train_size + at, width=1, seed=self.seed
+        )
+
+    def _train(self) -> HistGradientBoostingClassifier:
+        rows = [next(self.stream) for _ in range(self.train_size)]
+        x = np.array([[r[0][f] for f in FEATURES] for r in rows], dtype=float)
+        y = np.array([r[1] for r in rows])
+        categorical = [f in CATEGORICAL for f in FEATURES]
+        return HistGradientBoostingClassifier(categorical_features=categorical, random_state=self.seed).fit(
+            x, y
+        )
+
+    def _features(self, raw: dict[str, Any]) -> dict[str, Any]:
+        features: dict[str, Any] = {f: raw[f] for f in FEATURES}
+        inj = self.injections
+        if inj.during(inj.covariate_drift_at, self.position):
+            features["salary"] = features["salary"] * 1.6 + 20_000
+            features["age"] = min(features["age"] + 15, 80)
+        if inj.during(inj.nulls_at, self.position) and self.rng.random() < inj.null_rate:
+            features[inj.null_feature] = None
+        return features
+
+    def next_batch(self, size: int) -> list[DemoEvent]:
+        raws = [next(self.stream) for _ in range(size)]
+        events = []
+        feature_rows = []
+        for raw, _ in raws:
+            feature_rows.append(self._features(raw))
+            self.position += 1
+        x = np.array(
+            [[np.nan if row[f] is None else row[f] for f in FEATURES] for row in feature_rows], dtype=float
+        )
+        scores = self.classifier.predict_proba(x)[:, 1]
+        inj = self.injections
+        for offset, ((_, label), features, score) in enumerate(zip(raws, feature_rows, scores, strict=True)):
+            position = self.position - size + offset
+            latency = float(self.rng.lognormal(np.log(MEDIAN_LATENCY_SECONDS), 0.35))
+            if inj.during(inj.latency_spike_at, position, inj.incident_length):
+                latency *= inj.latency_factor
+            error = (
+                inj.during(inj.error_burst_at, position, inj.incident_length)
+                and self.rng.random() < inj.error_rate
+            )
+            events.append(
+                DemoEvent(
+                    position=position,
+                    request_id=f"{self.model_name}-{self.seed}-{position}",
+                    features=features,
+                    prediction=None if error else int(score >= 0.5),
+                    score=None if error else round(float(score), 6),
+                    latency_seconds=round(latency, 6),
+                    error=error,
+                    label=int(label),
+                    business_value=round(float(features["loan"]), 2),
+                )
+            )
+        return events
+
+    def prediction_record(self, event: DemoEvent, timestamp: datetime) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "request_id": event.request_id,
+            "timestamp": timestamp.isoformat(),
+            "features": event.features,
+            "prediction": event.prediction,
+            "score": event.score,
+            "latency_seconds": event.latency_seconds,
+            "error": event.error,
+        }
+
+    def feedback_record(self, event: DemoEvent, timestamp: datetime) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "request_id": event.request_id,
+            "label": event.label,
+            "business_value": event.business_value,
+            "timestamp": timestamp.isoformat(),
+        }
+
+
+@dataclass
+class Sent:
+    predictions: int = 0
+    feedback: int = 0
+
+
+def post_with_retry(
+    client: httpx.Client, path: str, records: list[dict[str, Any]], log: Callable[[str], None]
+) -> None:
+    """Post a batch until the service takes it: demo traffic is never silently dropped."""
+    for attempt, pause in enumerate((*POST_RETRY_SECONDS, None), start=1):
+        try:
+            response = client.post(path, json=records)
+            if response.status_code < 500:
+                response.raise_for_status()
+                return
+            problem = f"HTTP {response.status_code}"
+        except httpx.TransportError as exc:
+            problem = type(exc).__name__
+        if pause is None:
+            raise RuntimeError(f"{path}: gave up after {attempt} attempts ({problem})")
+        log(f"{path}: {problem}; retrying in {pause} s")
+        time.sleep(pause)
+
+
+def run_demo_traffic(
+    traffic: DemoTraffic,
+    url: str,
+    rate: float,
+    count: int,
+    batch_size: int,
+    label_delay: int,
+    token: str | None = None,
+    console: Console | None = None,
+) -> Sent:
+    console = console or Console(stderr=True)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    sent = Sent()
+    awaiting_label: deque[DemoEvent] = deque()
+    started = time.monotonic()
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        while count == 0 or sent.predictions < count:
+            size = batch_size if count == 0 else min(batch_size, count - sent.predictions)
+            events = traffic.next_batch(size)
+            now = datetime.now(UTC)
+            post_with_retry(
+                client, "/v1/predictions", [traffic.prediction_record(e, now) for e in events], console.print
+            )
+            sent.predictions += len(events)
+            awaiting_label.extend(events)
+            due = [awaiting_label.popleft() for _ in range(max(0, len(awaiting_label) - label_delay))]
+            if count and sent.predictions >= count:
+                due += list(awaiting_label)
+            if due:
+                post_with_retry(
+                    client, "/v1/feedback", [traffic.feedback_record(e, now) for e in due], console.print
+                )
+                sent.feedback += len(due)
+            if rate > 0:
+                time.sleep(max(0.0, started + sent.predictions / rate - time.monotonic()))
+    return sent

@@ -1,0 +1,322 @@
+"""The local stack behind `watchkeeper up`, `down` and `status`.
+
+Each component is started in its own session (process group) with its output in
+`WATCHKEEPER_HOME/logs/<name>.log` and a PID record in `WATCHKEEPER_HOME/run/<name>.json`.
+`down` stops exactly the processes recorded there, checking that the PID still belongs to the
+process we started (its start time) before signalling its group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import yaml
+
+from watchkeeper.settings import REPO_ROOT, Settings
+
+INFRA = REPO_ROOT / "infra"
+BIN = Path(sys.executable).parent
+STOP_GRACE_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class Ports:
+    prefect: int = 4200
+    service: int = 8765
+    prometheus: int = 9090
+    alertmanager: int = 9093
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    health_url: str | None
+    urls: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)
+    readiness: Literal["health", "deployments", "started"] = "health"
+    ready_timeout: float = 60.0
+    missing_hint: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return shutil.which(self.argv[0]) is not None or Path(self.argv[0]).exists()
+
+
+def _proc_start_ticks(pid: int) -> int | None:
+    """The kernel's start time of `pid` (field 22 of /proc/PID/stat), None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+@dataclass(frozen=True)
+class PidRecord:
+    name: str
+    pid: int
+    start_ticks: int
+    argv: list[str]
+    urls: dict[str, str]
+    health_url: str | None
+
+    def alive(self) -> bool:
+        return _proc_start_ticks(self.pid) == self.start_ticks
+
+    @classmethod
+    def load(cls, path: Path) -> PidRecord | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def healthy(url: str | None, timeout: float = 2.0) -> bool:
+    if url is None:
+        return False
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Stack:
+    def __init__(self, settings: Settings, ports: Ports = Ports(), demo_traffic: bool = False) -> None:
+        self.settings = settings
+        self.ports = ports
+        self.demo_traffic = demo_traffic
+        self.external_prefect = os.environ.get("PREFECT_API_URL")
+
+    @property
+    def prefect_api_url(self) -> str:
+        return self.external_prefect or f"http://127.0.0.1:{self.ports.prefect}/api"
+
+    @property
+    def service_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.service}"
+
+    def _base_env(self) -> dict[str, str]:
+        return {
+            "WATCHKEEPER_HOME": str(self.settings.resolved_home),
+            "WATCHKEEPER_CONFIG": str(self.settings.config.resolve()),
+            "PREFECT_API_URL": self.prefect_api_url,
+            "PREFECT_HOME": str(self.settings.resolved_home / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+        }
+
+    def components(self) -> list[Component]:
+        home = self.settings.resolved_home
+        ports = self.ports
+        components = []
+        if self.external_prefect is None:
+            components.append(
+                Component(
+                    "prefect-server",
+                    [
+                        str(BIN / "prefect"),
+                        "server",
+                        "start",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(ports.prefect),
+                    ],
+                    health_url=f"http://127.0.0.1:{ports.prefect}/api/health",
+                    urls={"Prefect UI": f"http://127.0.0.1:{ports.prefect}"},
+                    env={"PREFECT_UI_API_URL": f"http://127.0.0.1:{ports.prefect}/api"},
+                )
+            )
+        components += [
+            Component(
+                "service",
+                [str(BIN / "watchkeeper"), "serve", "--host", "127.0.0.1", "--port", str(ports.service)],
+                health_url=f"{self.service_url}/healthz",
+                urls={
+                    "Watchkeeper API": f"{self.service_url}/docs",
+                    "Metrics": f"{self.service_url}/metrics",
+                },
+            ),
+            Component(
+                "deployments",
+                [str(BIN / "python"), "-m", "deployments.serve"],
+                health_url=None,
+                urls={},
+                env={"PREFECT_RUNNER_POLL_FREQUENCY": "1"},
+                readiness="deployments",
+            ),
+            Component(
+                "alertmanager",
+                [
+                    "prometheus-alertmanager",
+                    f"--config.file={INFRA / 'alertmanager' / 'alertmanager.yml'}",
+                    f"--storage.path={home / 'alertmanager'}",
+                    f"--web.listen-address=127.0.0.1:{ports.alertmanager}",
+                    "--cluster.listen-address=",
+                ],
+                health_url=f"http://127.0.0.1:{ports.alertmanager}/-/ready",
+                urls={"Alertmanager": f"http://127.0.0.1:{ports.alertmanager}"},
+                missing_hint="sudo apt-get install prometheus-alertmanager",
+            ),
+            Component(
+                "prometheus",
+                [
+                    "prometheus",
+                    f"--config.file={home / 'prometheus' / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={home / 'prometheus' / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{ports.prometheus}",
+                ],
+                health_url=f"http://127.0.0.1:{ports.prometheus}/-/ready",
+                urls={"Prometheus": f"http://127.0.0.1:{ports.prometheus}"},
+                missing_hint="sudo apt-get install prometheus",
+            ),
+        ]
+        if self.demo_traffic:
+            components.append(
+                Component(
+                    "demo-traffic",
+                    [str(BIN / "watchkeeper"), "demo-traffic", "--url", self.service_url, "--rate", "20"],
+                    health_url=None,
+                    urls={},
+                    readiness="started",
+                )
+            )
+        return components
+
+    def pid_path(self, name: str) -> Path:
+        return self.settings.run_dir / f"{name}.json"
+
+    def record(self, name: str) -> PidRecord | None:
+        return PidRecord.load(self.pid_path(name))
+
+    def render_prometheus_config(self) -> Path:
+        """infra/prometheus/prometheus.yml with this stack's ports and absolute rule paths."""
+        config = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
+        config["rule_files"] = [
+            str(INFRA / "prometheus" / pattern) for pattern in config.get("rule_files", [])
+        ]
+        for alerting in config.get("alerting", {}).get("alertmanagers", []):
+            for static in alerting.get("static_configs", []):
+                static["targets"] = [f"127.0.0.1:{self.ports.alertmanager}"]
+        targets = {"watchkeeper": self.ports.service, "prometheus": self.ports.prometheus}
+        for job in config.get("scrape_configs", []):
+            if job["job_name"] in targets:
+                for static in job.get("static_configs", []):
+                    static["targets"] = [f"127.0.0.1:{targets[job['job_name']]}"]
+        out = self.settings.resolved_home / "prometheus" / "prometheus.yml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yaml.safe_dump(config, sort_keys=False))
+        return out
+
+    def start(self, component: Component) -> PidRecord:
+        log = (self.settings.logs_dir / f"{component.name}.log").open("ab")
+        env = {**os.environ, **self._base_env(), **component.env}
+        process = subprocess.Popen(
+            component.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+        )
+        log.close()
+        ticks = _proc_start_ticks(process.pid)
+        record = PidRecord(
+            component.name, process.pid, ticks or 0, component.argv, component.urls, component.health_url
+        )
+        self.pid_path(component.name).write_text(json.dumps(record.__dict__, indent=2))
+        return record
+
+    def wait_ready(self, component: Component, record: PidRecord) -> None:
+        deadline = time.monotonic() + component.ready_timeout
+        checks: dict[str, Callable[[], bool]] = {
+            "health": lambda: healthy(component.health_url),
+            "deployments": self._deployments_ready,
+            "started": lambda: True,
+        }
+        log = self.settings.logs_dir / f"{component.name}.log"
+        while time.monotonic() < deadline:
+            if not record.alive():
+                raise RuntimeError(f"{component.name} exited during start-up; see {log}")
+            if checks[component.readiness]():
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{component.name} was not ready after {component.ready_timeout:.0f} s")
+
+    def _deployments_ready(self) -> bool:
+        from deployments.serve import DEPLOYMENT_NAMES
+
+        try:
+            response = httpx.post(f"{self.prefect_api_url}/deployments/filter", json={}, timeout=5)
+        except httpx.HTTPError:
+            return False
+        found = {d["name"] for d in response.json()} if response.status_code == 200 else set()
+        return set(DEPLOYMENT_NAMES) <= found
+
+    def stop(self, name: str) -> str:
+        record = self.record(name)
+        if record is None:
+            return "not started by watchkeeper"
+        outcome = "already stopped"
+        if record.alive():
+            os.killpg(record.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while record.alive() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if record.alive():
+                os.killpg(record.pid, signal.SIGKILL)
+                outcome = "killed after the grace period"
+            else:
+                outcome = "stopped"
+        self.pid_path(name).unlink(missing_ok=True)
+        return outcome
+
+    def up(self, report: Callable[[str, str], None]) -> None:
+        """Start, in dependency order, every component that is not already running."""
+        self.settings.ensure_home()
+        self.render_prometheus_config()
+        for component in self.components():
+            record = self.record(component.name)
+            if record is not None and record.alive():
+                report(component.name, f"already running (pid {record.pid})")
+            elif component.health_url and healthy(component.health_url):
+                report(
+                    component.name, f"already running, not started by watchkeeper ({component.health_url})"
+                )
+            elif not component.available:
+                report(
+                    component.name,
+                    f"not started: {component.argv[0]} is not installed ({component.missing_hint})",
+                )
+            else:
+                record = self.start(component)
+                self.wait_ready(component, record)
+                report(component.name, f"started (pid {record.pid})")
+
+    def down(self, report: Callable[[str, str], None]) -> None:
+        for name in reversed(self.all_names()):
+            if self.pid_path(name).exists():
+                report(name, self.stop(name))
+
+    def all_names(self) -> list[str]:
+        recorded = (
+            sorted(p.stem for p in self.settings.run_dir.glob("*.json"))
+            if self.settings.run_dir.exists()
+            else []
+        )
+        names = [c.name for c in self.components()]
+        return names + [n for n in recorded if n not in names]
