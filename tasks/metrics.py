@@ -55,11 +55,22 @@ def traffic_metrics(log: pd.DataFrame, window: Window) -> list[Measurement]:
             Measurement("latency_p95_seconds", float(latency.quantile(0.95))),
         ]
     served = log.loc[~log["error"], "prediction"].dropna()
-    for predicted_class, n in served.astype(str).value_counts().items():
+    for predicted_class, n in served.map(class_name).value_counts().items():
         measurements.append(
             Measurement("prediction_share", n / len(served), {"prediction_class": str(predicted_class)})
         )
     return measurements
+
+
+def class_name(value: object) -> str:
+    """One spelling per class: labels that went through a float column (1.0) match predictions (1)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _is_positive(column: pd.Series, positive_class: object) -> pd.Series:
+    return column.map(class_name) == class_name(positive_class)
 
 
 def label_coverage(log: pd.DataFrame) -> float:
@@ -78,9 +89,8 @@ def quality_metrics(log: pd.DataFrame, positive_class: object, min_coverage: flo
     labelled = log.loc[~log["error"] & log["label"].notna()]
     if coverage < min_coverage or labelled.empty:
         return measurements
-    positive = str(positive_class)
-    y_true = labelled["label"].astype(str) == positive
-    y_pred = labelled["prediction"].astype(str) == positive
+    y_true = _is_positive(labelled["label"], positive_class)
+    y_pred = _is_positive(labelled["prediction"], positive_class)
     tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[False, True]).ravel()
     measurements += [
         Measurement("true_positives", float(tp)),
@@ -99,8 +109,9 @@ def quality_metrics(log: pd.DataFrame, positive_class: object, min_coverage: flo
 def business_metrics(log: pd.DataFrame, positive_class: object, metric_type: str) -> list[Measurement]:
     """The business value of correct positive decisions among labelled predictions (e.g. fraud caught)."""
     labelled = log.loc[~log["error"] & log["label"].notna()]
-    positive = str(positive_class)
-    caught = labelled["prediction"].astype(str).eq(positive) & labelled["label"].astype(str).eq(positive)
+    caught = _is_positive(labelled["prediction"], positive_class) & _is_positive(
+        labelled["label"], positive_class
+    )
     value = float(labelled.loc[caught, "business_value"].fillna(0).sum())
     return [Measurement("business_impact", value, {"metric_type": metric_type})]
 
@@ -144,6 +155,7 @@ def read_window(store: Store, model_name: str, window: Window) -> pd.DataFrame:
         rows = session.execute(query).all()
     frame = pd.DataFrame(rows, columns=LOG_COLUMNS)
     frame["error"] = frame["error"].astype(bool)
+    frame[["latency_seconds", "business_value"]] = frame[["latency_seconds", "business_value"]].astype(float)
     return frame
 
 

@@ -9,6 +9,7 @@ spikes and error bursts. Positions count predictions after the training part.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 FEATURES = ("salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan")
 CATEGORICAL = ("elevel", "car", "zipcode")
 MEDIAN_LATENCY_SECONDS = 0.03
+CONCEPT_DRIFT_WIDTH = 50
 POST_RETRY_SECONDS = (0.5, 1, 2, 5, 10)
 
 
@@ -96,9 +98,12 @@ class DemoTraffic:
         drifted = synth.Agrawal(
             classification_function=self.injections.concept_drift_function, seed=self.seed + 1
         )
-        # ConceptDriftStream's sigmoid switch is centred on `position`; width 1 makes it abrupt.
+        position = self.train_size + at
+        # ConceptDriftStream switches along a sigmoid centred on `position`; a narrow width makes the
+        # switch abrupt, but its exp() overflows when width < 4 * position / 709.
+        width = max(CONCEPT_DRIFT_WIDTH, math.ceil(4 * position / 700))
         return synth.ConceptDriftStream(
-            stream=base, drift_stream=drifted, position=self.train_size + at, width=1, seed=self.seed
+            stream=base, drift_stream=drifted, position=position, width=width, seed=self.seed
         )
 
     def _train(self) -> HistGradientBoostingClassifier:

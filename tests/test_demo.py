@@ -1,0 +1,65 @@
+"""Demo traffic: the classifier, the injections, and posting to a real service."""
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import LiveService
+from watchkeeper.demo import DemoTraffic, Injections, run_demo_traffic
+
+
+def accuracy(events) -> float:  # noqa: ANN001
+    return float(np.mean([e.prediction == e.label for e in events if not e.error]))
+
+
+def test_the_classifier_learns_the_stream_and_concept_drift_breaks_it() -> None:
+    steady = DemoTraffic(train_size=2000, seed=1)
+    drifted = DemoTraffic(train_size=2000, seed=1, injections=Injections(concept_drift_at=500))
+    before = steady.next_batch(1000)
+    drifted.next_batch(500)
+    after = drifted.next_batch(1000)
+    assert accuracy(before) > 0.9
+    assert accuracy(after) < accuracy(before) - 0.2
+
+
+def test_covariate_drift_nulls_latency_and_errors_start_where_asked() -> None:
+    traffic = DemoTraffic(
+        train_size=500,
+        seed=2,
+        injections=Injections(
+            covariate_drift_at=200,
+            nulls_at=200,
+            null_feature="age",
+            null_rate=0.5,
+            latency_spike_at=200,
+            latency_factor=20,
+            error_burst_at=200,
+            error_rate=0.5,
+            incident_length=100,
+        ),
+    )
+    quiet, injected, over = traffic.next_batch(200), traffic.next_batch(100), traffic.next_batch(200)
+    assert not any(e.error or e.features["age"] is None for e in quiet)
+    assert 0.3 < np.mean([e.features["age"] is None for e in injected]) < 0.7
+    assert 0.3 < np.mean([e.error for e in injected]) < 0.7
+    assert all(e.prediction is None for e in injected if e.error)
+    assert np.median([e.latency_seconds for e in injected]) > 10 * np.median(
+        [e.latency_seconds for e in quiet]
+    )
+    assert not any(e.error for e in over)  # the incident lasted 100 predictions
+    salaries = lambda events: np.mean([e.features["salary"] for e in events])  # noqa: E731
+    assert salaries(over) > 1.4 * salaries(quiet)  # covariate drift persists
+
+
+def test_unknown_null_feature_is_refused() -> None:
+    with pytest.raises(ValueError, match="null_feature"):
+        Injections(null_feature="income")
+
+
+def test_demo_traffic_posts_predictions_and_every_label(service: LiveService) -> None:
+    traffic = DemoTraffic(train_size=300, seed=4)
+    sent = run_demo_traffic(traffic, url=service.url, rate=0, count=250, batch_size=40, label_delay=100)
+    assert (sent.predictions, sent.feedback) == (250, 250)
+    metrics = httpx.get(f"{service.url}/metrics").text
+    assert 'watchkeeper_predictions_total{model_name="credit_approval",model_version="v1"} 250.0' in metrics
+    assert 'watchkeeper_feedback_total{model_name="credit_approval",model_version="v1"} 250.0' in metrics
