@@ -16,10 +16,11 @@ import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
 
-from watchkeeper.config import WatchkeeperConfig, load_config
+from watchkeeper.config import DEFAULT_LATENCY_BUCKETS, WatchkeeperConfig, load_config
 from watchkeeper.service.app import create_app
 from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
+from watchkeeper.store.intake import StoredBatch, store_predictions
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -130,3 +131,8 @@ class LiveService:
 def service(example_config: WatchkeeperConfig, store: Store) -> Iterator[LiveService]:
     with LiveService(example_config, store) as live:
         yield live
+
+
+def save_predictions(store: Store, records: list) -> StoredBatch:
+    """store_predictions with the default latency buckets for every model."""
+    return store_predictions(store, records, latency_buckets=lambda _model: DEFAULT_LATENCY_BUCKETS)

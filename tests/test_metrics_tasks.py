@@ -17,10 +17,11 @@ from tasks.metrics import (
     record_results,
     traffic_metrics,
 )
+from tests.conftest import save_predictions
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.records import FeedbackRecord, PredictionRecord
 from watchkeeper.store import Store
-from watchkeeper.store.intake import store_feedback, store_predictions
+from watchkeeper.store.intake import store_feedback
 from watchkeeper.store.schema import EvaluationResult
 
 END = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -97,7 +98,7 @@ def test_measured_windows_round_trip_through_the_store_without_duplicates(
 ) -> None:
     model = example_config.models[0]
     stamp = (END - timedelta(minutes=1)).isoformat()
-    store_predictions(
+    save_predictions(
         store,
         [
             PredictionRecord(

@@ -1,7 +1,7 @@
 """The HTTP service over real loopback HTTP, on SQLite and PostgreSQL."""
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -160,3 +160,101 @@ def test_healthz_checks_the_store(service: LiveService, store: Store) -> None:
     with store.engine.begin() as connection:
         connection.exec_driver_sql("DROP TABLE alembic_version")
     assert httpx.get(f"{service.url}/healthz").status_code == 503
+
+
+def samples(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    found = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_latency_is_a_cumulative_histogram_with_the_configured_buckets(service: LiveService) -> None:
+    batch = predictions(5)
+    for record, latency in zip(batch, [0.003, 0.02, 0.2, 20.0, 0.02], strict=True):
+        record["latency_seconds"] = latency
+    batch[4]["request_id"] = batch[0]["request_id"]  # a duplicate adds no observation
+    httpx.post(f"{service.url}/v1/predictions", json=batch).raise_for_status()
+    httpx.post(f"{service.url}/v1/predictions", json=batch).raise_for_status()
+    buckets = {
+        dict(labels)["le"]: value
+        for labels, value in samples(service.url, "ai_model_inference_latency_seconds_bucket").items()
+    }
+    assert buckets["0.005"] == 1 and buckets["0.025"] == 2 and buckets["0.25"] == 3
+    assert buckets["10.0"] == 3 and buckets["+Inf"] == 4
+    series = (("model_name", "credit_approval"), ("model_version", "v1"))
+    assert samples(service.url, "ai_model_inference_latency_seconds_count") == {series: 4}
+    assert samples(service.url, "ai_model_inference_latency_seconds_sum")[series] == pytest.approx(20.223)
+
+
+def test_pipeline_runs_are_stored_once_and_feed_the_duration_histogram(service: LiveService) -> None:
+    runs = [
+        {
+            "pipeline_name": "credit_feature_pipeline",
+            "run_id": "r1",
+            "stage": stage,
+            "duration_seconds": seconds,
+            "started_at": "2026-11-26T08:00:00Z",
+            "records": 1000,
+            "errors": 3,
+        }
+        for stage, seconds in [("extract", 12.0), ("transform", 400.0)]
+    ]
+    assert httpx.post(f"{service.url}/v1/pipeline-runs", json=runs).json()["stored"] == 2
+    assert httpx.post(f"{service.url}/v1/pipeline-runs", json=runs).json()["duplicates"] == 2
+    counts = samples(service.url, "ai_pipeline_processing_latency_seconds_count")
+    assert counts == {
+        (("pipeline_name", "credit_feature_pipeline"), ("stage", "extract")): 1,
+        (("pipeline_name", "credit_feature_pipeline"), ("stage", "transform")): 1,
+    }
+    unknown = httpx.post(f"{service.url}/v1/pipeline-runs", json=[{**runs[0], "pipeline_name": "etl"}])
+    assert unknown.status_code == 422 and unknown.json()["field"] == "pipeline_name"
+
+
+def test_latest_evaluated_window_is_exported_as_gauges(
+    service: LiveService, store: Store, example_config: WatchkeeperConfig
+) -> None:
+    from tasks.metrics import Measurement, Window, save_results
+
+    end = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+    older, newer = (
+        Window(end - timedelta(hours=2), end - timedelta(hours=1)),
+        Window(end - timedelta(hours=1), end),
+    )
+    save_results(store, "model_quality", "credit_approval", "v1", older, [Measurement("accuracy", 0.91)])
+    save_results(
+        store,
+        "model_quality",
+        "credit_approval",
+        "v1",
+        newer,
+        [
+            Measurement("accuracy", 0.72),
+            Measurement("business_impact", 1e6, {"metric_type": "loan_value_approved"}),
+        ],
+    )
+    save_results(
+        store,
+        "drift",
+        "credit_approval",
+        "",
+        newer,
+        [Measurement("drift_score", 0.4, {"feature_name": "salary"}), Measurement("drift_share", 0.25)],
+    )
+    assert samples(service.url, "ai_model_accuracy_score") == {
+        (("model_name", "credit_approval"), ("model_version", "v1")): 0.72
+    }
+    assert samples(service.url, "ai_business_impact_score") == {
+        (("metric_type", "loan_value_approved"), ("model_name", "credit_approval")): 1e6
+    }
+    assert samples(service.url, "ai_data_drift_score") == {
+        (("feature_name", "salary"), ("model_name", "credit_approval")): 0.4
+    }
+    stamps = samples(service.url, "watchkeeper_evaluation_timestamp_seconds")
+    assert set(stamps) == {
+        (("kind", "model_quality"), ("model_name", "credit_approval")),
+        (("kind", "drift"), ("model_name", "credit_approval")),
+    }
+    assert all(abs(v - datetime.now(UTC).timestamp()) < 600 for v in stamps.values())

@@ -5,9 +5,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, inspect, select
 
+from tests.conftest import save_predictions
 from watchkeeper.records import FeedbackRecord, PredictionRecord
 from watchkeeper.store import Store
-from watchkeeper.store.intake import intake_totals, store_feedback, store_predictions
+from watchkeeper.store.intake import intake_totals, store_feedback
 from watchkeeper.store.schema import Feedback, Prediction
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -60,7 +61,7 @@ def test_migrations_create_every_table_and_reach_head(store: Store) -> None:
 
 def test_predictions_are_stored_with_their_fields_and_utc_times(store: Store) -> None:
     local = datetime(2026, 11, 1, 13, 0, tzinfo=UTC).astimezone(timezone(timedelta(hours=1)))
-    result = store_predictions(
+    result = save_predictions(
         store, [prediction("r1", timestamp=local), prediction("r2", error=True, prediction=None)]
     )
     assert (result.received, result.stored, result.duplicates) == (2, 2, 0)
@@ -74,8 +75,8 @@ def test_predictions_are_stored_with_their_fields_and_utc_times(store: Store) ->
 
 def test_repeated_request_ids_are_stored_and_counted_once(store: Store) -> None:
     batch = [prediction("r1"), prediction("r2"), prediction("r1", prediction=0)]
-    first = store_predictions(store, batch)
-    second = store_predictions(store, batch)
+    first = save_predictions(store, batch)
+    second = save_predictions(store, batch)
     assert (first.stored, first.duplicates) == (2, 1)
     assert (second.stored, second.duplicates) == (0, 3)
     with store.reading() as session:
@@ -86,7 +87,7 @@ def test_repeated_request_ids_are_stored_and_counted_once(store: Store) -> None:
 
 
 def test_counts_follow_model_versions_and_feedback_takes_its_prediction_version(store: Store) -> None:
-    store_predictions(store, [prediction("a", "v1"), prediction("b", "v2"), prediction("c", "v2")])
+    save_predictions(store, [prediction("a", "v1"), prediction("b", "v2"), prediction("c", "v2")])
     store_feedback(store, [feedback("a"), feedback("b"), feedback("late-prediction")])
     store_feedback(store, [feedback("a", label=0)])
     assert totals(store) == {
@@ -102,7 +103,7 @@ def test_counts_follow_model_versions_and_feedback_takes_its_prediction_version(
 
 
 def test_a_failing_batch_leaves_nothing_behind(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    store_predictions(store, [prediction("before")])
+    save_predictions(store, [prediction("before")])
     import watchkeeper.store.intake as intake
 
     def fail_after_insert(session, kind, counts):  # noqa: ANN001
@@ -110,12 +111,12 @@ def test_a_failing_batch_leaves_nothing_behind(store: Store, monkeypatch: pytest
 
     monkeypatch.setattr(intake, "_add_to_counts", fail_after_insert)
     with pytest.raises(RuntimeError):
-        store_predictions(store, [prediction("x"), prediction("y")])
+        save_predictions(store, [prediction("x"), prediction("y")])
     with store.reading() as session:
         assert session.scalars(select(Prediction.request_id)).all() == ["before"]
 
 
 def test_large_batch_is_stored_whole(store: Store) -> None:
-    result = store_predictions(store, [prediction(f"r{i}") for i in range(5000)])
+    result = save_predictions(store, [prediction(f"r{i}") for i in range(5000)])
     assert result.stored == 5000
     assert totals(store)[("predictions", "credit_approval", "v1")] == 5000

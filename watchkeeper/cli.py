@@ -77,8 +77,12 @@ def serve(
     config = load_monitoring()
     store = open_store()
     store.upgrade()
-    token = state.settings.api_token.get_secret_value() if state.settings.api_token else None
-    uvicorn.run(create_app(config, store, api_token=token), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_app(config, store, api_token=state.settings.api_token_value),
+        host=host,
+        port=port,
+        log_level="info",
+    )
 
 
 PortOption = Annotated[int, typer.Option(min=1, max=65535)]
@@ -203,7 +207,6 @@ def demo_traffic(
         incident_length=incident_length,
     )
     traffic = DemoTraffic(model_name=model, train_size=train_size, seed=seed, injections=injections)
-    token = state.settings.api_token.get_secret_value() if state.settings.api_token else None
     sent = run_demo_traffic(
         traffic,
         url=url,
@@ -211,7 +214,7 @@ def demo_traffic(
         count=count,
         batch_size=batch_size,
         label_delay=label_delay,
-        token=token,
+        token=state.settings.api_token_value,
         console=console,
     )
     console.print(f"sent {sent.predictions} predictions and {sent.feedback} labels to {url}")

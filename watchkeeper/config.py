@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -122,7 +124,15 @@ class Thresholds(Strict):
     drift_share: float = Field(default=0.5, ge=0, le=1)
 
 
+def _increasing(buckets: tuple[float, ...]) -> tuple[float, ...]:
+    if not buckets or buckets[0] <= 0 or any(b <= a for a, b in zip(buckets, buckets[1:], strict=False)):
+        raise ValueError("expected strictly increasing positive bucket bounds in seconds")
+    return buckets
+
+
+Buckets = Annotated[tuple[float, ...], AfterValidator(_increasing)]
 DEFAULT_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DEFAULT_PIPELINE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
 class Model(Strict):
@@ -137,7 +147,7 @@ class Model(Strict):
     reference: Reference | None = None
     windows: Windows = Windows()
     thresholds: Thresholds = Thresholds()
-    latency_buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS
+    latency_buckets: Buckets = DEFAULT_LATENCY_BUCKETS
     business_metric: str = Field(default="value_caught", pattern=NAME_PATTERN)
 
     @field_validator("features")
@@ -145,13 +155,6 @@ class Model(Strict):
     def _unique_features(cls, features: list[Feature]) -> list[Feature]:
         _require_unique([f.name for f in features], "feature")
         return features
-
-    @field_validator("latency_buckets")
-    @classmethod
-    def _increasing(cls, buckets: tuple[float, ...]) -> tuple[float, ...]:
-        if not buckets or any(b <= a for a, b in zip(buckets, buckets[1:], strict=False)) or buckets[0] <= 0:
-            raise ValueError("expected strictly increasing positive bucket bounds in seconds")
-        return buckets
 
 
 class Dataset(Strict):
@@ -164,8 +167,11 @@ class Pipeline(Strict):
     name: Name
     service: Name | None = None
     prefect_deployment: str | None = Field(
-        default=None, description="'flow-name/deployment-name' whose runs are read from the Prefect API"
+        default=None,
+        pattern=r"^[^/]+/[^/]+$",
+        description="'flow-name/deployment-name' whose runs are read from the Prefect API",
     )
+    latency_buckets: Buckets = DEFAULT_PIPELINE_BUCKETS
 
 
 class Topology(Strict):
@@ -237,8 +243,16 @@ class WatchkeeperConfig(Strict):
                 )
         return self
 
+    @cached_property
+    def models_by_name(self) -> dict[str, Model]:
+        return {m.name: m for m in self.models}
+
+    @cached_property
+    def pipelines_by_name(self) -> dict[str, Pipeline]:
+        return {p.name: p for p in self.pipelines}
+
     def model(self, name: str) -> Model | None:
-        return next((m for m in self.models if m.name == name), None)
+        return self.models_by_name.get(name)
 
 
 def _require_unique(names: list[str], what: str) -> None:

@@ -7,7 +7,7 @@ problem found is reported with the record's index and the field, and nothing is 
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -28,6 +28,11 @@ JsonScalar = str | int | float | bool
 
 class RecordModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    subject_field: ClassVar[str] = "model_name"
+
+    @classmethod
+    def known_subjects(cls, config: WatchkeeperConfig) -> list[str]:
+        return [m.name for m in config.models]
 
 
 class PredictionRecord(RecordModel):
@@ -57,7 +62,25 @@ class FeedbackRecord(RecordModel):
     timestamp: AwareDatetime | None = None
 
 
-Record = TypeVar("Record", PredictionRecord, FeedbackRecord)
+class PipelineRunRecord(RecordModel):
+    """One stage of one pipeline run: how long it took, how many records it handled, how many failed."""
+
+    subject_field: ClassVar[str] = "pipeline_name"
+
+    pipeline_name: str = Field(min_length=1, max_length=128)
+    run_id: str = Field(min_length=1, max_length=256)
+    stage: str = Field(default="all", min_length=1, max_length=128)
+    started_at: AwareDatetime
+    duration_seconds: float = Field(ge=0)
+    records: int = Field(default=0, ge=0)
+    errors: int = Field(default=0, ge=0)
+
+    @classmethod
+    def known_subjects(cls, config: WatchkeeperConfig) -> list[str]:
+        return [p.name for p in config.pipelines]
+
+
+Record = TypeVar("Record", PredictionRecord, FeedbackRecord, PipelineRunRecord)
 
 
 class BatchError(Exception):
@@ -104,8 +127,8 @@ def decode_batch(body: bytes, content_type: str | None) -> list[Any]:
 
 
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {
-    PredictionRecord: TypeAdapter(list[PredictionRecord]),
-    FeedbackRecord: TypeAdapter(list[FeedbackRecord]),
+    record_type: TypeAdapter(list[record_type])  # type: ignore[valid-type]
+    for record_type in (PredictionRecord, FeedbackRecord, PipelineRunRecord)
 }
 
 
@@ -117,13 +140,16 @@ def validate_batch(items: list[Any], record_type: type[Record], config: Watchkee
         index, *path = first["loc"]
         field = ".".join(str(p) for p in path) or None
         raise BatchError(_explain(first), index=int(index), field=field) from exc
+    known = set(record_type.known_subjects(config))
+    field = record_type.subject_field
     for index, record in enumerate(records):
-        if config.model(record.model_name) is None:
-            known = ", ".join(sorted(m.name for m in config.models))
+        name = getattr(record, field)
+        if name not in known:
+            kind, expected = field.removesuffix("_name"), ", ".join(sorted(known))
             raise BatchError(
-                f"unknown model {record.model_name!r}: expected one of the configured models ({known})",
+                f"unknown {kind} {name!r}: expected one of the configured {kind}s ({expected})",
                 index=index,
-                field="model_name",
+                field=field,
             )
     return records
 

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
         return self.home.expanduser().resolve()
 
     @property
+    def api_token_value(self) -> str | None:
+        return self.api_token.get_secret_value() if self.api_token else None
+
+    @property
     def store_url(self) -> str:
         return self.database_url or f"sqlite:///{self.resolved_home / 'watchkeeper.db'}"
 

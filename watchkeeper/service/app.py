@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, status
@@ -17,13 +18,14 @@ from watchkeeper.records import (
     BatchError,
     BatchTooLarge,
     FeedbackRecord,
+    PipelineRunRecord,
     PredictionRecord,
     Record,
     parse_batch,
 )
 from watchkeeper.service.metrics import store_registry
 from watchkeeper.store import Store
-from watchkeeper.store.intake import StoredBatch, store_feedback, store_predictions
+from watchkeeper.store.intake import StoredBatch, store_feedback, store_pipeline_runs, store_predictions
 
 
 class BodyTooLarge(Exception):
@@ -67,6 +69,12 @@ def create_app(config: WatchkeeperConfig, store: Store, api_token: str | None = 
     authorized = [Depends(bearer_guard(api_token))]
     head = store.head_revision()
 
+    def latency_buckets(model_name: str) -> tuple[float, ...]:
+        return config.models_by_name[model_name].latency_buckets
+
+    def pipeline_buckets(pipeline_name: str) -> tuple[float, ...]:
+        return config.pipelines_by_name[pipeline_name].latency_buckets
+
     async def intake(
         request: Request, record_type: type[Record], write: Callable[[Store, Sequence[Any]], StoredBatch]
     ) -> JSONResponse:
@@ -102,12 +110,21 @@ def create_app(config: WatchkeeperConfig, store: Store, api_token: str | None = 
     @app.post("/v1/predictions", dependencies=authorized)
     async def post_predictions(request: Request) -> JSONResponse:
         """Store a batch of predictions (JSON array or NDJSON), whole or not at all."""
-        return await intake(request, PredictionRecord, store_predictions)
+        return await intake(
+            request, PredictionRecord, partial(store_predictions, latency_buckets=latency_buckets)
+        )
 
     @app.post("/v1/feedback", dependencies=authorized)
     async def post_feedback(request: Request) -> JSONResponse:
         """Store a batch of delayed ground-truth labels (JSON array or NDJSON), whole or not at all."""
         return await intake(request, FeedbackRecord, store_feedback)
+
+    @app.post("/v1/pipeline-runs", dependencies=authorized)
+    async def post_pipeline_runs(request: Request) -> JSONResponse:
+        """Store pipeline stage runs (duration, records, errors), idempotent by pipeline, run id and stage."""
+        return await intake(
+            request, PipelineRunRecord, partial(store_pipeline_runs, duration_buckets=pipeline_buckets)
+        )
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

@@ -1,24 +1,214 @@
 """`/metrics`: a prometheus_client Collector that reads the store on every scrape.
 
 Nothing is kept in process memory, so the numbers are right after a restart and identical from
-every replica of the service.
+every replica of the service. Gauges come from the latest evaluated window of each kind and
+subject; the latency histograms and intake counters are cumulative counters kept by the intake.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
 
 from watchkeeper.store import Store
-from watchkeeper.store.intake import intake_totals
+from watchkeeper.store.intake import INFERENCE_LATENCY, PIPELINE_LATENCY, intake_totals
+from watchkeeper.store.schema import EvaluationResult, HistogramBucket, HistogramSum
 
 INTAKE_FAMILIES = {
     "predictions": ("watchkeeper_predictions", "Prediction records stored by the intake."),
     "feedback": ("watchkeeper_feedback", "Feedback (ground-truth label) records stored by the intake."),
 }
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """How one stored result (kind, metric) is exported: its name, help and label names.
+
+    `subject_label` names the result's subject (model or dataset or pipeline); `versioned` adds
+    `model_version`; `extra` are label names carried in the result's own labels.
+    """
+
+    name: str
+    doc: str
+    subject_label: str = "model_name"
+    versioned: bool = True
+    extra: tuple[str, ...] = ()
+
+    @property
+    def label_names(self) -> list[str]:
+        return [self.subject_label, *(["model_version"] if self.versioned else []), *self.extra]
+
+
+GAUGES: dict[tuple[str, str], Gauge] = {
+    ("model_quality", "accuracy"): Gauge(
+        "ai_model_accuracy_score", "Accuracy on labelled predictions (0-1)."
+    ),
+    ("model_quality", "precision"): Gauge(
+        "ai_model_precision_score", "Precision of the positive class (0-1)."
+    ),
+    ("model_quality", "recall"): Gauge("ai_model_recall_score", "Recall of the positive class (0-1)."),
+    ("model_quality", "f1"): Gauge("ai_model_f1_score", "F1 of the positive class (0-1)."),
+    ("model_quality", "false_positive_rate"): Gauge(
+        "ai_model_false_positive_rate", "False positive rate (0-1)."
+    ),
+    ("model_quality", "label_coverage_ratio"): Gauge(
+        "ai_model_label_coverage_ratio",
+        "Share of served predictions in the quality window that have a label.",
+    ),
+    ("model_quality", "business_impact"): Gauge(
+        "ai_business_impact_score",
+        "Business value of correct positive decisions in the quality window.",
+        versioned=False,
+        extra=("metric_type",),
+    ),
+    ("model_traffic", "throughput_rps"): Gauge(
+        "ai_model_inference_throughput_rps", "Predictions per second over the metrics window."
+    ),
+    ("model_traffic", "error_rate"): Gauge("ai_model_error_rate", "Share of failed predictions (0-1)."),
+    ("model_traffic", "prediction_share"): Gauge(
+        "ai_model_prediction_class_share",
+        "Share of served predictions per class.",
+        extra=("prediction_class",),
+    ),
+    ("drift", "drift_score"): Gauge(
+        "ai_data_drift_score",
+        "Drift score of a feature against the reference (method-specific).",
+        versioned=False,
+        extra=("feature_name",),
+    ),
+    ("drift", "drift_detected"): Gauge(
+        "ai_data_drift_detected",
+        "1 when the feature's drift test failed.",
+        versioned=False,
+        extra=("feature_name",),
+    ),
+    ("drift", "drift_share"): Gauge(
+        "ai_data_drift_share", "Share of features whose drift test failed.", versioned=False
+    ),
+    ("drift", "prediction_drift_score"): Gauge(
+        "ai_prediction_drift_score", "Drift score of the prediction against the reference.", versioned=False
+    ),
+    ("data_quality", "quality_score"): Gauge(
+        "ai_data_quality_score",
+        "Data quality score (0-1).",
+        subject_label="dataset_name",
+        versioned=False,
+        extra=("pipeline_name",),
+    ),
+    ("data_quality", "check_failure_share"): Gauge(
+        "ai_data_quality_check_failure_share",
+        "Share of values failing one data quality check.",
+        subject_label="dataset_name",
+        versioned=False,
+        extra=("pipeline_name", "check", "column"),
+    ),
+    ("pipeline", "throughput_records_per_second"): Gauge(
+        "ai_pipeline_throughput_records_per_second",
+        "Records per second of pipeline processing.",
+        subject_label="pipeline_name",
+        versioned=False,
+    ),
+    ("pipeline", "error_rate"): Gauge(
+        "ai_pipeline_error_rate",
+        "Share of records that failed in the pipeline (0-1).",
+        subject_label="pipeline_name",
+        versioned=False,
+    ),
+}
+
+HISTOGRAMS = {
+    INFERENCE_LATENCY: (
+        "ai_model_inference_latency_seconds",
+        "Inference latency.",
+        ["model_name", "model_version"],
+    ),
+    PIPELINE_LATENCY: (
+        "ai_pipeline_processing_latency_seconds",
+        "Pipeline stage duration.",
+        ["pipeline_name", "stage"],
+    ),
+}
+
+
+def latest_results(session: Session) -> list[EvaluationResult]:
+    """Every result of the most recent window per (kind, subject, model_version)."""
+    latest = (
+        select(
+            EvaluationResult.kind,
+            EvaluationResult.subject,
+            EvaluationResult.model_version,
+            func.max(EvaluationResult.window_end).label("window_end"),
+        )
+        .group_by(EvaluationResult.kind, EvaluationResult.subject, EvaluationResult.model_version)
+        .subquery()
+    )
+    query = select(EvaluationResult).join(
+        latest,
+        and_(
+            EvaluationResult.kind == latest.c.kind,
+            EvaluationResult.subject == latest.c.subject,
+            EvaluationResult.model_version == latest.c.model_version,
+            EvaluationResult.window_end == latest.c.window_end,
+        ),
+    )
+    return list(session.scalars(query))
+
+
+def evaluation_timestamps(session: Session) -> list[tuple[str, str, float]]:
+    """When each kind was last computed for each subject, in Unix seconds."""
+    rows = session.execute(
+        select(
+            EvaluationResult.kind, EvaluationResult.subject, func.max(EvaluationResult.computed_at)
+        ).group_by(EvaluationResult.kind, EvaluationResult.subject)
+    )
+    return [(kind, subject, at.timestamp()) for kind, subject, at in rows]
+
+
+def gauge_families(results: Iterable[EvaluationResult]) -> list[GaugeMetricFamily]:
+    families: dict[str, GaugeMetricFamily] = {}
+    for result in results:
+        gauge = GAUGES.get((result.kind, result.metric))
+        if gauge is None:
+            continue
+        family = families.get(gauge.name)
+        if family is None:
+            family = families[gauge.name] = GaugeMetricFamily(gauge.name, gauge.doc, labels=gauge.label_names)
+        values = [result.subject, *([result.model_version] if gauge.versioned else [])]
+        values += [str(result.labels.get(name, "")) for name in gauge.extra]
+        family.add_metric(values, result.value)
+    return list(families.values())
+
+
+def histogram_families(session: Session) -> list[HistogramMetricFamily]:
+    buckets: dict[tuple[str, str, str], list[tuple[float, int]]] = {}
+    for row in session.scalars(select(HistogramBucket).order_by(HistogramBucket.le)):
+        buckets.setdefault((row.family, row.subject, row.variant), []).append((row.le, row.total))
+    families = {
+        key: HistogramMetricFamily(name, doc, labels=labels)
+        for key, (name, doc, labels) in HISTOGRAMS.items()
+    }
+    for series in session.scalars(select(HistogramSum)):
+        if series.family not in families:
+            continue
+        cumulative, running = [], 0
+        for le, total in buckets.get((series.family, series.subject, series.variant), []):
+            running += total
+            if not math.isinf(le):
+                cumulative.append((_le_text(le), running))
+        cumulative.append(("+Inf", series.total))
+        families[series.family].add_metric([series.subject, series.variant], cumulative, series.sum)
+    return list(families.values())
+
+
+def _le_text(bound: float) -> str:
+    return repr(float(bound))
 
 
 class StoreCollector(Collector):
@@ -28,14 +218,27 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self.store.reading() as session:
             totals = intake_totals(session)
-        families = {
+            results = latest_results(session)
+            stamps = evaluation_timestamps(session)
+            histograms = histogram_families(session)
+        counters = {
             kind: CounterMetricFamily(name, doc, labels=["model_name", "model_version"])
             for kind, (name, doc) in INTAKE_FAMILIES.items()
         }
         for row in totals:
-            if row.kind in families:
-                families[row.kind].add_metric([row.model_name, row.model_version], row.total)
-        yield from families.values()
+            if row.kind in counters:
+                counters[row.kind].add_metric([row.model_name, row.model_version], row.total)
+        yield from counters.values()
+        yield from histograms
+        yield from gauge_families(results)
+        freshness = GaugeMetricFamily(
+            "watchkeeper_evaluation_timestamp_seconds",
+            "When Watchkeeper last evaluated this kind for this subject (Unix seconds).",
+            labels=["kind", "model_name"],
+        )
+        for kind, subject, seconds in stamps:
+            freshness.add_metric([kind, subject], seconds)
+        yield freshness
 
 
 def store_registry(store: Store) -> CollectorRegistry:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +14,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from watchkeeper.records import FeedbackRecord, PredictionRecord
+from watchkeeper.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
 from watchkeeper.store import Store
-from watchkeeper.store.schema import Feedback, IntakeCount, Prediction, utcnow
+from watchkeeper.store.schema import (
+    Feedback,
+    HistogramBucket,
+    HistogramSum,
+    IntakeCount,
+    PipelineRun,
+    Prediction,
+    utcnow,
+)
 
 # Keeps each IN (...) list well under SQLite's bound-parameter limit.
 LOOKUP_CHUNK = 500
@@ -22,6 +32,8 @@ LOOKUP_CHUNK = 500
 # unique constraint refuses it, and the batch is retried once the other has committed.
 MAX_ATTEMPTS = 3
 UNKNOWN_VERSION = "unknown"
+INFERENCE_LATENCY = "inference_latency"
+PIPELINE_LATENCY = "pipeline_latency"
 
 
 @dataclass(frozen=True)
@@ -46,42 +58,89 @@ def _first_per_request(records: Iterable[Any]) -> dict[tuple[str, str], Any]:
     return firsts
 
 
-def _lookup(session: Session, column: Any, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Any]:
-    """`column`'s value for each (model_name, request_id) already stored in its table."""
-    table = column.class_
-    by_model: dict[str, list[str]] = {}
-    for model_name, request_id in keys:
-        by_model.setdefault(model_name, []).append(request_id)
-    found: dict[tuple[str, str], Any] = {}
-    for model_name, request_ids in by_model.items():
-        for chunk in _chunks(request_ids):
-            rows = session.execute(
-                select(table.request_id, column).where(
-                    table.model_name == model_name, table.request_id.in_(chunk)
-                )
-            )
-            found.update(((model_name, request_id), value) for request_id, value in rows)
+def _lookup(
+    session: Session, group: Any, ident: Any, value: Any, keys: Iterable[tuple[str, str]]
+) -> list[tuple[tuple[str, str], Any]]:
+    """`value` for each stored row whose (`group`, `ident`) is among `keys`, e.g. (model_name, request_id)."""
+    by_group: dict[str, list[str]] = {}
+    for group_value, ident_value in keys:
+        by_group.setdefault(group_value, []).append(ident_value)
+    found: list[tuple[tuple[str, str], Any]] = []
+    for group_value, idents in by_group.items():
+        for chunk in _chunks(idents):
+            rows = session.execute(select(ident, value).where(group == group_value, ident.in_(chunk)))
+            found.extend(((group_value, ident_value), v) for ident_value, v in rows)
     return found
 
 
-def _add_to_counts(session: Session, kind: str, counts: Counter[tuple[str, str]]) -> None:
-    if not counts:
+def _upsert_add(session: Session, table: type[Any], rows: list[dict[str, Any]], added: Sequence[str]) -> None:
+    """Insert `rows`, or add their `added` columns to the rows already under the same primary key."""
+    if not rows:
         return
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(IntakeCount).values(
-        [{"kind": kind, "model_name": m, "model_version": v, "total": n} for (m, v), n in counts.items()]
-    )
+    statement = insert(table).values(rows)
+    keys = [column.name for column in table.__table__.primary_key.columns]
     session.execute(
         statement.on_conflict_do_update(
-            index_elements=["kind", "model_name", "model_version"],
-            set_={"total": IntakeCount.total + statement.excluded.total},
+            index_elements=keys,
+            set_={name: getattr(table, name) + statement.excluded[name] for name in added},
         )
     )
 
 
-def _write_predictions(session: Session, records: Sequence[PredictionRecord]) -> int:
+def _add_to_counts(session: Session, kind: str, counts: Counter[tuple[str, str]]) -> None:
+    rows = [{"kind": kind, "model_name": m, "model_version": v, "total": n} for (m, v), n in counts.items()]
+    _upsert_add(session, IntakeCount, rows, ["total"])
+
+
+def histogram_rows(
+    family: str, observations: Iterable[tuple[str, str, float]], buckets_for: Callable[[str], Sequence[float]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per-bucket counts (each value in the first bucket whose bound is >= it) and sums per series.
+
+    Every configured bound of a series gets a row, empty or not, so the exported histogram always
+    has all its buckets.
+    """
+    buckets: Counter[tuple[str, str, float]] = Counter()
+    sums: dict[tuple[str, str], list[float]] = {}
+    for subject, variant, value in observations:
+        bounds = buckets_for(subject)
+        if (subject, variant) not in sums:
+            sums[(subject, variant)] = [0, 0.0]
+            buckets.update(dict.fromkeys(((subject, variant, le) for le in (*bounds, math.inf)), 0))
+        index = bisect.bisect_left(bounds, value)
+        buckets[(subject, variant, bounds[index] if index < len(bounds) else math.inf)] += 1
+        series = sums[(subject, variant)]
+        series[0] += 1
+        series[1] += value
+    return (
+        [
+            {"family": family, "subject": s, "variant": v, "le": le, "total": n}
+            for (s, v, le), n in buckets.items()
+        ],
+        [
+            {"family": family, "subject": s, "variant": v, "total": n, "sum": t}
+            for (s, v), (n, t) in sums.items()
+        ],
+    )
+
+
+def _add_to_histogram(
+    session: Session,
+    family: str,
+    observations: Iterable[tuple[str, str, float]],
+    buckets_for: Callable[[str], Sequence[float]],
+) -> None:
+    bucket_rows, sum_rows = histogram_rows(family, observations, buckets_for)
+    _upsert_add(session, HistogramBucket, bucket_rows, ["total"])
+    _upsert_add(session, HistogramSum, sum_rows, ["total", "sum"])
+
+
+def _write_predictions(
+    session: Session, records: Sequence[PredictionRecord], buckets_for: Callable[[str], Sequence[float]]
+) -> int:
     firsts = _first_per_request(records)
-    existing = _lookup(session, Prediction.id, firsts)
+    existing = dict(_lookup(session, Prediction.model_name, Prediction.request_id, Prediction.id, firsts))
     now = utcnow()
     rows = [
         {
@@ -102,14 +161,20 @@ def _write_predictions(session: Session, records: Sequence[PredictionRecord]) ->
     if rows:
         session.execute(Prediction.__table__.insert(), rows)
     _add_to_counts(session, "predictions", Counter((r["model_name"], r["model_version"]) for r in rows))
+    latencies = ((r["model_name"], r["model_version"], r["latency_seconds"]) for r in rows)
+    _add_to_histogram(
+        session, INFERENCE_LATENCY, ((m, v, x) for m, v, x in latencies if x is not None), buckets_for
+    )
     return len(rows)
 
 
 def _write_feedback(session: Session, records: Sequence[FeedbackRecord]) -> int:
     firsts = _first_per_request(records)
-    existing = _lookup(session, Feedback.id, firsts)
+    existing = dict(_lookup(session, Feedback.model_name, Feedback.request_id, Feedback.id, firsts))
     new_keys = [key for key in firsts if key not in existing]
-    versions = _lookup(session, Prediction.model_version, new_keys)
+    versions = dict(
+        _lookup(session, Prediction.model_name, Prediction.request_id, Prediction.model_version, new_keys)
+    )
     now = utcnow()
     rows = [
         {
@@ -130,7 +195,34 @@ def _write_feedback(session: Session, records: Sequence[FeedbackRecord]) -> int:
     return len(rows)
 
 
-def _store(store: Store, records: Sequence[Any], write: Any) -> StoredBatch:
+def _write_pipeline_runs(
+    session: Session, records: Sequence[PipelineRunRecord], buckets_for: Callable[[str], Sequence[float]]
+) -> int:
+    firsts: dict[tuple[str, str, str], PipelineRunRecord] = {}
+    for record in records:
+        firsts.setdefault((record.pipeline_name, record.run_id, record.stage), record)
+    existing = {
+        (pipeline, run_id, stage)
+        for (pipeline, run_id), stage in _lookup(
+            session, PipelineRun.pipeline_name, PipelineRun.run_id, PipelineRun.stage, {k[:2] for k in firsts}
+        )
+    }
+    now = utcnow()
+    rows = [
+        {**r.model_dump(), "source": "intake", "received_at": now}
+        for key, r in firsts.items()
+        if key not in existing
+    ]
+    if rows:
+        session.execute(PipelineRun.__table__.insert(), rows)
+    durations = ((r["pipeline_name"], r["stage"], r["duration_seconds"]) for r in rows)
+    _add_to_histogram(session, PIPELINE_LATENCY, durations, buckets_for)
+    return len(rows)
+
+
+def _store(
+    store: Store, records: Sequence[Any], write: Callable[[Session, Sequence[Any]], int]
+) -> StoredBatch:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             with store.writing() as session:
@@ -141,12 +233,24 @@ def _store(store: Store, records: Sequence[Any], write: Any) -> StoredBatch:
     raise AssertionError("unreachable")
 
 
-def store_predictions(store: Store, records: Sequence[PredictionRecord]) -> StoredBatch:
-    return _store(store, records, _write_predictions)
+def store_predictions(
+    store: Store, records: Sequence[PredictionRecord], latency_buckets: Callable[[str], Sequence[float]]
+) -> StoredBatch:
+    """`latency_buckets(model_name)` gives the model's inference latency histogram bounds."""
+    return _store(store, records, lambda session, batch: _write_predictions(session, batch, latency_buckets))
 
 
 def store_feedback(store: Store, records: Sequence[FeedbackRecord]) -> StoredBatch:
     return _store(store, records, _write_feedback)
+
+
+def store_pipeline_runs(
+    store: Store, records: Sequence[PipelineRunRecord], duration_buckets: Callable[[str], Sequence[float]]
+) -> StoredBatch:
+    """Idempotent by (pipeline_name, run_id, stage); `duration_buckets(pipeline)` bounds its histogram."""
+    return _store(
+        store, records, lambda session, batch: _write_pipeline_runs(session, batch, duration_buckets)
+    )
 
 
 def intake_totals(session: Session) -> list[IntakeCount]:

@@ -105,6 +105,54 @@ class IntakeCount(Base):
     total: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class HistogramBucket(Base):
+    """Observations per histogram bucket (not cumulative), added to in the intake's transaction.
+
+    `family` is the histogram (inference_latency, pipeline_latency), `subject` the model or
+    pipeline, `variant` the model version or pipeline stage. `/metrics` accumulates the buckets into
+    a Prometheus histogram whose counters survive restarts and agree across replicas.
+    """
+
+    __tablename__ = "histogram_buckets"
+
+    family: Mapped[str] = mapped_column(String(32), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    le: Mapped[float] = mapped_column(Float, primary_key=True, doc="upper bound; inf for the last bucket")
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class HistogramSum(Base):
+    __tablename__ = "histogram_sums"
+
+    family: Mapped[str] = mapped_column(String(32), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+    sum: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class PipelineRun(Base):
+    """One stage of one pipeline run, as the pipeline reported it."""
+
+    __tablename__ = "pipeline_runs"
+    __table_args__ = (
+        UniqueConstraint("pipeline_name", "run_id", "stage", name="uq_pipeline_run_stage"),
+        Index("ix_pipeline_runs_time", "pipeline_name", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    pipeline_name: Mapped[str] = mapped_column(String(128))
+    run_id: Mapped[str] = mapped_column(String(256))
+    stage: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    duration_seconds: Mapped[float] = mapped_column(Float)
+    records: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    source: Mapped[str] = mapped_column(String(16), default="intake", doc="intake or prefect")
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class EvaluationResult(Base):
     """One number computed by a monitoring flow for one window.
 

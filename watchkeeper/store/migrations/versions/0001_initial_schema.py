@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 21:32:19.635124
+Create Date: 2026-11-26 21:44:06.809565
 """
 
 from collections.abc import Sequence
@@ -95,6 +95,24 @@ def upgrade() -> None:
         batch_op.create_index("ix_feedback_model_time", ["model_name", "timestamp"], unique=False)
 
     op.create_table(
+        "histogram_buckets",
+        sa.Column("family", sa.String(length=32), nullable=False),
+        sa.Column("subject", sa.String(length=128), nullable=False),
+        sa.Column("variant", sa.String(length=64), nullable=False),
+        sa.Column("le", sa.Float(), nullable=False),
+        sa.Column("total", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("family", "subject", "variant", "le"),
+    )
+    op.create_table(
+        "histogram_sums",
+        sa.Column("family", sa.String(length=32), nullable=False),
+        sa.Column("subject", sa.String(length=128), nullable=False),
+        sa.Column("variant", sa.String(length=64), nullable=False),
+        sa.Column("total", sa.BigInteger(), nullable=False),
+        sa.Column("sum", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("family", "subject", "variant"),
+    )
+    op.create_table(
         "intake_counts",
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("model_name", sa.String(length=128), nullable=False),
@@ -102,6 +120,26 @@ def upgrade() -> None:
         sa.Column("total", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("kind", "model_name", "model_version"),
     )
+    op.create_table(
+        "pipeline_runs",
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
+        sa.Column("pipeline_name", sa.String(length=128), nullable=False),
+        sa.Column("run_id", sa.String(length=256), nullable=False),
+        sa.Column("stage", sa.String(length=128), nullable=False),
+        sa.Column("started_at", watchkeeper.store.schema.UTCDateTime(), nullable=False),
+        sa.Column("duration_seconds", sa.Float(), nullable=False),
+        sa.Column("records", sa.BigInteger(), nullable=False),
+        sa.Column("errors", sa.BigInteger(), nullable=False),
+        sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column("received_at", watchkeeper.store.schema.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("pipeline_name", "run_id", "stage", name="uq_pipeline_run_stage"),
+    )
+    with op.batch_alter_table("pipeline_runs", schema=None) as batch_op:
+        batch_op.create_index("ix_pipeline_runs_time", ["pipeline_name", "started_at"], unique=False)
+
     op.create_table(
         "predictions",
         sa.Column(
@@ -317,7 +355,13 @@ def downgrade() -> None:
         batch_op.drop_index("ix_predictions_model_time")
 
     op.drop_table("predictions")
+    with op.batch_alter_table("pipeline_runs", schema=None) as batch_op:
+        batch_op.drop_index("ix_pipeline_runs_time")
+
+    op.drop_table("pipeline_runs")
     op.drop_table("intake_counts")
+    op.drop_table("histogram_sums")
+    op.drop_table("histogram_buckets")
     with op.batch_alter_table("feedback", schema=None) as batch_op:
         batch_op.drop_index("ix_feedback_model_time")
 
