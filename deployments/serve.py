@@ -6,26 +6,58 @@ so that triggered runs start within about two seconds.
 
 from __future__ import annotations
 
-from prefect import serve
+from prefect import Flow, serve
 from prefect.deployments.runner import RunnerDeployment
 
+from flows.backfill_drift import backfill_drift
 from flows.collect_model_metrics import collect_model_metrics
+from flows.evaluate_data_quality import evaluate_data_quality
+from flows.evaluate_drift import evaluate_drift
+from flows.pipeline_health import pipeline_health
 from watchkeeper.settings import Settings
 
-DEPLOYMENT_NAMES = ("collect-model-metrics",)
+FLOWS: dict[str, Flow] = {
+    f.name: f
+    for f in (collect_model_metrics, evaluate_drift, evaluate_data_quality, pipeline_health, backfill_drift)
+}
+DEPLOYMENT_NAMES = tuple(FLOWS)
 
 
 def build_deployments(settings: Settings) -> list[RunnerDeployment]:
     schedules = settings.monitoring.schedules
-    return [
-        collect_model_metrics.to_deployment(
-            name="collect-model-metrics",
-            interval=schedules.collect_model_metrics,
-            concurrency_limit=1,
-            description="Traffic, errors, latency and label-gated quality per model version.",
-            tags=["watchkeeper", "scheduled"],
+    scheduled = {
+        collect_model_metrics: (
+            schedules.collect_model_metrics,
+            "Traffic, errors, latency, label-gated quality.",
         ),
+        evaluate_drift: (
+            schedules.evaluate_drift,
+            "Feature and prediction drift against the reference (Evidently).",
+        ),
+        evaluate_data_quality: (
+            schedules.evaluate_data_quality,
+            "Missing values, ranges, categories, types.",
+        ),
+        pipeline_health: (schedules.pipeline_health, "Pipeline latency, throughput and error rate."),
+    }
+    deployments = [
+        flow.to_deployment(
+            name=flow.name,
+            interval=interval,
+            concurrency_limit=1,
+            description=description,
+            tags=["watchkeeper", "scheduled"],
+        )
+        for flow, (interval, description) in scheduled.items()
     ]
+    deployments.append(
+        backfill_drift.to_deployment(
+            name=backfill_drift.name,
+            description="Ad hoc: drift of every window in a range.",
+            tags=["watchkeeper", "ad-hoc"],
+        )
+    )
+    return deployments
 
 
 def main() -> None:

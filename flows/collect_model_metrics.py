@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.metrics import Window, measure_quality, measure_traffic, record_results
+from tasks.metrics import Window, measure_quality, measure_traffic, minute_floor, record_results
 from watchkeeper.settings import Settings
 from watchkeeper.store.schema import utcnow
-
-
-def minute_floor(moment: datetime) -> datetime:
-    """Windows end on whole minutes, so a retried or repeated run rewrites the same window."""
-    return moment.replace(second=0, microsecond=0)
 
 
 @flow(name="collect-model-metrics", log_prints=True)

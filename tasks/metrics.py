@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 from prefect import task
@@ -24,6 +25,7 @@ class Measurement:
     metric: str
     value: float
     labels: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] | None = None
 
     @property
     def labels_key(self) -> str:
@@ -38,6 +40,11 @@ class Window:
     @property
     def seconds(self) -> float:
         return (self.end - self.start).total_seconds()
+
+
+def minute_floor(moment: datetime) -> datetime:
+    """Windows end on whole minutes, so a retried or repeated run rewrites the same window."""
+    return moment.replace(second=0, microsecond=0)
 
 
 def traffic_metrics(log: pd.DataFrame, window: Window) -> list[Measurement]:
@@ -167,6 +174,7 @@ def save_results(
     window: Window,
     measurements: list[Measurement],
     flow_run_id: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> int:
     """Replace this window's results for `kind` and `subject`: a re-run never duplicates them."""
     computed = utcnow()
@@ -191,6 +199,7 @@ def save_results(
                 labels=m.labels,
                 labels_key=m.labels_key,
                 value=m.value,
+                details={**(details or {}), **(m.details or {})} or None,
                 computed_at=computed,
                 flow_run_id=flow_run_id,
             )

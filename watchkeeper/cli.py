@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -218,3 +220,170 @@ def demo_traffic(
         console=console,
     )
     console.print(f"sent {sent.predictions} predictions and {sent.feedback} labels to {url}")
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+@app.command("drift-report")
+def drift_report(
+    reference: Annotated[Path, typer.Option(help="Reference data, CSV or Parquet")],
+    current: Annotated[Path, typer.Option(help="Current data, CSV or Parquet")],
+    columns: Annotated[
+        list[str] | None, typer.Option("--columns", help="Columns to test (default: all)")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="Evidently drift method for every column")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Drift threshold for every column")] = None,
+    drift_share: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
+    html: Annotated[Path | None, typer.Option(help="Write Evidently's HTML report here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines")] = False,
+) -> None:
+    """Run evaluate-drift's logic on two files: per column drift score, method, threshold and verdict."""
+    from dataclasses import replace
+
+    from tasks.drift import compute_drift, infer_columns
+    from tasks.logs import read_table
+
+    try:
+        reference_frame, current_frame = read_table(reference), read_table(current)
+        wanted = [c for item in columns or [] for c in item.split(",") if c]
+        specs = [
+            replace(s, method=method, threshold=threshold) for s in infer_columns(reference_frame, wanted)
+        ]
+    except (OSError, ValueError, KeyError) as exc:
+        raise _fail(str(exc).strip("'\"")) from exc
+    result = compute_drift(reference_frame, current_frame, specs, drift_share)
+    if html is not None and result.snapshot is not None:
+        result.snapshot.save_html(str(html))
+    if as_json:
+        print(json.dumps(result.as_json(), indent=2))
+        return
+    table = Table("column", "method", "score", "threshold", "drifted")
+    for c in result.columns:
+        table.add_row(
+            c.column,
+            c.method,
+            f"{c.score:.4g}",
+            f"{c.threshold:.4g}",
+            "[red]yes[/red]" if c.drifted else "no",
+        )
+    for name, why in result.skipped.items():
+        table.add_row(name, "-", "-", "-", f"skipped: {why}")
+    console.print(table)
+    console.print(
+        f"drifted share {result.share:.2f}; dataset drift: {'yes' if result.dataset_drift else 'no'}"
+    )
+
+
+def _parse_params(pairs: list[str]) -> dict[str, object]:
+    params: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _fail(f"--param {pair!r}: expected key=value")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def _flows() -> dict[str, object]:
+    from deployments.serve import FLOWS
+
+    return FLOWS
+
+
+@app.command("run")
+def run_flow(
+    flow_name: Annotated[str, typer.Argument(metavar="FLOW", help="Flow name, e.g. evaluate-drift")],
+    param: Annotated[list[str] | None, typer.Option("--param", help="key=value (value may be JSON)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+) -> None:
+    """Run one flow now, in this process, recorded in Prefect like any run, and print its summary."""
+    load_monitoring()
+    flows = _flows()
+    if flow_name not in flows:
+        raise _fail(f"unknown flow {flow_name!r}: expected one of {', '.join(sorted(flows))}")
+    params = _parse_params(param or [])
+    from prefect.exceptions import ParameterTypeError
+
+    try:
+        summary = flows[flow_name](**params)  # type: ignore[operator]
+    except (ParameterTypeError, TypeError, ValueError) as exc:
+        raise _fail(f"{flow_name}: {exc}") from exc
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+def backfill(
+    model: Annotated[str, typer.Argument(help="Configured model name")],
+    start: Annotated[datetime, typer.Option(help="Start of the range (UTC unless an offset is given)")],
+    end: Annotated[datetime, typer.Option(help="End of the range")],
+    window: Annotated[str, typer.Option(help="Window length, e.g. 30m")] = "1h",
+    step: Annotated[str, typer.Option(help="Distance between window starts, e.g. 30m")] = "1h",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Evaluate drift for every window in a range (the backfill-drift flow) with a progress bar."""
+    import threading
+
+    from rich.progress import Progress
+
+    from flows.backfill_drift import backfill_drift, backfill_windows
+    from watchkeeper.config import parse_duration
+
+    config = load_monitoring()
+    if config.model(model) is None:
+        raise _fail(f"model {model!r} is not configured")
+    start, end = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))
+    try:
+        windows = backfill_windows(start, end, parse_duration(window), parse_duration(step))
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = backfill_drift(model=model, start=start, end=end, window=window, step=step)
+        except Exception as exc:  # reported below, on the main thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    store = open_store()
+    started = datetime.now(UTC)
+    with Progress(console=console, disable=as_json) as progress:
+        bar = progress.add_task(f"drift backfill of {model}", total=len(windows))
+        worker.start()
+        while worker.is_alive():
+            worker.join(timeout=1)
+            progress.update(bar, completed=_windows_done(store, model, started))
+        progress.update(bar, completed=_windows_done(store, model, started))
+    if "summary" not in outcome:
+        raise typer.Exit(1)
+    print(json.dumps(outcome["summary"], indent=2, default=str)) if as_json else console.print(
+        outcome["summary"]
+    )
+
+
+def _windows_done(store: Store, model: str, since: datetime) -> int:
+    from sqlalchemy import func, select
+
+    from watchkeeper.store.schema import EvaluationResult
+
+    with store.reading() as session:
+        return (
+            session.scalar(
+                select(func.count()).where(
+                    EvaluationResult.kind == "drift",
+                    EvaluationResult.subject == model,
+                    EvaluationResult.metric == "current_rows",
+                    EvaluationResult.computed_at >= since,
+                )
+            )
+            or 0
+        )

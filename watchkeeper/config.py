@@ -114,6 +114,7 @@ class Windows(Strict):
     metrics: Duration = timedelta(minutes=5)
     quality: Duration = timedelta(hours=1)
     drift: Duration = timedelta(hours=1)
+    data_quality: Duration = timedelta(minutes=15)
     min_rows: int = Field(default=100, ge=1)
 
 
@@ -165,6 +166,7 @@ class Dataset(Strict):
 
 class Pipeline(Strict):
     name: Name
+    window: Duration = timedelta(minutes=15)
     service: Name | None = None
     prefect_deployment: str | None = Field(
         default=None,
@@ -204,6 +206,7 @@ class Schedules(Strict):
     collect_model_metrics: Duration = timedelta(minutes=1)
     evaluate_drift: Duration = timedelta(minutes=15)
     evaluate_data_quality: Duration = timedelta(minutes=15)
+    pipeline_health: Duration = timedelta(minutes=1)
 
 
 class Intake(Strict):

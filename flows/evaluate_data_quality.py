@@ -1,0 +1,33 @@
+"""evaluate-data-quality: each dataset's recent records checked against its model's reference."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from tasks.drift import load_reference
+from tasks.metrics import Window, minute_floor
+from tasks.quality import evaluate_dataset
+from watchkeeper.settings import Settings
+from watchkeeper.store.schema import utcnow
+
+
+@flow(name="evaluate-data-quality", log_prints=True)
+def evaluate_data_quality(datasets: list[str] | None = None) -> dict[str, dict[str, float]]:
+    settings = Settings()
+    config = settings.monitoring
+    store = settings.open_store()
+    end = minute_floor(utcnow())
+    references = {}
+    summary: dict[str, dict[str, float]] = {}
+    for dataset in config.datasets:
+        model = config.model(dataset.model) if dataset.model else None
+        if (datasets and dataset.name not in datasets) or model is None or model.reference is None:
+            continue
+        if model.name not in references:
+            references[model.name] = load_reference(store, model)
+        window = Window(end - model.windows.data_quality, end)
+        result = evaluate_dataset(store, dataset, model, window, references[model.name], flow_run.id)
+        summary[dataset.name] = {"score": result.score, "rows": result.rows}
+        print(f"{dataset.name}: quality score {result.score:.3f} over {result.rows} rows")
+    return summary

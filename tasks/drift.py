@@ -1,0 +1,332 @@
+"""Drift of each feature and of the prediction against a reference, computed by Evidently.
+
+Evidently does the statistics: one `ValueDrift` per column, with the method and threshold from the
+config or Evidently's own defaults, and its test status says whether the column drifted.
+Watchkeeper picks the windows, counts the drifted share and keeps the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from evidently import DataDefinition, Dataset, Report
+from evidently.core.report import Snapshot
+from evidently.metrics import ValueDrift
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import select
+
+from tasks.evidently_workspace import add_drift_snapshot
+from tasks.logs import prediction_frame, reference_frame
+from tasks.metrics import Measurement, Window, save_results
+from watchkeeper.config import Model
+from watchkeeper.store import Store
+from watchkeeper.store.schema import EvaluationResult
+
+DRIFT = "drift"
+FAILED = "FAIL"
+# Evidently's drift statistics need at least this many non-null values on each side.
+MIN_VALUES = 2
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    type: str  # "numerical" or "categorical"
+    method: str | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+
+@dataclass
+class DriftResult:
+    columns: list[ColumnDrift]
+    share: float
+    drift_share_threshold: float
+    dataset_drift: bool
+    reference_rows: int
+    current_rows: int
+    prediction: ColumnDrift | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    snapshot: Snapshot | None = field(default=None, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "columns": [asdict(c) for c in self.columns],
+            "share": self.share,
+            "drift_share_threshold": self.drift_share_threshold,
+            "dataset_drift": self.dataset_drift,
+            "prediction": asdict(self.prediction) if self.prediction else None,
+            "reference_rows": self.reference_rows,
+            "current_rows": self.current_rows,
+            "skipped": self.skipped,
+        }
+
+    def measurements(self) -> list[Measurement]:
+        found = [
+            Measurement("drift_share", self.share),
+            Measurement("dataset_drift", float(self.dataset_drift)),
+        ]
+        for c in self.columns:
+            method = {"method": c.method, "threshold": c.threshold}
+            found += [
+                Measurement("drift_score", c.score, {"feature_name": c.column}, method),
+                Measurement("drift_detected", float(c.drifted), {"feature_name": c.column}, method),
+            ]
+        if self.prediction is not None:
+            found.append(Measurement("prediction_drift_score", self.prediction.score))
+            found.append(Measurement("prediction_drift_detected", float(self.prediction.drifted)))
+        found += [
+            Measurement("reference_rows", float(self.reference_rows)),
+            Measurement("current_rows", float(self.current_rows)),
+        ]
+        return found
+
+
+def infer_columns(
+    reference: pd.DataFrame, columns: list[str] | None = None, max_categories: int = 20
+) -> list[ColumnSpec]:
+    """Numbers with many distinct values are numerical; everything else is categorical."""
+    specs = []
+    for name in columns or list(reference.columns):
+        if name not in reference.columns:
+            raise KeyError(f"column {name!r} is not in the reference data")
+        series = reference[name]
+        numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+        kind = "numerical" if numeric and series.nunique() > max_categories else "categorical"
+        specs.append(ColumnSpec(name, kind))
+    return specs
+
+
+def _usable(spec: ColumnSpec, reference: pd.DataFrame, current: pd.DataFrame) -> str | None:
+    """Why a column cannot be tested, or None when it can."""
+    for side, frame in (("reference", reference), ("current", current)):
+        if spec.name not in frame.columns:
+            return f"missing from the {side} data"
+        if frame[spec.name].notna().sum() < MIN_VALUES:
+            return f"fewer than {MIN_VALUES} non-null values in the {side} data"
+    return None
+
+
+def _column_results(snapshot: Snapshot) -> dict[str, ColumnDrift]:
+    payload = snapshot.dict()
+    failed = {t["metric_config"]["metric_id"] for t in payload.get("tests", []) if t["status"] == FAILED}
+    results = {}
+    for metric in payload["metrics"]:
+        config = metric["config"]
+        results[config["column"]] = ColumnDrift(
+            column=config["column"],
+            method=config["method"],
+            score=float(metric["value"]),
+            threshold=float(config["threshold"]),
+            drifted=metric["id"] in failed,
+        )
+    return results
+
+
+def _evidently_frame(frame: pd.DataFrame, specs: list[ColumnSpec]) -> pd.DataFrame:
+    """Only the tested columns, numerical ones as floats (None from JSON becomes NaN)."""
+    data = {}
+    for spec in specs:
+        column = frame[spec.name]
+        data[spec.name] = (
+            pd.to_numeric(column, errors="coerce") if spec.type == "numerical" else column.astype("string")
+        )
+    return pd.DataFrame(data)
+
+
+def compute_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    features: list[ColumnSpec],
+    drift_share: float = 0.5,
+    prediction: ColumnSpec | None = None,
+    timestamp: Any = None,
+) -> DriftResult:
+    """Per-feature drift, the drifted share and (optionally) prediction drift, in one Evidently Report."""
+    skipped = {spec.name: why for spec in features if (why := _usable(spec, reference, current))}
+    tested = [spec for spec in features if spec.name not in skipped]
+    if prediction is not None and _usable(prediction, reference, current) is None:
+        tested.append(prediction)
+    if not tested:
+        return DriftResult([], 0.0, drift_share, False, len(reference), len(current), skipped=skipped)
+    definition = DataDefinition(
+        numerical_columns=[s.name for s in tested if s.type == "numerical"],
+        categorical_columns=[s.name for s in tested if s.type == "categorical"],
+    )
+    report = Report(
+        [ValueDrift(column=s.name, method=s.method, threshold=s.threshold) for s in tested],
+        include_tests=True,
+    )
+    snapshot = report.run(
+        Dataset.from_pandas(_evidently_frame(current, tested), data_definition=definition),
+        Dataset.from_pandas(_evidently_frame(reference, tested), data_definition=definition),
+        timestamp=timestamp,
+    )
+    by_column = _column_results(snapshot)
+    columns = [by_column[s.name] for s in tested if s is not prediction]
+    share = sum(c.drifted for c in columns) / len(columns) if columns else 0.0
+    return DriftResult(
+        columns=columns,
+        share=share,
+        drift_share_threshold=drift_share,
+        dataset_drift=bool(columns) and share >= drift_share,
+        reference_rows=len(reference),
+        current_rows=len(current),
+        prediction=by_column.get(prediction.name) if prediction is not None else None,
+        skipped=skipped,
+        snapshot=snapshot,
+    )
+
+
+def summary_markdown(model_name: str, window: str, result: DriftResult, report_path: Path | None) -> str:
+    lines = [
+        f"# Drift of {model_name}",
+        f"Window {window}: {result.current_rows} rows against {result.reference_rows} reference rows.",
+        f"**{sum(c.drifted for c in result.columns)} of {len(result.columns)} features drifted "
+        f"(share {result.share:.2f}, dataset drift at {result.drift_share_threshold:.2f}: "
+        f"{'yes' if result.dataset_drift else 'no'}).**",
+        "",
+        "| column | method | score | threshold | drifted |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    shown = [*result.columns, *([result.prediction] if result.prediction else [])]
+    lines += [
+        f"| {c.column} | {c.method} | {c.score:.4g} | {c.threshold:.4g} | {'yes' if c.drifted else 'no'} |"
+        for c in shown
+    ]
+    lines += [f"| {name} | - | - | - | skipped: {why} |" for name, why in result.skipped.items()]
+    if report_path is not None:
+        lines += ["", f"HTML report: `{report_path}`"]
+    return "\n".join(lines)
+
+
+def model_columns(model: Model) -> tuple[list[ColumnSpec], ColumnSpec]:
+    """The model's features with their configured drift methods, and its prediction column."""
+    features = [ColumnSpec(f.name, f.type, f.drift_method, f.drift_threshold) for f in model.features]
+    return features, ColumnSpec(model.prediction_column, "categorical")
+
+
+def _with_prediction_column(frame: pd.DataFrame, model: Model) -> pd.DataFrame:
+    """The log calls the prediction `prediction`; reference files use the model's `prediction_column`."""
+    if model.prediction_column not in frame.columns and "prediction" in frame.columns:
+        return frame.rename(columns={"prediction": model.prediction_column})
+    return frame
+
+
+@dataclass(frozen=True)
+class WindowDrift:
+    model: str
+    window_start: str
+    window_end: str
+    status: str
+    share: float | None = None
+    dataset_drift: bool | None = None
+    drifted: tuple[str, ...] = ()
+    snapshot_id: str | None = None
+    html: str | None = None
+    markdown: str = ""
+
+
+def _previous_snapshot(store: Store, model_name: str, window: Window) -> str | None:
+    with store.reading() as session:
+        details = session.scalar(
+            select(EvaluationResult.details).where(
+                EvaluationResult.kind == DRIFT,
+                EvaluationResult.subject == model_name,
+                EvaluationResult.window_start == window.start,
+                EvaluationResult.window_end == window.end,
+                EvaluationResult.metric == "drift_share",
+            )
+        )
+    return (details or {}).get("snapshot_id")
+
+
+@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def load_reference(store: Store, model: Model) -> pd.DataFrame:
+    return reference_frame(store, model)
+
+
+@task(
+    retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, task_run_name="drift-{model.name}-{window.end}"
+)
+def evaluate_drift_window(
+    store: Store,
+    model: Model,
+    window: Window,
+    reference: pd.DataFrame,
+    home: Path,
+    flow_run_id: str | None = None,
+) -> WindowDrift:
+    """Drift of one window: results replace the window's earlier ones, with one snapshot and HTML report."""
+    label = f"{window.start.isoformat()} to {window.end.isoformat()}"
+    current = prediction_frame(store, model.name, window.start, window.end)
+    current = current[~current["error"]] if "error" in current else current
+    base = {
+        "model": model.name,
+        "window_start": window.start.isoformat(),
+        "window_end": window.end.isoformat(),
+    }
+    if len(current) < model.windows.min_rows or len(reference) < model.windows.min_rows:
+        save_results(
+            store,
+            DRIFT,
+            model.name,
+            "",
+            window,
+            [
+                Measurement("reference_rows", float(len(reference))),
+                Measurement("current_rows", float(len(current))),
+            ],
+            flow_run_id,
+        )
+        needed = model.windows.min_rows
+        status = f"skipped: {len(current)} current and {len(reference)} reference rows, {needed} needed"
+        return WindowDrift(**base, status=status)
+    features, prediction = model_columns(model)
+    result = compute_drift(
+        _with_prediction_column(reference, model),
+        _with_prediction_column(current, model),
+        features,
+        model.thresholds.drift_share,
+        prediction,
+        timestamp=window.end,
+    )
+    assert result.snapshot is not None
+    html = home / "reports" / model.name / f"drift-{window.end.strftime('%Y%m%dT%H%M%SZ')}.html"
+    html.parent.mkdir(parents=True, exist_ok=True)
+    result.snapshot.save_html(str(html))
+    snapshot_id = add_drift_snapshot(
+        home / "evidently", model, result.snapshot, replaces=_previous_snapshot(store, model.name, window)
+    )
+    save_results(
+        store,
+        DRIFT,
+        model.name,
+        "",
+        window,
+        result.measurements(),
+        flow_run_id,
+        details={"snapshot_id": snapshot_id, "html": str(html)},
+    )
+    return WindowDrift(
+        **base,
+        status="evaluated",
+        share=result.share,
+        dataset_drift=result.dataset_drift,
+        drifted=tuple(c.column for c in result.columns if c.drifted),
+        snapshot_id=snapshot_id,
+        html=str(html),
+        markdown=summary_markdown(model.name, label, result, html),
+    )

@@ -1,0 +1,81 @@
+"""Drift snapshots in a local Evidently workspace, one project per model with its dashboard.
+
+`evidently ui --workspace WATCHKEEPER_HOME/evidently` shows each model's drift over time.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from evidently.core.report import Snapshot
+from evidently.sdk.models import PanelMetric
+from evidently.sdk.panels import line_plot_panel, text_panel
+from evidently.ui.workspace import Project, Workspace
+
+from watchkeeper.config import Model
+
+VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
+# The local workspace keeps its project list in files; mapped drift tasks run in threads.
+_WORKSPACE_LOCK = threading.Lock()
+
+
+def _dashboard(project: Project, model: Model) -> None:
+    project.dashboard.add_panel(
+        text_panel(title=f"{model.name}: drift against the reference", description="Set up by Watchkeeper")
+    )
+    for feature in model.features:
+        project.dashboard.add_panel(
+            line_plot_panel(
+                title=f"{feature.name} drift score",
+                values=[
+                    PanelMetric(
+                        legend=feature.name, metric=VALUE_DRIFT, metric_labels={"column": feature.name}
+                    )
+                ],
+                size="half",
+            )
+        )
+    project.dashboard.add_panel(
+        line_plot_panel(
+            title="prediction drift score",
+            values=[
+                PanelMetric(
+                    legend=model.prediction_column,
+                    metric=VALUE_DRIFT,
+                    metric_labels={"column": model.prediction_column},
+                )
+            ],
+            size="half",
+        )
+    )
+
+
+def model_project(workspace: Workspace, model: Model) -> Project:
+    """The model's project, created with its dashboard the first time."""
+    for project in workspace.list_projects():
+        if project.name == model.name:
+            return project
+    project = workspace.create_project(
+        model.name, description=f"Drift of {model.name} monitored by Watchkeeper"
+    )
+    _dashboard(project, model)
+    return project
+
+
+def add_drift_snapshot(path: Path, model: Model, snapshot: Snapshot, replaces: str | None = None) -> str:
+    """Store the snapshot (dropping the one it replaces, for a re-evaluated window); returns its id."""
+    with _WORKSPACE_LOCK:
+        workspace = Workspace.create(str(path))
+        project = model_project(workspace, model)
+        if replaces and replaces in {str(run_id) for run_id in workspace.list_runs(project.id)}:
+            workspace.delete_run(project.id, replaces)
+        return str(workspace.add_run(project.id, snapshot).id)
+
+
+def snapshot_ids(path: Path, model_name: str) -> list[str]:
+    workspace = Workspace.create(str(path))
+    for project in workspace.list_projects():
+        if project.name == model_name:
+            return [str(run_id) for run_id in workspace.list_runs(project.id)]
+    return []

@@ -1,0 +1,78 @@
+"""Reading the prediction log as feature frames, and a model's reference data."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import create_engine, func, select, text
+
+from watchkeeper.config import FileReference, Model, PeriodReference, SqlReference
+from watchkeeper.secrets import resolve_secret
+from watchkeeper.store import Store
+from watchkeeper.store.schema import Prediction
+
+LOG_FIELDS = ["request_id", "model_version", "timestamp", "prediction", "score", "error"]
+
+
+def prediction_frame(store: Store, model_name: str, start: datetime, end: datetime) -> pd.DataFrame:
+    """Predictions in [start, end): one column per feature as sent, plus the log's own fields.
+
+    Feature columns keep the names the model service sent, so missing or unexpected features show
+    up in data quality instead of being dropped here.
+    """
+    query = select(
+        Prediction.request_id,
+        Prediction.model_version,
+        Prediction.timestamp,
+        Prediction.prediction,
+        Prediction.score,
+        Prediction.error,
+        Prediction.features,
+    ).where(Prediction.model_name == model_name, Prediction.timestamp >= start, Prediction.timestamp < end)
+    with store.reading() as session:
+        rows = session.execute(query).all()
+    log = pd.DataFrame([row[:-1] for row in rows], columns=LOG_FIELDS)
+    features = pd.DataFrame.from_records([row[-1] for row in rows], index=log.index)
+    overlap = [c for c in features.columns if c in log.columns]
+    return pd.concat([features.drop(columns=overlap), log], axis=1)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV or Parquet file, by its suffix."""
+    suffix = path.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        return pd.read_parquet(path)
+    if suffix in {".csv", ".txt"}:
+        return pd.read_csv(path)
+    raise ValueError(f"{path}: expected a .csv or .parquet file, got {suffix or 'no suffix'}")
+
+
+def first_prediction_time(store: Store, model_name: str) -> datetime | None:
+    with store.reading() as session:
+        return session.scalar(
+            select(func.min(Prediction.timestamp)).where(Prediction.model_name == model_name)
+        )
+
+
+def reference_frame(store: Store, model: Model) -> pd.DataFrame:
+    """The model's configured reference: a file, a SQL query, or a fixed period of its own log."""
+    reference = model.reference
+    if reference is None:
+        raise ValueError(f"model {model.name!r} has no reference configured (models[].reference)")
+    if isinstance(reference, FileReference):
+        return read_table(reference.path)
+    if isinstance(reference, SqlReference):
+        url = resolve_secret(reference.database_url) if reference.database_url else store.url
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                return pd.read_sql_query(text(reference.query), connection)
+        finally:
+            engine.dispose()
+    assert isinstance(reference, PeriodReference)
+    start = reference.start or first_prediction_time(store, model.name)
+    if start is None:
+        return pd.DataFrame()
+    return prediction_frame(store, model.name, start, start + reference.duration)

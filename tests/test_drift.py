@@ -1,0 +1,128 @@
+"""Drift: Evidently's scores against scipy, detection on the demo stream, and the false alarm rate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from tasks.drift import ColumnSpec, compute_drift, infer_columns
+from tasks.metrics import quality_metrics
+from watchkeeper.demo import CATEGORICAL, FEATURES, DemoEvent, DemoTraffic, Injections
+
+RNG = np.random.default_rng(20261126)
+
+
+def psi(reference: np.ndarray, current: np.ndarray) -> float:
+    """Population stability index on Sturges bins of both samples, empty bins floored at 1e-4."""
+    edges = np.histogram_bin_edges(np.concatenate([reference, current]), bins="sturges")
+    ref = np.histogram(reference, edges)[0] / len(reference)
+    cur = np.histogram(current, edges)[0] / len(current)
+    ref, cur = np.where(ref == 0, 1e-4, ref), np.where(cur == 0, 1e-4, cur)
+    return float(np.sum((ref - cur) * np.log(ref / cur)))
+
+
+def one_column(reference: np.ndarray, current: np.ndarray, method: str | None):  # noqa: ANN201
+    result = compute_drift(
+        pd.DataFrame({"x": reference}), pd.DataFrame({"x": current}), [ColumnSpec("x", "numerical", method)]
+    )
+    return result.columns[0]
+
+
+def test_default_method_on_small_samples_is_the_ks_p_value() -> None:
+    reference, current = RNG.normal(0, 1, 600), RNG.normal(0.25, 1, 500)
+    drift = one_column(reference, current, None)
+    assert drift.method.startswith("K-S")
+    assert drift.score == pytest.approx(stats.ks_2samp(reference, current).pvalue, rel=1e-9)
+    assert drift.drifted == (drift.score < drift.threshold)
+
+
+def test_default_method_on_large_samples_is_normed_wasserstein() -> None:
+    reference, current = RNG.normal(10, 2, 5000), RNG.normal(10.5, 2, 4000)
+    drift = one_column(reference, current, None)
+    assert drift.method.startswith("Wasserstein")
+    expected = stats.wasserstein_distance(reference, current) / np.std(reference)
+    assert drift.score == pytest.approx(expected, rel=1e-9)
+    assert drift.drifted and drift.threshold == 0.1
+
+
+def test_psi_by_name() -> None:
+    reference, current = RNG.lognormal(0, 0.5, 3000), RNG.lognormal(0.2, 0.5, 3000)
+    drift = one_column(reference, current, "psi")
+    assert drift.method == "psi"
+    assert drift.score == pytest.approx(psi(reference, current), rel=1e-9)
+
+
+def test_columns_missing_or_empty_are_reported_as_skipped() -> None:
+    reference = pd.DataFrame({"a": RNG.normal(size=300), "b": RNG.normal(size=300)})
+    current = pd.DataFrame({"a": RNG.normal(size=300), "b": [None] * 300})
+    result = compute_drift(
+        reference,
+        current,
+        [ColumnSpec("a", "numerical"), ColumnSpec("b", "numerical"), ColumnSpec("c", "numerical")],
+    )
+    assert [c.column for c in result.columns] == ["a"]
+    assert result.skipped == {
+        "b": "fewer than 2 non-null values in the current data",
+        "c": "missing from the reference data",
+    }
+
+
+def test_column_types_are_inferred_from_the_reference() -> None:
+    frame = pd.DataFrame({"n": RNG.normal(size=100), "k": RNG.integers(0, 4, 100), "s": ["x"] * 100})
+    assert [(c.name, c.type) for c in infer_columns(frame)] == [
+        ("n", "numerical"),
+        ("k", "categorical"),
+        ("s", "categorical"),
+    ]
+    with pytest.raises(KeyError, match="'z' is not in the reference"):
+        infer_columns(frame, ["z"])
+
+
+WINDOW = 1200  # above Evidently's 1,000-row switch to distance-based methods
+SPECS = [ColumnSpec(f, "categorical" if f in CATEGORICAL else "numerical") for f in FEATURES]
+PREDICTION = ColumnSpec("prediction", "categorical")
+
+
+def frame(events: list[DemoEvent]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{**e.features, "prediction": e.prediction, "label": e.label, "error": e.error} for e in events]
+    )
+
+
+def alarms(reference: pd.DataFrame, window: pd.DataFrame) -> dict[str, bool]:
+    """What the shipped monitors would raise for one window: feature drift and degraded accuracy."""
+    drift = compute_drift(reference, window, SPECS, 0.5, PREDICTION)
+    accuracy = {m.metric: m.value for m in quality_metrics(window, 1, 0.5)}["accuracy"]
+    return {"feature_drift": any(c.drifted for c in drift.columns), "accuracy": accuracy < 0.85}
+
+
+@pytest.fixture(scope="module")
+def demo_windows() -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """Reference, then 22 stationary windows, 3 after concept drift, 3 after covariate drift too."""
+    traffic = DemoTraffic(
+        train_size=5000,
+        seed=11,
+        injections=Injections(
+            concept_drift_at=(1 + 22) * WINDOW + 100, covariate_drift_at=(1 + 25) * WINDOW + 100
+        ),
+    )
+    reference = frame(traffic.next_batch(WINDOW))
+    return reference, [frame(traffic.next_batch(WINDOW)) for _ in range(28)]
+
+
+def test_stationary_windows_stay_quiet(demo_windows) -> None:  # noqa: ANN001
+    reference, windows = demo_windows
+    raised = [any(alarms(reference, w).values()) for w in windows[:22]]
+    assert sum(raised) / len(raised) <= 0.05
+
+
+def test_concept_and_covariate_drift_are_caught_within_two_windows(demo_windows) -> None:  # noqa: ANN001
+    reference, windows = demo_windows
+    concept = [alarms(reference, w)["accuracy"] for w in windows[22:24]]
+    covariate = [alarms(reference, w)["feature_drift"] for w in windows[25:27]]
+    assert any(concept), "concept drift (the Agrawal function changed) not caught"
+    assert any(covariate), "covariate drift (salary and age shifted) not caught"
+    drifted = compute_drift(reference, windows[26], SPECS, 0.5, PREDICTION)
+    assert {c.column for c in drifted.columns if c.drifted} == {"salary", "age"}
