@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.metrics import Window, measure_quality, measure_traffic, minute_floor, record_results
+from tasks.metrics import Window, measure_quality, measure_traffic, record_results
 from watchkeeper.settings import Settings
 from watchkeeper.store.schema import utcnow
 
@@ -15,7 +15,7 @@ def collect_model_metrics(models: list[str] | None = None) -> dict[str, int]:
     settings = Settings()
     config = settings.monitoring
     store = settings.open_store()
-    end = minute_floor(utcnow())
+    end = utcnow()
     stored: dict[str, int] = {}
     for model in config.models:
         if models and model.name not in models:

@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from tasks.drift import load_reference
-from tasks.metrics import Window, minute_floor
+from tasks.metrics import Window
 from tasks.quality import evaluate_dataset
 from watchkeeper.settings import Settings
 from watchkeeper.store.schema import utcnow
@@ -17,7 +17,7 @@ def evaluate_data_quality(datasets: list[str] | None = None) -> dict[str, dict[s
     settings = Settings()
     config = settings.monitoring
     store = settings.open_store()
-    end = minute_floor(utcnow())
+    end = utcnow()
     references = {}
     summary: dict[str, dict[str, float]] = {}
     for dataset in config.datasets:

@@ -7,7 +7,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 
 from tasks.drift import evaluate_drift_window, load_reference
-from tasks.metrics import Window, minute_floor
+from tasks.metrics import Window
 from watchkeeper.settings import Settings
 from watchkeeper.store.schema import utcnow
 
@@ -16,7 +16,7 @@ from watchkeeper.store.schema import utcnow
 def evaluate_drift(models: list[str] | None = None) -> dict[str, dict[str, object]]:
     settings = Settings()
     store = settings.open_store()
-    end = minute_floor(utcnow())
+    end = utcnow()
     summary: dict[str, dict[str, object]] = {}
     for model in settings.monitoring.models:
         if (models and model.name not in models) or model.reference is None:

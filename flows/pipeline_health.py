@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.metrics import Window, minute_floor
+from tasks.metrics import Window
 from tasks.pipelines import evaluate_pipeline
 from watchkeeper.settings import Settings
 from watchkeeper.store.schema import utcnow
@@ -15,7 +15,7 @@ from watchkeeper.store.schema import utcnow
 def pipeline_health(pipelines: list[str] | None = None) -> dict[str, dict[str, float]]:
     settings = Settings()
     store = settings.open_store()
-    end = minute_floor(utcnow())
+    end = utcnow()
     summary = {}
     for pipeline in settings.monitoring.pipelines:
         if pipelines and pipeline.name not in pipelines:

@@ -34,7 +34,7 @@ def prediction_frame(store: Store, model_name: str, start: datetime, end: dateti
     with store.reading() as session:
         rows = session.execute(query).all()
     log = pd.DataFrame([row[:-1] for row in rows], columns=LOG_FIELDS)
-    features = pd.DataFrame.from_records([row[-1] for row in rows], index=log.index)
+    features = pd.DataFrame([row[-1] for row in rows], index=log.index)
     overlap = [c for c in features.columns if c in log.columns]
     return pd.concat([features.drop(columns=overlap), log], axis=1)
 

@@ -42,11 +42,6 @@ class Window:
         return (self.end - self.start).total_seconds()
 
 
-def minute_floor(moment: datetime) -> datetime:
-    """Windows end on whole minutes, so a retried or repeated run rewrites the same window."""
-    return moment.replace(second=0, microsecond=0)
-
-
 def traffic_metrics(log: pd.DataFrame, window: Window) -> list[Measurement]:
     """Request count, throughput, error rate and the prediction mix of one window."""
     count = len(log)

@@ -58,8 +58,18 @@ def test_unknown_null_feature_is_refused() -> None:
 
 def test_demo_traffic_posts_predictions_and_every_label(service: LiveService) -> None:
     traffic = DemoTraffic(train_size=300, seed=4)
-    sent = run_demo_traffic(traffic, url=service.url, rate=0, count=250, batch_size=40, label_delay=100)
-    assert (sent.predictions, sent.feedback) == (250, 250)
+    sent = run_demo_traffic(
+        traffic,
+        url=service.url,
+        rate=0,
+        count=250,
+        batch_size=40,
+        label_delay=100,
+        pipeline="credit_feature_pipeline",
+    )
+    assert (sent.predictions, sent.feedback, sent.pipeline_runs) == (250, 250, 7)
     metrics = httpx.get(f"{service.url}/metrics").text
     assert 'watchkeeper_predictions_total{model_name="credit_approval",model_version="v1"} 250.0' in metrics
     assert 'watchkeeper_feedback_total{model_name="credit_approval",model_version="v1"} 250.0' in metrics
+    series = '{pipeline_name="credit_feature_pipeline",stage="features"}'
+    assert f"ai_pipeline_processing_latency_seconds_count{series} 7.0" in metrics

@@ -10,16 +10,35 @@ import httpx
 import pytest
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from sqlalchemy import func, select
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
-from tests.test_service import predictions
 from watchkeeper.stack import PidRecord
-from watchkeeper.store import Store
-from watchkeeper.store.schema import EvaluationResult
 
 WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
 pytestmark = pytest.mark.stack
+SCHEDULED = ("collect-model-metrics", "evaluate-drift", "evaluate-data-quality", "pipeline-health")
+EXPORTED = {
+    "watchkeeper_predictions",
+    "watchkeeper_feedback",
+    "ai_model_accuracy_score",
+    "ai_model_precision_score",
+    "ai_model_recall_score",
+    "ai_model_f1_score",
+    "ai_model_false_positive_rate",
+    "ai_model_inference_latency_seconds",
+    "ai_model_inference_throughput_rps",
+    "ai_model_error_rate",
+    "ai_model_label_coverage_ratio",
+    "ai_data_drift_score",
+    "ai_data_drift_share",
+    "ai_data_quality_score",
+    "ai_pipeline_processing_latency_seconds",
+    "ai_pipeline_throughput_records_per_second",
+    "ai_pipeline_error_rate",
+    "ai_business_impact_score",
+    "watchkeeper_evaluation_timestamp_seconds",
+}
 
 
 def wait_for(check, what: str, timeout: float = 90.0):  # noqa: ANN001, ANN201
@@ -67,14 +86,16 @@ def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
         again = cli("up", *options)  # starts nothing twice
         assert again.returncode == 0 and again.stdout.count("already running") == 5
 
-        httpx.post(f"{service}/v1/predictions", json=predictions(50)).raise_for_status()
+        traffic = cli(
+            "demo-traffic", "--url", service, "--count", "600", "--rate", "0", "--train-size", "500"
+        )
+        assert traffic.returncode == 0, traffic.stderr
         with temporary_settings({PREFECT_API_URL: prefect_api}):
-            run = run_deployment("collect-model-metrics/collect-model-metrics", timeout=120)
-        assert run.state is not None and run.state.is_completed(), run.state
-        store = Store(f"sqlite:///{tmp_path / 'watchkeeper.db'}")
-        with store.reading() as session:
-            assert session.scalar(select(func.count()).select_from(EvaluationResult)) > 0
-        store.dispose()
+            for name in SCHEDULED:
+                run = run_deployment(f"{name}/{name}", timeout=180)
+                assert run.state is not None and run.state.is_completed(), (name, run.state)
+        exported = {f.name for f in text_string_to_metric_families(httpx.get(f"{service}/metrics").text)}
+        assert exported >= EXPORTED, EXPORTED - exported
 
         prometheus = f"http://127.0.0.1:{ports['prometheus']}"
         wait_for(

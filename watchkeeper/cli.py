@@ -160,6 +160,9 @@ def status() -> None:
 def demo_traffic(
     url: Annotated[str, typer.Option(help="Watchkeeper service URL")] = "http://127.0.0.1:8765",
     model: Annotated[str, typer.Option(help="Configured model name to report as")] = "credit_approval",
+    pipeline: Annotated[
+        str | None, typer.Option(help="Configured pipeline to report feature-pipeline runs for ('' for none)")
+    ] = "credit_feature_pipeline",
     rate: Annotated[
         float, typer.Option(min=0, help="Predictions per second; 0 posts as fast as possible")
     ] = 20.0,
@@ -218,6 +221,7 @@ def demo_traffic(
         label_delay=label_delay,
         token=state.settings.api_token_value,
         console=console,
+        pipeline=pipeline or None,
     )
     console.print(f"sent {sent.predictions} predictions and {sent.feedback} labels to {url}")
 

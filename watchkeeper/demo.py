@@ -174,6 +174,20 @@ class DemoTraffic:
             "error": event.error,
         }
 
+    def pipeline_run_record(
+        self, pipeline: str, events: list[DemoEvent], timestamp: datetime
+    ) -> dict[str, Any]:
+        """The feature pipeline run that produced this batch: rows with a null feature count as its errors."""
+        return {
+            "pipeline_name": pipeline,
+            "run_id": f"{self.model_name}-{self.seed}-{events[0].position}",
+            "stage": "features",
+            "started_at": timestamp.isoformat(),
+            "duration_seconds": round(float(self.rng.lognormal(np.log(0.002 * len(events)), 0.3)), 6),
+            "records": len(events),
+            "errors": sum(any(v is None for v in e.features.values()) for e in events),
+        }
+
     def feedback_record(self, event: DemoEvent, timestamp: datetime) -> dict[str, Any]:
         return {
             "model_name": self.model_name,
@@ -188,6 +202,7 @@ class DemoTraffic:
 class Sent:
     predictions: int = 0
     feedback: int = 0
+    pipeline_runs: int = 0
 
 
 def post_with_retry(
@@ -218,7 +233,9 @@ def run_demo_traffic(
     label_delay: int,
     token: str | None = None,
     console: Console | None = None,
+    pipeline: str | None = None,
 ) -> Sent:
+    """Post until `count` predictions are sent (0: until stopped); `pipeline` also reports its runs."""
     console = console or Console(stderr=True)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     sent = Sent()
@@ -233,6 +250,10 @@ def run_demo_traffic(
                 client, "/v1/predictions", [traffic.prediction_record(e, now) for e in events], console.print
             )
             sent.predictions += len(events)
+            if pipeline:
+                record = traffic.pipeline_run_record(pipeline, events, now)
+                post_with_retry(client, "/v1/pipeline-runs", [record], console.print)
+                sent.pipeline_runs += 1
             awaiting_label.extend(events)
             due = [awaiting_label.popleft() for _ in range(max(0, len(awaiting_label) - label_delay))]
             if count and sent.predictions >= count:
