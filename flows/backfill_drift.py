@@ -60,6 +60,10 @@ def backfill_drift(
         "model": model,
         "windows": len(windows),
         "evaluated": len(evaluated),
-        "drifted_windows": sorted(o.window_start for o in evaluated if o.dataset_drift),
+        "drifted_features_by_window": {
+            o.window_start: sorted(o.drifted)
+            for o in sorted(evaluated, key=lambda o: o.window_start)
+            if o.drifted
+        },
         "skipped": sorted(o.window_start for o in outcomes if o.status != "evaluated"),
     }

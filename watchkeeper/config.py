@@ -116,6 +116,11 @@ class Windows(Strict):
     drift: Duration = timedelta(hours=1)
     data_quality: Duration = timedelta(minutes=15)
     min_rows: int = Field(default=100, ge=1)
+    drift_sample_rows: int | None = Field(
+        default=None,
+        ge=1000,
+        description="Test drift on a uniform sample of at most this many rows per side (large windows)",
+    )
 
 
 class Thresholds(Strict):

@@ -1,0 +1,94 @@
+"""backfill-drift on a real (test harness) Prefect API: one result and one snapshot per window."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.testing.utilities import prefect_test_harness
+from sqlalchemy import func, select
+
+from flows.backfill_drift import backfill_drift, backfill_windows
+from tasks.evidently_workspace import snapshot_ids
+from tests.conftest import save_predictions
+from watchkeeper.demo import DemoTraffic, Injections
+from watchkeeper.records import PredictionRecord
+from watchkeeper.settings import DEFAULT_CONFIG, Settings
+from watchkeeper.store.schema import EvaluationResult
+
+START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
+PER_HOUR = 1500  # above 1,000 rows Evidently picks distance-based methods, steadier than p-values
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Watchkeeper home with 4 hours of demo predictions; salary and age shift in the last hour."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["models"][0]["reference"] = {"kind": "period", "duration": "1h"}
+    config["models"][0]["windows"]["min_rows"] = 100
+    (tmp_path / "watchkeeper.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("WATCHKEEPER_HOME", str(tmp_path))
+    monkeypatch.setenv("WATCHKEEPER_CONFIG", str(tmp_path / "watchkeeper.yaml"))
+    settings = Settings()
+    store = settings.open_store()
+    store.upgrade()
+    traffic = DemoTraffic(train_size=500, seed=3, injections=Injections(covariate_drift_at=3 * PER_HOUR))
+    events = traffic.next_batch(4 * PER_HOUR)
+    records = [
+        PredictionRecord.model_validate(
+            traffic.prediction_record(e, START + timedelta(seconds=3600 * i / PER_HOUR))
+        )
+        for i, e in enumerate(events)
+    ]
+    save_predictions(store, records)
+    store.dispose()
+    return tmp_path
+
+
+def results_per_window(home: Path) -> dict[datetime, int]:
+    store = Settings().open_store()
+    with store.reading() as session:
+        rows = session.execute(
+            select(EvaluationResult.window_start, func.count())
+            .where(EvaluationResult.kind == "drift", EvaluationResult.metric == "drift_share")
+            .group_by(EvaluationResult.window_start)
+        ).all()
+    return dict(rows)
+
+
+def test_windows_cover_the_range() -> None:
+    windows = backfill_windows(START, START + timedelta(hours=2), timedelta(hours=1), timedelta(minutes=30))
+    assert [(w.start - START, w.end - START) for w in windows] == [
+        (timedelta(0), timedelta(hours=1)),
+        (timedelta(minutes=30), timedelta(minutes=90)),
+        (timedelta(hours=1), timedelta(hours=2)),
+    ]
+    with pytest.raises(ValueError, match="must be after start"):
+        backfill_windows(START, START, timedelta(hours=1), timedelta(hours=1))
+
+
+def test_a_backfill_run_twice_leaves_one_result_per_window(prefect_api: None, home: Path) -> None:
+    parameters = {
+        "model": "credit_approval",
+        "start": START + timedelta(hours=1),
+        "end": START + timedelta(hours=4),
+        "window": "1h",
+        "step": "1h",
+    }
+    first = backfill_drift(**parameters)
+    second = backfill_drift(**parameters)
+    assert first["windows"] == second["windows"] == 3 and first["evaluated"] == 3
+    assert first["drifted_features_by_window"] == {
+        (START + timedelta(hours=3)).isoformat(): ["age", "salary"]
+    }
+    assert list(results_per_window(home).values()) == [1, 1, 1]
+    assert len(snapshot_ids(home / "evidently", "credit_approval")) == 3
