@@ -87,11 +87,14 @@ class DriftResult:
         if self.prediction is not None:
             found.append(Measurement("prediction_drift_score", self.prediction.score))
             found.append(Measurement("prediction_drift_detected", float(self.prediction.drifted)))
-        found += [
-            Measurement("reference_rows", float(self.reference_rows)),
-            Measurement("current_rows", float(self.current_rows)),
-        ]
-        return found
+        return found + row_counts(self.reference_rows, self.current_rows)
+
+
+def row_counts(reference_rows: int, current_rows: int) -> list[Measurement]:
+    return [
+        Measurement("reference_rows", float(reference_rows)),
+        Measurement("current_rows", float(current_rows)),
+    ]
 
 
 def infer_columns(
@@ -295,16 +298,7 @@ def evaluate_drift_window(
     }
     if len(current) < model.windows.min_rows or len(reference) < model.windows.min_rows:
         save_results(
-            store,
-            DRIFT,
-            model.name,
-            "",
-            window,
-            [
-                Measurement("reference_rows", float(len(reference))),
-                Measurement("current_rows", float(len(current))),
-            ],
-            flow_run_id,
+            store, DRIFT, model.name, "", window, row_counts(len(reference), len(current)), flow_run_id
         )
         needed = model.windows.min_rows
         status = f"skipped: {len(current)} current and {len(reference)} reference rows, {needed} needed"

@@ -1,10 +1,13 @@
 """The installed `watchkeeper` command, as operators run it."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
+import pytest
 import yaml
 
 from watchkeeper.settings import DEFAULT_CONFIG
@@ -45,3 +48,69 @@ def test_db_upgrade_creates_the_store_in_the_home(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "store at revision 0001" in result.stdout
     assert (tmp_path / "watchkeeper.db").exists()
+
+
+def demo_file(path: Path, covariate_drift: bool, seed: int) -> Path:
+    from watchkeeper.demo import DemoTraffic, Injections
+
+    injections = Injections(covariate_drift_at=0) if covariate_drift else Injections()
+    events = DemoTraffic(train_size=200, seed=seed, injections=injections).next_batch(1500)
+    frame = pd.DataFrame([{**e.features, "prediction": e.prediction} for e in events])
+    if path.suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+def test_drift_report_flags_shifted_columns_and_stays_quiet_on_a_stationary_split(tmp_path: Path) -> None:
+    reference = demo_file(tmp_path / "reference.parquet", covariate_drift=False, seed=1)
+    stationary = demo_file(tmp_path / "stationary.csv", covariate_drift=False, seed=2)
+    shifted = demo_file(tmp_path / "shifted.csv", covariate_drift=True, seed=3)
+    html = tmp_path / "report.html"
+    quiet = run(
+        "drift-report", "--reference", str(reference), "--current", str(stationary), "--json", home=tmp_path
+    )
+    loud = run(
+        "drift-report",
+        "--reference",
+        str(reference),
+        "--current",
+        str(shifted),
+        "--json",
+        "--html",
+        str(html),
+        home=tmp_path,
+    )
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    quiet_report, loud_report = json.loads(quiet.stdout), json.loads(loud.stdout)
+    assert not any(c["drifted"] for c in quiet_report["columns"]) and quiet_report["share"] == 0
+    assert {c["column"] for c in loud_report["columns"] if c["drifted"]} == {"salary", "age"}
+    assert set(loud_report["columns"][0]) == {"column", "method", "score", "threshold", "drifted"}
+    assert loud_report["share"] == pytest.approx(2 / 10)
+    assert "<html" in html.read_text()[:2000].lower()
+
+
+def test_drift_report_names_a_bad_column_or_file(tmp_path: Path) -> None:
+    reference = demo_file(tmp_path / "reference.csv", covariate_drift=False, seed=1)
+    missing = run(
+        "drift-report",
+        "--reference",
+        str(reference),
+        "--current",
+        str(reference),
+        "--columns",
+        "salary,income",
+        home=tmp_path,
+    )
+    assert missing.returncode == 2 and "column 'income' is not in the reference data" in missing.stderr
+    wrong = run(
+        "drift-report", "--reference", str(tmp_path / "x.xlsx"), "--current", str(reference), home=tmp_path
+    )
+    assert wrong.returncode == 2 and "expected a .csv or .parquet file" in wrong.stderr
+
+
+def test_run_refuses_an_unknown_flow(tmp_path: Path) -> None:
+    result = run("run", "evaluate-everything", home=tmp_path)
+    assert result.returncode == 2 and "unknown flow 'evaluate-everything'" in result.stderr
+    assert "backfill-drift" in result.stderr
