@@ -14,6 +14,8 @@ from typing import Any
 import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
+from evidently.legacy.calculations.stattests.registry import StatTestNotFoundError, get_registered_stattest
+from evidently.legacy.core import ColumnType
 from evidently.metrics import ValueDrift
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -80,14 +82,31 @@ class DriftResult:
         ]
         for c in self.columns:
             method = {"method": c.method, "threshold": c.threshold}
+            score = "drift_p_value" if is_p_value(c.method) else "drift_score"
             found += [
-                Measurement("drift_score", c.score, {"feature_name": c.column}, method),
+                Measurement(score, c.score, {"feature_name": c.column}, method),
                 Measurement("drift_detected", float(c.drifted), {"feature_name": c.column}, method),
             ]
         if self.prediction is not None:
             found.append(Measurement("prediction_drift_score", self.prediction.score))
             found.append(Measurement("prediction_drift_detected", float(self.prediction.drifted)))
         return found + row_counts(self.reference_rows, self.current_rows)
+
+
+def is_p_value(method: str) -> bool:
+    """Whether the method's score is a p-value (low means drift) rather than a distance (high means drift).
+
+    Auto-resolved methods carry Evidently's display name ("K-S p_value"); named ones their
+    registered name ("ks"), whose display name says the same.
+    """
+    if "p_value" in method:
+        return True
+    for column_type in (ColumnType.Numerical, ColumnType.Categorical):
+        try:
+            return "p_value" in get_registered_stattest(method, column_type).display_name
+        except (KeyError, ValueError, StatTestNotFoundError):
+            continue
+    return False
 
 
 def row_counts(reference_rows: int, current_rows: int) -> list[Measurement]:

@@ -38,6 +38,25 @@ def test_default_method_on_small_samples_is_the_ks_p_value() -> None:
     assert drift.drifted == (drift.score < drift.threshold)
 
 
+def test_p_values_and_distances_are_exported_under_their_own_names() -> None:
+    small = compute_drift(
+        pd.DataFrame({"x": RNG.normal(size=300)}),
+        pd.DataFrame({"x": RNG.normal(size=300)}),
+        [ColumnSpec("x", "numerical")],
+    )
+    large = compute_drift(
+        pd.DataFrame({"x": RNG.normal(size=3000)}),
+        pd.DataFrame({"x": RNG.normal(size=3000)}),
+        [ColumnSpec("x", "numerical")],
+    )
+    assert "drift_p_value" in {m.metric for m in small.measurements()} - {
+        m.metric for m in large.measurements()
+    }
+    assert "drift_score" in {m.metric for m in large.measurements()} - {
+        m.metric for m in small.measurements()
+    }
+
+
 def test_default_method_on_large_samples_is_normed_wasserstein() -> None:
     reference, current = RNG.normal(10, 2, 5000), RNG.normal(10.5, 2, 4000)
     drift = one_column(reference, current, None)

@@ -83,6 +83,12 @@ GAUGES: dict[tuple[str, str], Gauge] = {
         versioned=False,
         extra=("feature_name",),
     ),
+    ("drift", "drift_p_value"): Gauge(
+        "ai_data_drift_p_value",
+        "P-value of a feature's drift test (lower is more drift).",
+        versioned=False,
+        extra=("feature_name",),
+    ),
     ("drift", "drift_detected"): Gauge(
         "ai_data_drift_detected",
         "1 when the feature's drift test failed.",
