@@ -54,6 +54,48 @@ class Component:
         return shutil.which(self.argv[0]) is not None or Path(self.argv[0]).exists()
 
 
+def render_prometheus_config(out_dir: Path, service: str, prometheus: str, alertmanager: str) -> Path:
+    """infra/prometheus/prometheus.yml with these host:port targets and absolute rule paths."""
+    config = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
+    config["rule_files"] = [str(INFRA / "prometheus" / pattern) for pattern in config.get("rule_files", [])]
+    for alerting in config.get("alerting", {}).get("alertmanagers", []):
+        for static in alerting.get("static_configs", []):
+            static["targets"] = [alertmanager]
+    targets = {"watchkeeper": service, "prometheus": prometheus}
+    for job in config.get("scrape_configs", []):
+        for static in job.get("static_configs", []):
+            static["targets"] = [targets.get(job["job_name"], target) for target in static["targets"]]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / "prometheus.yml"
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def render_alertmanager_config(out_dir: Path, webhook_url: str, token: str | None) -> Path:
+    """infra/alertmanager/alertmanager.yml sending to this Watchkeeper webhook.
+
+    With a token, it goes to secrets/watchkeeper-token (mode 0600) beside the config, where the
+    receiver's credentials_file points; without one, the receiver sends no Authorization header.
+    """
+    config = yaml.safe_load((INFRA / "alertmanager" / "alertmanager.yml").read_text())
+    secrets = out_dir / "secrets"
+    secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for receiver in config["receivers"]:
+        if receiver["name"] != "watchkeeper":
+            continue
+        for webhook in receiver["webhook_configs"]:
+            webhook["url"] = webhook_url
+            if token is None:
+                webhook.pop("http_config", None)
+    if token is not None:
+        token_file = secrets / "watchkeeper-token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(token)
+    out = out_dir / "alertmanager.yml"
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
 def _proc_start_ticks(pid: int) -> int | None:
     """The kernel's start time of `pid` (field 22 of /proc/PID/stat), None when it is gone or a zombie."""
     try:
@@ -162,7 +204,7 @@ class Stack:
                 "alertmanager",
                 [
                     "prometheus-alertmanager",
-                    f"--config.file={INFRA / 'alertmanager' / 'alertmanager.yml'}",
+                    f"--config.file={home / 'alertmanager' / 'alertmanager.yml'}",
                     f"--storage.path={home / 'alertmanager'}",
                     f"--web.listen-address=127.0.0.1:{ports.alertmanager}",
                     "--cluster.listen-address=",
@@ -202,24 +244,17 @@ class Stack:
     def record(self, name: str) -> PidRecord | None:
         return PidRecord.load(self.pid_path(name))
 
-    def render_prometheus_config(self) -> Path:
-        """infra/prometheus/prometheus.yml with this stack's ports and absolute rule paths."""
-        config = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
-        config["rule_files"] = [
-            str(INFRA / "prometheus" / pattern) for pattern in config.get("rule_files", [])
-        ]
-        for alerting in config.get("alerting", {}).get("alertmanagers", []):
-            for static in alerting.get("static_configs", []):
-                static["targets"] = [f"127.0.0.1:{self.ports.alertmanager}"]
-        targets = {"watchkeeper": self.ports.service, "prometheus": self.ports.prometheus}
-        for job in config.get("scrape_configs", []):
-            if job["job_name"] in targets:
-                for static in job.get("static_configs", []):
-                    static["targets"] = [f"127.0.0.1:{targets[job['job_name']]}"]
-        out = self.settings.resolved_home / "prometheus" / "prometheus.yml"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(yaml.safe_dump(config, sort_keys=False))
-        return out
+    def render_configs(self) -> None:
+        home = self.settings.resolved_home
+        render_prometheus_config(
+            home / "prometheus",
+            service=f"127.0.0.1:{self.ports.service}",
+            prometheus=f"127.0.0.1:{self.ports.prometheus}",
+            alertmanager=f"127.0.0.1:{self.ports.alertmanager}",
+        )
+        render_alertmanager_config(
+            home / "alertmanager", f"{self.service_url}/v1/alertmanager", self.settings.api_token_value
+        )
 
     def start(self, component: Component) -> PidRecord:
         log = (self.settings.logs_dir / f"{component.name}.log").open("ab")
@@ -288,7 +323,7 @@ class Stack:
     def up(self, report: Callable[[str, str], None]) -> None:
         """Start, in dependency order, every component that is not already running."""
         self.settings.ensure_home()
-        self.render_prometheus_config()
+        self.render_configs()
         for component in self.components():
             record = self.record(component.name)
             if record is not None and record.alive():

@@ -1,0 +1,149 @@
+"""Prometheus rules and Alertmanager routing, checked by the real promtool and amtool."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from watchkeeper.stack import INFRA, render_alertmanager_config, render_prometheus_config
+
+RULES = INFRA / "prometheus" / "rules" / "watchkeeper-alerts.yml"
+ALERTMANAGER = INFRA / "alertmanager" / "alertmanager.yml"
+SEED_ALERTS = {
+    "ModelAccuracyDegraded",
+    "ModelAccuracyCritical",
+    "ModelInferenceLatencyHigh",
+    "ModelInferenceLatencyCritical",
+    "ModelThroughputLow",
+    "DataQualityDegraded",
+    "DataQualityCritical",
+    "DataDriftDetected",
+    "SevereDataDrift",
+    "PipelineLatencyHigh",
+    "PipelineErrorRateHigh",
+    "PipelineErrorRateCritical",
+    "BusinessImpactDecline",
+    "BusinessImpactCritical",
+}
+ADDED_ALERTS = {"WatchkeeperEvaluationStale", "WatchkeeperTargetDown", "ModelLabelCoverageLow"}
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} is not installed: run 'make test' as root, or apt-get install prometheus "
+            "prometheus-alertmanager"
+        )
+    return path
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool(argv[0]), *argv[1:]], capture_output=True, text=True, timeout=60)
+
+
+def alert_rules() -> list[dict]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_every_seed_alert_and_the_operator_additions_exist() -> None:
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names >= SEED_ALERTS | ADDED_ALERTS
+
+
+def test_every_alert_is_routable_and_explained() -> None:
+    for rule in alert_rules():
+        assert {"severity", "team", "service"} <= set(rule["labels"]), rule["alert"]
+        assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), rule["alert"]
+
+
+def test_latency_quantiles_come_from_bucket_rates() -> None:
+    for rule in alert_rules():
+        if "histogram_quantile" in rule["expr"]:
+            assert "rate(" in rule["expr"] and "_bucket[" in rule["expr"] and "by (le," in rule["expr"], rule[
+                "alert"
+            ]
+
+
+def test_rule_unit_tests_pass() -> None:
+    result = run(
+        "promtool", "test", "rules", *map(str, sorted((INFRA / "prometheus" / "tests").glob("*.yml")))
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == 3
+
+
+def test_alertmanager_config_is_valid() -> None:
+    result = run("amtool", "check-config", str(ALERTMANAGER))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("labels", "receivers"),
+    [
+        (
+            "severity=critical team=ml_engineering model_name=fraud_detection_v2",
+            "watchkeeper,ml-team-critical",
+        ),
+        ("severity=warning team=ml_engineering model_name=fraud_detection_v2", "watchkeeper,default"),
+        (
+            "severity=critical team=platform_engineering model_name=fraud_detection_v2",
+            "watchkeeper,platform-team-critical",
+        ),
+        ("severity=warning team=platform_engineering", "watchkeeper,default"),
+        (
+            "severity=critical team=data_engineering pipeline_name=fraud_pipeline",
+            "watchkeeper,data-team-critical",
+        ),
+        ("severity=warning team=data_engineering pipeline_name=fraud_pipeline", "watchkeeper,data-team"),
+        ("severity=critical team=product model_name=fraud_detection_v2", "watchkeeper,executive-alerts"),
+        ("severity=warning team=product", "watchkeeper,product-team"),
+        ("severity=info", "watchkeeper,default"),
+    ],
+)
+def test_routes(labels: str, receivers: str) -> None:
+    result = run(
+        "amtool",
+        "config",
+        "routes",
+        "test",
+        f"--config.file={ALERTMANAGER}",
+        f"--verify.receivers={receivers}",
+        *labels.split(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_receiver_has_no_literal_secret() -> None:
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    assert "smtp_auth_password" not in config["global"]
+    for receiver in config["receivers"]:
+        for slack in receiver.get("slack_configs", []):
+            assert "api_url" not in slack and slack["api_url_file"].startswith("secrets/")
+        for pagerduty in receiver.get("pagerduty_configs", []):
+            assert "routing_key" not in pagerduty and pagerduty["routing_key_file"].startswith("secrets/")
+    [watchkeeper] = [r for r in config["receivers"] if r["name"] == "watchkeeper"][0]["webhook_configs"]
+    assert watchkeeper["send_resolved"] is True
+    assert watchkeeper["http_config"]["authorization"]["credentials_file"] == "secrets/watchkeeper-token"
+
+
+def test_rendered_configs_are_valid_and_keep_the_token_out_of_the_config(tmp_path: Path) -> None:
+    prometheus = render_prometheus_config(
+        tmp_path / "p", "127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003"
+    )
+    alertmanager = render_alertmanager_config(
+        tmp_path / "a", "http://127.0.0.1:1001/v1/alertmanager", "t0ken"
+    )
+    assert run("promtool", "check", "config", str(prometheus)).returncode == 0
+    assert run("amtool", "check-config", str(alertmanager)).returncode == 0
+    assert "t0ken" not in alertmanager.read_text()
+    token = tmp_path / "a" / "secrets" / "watchkeeper-token"
+    assert token.read_text() == "t0ken" and token.stat().st_mode & 0o077 == 0
+    rendered = yaml.safe_load(prometheus.read_text())
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in rendered["scrape_configs"]}
+    assert jobs == {"watchkeeper": ["127.0.0.1:1001"], "prometheus": ["127.0.0.1:1002"]}
