@@ -87,7 +87,7 @@ def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
         assert again.returncode == 0 and again.stdout.count("already running") == 5
 
         traffic = cli(
-            "demo-traffic", "--url", service, "--count", "600", "--rate", "0", "--train-size", "500"
+            "demo-traffic", "--url", service, "--count", "1500", "--rate", "0", "--train-size", "500"
         )
         assert traffic.returncode == 0, traffic.stderr
         with temporary_settings({PREFECT_API_URL: prefect_api}):
