@@ -147,3 +147,17 @@ def test_rendered_configs_are_valid_and_keep_the_token_out_of_the_config(tmp_pat
     rendered = yaml.safe_load(prometheus.read_text())
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in rendered["scrape_configs"]}
     assert jobs == {"watchkeeper": ["127.0.0.1:1001"], "prometheus": ["127.0.0.1:1002"]}
+
+
+def test_every_runbook_url_has_a_section(example_config, store) -> None:  # noqa: ANN001
+    import httpx
+
+    from tests.conftest import LiveService
+
+    with LiveService(example_config, store) as live:
+        for rule in alert_rules():
+            path = rule["annotations"]["runbook_url"].removeprefix("http://127.0.0.1:8765")
+            response = httpx.get(f"{live.url}{path}")
+            assert response.status_code == 200, rule["alert"]
+            assert response.text.startswith(f"## {path.rsplit('/', 1)[1]}\n")
+        assert httpx.get(f"{live.url}/runbooks/nope").status_code == 404

@@ -24,8 +24,17 @@ from watchkeeper.records import (
     parse_batch,
 )
 from watchkeeper.service.metrics import store_registry
+from watchkeeper.settings import REPO_ROOT
 from watchkeeper.store import Store
 from watchkeeper.store.intake import StoredBatch, store_feedback, store_pipeline_runs, store_predictions
+
+RUNBOOKS = REPO_ROOT / "infra" / "prometheus" / "runbooks.md"
+
+
+def runbook_section(name: str) -> str | None:
+    """The `## name` section of infra/prometheus/runbooks.md, heading included."""
+    sections = RUNBOOKS.read_text().split("\n## ")
+    return next((f"## {s.strip()}\n" for s in sections[1:] if s.split("\n", 1)[0].strip() == name), None)
 
 
 class BodyTooLarge(Exception):
@@ -139,6 +148,14 @@ def create_app(config: WatchkeeperConfig, store: Store, api_token: str | None = 
         healthy = revision == head
         body = {"status": "ok" if healthy else "unhealthy", "store": "ok", "revision": revision, "head": head}
         return JSONResponse(body, status.HTTP_200_OK if healthy else status.HTTP_503_SERVICE_UNAVAILABLE)
+
+    @app.get("/runbooks/{name}")
+    def runbook(name: str) -> Response:
+        """The runbook section an alert's runbook_url names, as markdown."""
+        text = runbook_section(name)
+        if text is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": f"no runbook named {name!r}"})
+        return Response(text, media_type="text/markdown; charset=utf-8")
 
     @app.get("/metrics")
     def metrics() -> Response:
