@@ -19,7 +19,15 @@ from sqlalchemy.orm import Session
 
 from watchkeeper.store import Store
 from watchkeeper.store.intake import INFERENCE_LATENCY, PIPELINE_LATENCY, intake_totals
-from watchkeeper.store.schema import EvaluationResult, HistogramBucket, HistogramSum
+from watchkeeper.store.schema import (
+    Alert,
+    EvaluationResult,
+    FlowRunOutbox,
+    HistogramBucket,
+    HistogramSum,
+    Incident,
+    RemediationAction,
+)
 
 INTAKE_FAMILIES = {
     "predictions": ("watchkeeper_predictions", "Prediction records stored by the intake."),
@@ -217,6 +225,41 @@ def _le_text(bound: float) -> str:
     return repr(float(bound))
 
 
+def operations_families(session: Session) -> list[Metric]:
+    """Alerts, incidents, remediation decisions and the run outbox, counted from their tables."""
+    received = CounterMetricFamily(
+        "watchkeeper_alerts_received", "Alerts stored from Alertmanager notifications."
+    )
+    received.add_metric([], session.scalar(select(func.count()).select_from(Alert)) or 0)
+    alerts = GaugeMetricFamily("watchkeeper_alerts", "Stored alerts by current status.", labels=["status"])
+    for status, count in session.execute(select(Alert.status, func.count()).group_by(Alert.status)):
+        alerts.add_metric([status], count)
+    incidents = GaugeMetricFamily("watchkeeper_incidents", "Incidents by status.", labels=["status"])
+    for status, count in session.execute(select(Incident.status, func.count()).group_by(Incident.status)):
+        incidents.add_metric([status], count)
+    actions = CounterMetricFamily(
+        "watchkeeper_remediation_actions",
+        "Remediation decisions, taken or skipped.",
+        labels=["action", "decision"],
+    )
+    grouped = select(RemediationAction.action, RemediationAction.decision, func.count()).group_by(
+        RemediationAction.action, RemediationAction.decision
+    )
+    for action, decision, count in session.execute(grouped):
+        actions.add_metric([action, decision], count)
+    failures = CounterMetricFamily(
+        "watchkeeper_remediation_failures", "Remediation actions that failed.", labels=["action"]
+    )
+    failed = select(RemediationAction.action, func.count()).where(RemediationAction.status == "failed")
+    for action, count in session.execute(failed.group_by(RemediationAction.action)):
+        failures.add_metric([action], count)
+    pending = GaugeMetricFamily(
+        "watchkeeper_flow_runs_pending", "Flow runs recorded but not yet started in Prefect."
+    )
+    pending.add_metric([], session.scalar(select(func.count()).where(FlowRunOutbox.state == "pending")) or 0)
+    return [received, alerts, incidents, actions, failures, pending]
+
+
 class StoreCollector(Collector):
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -227,6 +270,7 @@ class StoreCollector(Collector):
             results = latest_results(session)
             stamps = evaluation_timestamps(session)
             histograms = histogram_families(session)
+            operations = operations_families(session)
         counters = {
             kind: CounterMetricFamily(name, doc, labels=["model_name", "model_version"])
             for kind, (name, doc) in INTAKE_FAMILIES.items()
@@ -245,6 +289,7 @@ class StoreCollector(Collector):
         for kind, subject, seconds in stamps:
             freshness.add_metric([kind, subject], seconds)
         yield freshness
+        yield from operations
 
 
 def store_registry(store: Store) -> CollectorRegistry:

@@ -1,0 +1,168 @@
+"""Real Prometheus and Alertmanager processes and a webhook recorder, on free loopback ports.
+
+Used by the alerting tests and by benchmarks/detect.py. Each process is started in a temp dir and
+stopped by its own PID.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.conftest import free_port
+from watchkeeper.stack import render_alertmanager_config, render_prometheus_config
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except httpx.HTTPError:
+            result = None
+        if result:
+            return result
+        time.sleep(every)
+    raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
+
+
+class Process:
+    def __init__(self, argv: list[str], log: Path) -> None:
+        if shutil.which(argv[0]) is None:
+            raise RuntimeError(
+                f"{argv[0]} is not installed (apt-get install prometheus prometheus-alertmanager)"
+            )
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Notification:
+    received_at: float
+    payload: dict[str, Any]
+
+
+@dataclass
+class WebhookRecorder:
+    """An HTTP server recording every POST body (Alertmanager's webhook) with its arrival time."""
+
+    port: int = field(default_factory=free_port)
+    notifications: list[Notification] = field(default_factory=list)
+    authorization: list[str | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                recorder.authorization.append(self.headers.get("Authorization"))
+                recorder.notifications.append(Notification(time.monotonic(), json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/alertmanager"
+
+    def alerts(self, alertname: str, status: str, since: float = 0.0) -> list[tuple[float, dict[str, Any]]]:
+        return [
+            (n.received_at, alert)
+            for n in list(self.notifications)
+            if n.received_at >= since
+            for alert in n.payload["alerts"]
+            if alert["labels"].get("alertname") == alertname and alert["status"] == status
+        ]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class AlertingStack:
+    """Prometheus scraping a Watchkeeper service, evaluating the shipped rules, sending to Alertmanager."""
+
+    def __init__(self, folder: Path, service_url: str, webhook_url: str, token: str | None = None) -> None:
+        self.folder = folder
+        self.prometheus_port, self.alertmanager_port = free_port(), free_port()
+        self.prometheus_url = f"http://127.0.0.1:{self.prometheus_port}"
+        self.alertmanager_url = f"http://127.0.0.1:{self.alertmanager_port}"
+        am_config = render_alertmanager_config(folder / "alertmanager", webhook_url, token)
+        prom_config = render_prometheus_config(
+            folder / "prometheus",
+            service=service_url.removeprefix("http://"),
+            prometheus=f"127.0.0.1:{self.prometheus_port}",
+            alertmanager=f"127.0.0.1:{self.alertmanager_port}",
+        )
+        self.scrape_interval = yaml.safe_load(prom_config.read_text())["scrape_configs"][0]["scrape_interval"]
+        self.alertmanager = Process(
+            [
+                "prometheus-alertmanager",
+                f"--config.file={am_config}",
+                f"--storage.path={folder / 'alertmanager' / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.alertmanager_port}",
+                "--cluster.listen-address=",
+            ],
+            folder / "alertmanager.log",
+        )
+        self.prometheus = Process(
+            [
+                "prometheus",
+                f"--config.file={prom_config}",
+                f"--storage.tsdb.path={folder / 'prometheus' / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
+            ],
+            folder / "prometheus.log",
+        )
+
+    def wait_ready(self) -> None:
+        """Both answer, Prometheus has found Alertmanager and has scraped Watchkeeper once."""
+        for url in (self.alertmanager_url, self.prometheus_url):
+            wait_until(lambda url=url: httpx.get(f"{url}/-/ready").status_code == 200, f"{url} ready")
+        wait_until(
+            lambda: httpx.get(f"{self.prometheus_url}/api/v1/alertmanagers").json()["data"][
+                "activeAlertmanagers"
+            ],
+            "Prometheus to discover Alertmanager",
+        )
+        wait_until(lambda: self.query('up{job="watchkeeper"} == 1'), "the first scrape of Watchkeeper")
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr})
+        body = response.json()
+        if body.get("status") != "success":
+            raise ValueError(f"{expr}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]["result"]
+
+    def stop(self) -> None:
+        self.prometheus.stop()
+        self.alertmanager.stop()
