@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,11 @@ from typing import Any
 import httpx
 import yaml
 
+from tasks.metrics import Window, measure_quality, record_results
 from tests.conftest import free_port
+from watchkeeper.config import Model
 from watchkeeper.stack import render_alertmanager_config, render_prometheus_config
+from watchkeeper.store import Store
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0, every: float = 0.2) -> Any:
@@ -166,3 +170,34 @@ class AlertingStack:
     def stop(self) -> None:
         self.prometheus.stop()
         self.alertmanager.stop()
+
+
+def post_labelled_predictions(
+    service_url: str, model: str, start: datetime, n: int, correct: bool, tag: str
+) -> None:
+    """`n` predictions through the intake, then their labels: all right, or all wrong (bad labels)."""
+    predictions = [
+        {
+            "model_name": model,
+            "model_version": "v1",
+            "request_id": f"{tag}-{i}",
+            "timestamp": (start + timedelta(milliseconds=10 * i)).isoformat(),
+            "features": {"salary": 1000.0 + i},
+            "prediction": i % 2,
+            "latency_seconds": 0.02,
+        }
+        for i in range(n)
+    ]
+    labels = [
+        {"model_name": model, "request_id": f"{tag}-{i}", "label": i % 2 if correct else 1 - i % 2}
+        for i in range(n)
+    ]
+    httpx.post(f"{service_url}/v1/predictions", json=predictions, timeout=30).raise_for_status()
+    httpx.post(f"{service_url}/v1/feedback", json=labels, timeout=30).raise_for_status()
+
+
+def collect_quality(store: Store, model: Model, window: Window) -> float | None:
+    """What collect-model-metrics does for quality, on an explicit window; returns the accuracy."""
+    results = measure_quality.fn(store, model, window)
+    record_results.fn(store, "model_quality", model, window, results, None)
+    return next((m.value for m in results.get(model.version, []) if m.metric == "accuracy"), None)

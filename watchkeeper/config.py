@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -251,11 +250,11 @@ class WatchkeeperConfig(Strict):
                 )
         return self
 
-    @cached_property
+    @property
     def models_by_name(self) -> dict[str, Model]:
         return {m.name: m for m in self.models}
 
-    @cached_property
+    @property
     def pipelines_by_name(self) -> dict[str, Pipeline]:
         return {p.name: p for p in self.pipelines}
 

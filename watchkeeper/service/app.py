@@ -78,11 +78,8 @@ def create_app(config: WatchkeeperConfig, store: Store, api_token: str | None = 
     authorized = [Depends(bearer_guard(api_token))]
     head = store.head_revision()
 
-    def latency_buckets(model_name: str) -> tuple[float, ...]:
-        return config.models_by_name[model_name].latency_buckets
-
-    def pipeline_buckets(pipeline_name: str) -> tuple[float, ...]:
-        return config.pipelines_by_name[pipeline_name].latency_buckets
+    latency_buckets = {m.name: m.latency_buckets for m in config.models}.__getitem__
+    pipeline_buckets = {p.name: p.latency_buckets for p in config.pipelines}.__getitem__
 
     async def intake(
         request: Request, record_type: type[Record], write: Callable[[Store, Sequence[Any]], StoredBatch]
