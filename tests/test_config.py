@@ -24,7 +24,7 @@ def test_example_config_loads_with_its_models_and_topology() -> None:
     assert [f.name for f in model.features][:3] == ["salary", "commission", "age"]
     assert model.windows.drift.total_seconds() == 1800
     assert config.topology.services["credit-approval-api"] == ["model-server", "feature-store"]
-    assert config.schedules.collect_model_metrics.total_seconds() == 60
+    assert config.schedules.collect_model_metrics.total_seconds() == 15
 
 
 def test_unknown_key_names_file_and_key_path(tmp_path: Path) -> None:
