@@ -71,11 +71,3 @@ def add_drift_snapshot(path: Path, model: Model, snapshot: Snapshot, replaces: s
         if replaces and replaces in {str(run_id) for run_id in workspace.list_runs(project.id)}:
             workspace.delete_run(project.id, replaces)
         return str(workspace.add_run(project.id, snapshot).id)
-
-
-def snapshot_ids(path: Path, model_name: str) -> list[str]:
-    workspace = Workspace.create(str(path))
-    for project in workspace.list_projects():
-        if project.name == model_name:
-            return [str(run_id) for run_id in workspace.list_runs(project.id)]
-    return []

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from evidently.ui.workspace import Workspace
 from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import func, select
 
 from flows.backfill_drift import backfill_drift, backfill_windows
-from tasks.evidently_workspace import snapshot_ids
 from tests.conftest import save_predictions
 from watchkeeper.demo import DemoTraffic, Injections
 from watchkeeper.records import PredictionRecord
@@ -52,6 +52,12 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     save_predictions(store, records)
     store.dispose()
     return tmp_path
+
+
+def snapshot_ids(path: Path, model_name: str) -> list[str]:
+    workspace = Workspace.create(str(path))
+    [project] = [p for p in workspace.list_projects() if p.name == model_name]
+    return [str(run_id) for run_id in workspace.list_runs(project.id)]
 
 
 def results_per_window(home: Path) -> dict[datetime, int]:
