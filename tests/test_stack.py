@@ -94,8 +94,15 @@ def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
             for name in SCHEDULED:
                 run = run_deployment(f"{name}/{name}", timeout=180)
                 assert run.state is not None and run.state.is_completed(), (name, run.state)
-        exported = {f.name for f in text_string_to_metric_families(httpx.get(f"{service}/metrics").text)}
-        assert exported >= EXPORTED, EXPORTED - exported
+        families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{service}/metrics").text)}
+        assert set(families) >= EXPORTED, EXPORTED - set(families)
+        error_rates = {s.labels["pipeline_name"]: s.value for s in families["ai_pipeline_error_rate"].samples}
+        assert error_rates["watchkeeper_metrics"] == 0.0  # its completed runs, read from the Prefect API
+
+        artifacts = httpx.post(f"{prefect_api}/artifacts/filter", json={}).json()
+        assert {"drift-credit-approval", "drift-credit-approval-report"} <= {a["key"] for a in artifacts}
+        summary = next(a for a in artifacts if a["key"] == "drift-credit-approval")
+        assert summary["type"] == "markdown" and "| salary |" in summary["data"]
 
         prometheus = f"http://127.0.0.1:{ports['prometheus']}"
         wait_for(
