@@ -99,10 +99,12 @@ def example_config() -> WatchkeeperConfig:
 class LiveService:
     """The real FastAPI app under uvicorn on a free loopback port, in a thread of this process."""
 
-    def __init__(self, config: WatchkeeperConfig, store: Store, api_token: str | None = None) -> None:
+    def __init__(
+        self, config: WatchkeeperConfig, store: Store, api_token: str | None = None, **webhook: str
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(config, store, api_token=api_token)
+        app = create_app(config, store, api_token=api_token, **webhook)
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         )

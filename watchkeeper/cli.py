@@ -79,8 +79,15 @@ def serve(
     config = load_monitoring()
     store = open_store()
     store.upgrade()
+    settings = state.settings
     uvicorn.run(
-        create_app(config, store, api_token=state.settings.api_token_value),
+        create_app(
+            config,
+            store,
+            api_token=settings.api_token_value,
+            webhook_token=settings.webhook_token_value,
+            webhook_basic=settings.webhook_basic_value,
+        ),
         host=host,
         port=port,
         log_level="info",

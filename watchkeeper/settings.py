@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     config: Path = Field(default=DEFAULT_CONFIG, description="The YAML configuration file")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under home when unset")
     api_token: SecretStr | None = Field(default=None, description="Bearer token required on every POST")
+    alertmanager_token: SecretStr | None = Field(
+        default=None, description="Bearer token for the Alertmanager webhook (default: the API token)"
+    )
+    alertmanager_basic_auth: SecretStr | None = Field(
+        default=None, description="'user:password' accepted on the Alertmanager webhook"
+    )
 
     @property
     def resolved_home(self) -> Path:
@@ -32,6 +38,14 @@ class Settings(BaseSettings):
     @property
     def api_token_value(self) -> str | None:
         return self.api_token.get_secret_value() if self.api_token else None
+
+    @property
+    def webhook_token_value(self) -> str | None:
+        return self.alertmanager_token.get_secret_value() if self.alertmanager_token else self.api_token_value
+
+    @property
+    def webhook_basic_value(self) -> str | None:
+        return self.alertmanager_basic_auth.get_secret_value() if self.alertmanager_basic_auth else None
 
     @property
     def store_url(self) -> str:

@@ -253,7 +253,7 @@ class Stack:
             alertmanager=f"127.0.0.1:{self.ports.alertmanager}",
         )
         render_alertmanager_config(
-            home / "alertmanager", f"{self.service_url}/v1/alertmanager", self.settings.api_token_value
+            home / "alertmanager", f"{self.service_url}/v1/alertmanager", self.settings.webhook_token_value
         )
 
     def start(self, component: Component) -> PidRecord:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import json
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Annotated, Any
@@ -11,6 +14,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from watchkeeper.config import WatchkeeperConfig
@@ -26,6 +30,7 @@ from watchkeeper.records import (
 from watchkeeper.service.metrics import store_registry
 from watchkeeper.settings import REPO_ROOT
 from watchkeeper.store import Store
+from watchkeeper.store.alerts import WebhookNotification, store_notification
 from watchkeeper.store.intake import StoredBatch, store_feedback, store_pipeline_runs, store_predictions
 
 RUNBOOKS = REPO_ROOT / "infra" / "prometheus" / "runbooks.md"
@@ -55,27 +60,50 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def bearer_guard(token: str | None) -> Callable[..., None]:
-    """A dependency that requires `Authorization: Bearer <token>` when a token is configured."""
+def _matches(presented: str, expected: str | None) -> bool:
+    return expected is not None and hmac.compare_digest(presented.encode(), expected.encode())
 
-    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
+
+def credentials_guard(token: str | None, basic: str | None = None) -> Callable[..., None]:
+    """A dependency requiring `Bearer <token>` or HTTP basic `user:password` when either is configured.
+
+    Comparisons take constant time, so a wrong guess does not reveal how much of it was right.
+    """
+
+    def require_credentials(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None and basic is None:
             return
         scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), token.encode()):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                detail={"error": "a valid bearer token is required"},
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        if scheme.lower() == "bearer" and _matches(presented, token):
+            return
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(presented, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                decoded = ""
+            if _matches(decoded, basic):
+                return
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail={"error": "valid credentials are required"},
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
-    return require_token
+    return require_credentials
 
 
-def create_app(config: WatchkeeperConfig, store: Store, api_token: str | None = None) -> FastAPI:
+def create_app(
+    config: WatchkeeperConfig,
+    store: Store,
+    api_token: str | None = None,
+    webhook_token: str | None = None,
+    webhook_basic: str | None = None,
+) -> FastAPI:
+    """`webhook_token` and `webhook_basic` ("user:password") guard the Alertmanager webhook."""
     app = FastAPI(title="Watchkeeper", version="0.1.0")
     registry = store_registry(store)
-    authorized = [Depends(bearer_guard(api_token))]
+    authorized = [Depends(credentials_guard(api_token))]
+    alertmanager_authorized = [Depends(credentials_guard(webhook_token, webhook_basic))]
     head = store.head_revision()
 
     latency_buckets = {m.name: m.latency_buckets for m in config.models}.__getitem__
@@ -131,6 +159,34 @@ def create_app(config: WatchkeeperConfig, store: Store, api_token: str | None = 
         return await intake(
             request, PipelineRunRecord, partial(store_pipeline_runs, duration_buckets=pipeline_buckets)
         )
+
+    @app.post("/v1/alertmanager", dependencies=alertmanager_authorized)
+    async def post_alertmanager(request: Request) -> JSONResponse:
+        """Alertmanager's webhook (version 4): stored before the answer, so no accepted alert is lost."""
+        try:
+            body = await read_limited_body(request, config.intake.max_body_bytes)
+        except BodyTooLarge:
+            limit = config.intake.max_body_bytes
+            return JSONResponse(
+                {"error": f"the body is larger than {limit} bytes"}, status.HTTP_413_CONTENT_TOO_LARGE
+            )
+        try:
+            payload = json.loads(body)
+            notification = WebhookNotification.model_validate(payload)
+        except json.JSONDecodeError as exc:
+            return JSONResponse({"error": f"not valid JSON: {exc.msg}", "field": None}, 422)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or None
+            return JSONResponse({"error": first["msg"], "field": field}, 422)
+        try:
+            stored = await run_in_threadpool(store_notification, store, notification, payload)
+        except SQLAlchemyError as exc:
+            return JSONResponse(
+                {"error": f"the store could not commit the notification: {type(exc).__name__}"},
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        return JSONResponse(stored.as_json())
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

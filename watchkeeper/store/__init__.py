@@ -8,10 +8,10 @@ with `BEGIN IMMEDIATE`: a deferred transaction that reads, then writes, fails at
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -19,10 +19,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+IDEMPOTENT_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -69,6 +72,22 @@ class Store:
         """A transaction that commits on success and rolls back whole on any error."""
         with self._writer() as session, session.begin():
             yield session
+
+    def write_idempotently(self, write: Callable[[Session], T]) -> T:
+        """Run `write` in one transaction, again when a concurrent writer won a unique-key race.
+
+        Idempotent writes look up what exists, then insert the rest; a concurrent transaction may
+        insert the same key in between, and the unique constraint refuses ours. The retry sees the
+        other's rows and skips them.
+        """
+        for attempt in range(1, IDEMPOTENT_ATTEMPTS + 1):
+            try:
+                with self.writing() as session:
+                    return write(session)
+            except IntegrityError:
+                if attempt == IDEMPOTENT_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

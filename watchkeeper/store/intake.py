@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from watchkeeper.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
@@ -28,9 +27,6 @@ from watchkeeper.store.schema import (
 
 # Keeps each IN (...) list well under SQLite's bound-parameter limit.
 LOOKUP_CHUNK = 500
-# A concurrent batch may insert the same request id between our look-up and our insert; the
-# unique constraint refuses it, and the batch is retried once the other has committed.
-MAX_ATTEMPTS = 3
 UNKNOWN_VERSION = "unknown"
 INFERENCE_LATENCY = "inference_latency"
 PIPELINE_LATENCY = "pipeline_latency"
@@ -223,14 +219,9 @@ def _write_pipeline_runs(
 def _store(
     store: Store, records: Sequence[Any], write: Callable[[Session, Sequence[Any]], int]
 ) -> StoredBatch:
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            with store.writing() as session:
-                return StoredBatch(received=len(records), stored=write(session, records))
-        except IntegrityError:
-            if attempt == MAX_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
+    return StoredBatch(
+        received=len(records), stored=store.write_idempotently(lambda session: write(session, records))
+    )
 
 
 def store_predictions(
