@@ -29,12 +29,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.drift import ColumnSpec
-from tasks.logs import prediction_frame
+from tasks.logs import LOG_FIELDS, prediction_frame
 from tasks.metrics import Measurement, Window, save_results
 from watchkeeper.config import Dataset, Model
 from watchkeeper.store import Store
-
-LOG_COLUMNS = {"request_id", "model_version", "timestamp", "prediction", "score", "error"}
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,7 @@ def data_quality(current: pd.DataFrame, reference: pd.DataFrame, columns: list[C
     if current.empty:
         return QualityResult(score=1.0, rows=0, checks=[])
     configured = {c.name for c in columns}
-    observed = {c for c in current.columns if c not in LOG_COLUMNS and current[c].notna().any()}
+    observed = {c for c in current.columns if c not in LOG_FIELDS and current[c].notna().any()}
     missing_columns = sorted(configured - observed)
     added_columns = sorted(observed - configured)
     checks = [CheckResult("missing_column", name, 1.0) for name in missing_columns]

@@ -60,6 +60,14 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def store_unavailable(what: str, exc: SQLAlchemyError) -> JSONResponse:
+    """503, so that the sender retries: nothing of `what` was stored."""
+    return JSONResponse(
+        {"error": f"the store could not commit {what}; nothing was stored: {type(exc).__name__}"},
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+    )
+
+
 def _matches(presented: str, expected: str | None) -> bool:
     return expected is not None and hmac.compare_digest(presented.encode(), expected.encode())
 
@@ -133,10 +141,7 @@ def create_app(
         try:
             stored = await run_in_threadpool(write, store, records)
         except SQLAlchemyError as exc:
-            return JSONResponse(
-                {"error": f"the store could not commit the batch; nothing was stored: {type(exc).__name__}"},
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-            )
+            return store_unavailable("the batch", exc)
         return JSONResponse(
             {"received": stored.received, "stored": stored.stored, "duplicates": stored.duplicates}
         )
@@ -182,10 +187,7 @@ def create_app(
         try:
             stored = await run_in_threadpool(store_notification, store, notification, payload)
         except SQLAlchemyError as exc:
-            return JSONResponse(
-                {"error": f"the store could not commit the notification: {type(exc).__name__}"},
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-            )
+            return store_unavailable("the notification", exc)
         return JSONResponse(stored.as_json())
 
     @app.get("/healthz")
