@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -398,3 +399,49 @@ def _windows_done(store: Store, model: str, since: datetime) -> int:
             )
             or 0
         )
+
+
+class RcaDataset(StrEnum):
+    petshop = "petshop"
+
+
+class RcaSplit(StrEnum):
+    train = "train"
+    test = "test"
+    all = "all"
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+@app.command("rca-eval")
+def rca_eval(
+    dataset: Annotated[RcaDataset, typer.Argument(help="Dataset format")],
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="The dataset's folder of scenarios")],
+    split: Annotated[RcaSplit, typer.Option(help="Issues to score")] = RcaSplit.train,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON")] = False,
+) -> None:
+    """Score the root-cause ranking on a labelled dataset: top-1 and top-3 recall, specificity."""
+    from watchkeeper.petshop import DatasetError, evaluate
+
+    splits = ("train", "test") if split is RcaSplit.all else (split.value,)
+    try:
+        result = evaluate(directory, splits)
+    except DatasetError as exc:
+        raise _fail(str(exc)) from exc
+    summary = {"dataset": dataset.value, "splits": list(splits), "scenarios": result["scenarios"]}
+    if not as_json:
+        for title, rows in (("scenario", result["scenarios"]), ("scenario/target metric", result["targets"])):
+            table = Table(title, "issues", "top-1", "top-3", "specificity", "noissue windows")
+            for name, row in rows.items():
+                table.add_row(
+                    name,
+                    str(row["n"]),
+                    _score(row["top1"]),
+                    _score(row["top3"]),
+                    _score(row["specificity"]),
+                    str(row["specificity_windows"]),
+                )
+            console.print(table)
+    print(json.dumps(summary))

@@ -196,6 +196,40 @@ class Topology(Strict):
         return self
 
 
+# The seed's causal relationships, in Watchkeeper's alert names: a cause alert -> the alerts it explains.
+DEFAULT_CAUSAL_RULES: dict[str, list[str]] = {
+    "DataQualityDegraded": ["ModelAccuracyDegraded", "ModelAccuracyCritical", "PipelineErrorRateHigh"],
+    "DataQualityCritical": ["ModelAccuracyDegraded", "ModelAccuracyCritical", "PipelineErrorRateHigh"],
+    "DataDriftDetected": ["ModelAccuracyDegraded", "ModelAccuracyCritical", "BusinessImpactDecline"],
+    "SevereDataDrift": ["ModelAccuracyDegraded", "ModelAccuracyCritical", "BusinessImpactCritical"],
+    "ModelAccuracyDegraded": ["BusinessImpactDecline"],
+    "ModelAccuracyCritical": ["BusinessImpactDecline", "BusinessImpactCritical"],
+    "PipelineErrorRateHigh": ["DataQualityDegraded", "ModelLabelCoverageLow", "WatchkeeperEvaluationStale"],
+    "PipelineErrorRateCritical": [
+        "DataQualityCritical",
+        "ModelLabelCoverageLow",
+        "WatchkeeperEvaluationStale",
+    ],
+    "ModelInferenceLatencyHigh": ["ModelThroughputLow", "ModelErrorRateHigh"],
+    "ModelInferenceLatencyCritical": ["ModelThroughputLow", "ModelErrorRateHigh", "BusinessImpactDecline"],
+    "InfrastructureCPUHigh": ["ModelInferenceLatencyHigh", "ModelThroughputLow"],
+    "KafkaBrokerDown": ["PipelineErrorRateHigh", "PipelineLatencyHigh"],
+    "RedisMemoryHigh": ["FeatureStoreLatencyHigh", "CacheMissRateHigh"],
+}
+
+
+class Correlation(Strict):
+    """How alerts are grouped into incidents (see tasks/correlation.py for the rules)."""
+
+    window: Duration = Field(default=timedelta(minutes=10), description="Alerts further apart never group")
+    quiet_period: Duration = Field(
+        default=timedelta(minutes=5), description="A resolved incident takes no new alert after this"
+    )
+    dependency_hops: int = Field(default=3, ge=1, description="How far along the topology a relation reaches")
+    similarity_threshold: float = Field(default=0.6, gt=0, le=1)
+    causal_rules: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_CAUSAL_RULES))
+
+
 class NotificationTarget(Strict):
     name: Name
     kind: Literal["slack", "pagerduty", "webhook", "email"]
@@ -223,6 +257,7 @@ class WatchkeeperConfig(Strict):
     datasets: list[Dataset] = Field(default_factory=list)
     pipelines: list[Pipeline] = Field(default_factory=list)
     topology: Topology = Topology()
+    correlation: Correlation = Correlation()
     notifications: list[NotificationTarget] = Field(default_factory=list)
     schedules: Schedules = Schedules()
     intake: Intake = Intake()

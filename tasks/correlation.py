@@ -1,0 +1,429 @@
+"""Alerts into incidents, and the likely root cause of each incident. Pure logic, no Prefect.
+
+The engine is incremental. Each alert is compared only with the incidents active around its start
+time that it could relate to, found through indexes by topology service, alert name and label
+value, so the cost of one alert does not grow with the number of alerts seen before; nothing is
+rescanned and nothing is refitted.
+
+An alert joins the related incident it is most confidently related to, or opens a new one:
+
+- causal: a configured rule says one alert name causes the other (either way round);
+- same-service: the incident already has an alert on the alert's service;
+- dependency: one service depends on the other within `dependency_hops` of the topology;
+- similar: the cosine similarity of their hashed label and annotation tokens (scikit-learn's
+  HashingVectorizer: stateless, so there is nothing to fit) reaches the threshold.
+
+Every relation is gated by the temporal window (the alert starts within `window` of the incident's
+alerts) and its confidence decays with the gap: base x (1 - gap / (2 x window)). Time alone never
+groups alerts: that is what makes a storm of unrelated alerts one useless incident. A resolved
+incident takes no alert that starts more than `quiet_period` after it resolved.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
+
+from sklearn.feature_extraction.text import HashingVectorizer
+
+from watchkeeper.config import Correlation, Topology, WatchkeeperConfig
+
+BASE_CONFIDENCE = {"causal": 0.95, "same-service": 0.9, "dependency": 0.8}
+# A token shared by more active incidents than this says nothing about which one an alert belongs to.
+MAX_TOKEN_POSTINGS = 64
+# Labels that describe routing rather than the problem: not used to find similar incidents.
+ROUTING_LABELS = frozenset({"alertname", "severity", "team", "job", "receiver", "prometheus"})
+_WORD = re.compile(r"[a-z][a-z_]{2,}")
+_VECTORIZER = HashingVectorizer(
+    n_features=2**18, analyzer=lambda tokens: tokens, alternate_sign=False, norm="l2"
+)
+SEVERITY_STRENGTH = {"critical": 3.0, "page": 3.0, "error": 2.0, "warning": 1.5, "info": 1.0}
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """What the engine needs to know of one alert. `strength` is how anomalous it is (> 0)."""
+
+    id: int
+    name: str
+    service: str | None
+    starts_at: datetime
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    strength: float = 1.0
+
+    @property
+    def subject(self) -> str:
+        """The candidate root cause this alert points at: its service, or the alert itself."""
+        return self.service if self.service is not None else f"alert:{self.name}"
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Why an alert is in an incident, and how sure the engine is."""
+
+    incident_id: int
+    opened: bool
+    reason: str
+    confidence: float
+    detail: str
+
+
+@dataclass
+class IncidentState:
+    id: int
+    first_at: datetime
+    last_at: datetime
+    resolved_at: datetime | None = None
+    members: list[AlertEvent] = field(default_factory=list)
+    service_last: dict[str, datetime] = field(default_factory=dict)
+    name_last: dict[str, datetime] = field(default_factory=dict)
+    vector: dict[int, float] = field(default_factory=dict)
+
+    def accepts_at(self, at: datetime, window: timedelta, quiet: timedelta) -> bool:
+        if self.resolved_at is not None and at > self.resolved_at + quiet:
+            return False
+        return self.first_at - window <= at <= self.last_at + window
+
+    def gap(self, at: datetime) -> timedelta:
+        if at < self.first_at:
+            return self.first_at - at
+        return max(at - self.last_at, timedelta(0))
+
+
+class CorrelationRules:
+    """The configured topology and causal rules, with the lookups the engine repeats precomputed."""
+
+    def __init__(self, topology: Topology, correlation: Correlation) -> None:
+        self.window = correlation.window
+        self.quiet_period = correlation.quiet_period
+        self.similarity_threshold = correlation.similarity_threshold
+        self.hops = correlation.dependency_hops
+        self.dependencies = {s: tuple(deps) for s, deps in topology.services.items()}
+        dependents: dict[str, list[str]] = defaultdict(list)
+        for service, deps in self.dependencies.items():
+            for dep in deps:
+                dependents[dep].append(service)
+        self.dependents = {s: tuple(d) for s, d in dependents.items()}
+        related: dict[str, set[str]] = defaultdict(set)
+        for cause, effects in correlation.causal_rules.items():
+            for effect in effects:
+                related[cause].add(effect)
+                related[effect].add(cause)
+        self.causal_related = {name: frozenset(names) for name, names in related.items()}
+        self.causes = {cause: frozenset(effects) for cause, effects in correlation.causal_rules.items()}
+        self.reachable = cache(self._reachable)
+        self.within_hops = cache(self._within_hops)
+
+    @classmethod
+    def from_config(cls, config: WatchkeeperConfig) -> CorrelationRules:
+        return cls(config.topology, config.correlation)
+
+    def _walk(self, start: str, edges: Mapping[str, tuple[str, ...]], hops: int | None) -> frozenset[str]:
+        seen, frontier, depth = {start}, [start], 0
+        while frontier and (hops is None or depth < hops):
+            frontier = [n for s in frontier for n in edges.get(s, ()) if n not in seen]
+            seen.update(frontier)
+            depth += 1
+        return frozenset(seen - {start})
+
+    def _reachable(self, service: str) -> frozenset[str]:
+        """Every service this one depends on, directly or not."""
+        return self._walk(service, self.dependencies, None)
+
+    def _within_hops(self, service: str) -> frozenset[str]:
+        """Services within `hops` of this one, in either direction along the topology."""
+        return self._walk(service, self.dependencies, self.hops) | self._walk(
+            service, self.dependents, self.hops
+        )
+
+    def causes_effect(self, cause: str, effect: str) -> bool:
+        return effect in self.causes.get(cause, ())
+
+
+def alert_tokens(alert: AlertEvent) -> list[str]:
+    """The alert's labels as key=value tokens, and the words of its annotations."""
+    tokens = [f"{key}={value}" for key, value in sorted(alert.labels.items())]
+    for text in alert.annotations.values():
+        tokens.extend(f"~{word}" for word in _WORD.findall(text.lower()))
+    return tokens
+
+
+def label_vectors(alerts: Sequence[AlertEvent]) -> list[dict[int, float]]:
+    """L2-normalised hashed token vectors, one per alert, from one vectoriser call for the batch."""
+    if not alerts:
+        return []
+    matrix = _VECTORIZER.transform([alert_tokens(a) for a in alerts]).tocsr()
+    return [
+        dict(zip(matrix.indices[start:end].tolist(), matrix.data[start:end].tolist(), strict=True))
+        for start, end in zip(matrix.indptr[:-1], matrix.indptr[1:], strict=True)
+    ]
+
+
+def cosine(vector: Mapping[int, float], centroid: Mapping[int, float]) -> float:
+    norm = math.sqrt(sum(v * v for v in centroid.values()))
+    if norm == 0:
+        return 0.0
+    return sum(value * centroid.get(index, 0.0) for index, value in vector.items()) / norm
+
+
+class Correlator:
+    """The incidents active around the alerts being correlated, with indexes to find candidates."""
+
+    def __init__(
+        self, rules: CorrelationRules, incidents: Iterable[IncidentState] = (), first_new_id: int = 1
+    ) -> None:
+        self.rules = rules
+        self.incidents: dict[int, IncidentState] = {}
+        self.by_service: dict[str, set[int]] = defaultdict(set)
+        self.by_name: dict[str, set[int]] = defaultdict(set)
+        self.by_token: dict[str, set[int]] = defaultdict(set)
+        self.next_id = first_new_id
+        self._added = 0
+        for incident in incidents:
+            members, incident.members = incident.members, []
+            self.incidents[incident.id] = incident
+            for member, vector in zip(members, label_vectors(members), strict=True):
+                self._attach(incident, member, vector)
+            self.next_id = max(self.next_id, incident.id + 1)
+
+    def add(self, alert: AlertEvent, vector: dict[int, float]) -> Membership:
+        best: tuple[float, str, str, IncidentState] | None = None
+        for incident in self._candidates(alert):
+            relation = self._relation(alert, vector, incident)
+            if relation is not None and (best is None or relation[0] > best[0]):
+                best = (*relation, incident)
+        if best is None:
+            incident = IncidentState(self.next_id, alert.starts_at, alert.starts_at)
+            self.next_id += 1
+            self.incidents[incident.id] = incident
+            membership = Membership(incident.id, True, "opened", 1.0, f"first alert: {alert.name}")
+        else:
+            confidence, reason, detail, incident = best
+            membership = Membership(incident.id, False, reason, round(confidence, 3), detail)
+        self._attach(incident, alert, vector)
+        self._added += 1
+        if self._added % 1024 == 0:
+            self._forget_before(alert.starts_at)
+        return membership
+
+    def add_all(self, alerts: Sequence[AlertEvent]) -> list[Membership]:
+        return [self.add(a, v) for a, v in zip(alerts, label_vectors(alerts), strict=True)]
+
+    def _attach(self, incident: IncidentState, alert: AlertEvent, vector: dict[int, float]) -> None:
+        incident.members.append(alert)
+        incident.first_at = min(incident.first_at, alert.starts_at)
+        incident.last_at = max(incident.last_at, alert.starts_at)
+        if alert.service is not None:
+            incident.service_last[alert.service] = max(
+                incident.service_last.get(alert.service, alert.starts_at), alert.starts_at
+            )
+            self.by_service[alert.service].add(incident.id)
+        latest = incident.name_last.get(alert.name, alert.starts_at)
+        incident.name_last[alert.name] = max(latest, alert.starts_at)
+        self.by_name[alert.name].add(incident.id)
+        for index, value in vector.items():
+            incident.vector[index] = incident.vector.get(index, 0.0) + value
+        for key, value in alert.labels.items():
+            if key not in ROUTING_LABELS:
+                self.by_token[f"{key}={value}"].add(incident.id)
+
+    def _candidates(self, alert: AlertEvent) -> list[IncidentState]:
+        ids: set[int] = set()
+        if alert.service is not None:
+            ids.update(self.by_service.get(alert.service, ()))
+            for service in self.rules.within_hops(alert.service):
+                ids.update(self.by_service.get(service, ()))
+        for name in self.rules.causal_related.get(alert.name, ()):
+            ids.update(self.by_name.get(name, ()))
+        for key, value in alert.labels.items():
+            postings = self.by_token.get(f"{key}={value}", ())
+            if key not in ROUTING_LABELS and len(postings) <= MAX_TOKEN_POSTINGS:
+                ids.update(postings)
+        rules = self.rules
+        return [
+            incident
+            for incident in (self.incidents[i] for i in ids if i in self.incidents)
+            if incident.accepts_at(alert.starts_at, rules.window, rules.quiet_period)
+        ]
+
+    def _relation(
+        self, alert: AlertEvent, vector: Mapping[int, float], incident: IncidentState
+    ) -> tuple[float, str, str] | None:
+        """The strongest relation between the alert and the incident: (confidence, reason, detail)."""
+        rules = self.rules
+        found: list[tuple[float, str, str]] = []
+        for name in rules.causal_related.get(alert.name, frozenset()) & incident.name_last.keys():
+            forward = rules.causes_effect(name, alert.name)
+            cause, effect = (name, alert.name) if forward else (alert.name, name)
+            found.append((BASE_CONFIDENCE["causal"], "causal", f"{cause} is a known cause of {effect}"))
+            break
+        if alert.service is not None:
+            if alert.service in incident.service_last:
+                found.append(
+                    (BASE_CONFIDENCE["same-service"], "same-service", f"another alert on {alert.service}")
+                )
+            else:
+                near = rules.within_hops(alert.service) & incident.service_last.keys()
+                if near:
+                    other = min(near)
+                    how = "depends on" if other in rules.reachable(alert.service) else "is a dependency of"
+                    found.append(
+                        (BASE_CONFIDENCE["dependency"], "dependency", f"{alert.service} {how} {other}")
+                    )
+        similarity = cosine(vector, incident.vector)
+        if similarity >= rules.similarity_threshold:
+            found.append((0.7 * similarity, "similar", f"labels and annotations {similarity:.2f} similar"))
+        if not found:
+            return None
+        base, reason, detail = max(found)
+        decay = 1 - incident.gap(alert.starts_at) / (2 * rules.window)
+        return base * decay, reason, detail
+
+    def _forget_before(self, now: datetime) -> None:
+        """Drop incidents no later alert can join, so memory follows the active set only."""
+        horizon = now - self.rules.window - self.rules.quiet_period
+        stale = [i for i, inc in self.incidents.items() if inc.last_at < horizon]
+        for incident_id in stale:
+            del self.incidents[incident_id]
+        if stale:
+            stale_set = set(stale)
+            for index in (self.by_service, self.by_name, self.by_token):
+                for key in list(index):
+                    index[key] -= stale_set
+                    if not index[key]:
+                        del index[key]
+
+
+@dataclass(frozen=True)
+class RootCauseCandidate:
+    subject: str
+    alert_id: int
+    alertname: str
+    score: float
+    reasons: tuple[str, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "subject": self.subject,
+            "alert_id": self.alert_id,
+            "alertname": self.alertname,
+            "score": self.score,
+            "reasons": list(self.reasons),
+        }
+
+
+@dataclass(frozen=True)
+class RankingWeights:
+    """How much each kind of evidence counts; they sum to 1 so a score lies in [0, 1]."""
+
+    explains: float = 0.35
+    strength: float = 0.25
+    deepest: float = 0.25
+    onset: float = 0.15
+    # A dependency at least this share as anomalous as a candidate could be the cause instead.
+    dominance: float = 0.5
+
+
+def rank_root_causes(
+    members: Sequence[AlertEvent],
+    rules: CorrelationRules,
+    weights: RankingWeights = RankingWeights(),
+    can_be_cause: Callable[[str], bool] | None = None,
+) -> list[RootCauseCandidate]:
+    """Rank an incident's subjects (services, or alerts without one) as its root cause, best first.
+
+    A good root cause explains the others (they depend on it in the topology, or a causal rule makes
+    its alert the cause of theirs), has no anomalous dependency strong enough to explain it in turn
+    (the deepest anomalous dependency), starts first, and is the most anomalous. Subjects for which
+    `can_be_cause` says no still count as evidence but are not ranked.
+    """
+    by_subject: dict[str, list[AlertEvent]] = defaultdict(list)
+    for alert in members:
+        by_subject[alert.subject].append(alert)
+    subjects = list(by_subject)
+    strength = {s: max(a.strength for a in alerts) for s, alerts in by_subject.items()}
+    onset = {s: min(a.starts_at for a in alerts) for s, alerts in by_subject.items()}
+    names = {s: {a.name for a in alerts} for s, alerts in by_subject.items()}
+    onsets = sorted(set(onset.values()))
+    top_strength = math.log1p(max(strength.values()))
+    others_count = max(len(subjects) - 1, 1)
+    ranked = []
+    for subject in subjects:
+        if can_be_cause is not None and not can_be_cause(subject):
+            continue
+        reasons = []
+        explained = _explained_by(subject, subjects, names, rules)
+        if explained:
+            listed = ", ".join(sorted(explained)[:5])
+            reasons.append(f"explains {len(explained)} of {others_count} others: {listed}")
+        explainers = [
+            other
+            for other in _explaining(subject, subjects, names, rules)
+            if strength[other] >= weights.dominance * strength[subject]
+        ]
+        if explainers:
+            reasons.append(f"could itself be explained by {', '.join(sorted(explainers)[:3])}")
+        else:
+            reasons.append("no anomalous dependency explains it")
+        onset_rank = onsets.index(onset[subject])
+        onset_score = 1.0 if len(onsets) == 1 else 1 - onset_rank / (len(onsets) - 1)
+        if onset_rank == 0 and len(subjects) > 1:
+            reasons.append("started first")
+        strength_score = math.log1p(strength[subject]) / top_strength if top_strength > 0 else 1.0
+        reasons.append(f"anomaly strength {strength[subject]:.3g}")
+        score = (
+            weights.explains * len(explained) / others_count
+            + weights.strength * strength_score
+            + weights.deepest * (not explainers)
+            + weights.onset * onset_score
+        )
+        lead = max(by_subject[subject], key=lambda a: (a.strength, -a.starts_at.timestamp()))
+        ranked.append(RootCauseCandidate(subject, lead.id, lead.name, round(score, 4), tuple(reasons)))
+    ranked.sort(key=lambda c: (-c.score, onset[c.subject], c.subject))
+    return ranked
+
+
+def _explained_by(
+    subject: str, subjects: Iterable[str], names: Mapping[str, set[str]], rules: CorrelationRules
+) -> set[str]:
+    """The other subjects this one explains: its alerts cause theirs by a causal rule, or they reach it
+    through the topology along a path of anomalous subjects (a fault propagates through callers that
+    show it; a healthy service in between breaks the chain)."""
+    members = set(subjects)
+    explained = {
+        other
+        for other in members - {subject}
+        if any(rules.causes_effect(c, e) for c in names[subject] for e in names[other])
+    }
+    frontier = [subject]
+    while frontier:
+        frontier = [
+            caller
+            for service in frontier
+            for caller in rules.dependents.get(service, ())
+            if caller in members and caller != subject and caller not in explained
+        ]
+        explained.update(frontier)
+    return explained
+
+
+def _explaining(
+    subject: str, subjects: Iterable[str], names: Mapping[str, set[str]], rules: CorrelationRules
+) -> set[str]:
+    """The other subjects that could explain this one."""
+    members = list(subjects)
+    return {
+        other
+        for other in members
+        if other != subject and subject in _explained_by(other, members, names, rules)
+    }
+
+
+def severity_strength(severity: str | None) -> float:
+    return SEVERITY_STRENGTH.get((severity or "").lower(), 1.0)
