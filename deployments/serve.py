@@ -16,12 +16,20 @@ from flows.backfill_drift import backfill_drift
 from flows.collect_model_metrics import collect_model_metrics
 from flows.evaluate_data_quality import evaluate_data_quality
 from flows.evaluate_drift import evaluate_drift
+from flows.handle_alerts import handle_alerts
 from flows.pipeline_health import pipeline_health
 from watchkeeper.settings import Settings
 
 FLOWS: dict[str, Flow] = {
     f.name: f
-    for f in (collect_model_metrics, evaluate_drift, evaluate_data_quality, pipeline_health, backfill_drift)
+    for f in (
+        collect_model_metrics,
+        evaluate_drift,
+        evaluate_data_quality,
+        pipeline_health,
+        backfill_drift,
+        handle_alerts,
+    )
 }
 DEPLOYMENT_NAMES = tuple(FLOWS)
 FIRST_RUN_DELAY = timedelta(seconds=30)
@@ -62,6 +70,13 @@ def build_deployments(settings: Settings) -> list[RunnerDeployment]:
             name=backfill_drift.name,
             description="Ad hoc: drift of every window in a range.",
             tags=["watchkeeper", "ad-hoc"],
+        )
+    )
+    deployments.append(
+        handle_alerts.to_deployment(
+            name=handle_alerts.name,
+            description="Started by Alertmanager notifications: alerts into incidents, root causes.",
+            tags=["watchkeeper", "alerts"],
         )
     )
     return deployments

@@ -176,14 +176,18 @@ class Correlator:
     """The incidents active around the alerts being correlated, with indexes to find candidates."""
 
     def __init__(
-        self, rules: CorrelationRules, incidents: Iterable[IncidentState] = (), first_new_id: int = 1
+        self,
+        rules: CorrelationRules,
+        incidents: Iterable[IncidentState] = (),
+        new_incident_id: Callable[[AlertEvent], int] | None = None,
     ) -> None:
         self.rules = rules
         self.incidents: dict[int, IncidentState] = {}
         self.by_service: dict[str, set[int]] = defaultdict(set)
         self.by_name: dict[str, set[int]] = defaultdict(set)
         self.by_token: dict[str, set[int]] = defaultdict(set)
-        self.next_id = first_new_id
+        self.next_id = 1
+        self._new_incident_id = new_incident_id or self._count
         self._added = 0
         for incident in incidents:
             members, incident.members = incident.members, []
@@ -192,6 +196,10 @@ class Correlator:
                 self._attach(incident, member, vector)
             self.next_id = max(self.next_id, incident.id + 1)
 
+    def _count(self, _alert: AlertEvent) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
     def add(self, alert: AlertEvent, vector: dict[int, float]) -> Membership:
         best: tuple[float, str, str, IncidentState] | None = None
         for incident in self._candidates(alert):
@@ -199,8 +207,7 @@ class Correlator:
             if relation is not None and (best is None or relation[0] > best[0]):
                 best = (*relation, incident)
         if best is None:
-            incident = IncidentState(self.next_id, alert.starts_at, alert.starts_at)
-            self.next_id += 1
+            incident = IncidentState(self._new_incident_id(alert), alert.starts_at, alert.starts_at)
             self.incidents[incident.id] = incident
             membership = Membership(incident.id, True, "opened", 1.0, f"first alert: {alert.name}")
         else:
@@ -383,10 +390,24 @@ def rank_root_causes(
             + weights.deepest * (not explainers)
             + weights.onset * onset_score
         )
-        lead = max(by_subject[subject], key=lambda a: (a.strength, -a.starts_at.timestamp()))
+        lead = _lead_alert(by_subject[subject], rules)
         ranked.append(RootCauseCandidate(subject, lead.id, lead.name, round(score, 4), tuple(reasons)))
     ranked.sort(key=lambda c: (-c.score, onset[c.subject], c.subject))
     return ranked
+
+
+def _lead_alert(alerts: Sequence[AlertEvent], rules: CorrelationRules) -> AlertEvent:
+    """The alert that stands for its subject: a cause of the others on it, then the strongest, then the
+    earliest."""
+    names = {a.name for a in alerts}
+    return max(
+        alerts,
+        key=lambda a: (
+            sum(rules.causes_effect(a.name, other) for other in names),
+            a.strength,
+            -a.starts_at.timestamp(),
+        ),
+    )
 
 
 def _explained_by(

@@ -1,0 +1,151 @@
+"""Stored alerts into stored incidents: grouping, reasons, root cause, resolution, quiet period."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from tasks.incidents import correlate_pending_alerts
+from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.store import Store
+from watchkeeper.store.alerts import WebhookNotification, store_notification
+from watchkeeper.store.schema import Alert, Incident, IncidentEvent, IncidentMember
+
+T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+_fingerprints = itertools.count(1)
+
+
+def alert(name: str, at: timedelta, status: str = "firing", **labels: str) -> dict:
+    labels = {"alertname": name, "severity": labels.pop("severity", "warning"), **labels}
+    return {
+        "status": status,
+        "labels": labels,
+        "annotations": {"summary": f"{name} fired"},
+        "startsAt": (T0 + at).isoformat(),
+        "endsAt": (T0 + at + timedelta(minutes=30)).isoformat() if status == "resolved" else None,
+        "fingerprint": labels.get("fp") or f"{name}-{sorted(labels.items())}"[:64],
+    }
+
+
+def notify(store: Store, *alerts: dict) -> None:
+    body = {
+        "version": "4",
+        "groupKey": f"group-{next(_fingerprints)}",
+        "status": "firing",
+        "receiver": "watchkeeper",
+        "alerts": [{k: v for k, v in a.items() if v is not None} for a in alerts],
+    }
+    store_notification(store, WebhookNotification.model_validate(body), body)
+
+
+def incidents(store: Store) -> list[tuple[Incident, list[tuple[str, str]]]]:
+    with store.reading() as session:
+        rows = session.scalars(select(Incident).order_by(Incident.id)).all()
+        return [
+            (
+                row,
+                session.execute(
+                    select(Alert.alertname, IncidentMember.reason)
+                    .join(Alert, Alert.id == IncidentMember.alert_id)
+                    .where(IncidentMember.incident_id == row.id)
+                    .order_by(Alert.starts_at, Alert.id)
+                ).all(),
+            )
+            for row in rows
+        ]
+
+
+def test_a_pipeline_failure_and_the_model_it_feeds_form_one_incident_rooted_in_the_pipeline(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    notify(
+        store,
+        alert("PipelineErrorRateHigh", timedelta(0), pipeline_name="credit_feature_pipeline"),
+        alert("DataQualityDegraded", timedelta(minutes=2), model_name="credit_approval"),
+        alert(
+            "ModelAccuracyCritical", timedelta(minutes=4), model_name="credit_approval", severity="critical"
+        ),
+        alert("WatchkeeperTargetDown", timedelta(minutes=3), service="watchkeeper"),
+    )
+    outcome = correlate_pending_alerts(store, example_config)
+    assert outcome.correlated == 4 and len(outcome.opened) == 2
+    (grouped, members), (lonely, lonely_members) = incidents(store)
+    assert members == [
+        ("PipelineErrorRateHigh", "opened"),
+        ("DataQualityDegraded", "causal"),
+        ("ModelAccuracyCritical", "causal"),
+    ]
+    assert grouped.root_cause_service == "feature-store"
+    assert grouped.ranking[0]["alertname"] == "PipelineErrorRateHigh"
+    assert any("explains 1 of 1" in r for r in grouped.ranking[0]["reasons"])
+    assert grouped.severity == "critical" and grouped.status == "open"
+    assert lonely_members == [("WatchkeeperTargetDown", "opened")]
+
+
+def test_correlating_again_changes_nothing(store: Store, example_config: WatchkeeperConfig) -> None:
+    notify(store, alert("DataDriftDetected", timedelta(0), model_name="credit_approval"))
+    correlate_pending_alerts(store, example_config)
+    again = correlate_pending_alerts(store, example_config)
+    assert again.correlated == 0
+    with store.reading() as session:
+        assert session.scalar(select(func.count()).select_from(IncidentMember)) == 1
+
+
+def test_alerts_further_apart_than_the_window_open_separate_incidents(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    notify(store, alert("DataDriftDetected", timedelta(0), model_name="credit_approval"))
+    notify(store, alert("ModelAccuracyDegraded", timedelta(minutes=25), model_name="credit_approval"))
+    correlate_pending_alerts(store, example_config)
+    assert [len(members) for _, members in incidents(store)] == [1, 1]
+
+
+def test_an_incident_resolves_with_its_alerts_and_stays_closed_after_the_quiet_period(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    drift = alert("DataDriftDetected", timedelta(0), model_name="credit_approval")
+    accuracy = alert("ModelAccuracyDegraded", timedelta(minutes=1), model_name="credit_approval")
+    notify(store, drift, accuracy)
+    correlate_pending_alerts(store, example_config)
+    notify(store, {**drift, "status": "resolved", "endsAt": (T0 + timedelta(minutes=5)).isoformat()})
+    assert correlate_pending_alerts(store, example_config).resolved == []
+    notify(store, {**accuracy, "status": "resolved", "endsAt": (T0 + timedelta(minutes=6)).isoformat()})
+    outcome = correlate_pending_alerts(store, example_config)
+    [(incident, _)] = incidents(store)
+    assert outcome.resolved == [incident.id]
+    assert incident.status == "resolved" and incident.resolved_at == T0 + timedelta(minutes=6)
+
+    # Within the quiet period (5 minutes) a related alert reopens it; after it, a new incident opens.
+    notify(store, alert("ModelAccuracyCritical", timedelta(minutes=9), model_name="credit_approval"))
+    assert correlate_pending_alerts(store, example_config).reopened == [incident.id]
+    notify(
+        store, alert("PipelineErrorRateHigh", timedelta(minutes=9), pipeline_name="credit_feature_pipeline")
+    )
+    correlate_pending_alerts(store, example_config)
+    notify(
+        store,
+        {
+            **alert("ModelAccuracyCritical", timedelta(minutes=9), model_name="credit_approval"),
+            "status": "resolved",
+            "endsAt": (T0 + timedelta(minutes=10)).isoformat(),
+        },
+        {
+            **alert("PipelineErrorRateHigh", timedelta(minutes=9), pipeline_name="credit_feature_pipeline"),
+            "status": "resolved",
+            "endsAt": (T0 + timedelta(minutes=10)).isoformat(),
+        },
+    )
+    correlate_pending_alerts(store, example_config)
+    notify(store, alert("DataQualityDegraded", timedelta(minutes=16), model_name="credit_approval"))
+    correlate_pending_alerts(store, example_config)
+    rows = incidents(store)
+    assert [row.status for row, _ in rows] == ["resolved", "open"]
+    with store.reading() as session:
+        kinds = session.scalars(
+            select(IncidentEvent.kind)
+            .where(IncidentEvent.incident_id == incident.id)
+            .order_by(IncidentEvent.id)
+        ).all()
+    assert kinds[0] == "opened" and kinds.count("resolved") == 2 and "reopened" in kinds
