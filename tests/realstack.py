@@ -42,7 +42,7 @@ def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0, every
 
 
 class Process:
-    def __init__(self, argv: list[str], log: Path) -> None:
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         if shutil.which(argv[0]) is None:
             raise RuntimeError(
                 f"{argv[0]} is not installed (apt-get install prometheus prometheus-alertmanager)"
@@ -50,7 +50,7 @@ class Process:
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             )
 
     def stop(self) -> None:

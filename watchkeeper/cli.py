@@ -71,16 +71,23 @@ def db_upgrade() -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind")] = 8765,
+    dispatch: Annotated[
+        bool, typer.Option(help="Start the Prefect runs owed to Alertmanager notifications")
+    ] = True,
 ) -> None:
-    """Run the HTTP service (intake, health, /metrics) in the foreground."""
+    """Run the HTTP service (intake, health, /metrics, alerts, incidents) in the foreground."""
+    from datetime import timedelta
+
     import uvicorn
 
+    from watchkeeper.dispatcher import OutboxDispatcher
     from watchkeeper.service.app import create_app
 
     config = load_monitoring()
     store = open_store()
     store.upgrade()
     settings = state.settings
+    backoff = timedelta(seconds=settings.outbox_max_backoff_seconds)
     uvicorn.run(
         create_app(
             config,
@@ -88,6 +95,7 @@ def serve(
             api_token=settings.api_token_value,
             webhook_token=settings.webhook_token_value,
             webhook_basic=settings.webhook_basic_value,
+            dispatcher=OutboxDispatcher(store, max_backoff=backoff) if dispatch else None,
         ),
         host=host,
         port=port,
@@ -445,3 +453,103 @@ def rca_eval(
                 )
             console.print(table)
     print(json.dumps(summary))
+
+
+class AlertFilter(StrEnum):
+    firing = "firing"
+    resolved = "resolved"
+
+
+class IncidentFilter(StrEnum):
+    open = "open"
+    resolved = "resolved"
+
+
+LimitOption = Annotated[int, typer.Option(min=1, max=1000, help="How many to show")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines")]
+
+
+@app.command()
+def alerts(
+    status_filter: Annotated[AlertFilter | None, typer.Option("--status")] = None,
+    limit: LimitOption = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """Stored alerts, newest first."""
+    from watchkeeper.store.incidents import list_alerts
+
+    rows = list_alerts(open_store(), status_filter.value if status_filter else None, limit)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "alert", "status", "severity", "started", "subject", "correlated")
+    for row in rows:
+        labels = row["labels"]
+        subject = labels.get("model_name") or labels.get("pipeline_name") or labels.get("service") or "-"
+        table.add_row(
+            str(row["id"]),
+            row["alertname"],
+            row["status"],
+            row["severity"] or "-",
+            row["starts_at"],
+            subject,
+            "yes" if row["correlated"] else "pending",
+        )
+    console.print(table)
+
+
+@app.command()
+def incidents(
+    incident_id: Annotated[int | None, typer.Argument(metavar="[ID]", help="Show one incident whole")] = None,
+    status_filter: Annotated[IncidentFilter | None, typer.Option("--status")] = None,
+    limit: LimitOption = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """Incidents with their suggested root cause; with an ID, its members, ranking and timeline."""
+    from watchkeeper.store.incidents import incident_detail, list_incidents
+
+    store = open_store()
+    if incident_id is not None:
+        detail = incident_detail(store, incident_id)
+        if detail is None:
+            raise _fail(f"no incident {incident_id}")
+        if as_json:
+            print(json.dumps(detail, indent=2))
+        else:
+            _print_incident(detail)
+        return
+    rows = list_incidents(store, status_filter.value if status_filter else None, limit)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "status", "severity", "title", "alerts", "root cause", "score", "last alert")
+    for row in rows:
+        cause = row["root_cause"] or {}
+        table.add_row(
+            str(row["id"]),
+            row["status"],
+            row["severity"] or "-",
+            row["title"],
+            str(row["alerts"]),
+            cause.get("subject", "-"),
+            f"{cause['score']:.2f}" if cause else "-",
+            row["last_alert_at"],
+        )
+    console.print(table)
+
+
+def _print_incident(detail: dict) -> None:
+    console.print(
+        f"[bold]incident {detail['id']}[/bold] {detail['title']} ({detail['status']})", highlight=False
+    )
+    members = Table("alert", "status", "started", "joined because", "confidence", title="members")
+    for m in detail["members"]:
+        members.add_row(m["alertname"], m["status"], m["starts_at"], m["detail"], f"{m['confidence']:.2f}")
+    ranking = Table("root cause", "alert", "score", "why", title="root-cause ranking")
+    for c in detail["ranking"]:
+        ranking.add_row(c["subject"], c["alertname"], f"{c['score']:.2f}", "; ".join(c["reasons"]))
+    timeline = Table("at", "event", "detail", title="timeline")
+    for event in detail["timeline"]:
+        timeline.add_row(event["at"], event["kind"], json.dumps(event["detail"]))
+    for table in (members, ranking, timeline):
+        console.print(table)

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
         default=None, description="'user:password' accepted on the Alertmanager webhook"
     )
 
+    outbox_max_backoff_seconds: float = Field(
+        default=30.0, gt=0, description="Longest wait between attempts to start an owed Prefect run"
+    )
+
     @property
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()

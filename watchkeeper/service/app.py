@@ -6,11 +6,12 @@ import base64
 import binascii
 import hmac
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, status
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.dispatcher import OutboxDispatcher
 from watchkeeper.records import (
     BatchError,
     BatchTooLarge,
@@ -31,6 +33,13 @@ from watchkeeper.service.metrics import store_registry
 from watchkeeper.settings import REPO_ROOT
 from watchkeeper.store import Store
 from watchkeeper.store.alerts import WebhookNotification, store_notification
+from watchkeeper.store.incidents import (
+    AlertStatus,
+    IncidentStatus,
+    incident_detail,
+    list_alerts,
+    list_incidents,
+)
 from watchkeeper.store.intake import StoredBatch, store_feedback, store_pipeline_runs, store_predictions
 
 RUNBOOKS = REPO_ROOT / "infra" / "prometheus" / "runbooks.md"
@@ -106,9 +115,20 @@ def create_app(
     api_token: str | None = None,
     webhook_token: str | None = None,
     webhook_basic: str | None = None,
+    dispatcher: OutboxDispatcher | None = None,
 ) -> FastAPI:
-    """`webhook_token` and `webhook_basic` ("user:password") guard the Alertmanager webhook."""
-    app = FastAPI(title="Watchkeeper", version="0.1.0")
+    """`webhook_token` and `webhook_basic` ("user:password") guard the Alertmanager webhook; the
+    `dispatcher`, when given, runs beside the service and starts the Prefect runs the intake owes."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if dispatcher is not None:
+            dispatcher.start()
+        yield
+        if dispatcher is not None:
+            dispatcher.stop()
+
+    app = FastAPI(title="Watchkeeper", version="0.1.0", lifespan=lifespan)
     registry = store_registry(store)
     authorized = [Depends(credentials_guard(api_token))]
     alertmanager_authorized = [Depends(credentials_guard(webhook_token, webhook_basic))]
@@ -188,7 +208,33 @@ def create_app(
             stored = await run_in_threadpool(store_notification, store, notification, payload)
         except SQLAlchemyError as exc:
             return store_unavailable("the notification", exc)
+        if dispatcher is not None and stored.run_key is not None:
+            dispatcher.wake.set()
         return JSONResponse(stored.as_json())
+
+    @app.get("/v1/alerts", dependencies=authorized)
+    def get_alerts(
+        status_filter: Annotated[AlertStatus | None, Query(alias="status")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> JSONResponse:
+        """Stored alerts, newest first."""
+        return JSONResponse({"alerts": list_alerts(store, status_filter, limit)})
+
+    @app.get("/v1/incidents", dependencies=authorized)
+    def get_incidents(
+        status_filter: Annotated[IncidentStatus | None, Query(alias="status")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> JSONResponse:
+        """Incidents, most recently active first, each with its suggested root cause."""
+        return JSONResponse({"incidents": list_incidents(store, status_filter, limit)})
+
+    @app.get("/v1/incidents/{incident_id}", dependencies=authorized)
+    def get_incident(incident_id: int) -> JSONResponse:
+        """One incident: members with reason and confidence, root-cause ranking, timeline."""
+        detail = incident_detail(store, incident_id)
+        if detail is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": f"no incident {incident_id}"})
+        return JSONResponse(detail)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

@@ -1,0 +1,109 @@
+"""The read side of alerts and incidents, shared by the HTTP API and the CLI."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import func, select
+
+from watchkeeper.store import Store
+from watchkeeper.store.schema import Alert, Incident, IncidentEvent, IncidentMember
+
+AlertStatus = Literal["firing", "resolved"]
+IncidentStatus = Literal["open", "resolved"]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def alert_json(alert: Alert) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "fingerprint": alert.fingerprint,
+        "alertname": alert.alertname,
+        "status": alert.status,
+        "severity": alert.severity,
+        "starts_at": _iso(alert.starts_at),
+        "ends_at": _iso(alert.ends_at),
+        "labels": alert.labels,
+        "annotations": alert.annotations,
+        "correlated": alert.correlated_at is not None,
+    }
+
+
+def list_alerts(store: Store, status: AlertStatus | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Newest first."""
+    query = select(Alert).order_by(Alert.starts_at.desc(), Alert.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Alert.status == status)
+    with store.reading() as session:
+        return [alert_json(a) for a in session.scalars(query)]
+
+
+def _incident_json(row: Incident, members: int) -> dict[str, Any]:
+    top = row.ranking[0] if row.ranking else None
+    return {
+        "id": row.id,
+        "status": row.status,
+        "title": row.title,
+        "severity": row.severity,
+        "opened_at": _iso(row.opened_at),
+        "last_alert_at": _iso(row.last_alert_at),
+        "resolved_at": _iso(row.resolved_at),
+        "alerts": members,
+        "root_cause": None
+        if top is None
+        else {"subject": top["subject"], "alertname": top["alertname"], "score": top["score"]},
+        "ticket_id": row.ticket_id,
+    }
+
+
+def list_incidents(
+    store: Store, status: IncidentStatus | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Newest activity first."""
+    query = select(Incident).order_by(Incident.last_alert_at.desc(), Incident.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Incident.status == status)
+    with store.reading() as session:
+        rows = session.scalars(query).all()
+        counts = dict(
+            session.execute(
+                select(IncidentMember.incident_id, func.count())
+                .where(IncidentMember.incident_id.in_([r.id for r in rows]))
+                .group_by(IncidentMember.incident_id)
+            ).all()
+        )
+        return [_incident_json(row, counts.get(row.id, 0)) for row in rows]
+
+
+def incident_detail(store: Store, incident_id: int) -> dict[str, Any] | None:
+    """The incident, its members with reason and confidence, its ranking and its timeline."""
+    with store.reading() as session:
+        row = session.get(Incident, incident_id)
+        if row is None:
+            return None
+        members = session.execute(
+            select(IncidentMember, Alert)
+            .join(Alert, Alert.id == IncidentMember.alert_id)
+            .where(IncidentMember.incident_id == incident_id)
+            .order_by(Alert.starts_at, Alert.id)
+        ).all()
+        events = session.scalars(
+            select(IncidentEvent).where(IncidentEvent.incident_id == incident_id).order_by(IncidentEvent.id)
+        ).all()
+        detail = _incident_json(row, len(members))
+        detail["members"] = [
+            {
+                **alert_json(alert),
+                "reason": member.reason,
+                "detail": member.detail,
+                "confidence": member.confidence,
+            }
+            for member, alert in members
+        ]
+        detail["ranking"] = row.ranking
+        detail["timeline"] = [{"at": _iso(e.at), "kind": e.kind, "detail": e.detail} for e in events]
+        return detail
