@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 from sqlalchemy import func, select
 
 from tasks.incidents import correlate_pending_alerts
+from tests.conftest import LiveService
+from tests.test_cli import run
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.store import Store
 from watchkeeper.store.alerts import WebhookNotification, store_notification
@@ -149,3 +154,61 @@ def test_an_incident_resolves_with_its_alerts_and_stays_closed_after_the_quiet_p
             .order_by(IncidentEvent.id)
         ).all()
     assert kinds[0] == "opened" and kinds.count("resolved") == 2 and "reopened" in kinds
+
+
+def test_the_read_api_lists_alerts_and_incidents_and_shows_one_whole(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    notify(
+        store,
+        alert("PipelineErrorRateHigh", timedelta(0), pipeline_name="credit_feature_pipeline"),
+        alert("ModelAccuracyDegraded", timedelta(minutes=1), model_name="credit_approval"),
+    )
+    notify(
+        store,
+        {
+            **alert("DataDriftDetected", timedelta(minutes=30), model_name="credit_approval"),
+            "status": "resolved",
+            "endsAt": (T0 + timedelta(minutes=31)).isoformat(),
+        },
+    )
+    correlate_pending_alerts(store, example_config)
+    headers = {"Authorization": "Bearer reader"}
+    with LiveService(example_config, store, api_token="reader") as live:
+        assert httpx.get(f"{live.url}/v1/incidents").status_code == 401
+        resolved = httpx.get(f"{live.url}/v1/alerts", params={"status": "resolved"}, headers=headers).json()
+        assert [a["alertname"] for a in resolved["alerts"]] == ["DataDriftDetected"]
+        bad = httpx.get(f"{live.url}/v1/alerts", params={"status": "gone"}, headers=headers)
+        assert bad.status_code == 422 and "status" in bad.text
+        listed = httpx.get(f"{live.url}/v1/incidents", params={"status": "open"}, headers=headers).json()
+        [incident] = listed["incidents"]
+        assert incident["alerts"] == 2 and incident["root_cause"]["subject"] == "feature-store"
+        detail = httpx.get(f"{live.url}/v1/incidents/{incident['id']}", headers=headers).json()
+        assert [(m["alertname"], m["reason"]) for m in detail["members"]] == [
+            ("PipelineErrorRateHigh", "opened"),
+            ("ModelAccuracyDegraded", "dependency"),
+        ]
+        assert detail["members"][1]["confidence"] > 0.5
+        assert detail["members"][1]["detail"] == "credit-approval-api depends on feature-store"
+        assert [c["subject"] for c in detail["ranking"]] == ["feature-store", "credit-approval-api"]
+        assert [e["kind"] for e in detail["timeline"]][:2] == ["opened", "alert_joined"]
+        assert httpx.get(f"{live.url}/v1/incidents/999", headers=headers).status_code == 404
+
+
+def test_the_cli_prints_incidents_as_tables_and_json(
+    tmp_path: Path, example_config: WatchkeeperConfig
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'watchkeeper.db'}")
+    store.upgrade()
+    notify(store, alert("DataDriftDetected", timedelta(0), model_name="credit_approval"))
+    correlate_pending_alerts(store, example_config)
+    listed = run("incidents", "--json", home=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    [incident] = json.loads(listed.stdout)
+    assert incident["title"] == "DataDriftDetected on credit-approval-api"
+    table = run("incidents", str(incident["id"]), home=tmp_path)
+    assert "root-cause ranking" in table.stdout and "credit-approval-api" in table.stdout
+    alerts_table = run("alerts", "--status", "firing", home=tmp_path)
+    assert "DataDriftDetected" in alerts_table.stdout and "credit_approval" in alerts_table.stdout
+    missing = run("incidents", "42", home=tmp_path)
+    assert missing.returncode == 2 and "no incident 42" in missing.stderr

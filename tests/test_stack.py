@@ -110,6 +110,33 @@ def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
             "Prometheus to scrape the service",
         )
 
+        # Alertmanager -> webhook -> outbox -> handle-alerts run on Prefect -> one incident.
+        alertmanager = f"http://127.0.0.1:{ports['alertmanager']}"
+        firing = [
+            {
+                "labels": {"alertname": name, "severity": "warning", **labels},
+                "annotations": {"summary": f"{name} (stack test)"},
+            }
+            for name, labels in (
+                ("PipelineErrorRateHigh", {"pipeline_name": "credit_feature_pipeline", "team": "data"}),
+                ("ModelAccuracyDegraded", {"model_name": "credit_approval", "team": "ml_engineering"}),
+            )
+        ]
+        assert httpx.post(f"{alertmanager}/api/v2/alerts", json=firing).status_code == 200
+        incidents = wait_for(
+            lambda: [i for i in httpx.get(f"{service}/v1/incidents").json()["incidents"] if i["alerts"] == 2],
+            "the alerts to become one incident",
+        )
+        assert incidents[0]["root_cause"]["subject"] == "feature-store"
+        runs = httpx.post(
+            f"{prefect_api}/flow_runs/filter",
+            json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}},
+        ).json()
+        handled = [
+            r for r in runs if r["idempotency_key"] and r["idempotency_key"].startswith("handle-alerts-")
+        ]
+        assert handled and all(r["parameters"]["notification_id"] for r in handled)
+
         status = cli("status")
         assert status.returncode == 0 and status.stdout.count(" yes ") >= 5
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -22,7 +23,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="The store's schema.")
 app.add_typer(db_app, name="db")
-console = Console()
+# Piped output (a file, a test, `less`) gets wide tables instead of Rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True)
 
 
