@@ -7,10 +7,13 @@ rescanned and nothing is refitted.
 
 An alert joins the related incident it is most confidently related to, or opens a new one:
 
-- causal: a configured rule says one alert name causes the other (either way round);
+- causal: a configured rule says one alert name causes the other (either way round), for alerts
+  about the same place: one service, neighbours in the topology, or alerts without a service;
 - same-service: the incident already has an alert on the alert's service;
-- dependency: one service depends on the other within `dependency_hops` of the topology;
-- similar: the cosine similarity of their hashed label and annotation tokens (scikit-learn's
+- dependency: one service depends on the other within `dependency_hops` of the topology, and the
+  incident's alert on it started within the window (so a long incident does not snowball);
+- similar: the incident shares a label value with the alert (service, instance, model...), and
+  the cosine similarity of their hashed label and annotation tokens (scikit-learn's
   HashingVectorizer: stateless, so there is nothing to fit) reaches the threshold.
 
 Every relation is gated by the temporal window (the alert starts within `window` of the incident's
@@ -82,8 +85,9 @@ class IncidentState:
     resolved_at: datetime | None = None
     members: list[AlertEvent] = field(default_factory=list)
     service_last: dict[str, datetime] = field(default_factory=dict)
-    name_last: dict[str, datetime] = field(default_factory=dict)
+    name_services: dict[str, set[str | None]] = field(default_factory=dict)
     vector: dict[int, float] = field(default_factory=dict)
+    norm_sq: float = 0.0
 
     def accepts_at(self, at: datetime, window: timedelta, quiet: timedelta) -> bool:
         if self.resolved_at is not None and at > self.resolved_at + quiet:
@@ -165,11 +169,12 @@ def label_vectors(alerts: Sequence[AlertEvent]) -> list[dict[int, float]]:
     ]
 
 
-def cosine(vector: Mapping[int, float], centroid: Mapping[int, float]) -> float:
-    norm = math.sqrt(sum(v * v for v in centroid.values()))
-    if norm == 0:
+def cosine(vector: Mapping[int, float], incident: IncidentState) -> float:
+    """Cosine similarity of a normalised alert vector and the sum of an incident's alert vectors."""
+    if incident.norm_sq <= 0:
         return 0.0
-    return sum(value * centroid.get(index, 0.0) for index, value in vector.items()) / norm
+    dot = sum(value * incident.vector.get(index, 0.0) for index, value in vector.items())
+    return dot / math.sqrt(incident.norm_sq)
 
 
 class Correlator:
@@ -202,8 +207,8 @@ class Correlator:
 
     def add(self, alert: AlertEvent, vector: dict[int, float]) -> Membership:
         best: tuple[float, str, str, IncidentState] | None = None
-        for incident in self._candidates(alert):
-            relation = self._relation(alert, vector, incident)
+        for incident, shares_label in self._candidates(alert):
+            relation = self._relation(alert, vector, incident, shares_label)
             if relation is not None and (best is None or relation[0] > best[0]):
                 best = (*relation, incident)
         if best is None:
@@ -219,6 +224,14 @@ class Correlator:
             self._forget_before(alert.starts_at)
         return membership
 
+    def _index(self, incident_id: int, alert: AlertEvent) -> None:
+        if alert.service is not None:
+            self.by_service[alert.service].add(incident_id)
+        self.by_name[alert.name].add(incident_id)
+        for key, value in alert.labels.items():
+            if key not in ROUTING_LABELS:
+                self.by_token[f"{key}={value}"].add(incident_id)
+
     def add_all(self, alerts: Sequence[AlertEvent]) -> list[Membership]:
         return [self.add(a, v) for a, v in zip(alerts, label_vectors(alerts), strict=True)]
 
@@ -230,17 +243,15 @@ class Correlator:
             incident.service_last[alert.service] = max(
                 incident.service_last.get(alert.service, alert.starts_at), alert.starts_at
             )
-            self.by_service[alert.service].add(incident.id)
-        latest = incident.name_last.get(alert.name, alert.starts_at)
-        incident.name_last[alert.name] = max(latest, alert.starts_at)
-        self.by_name[alert.name].add(incident.id)
+        incident.name_services.setdefault(alert.name, set()).add(alert.service)
         for index, value in vector.items():
-            incident.vector[index] = incident.vector.get(index, 0.0) + value
-        for key, value in alert.labels.items():
-            if key not in ROUTING_LABELS:
-                self.by_token[f"{key}={value}"].add(incident.id)
+            old = incident.vector.get(index, 0.0)
+            incident.vector[index] = old + value
+            incident.norm_sq += (old + value) ** 2 - old**2
+        self._index(incident.id, alert)
 
-    def _candidates(self, alert: AlertEvent) -> list[IncidentState]:
+    def _candidates(self, alert: AlertEvent) -> list[tuple[IncidentState, bool]]:
+        """Active incidents the alert could relate to, each with whether it shares a label value."""
         ids: set[int] = set()
         if alert.service is not None:
             ids.update(self.by_service.get(alert.service, ()))
@@ -248,44 +259,63 @@ class Correlator:
                 ids.update(self.by_service.get(service, ()))
         for name in self.rules.causal_related.get(alert.name, ()):
             ids.update(self.by_name.get(name, ()))
+        sharing: set[int] = set()
         for key, value in alert.labels.items():
             postings = self.by_token.get(f"{key}={value}", ())
             if key not in ROUTING_LABELS and len(postings) <= MAX_TOKEN_POSTINGS:
-                ids.update(postings)
+                sharing.update(postings)
         rules = self.rules
         return [
-            incident
-            for incident in (self.incidents[i] for i in ids if i in self.incidents)
+            (incident, incident.id in sharing)
+            for incident in (self.incidents[i] for i in ids | sharing if i in self.incidents)
             if incident.accepts_at(alert.starts_at, rules.window, rules.quiet_period)
         ]
 
+    def _near(self, service: str | None, others: Iterable[str | None]) -> bool:
+        """Whether two alerts are about the same place: one service, neighbours, or no service at all."""
+        if service is None:
+            return True
+        near = self.rules.within_hops(service)
+        return any(other is None or other == service or other in near for other in others)
+
     def _relation(
-        self, alert: AlertEvent, vector: Mapping[int, float], incident: IncidentState
+        self, alert: AlertEvent, vector: Mapping[int, float], incident: IncidentState, shares_label: bool
     ) -> tuple[float, str, str] | None:
-        """The strongest relation between the alert and the incident: (confidence, reason, detail)."""
+        """The strongest relation between the alert and the incident: (confidence, reason, detail).
+
+        A causal rule links alert names only where the alerts are about the same place (see `_near`);
+        similarity counts only for an incident that shares a label value with the alert."""
         rules = self.rules
         found: list[tuple[float, str, str]] = []
-        for name in rules.causal_related.get(alert.name, frozenset()) & incident.name_last.keys():
-            forward = rules.causes_effect(name, alert.name)
-            cause, effect = (name, alert.name) if forward else (alert.name, name)
-            found.append((BASE_CONFIDENCE["causal"], "causal", f"{cause} is a known cause of {effect}"))
-            break
+        for name in rules.causal_related.get(alert.name, frozenset()) & incident.name_services.keys():
+            if self._near(alert.service, incident.name_services[name]):
+                forward = rules.causes_effect(name, alert.name)
+                cause, effect = (name, alert.name) if forward else (alert.name, name)
+                found.append((BASE_CONFIDENCE["causal"], "causal", f"{cause} is a known cause of {effect}"))
+                break
         if alert.service is not None:
             if alert.service in incident.service_last:
                 found.append(
                     (BASE_CONFIDENCE["same-service"], "same-service", f"another alert on {alert.service}")
                 )
             else:
-                near = rules.within_hops(alert.service) & incident.service_last.keys()
+                near = [
+                    service
+                    for service in rules.within_hops(alert.service) & incident.service_last.keys()
+                    if abs(incident.service_last[service] - alert.starts_at) <= rules.window
+                ]
                 if near:
                     other = min(near)
                     how = "depends on" if other in rules.reachable(alert.service) else "is a dependency of"
                     found.append(
                         (BASE_CONFIDENCE["dependency"], "dependency", f"{alert.service} {how} {other}")
                     )
-        similarity = cosine(vector, incident.vector)
-        if similarity >= rules.similarity_threshold:
-            found.append((0.7 * similarity, "similar", f"labels and annotations {similarity:.2f} similar"))
+        if shares_label:
+            similarity = cosine(vector, incident)
+            if similarity >= rules.similarity_threshold:
+                found.append(
+                    (0.7 * similarity, "similar", f"labels and annotations {similarity:.2f} similar")
+                )
         if not found:
             return None
         base, reason, detail = max(found)

@@ -225,7 +225,7 @@ class Correlation(Strict):
     quiet_period: Duration = Field(
         default=timedelta(minutes=5), description="A resolved incident takes no new alert after this"
     )
-    dependency_hops: int = Field(default=3, ge=1, description="How far along the topology a relation reaches")
+    dependency_hops: int = Field(default=2, ge=1, description="How far along the topology a relation reaches")
     similarity_threshold: float = Field(default=0.6, gt=0, le=1)
     causal_rules: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_CAUSAL_RULES))
 
