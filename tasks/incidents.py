@@ -71,7 +71,7 @@ class CorrelationOutcome:
         return asdict(self)
 
 
-def _lock(session: Session) -> None:
+def lock_incidents(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CORRELATION_LOCK})
 
@@ -230,7 +230,7 @@ def _resolve_quiet_incidents(session: Session, outcome: CorrelationOutcome) -> N
 def correlate_pending_alerts(store: Store, config: WatchkeeperConfig) -> CorrelationOutcome:
     rules = CorrelationRules.from_config(config)
     with store.writing() as session:
-        _lock(session)
+        lock_incidents(session)
         outcome = _correlate(session, config, rules)
         _resolve_quiet_incidents(session, outcome)
         return outcome

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -56,7 +57,10 @@ def load_monitoring() -> WatchkeeperConfig:
 
 
 def open_store() -> Store:
-    return state.settings.open_store()
+    """The store at the schema's head: a command run before the service still finds its tables."""
+    store = state.settings.open_store()
+    store.upgrade()
+    return store
 
 
 @db_app.command("upgrade")
@@ -555,3 +559,205 @@ def _print_incident(detail: dict) -> None:
         timeline.add_row(event["at"], event["kind"], json.dumps(event["detail"]))
     for table in (members, ranking, timeline):
         console.print(table)
+
+
+playbooks_app = typer.Typer(no_args_is_help=True, help="Remediation playbooks.")
+app.add_typer(playbooks_app, name="playbooks")
+
+
+def _alerts_in(payload: object) -> list[dict]:
+    """An Alertmanager payload's alerts, or a single alert (`labels`, optionally `alertname`)."""
+    if isinstance(payload, dict) and isinstance(payload.get("alerts"), list):
+        return payload["alerts"]
+    if isinstance(payload, dict) and isinstance(payload.get("labels"), dict):
+        return [payload]
+    raise _fail("expected an Alertmanager payload with 'alerts' or one alert with 'labels'")
+
+
+@playbooks_app.command("test")
+def playbooks_test(
+    alert_file: Annotated[
+        Path, typer.Argument(metavar="ALERT.json", help="Alertmanager payload or one alert")
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Which playbook the alert selects and what each action would do and why, without acting."""
+    from tasks.playbooks import AlertFacts, plan, select_playbook
+    from tasks.remediation import load_guards
+    from watchkeeper.store.schema import utcnow
+
+    config = load_monitoring()
+    try:
+        payload = json.loads(alert_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise _fail(f"{alert_file}: {exc}") from exc
+    now = utcnow()
+    with open_store().reading() as session:
+        guards = load_guards(session, config, now)
+    results = []
+    for alert in _alerts_in(payload):
+        labels = {str(k): str(v) for k, v in alert["labels"].items()}
+        name = labels.get("alertname") or alert.get("alertname")
+        if not name:
+            raise _fail("an alert needs an alertname (in labels or at the top level)")
+        facts = AlertFacts(name, alert.get("status", "firing"), labels, labels.get("severity"))
+        playbook = select_playbook(config.remediation.playbooks, facts)
+        actions = [a.as_json() for a in plan(playbook, facts, guards, now)] if playbook else []
+        results.append(
+            {
+                "alertname": name,
+                "status": facts.status,
+                "playbook": playbook and playbook.name,
+                "actions": actions,
+            }
+        )
+    summary = (
+        results[0]
+        if len(results) == 1
+        else {
+            "alerts": results,
+            "actions": [{"alertname": r["alertname"], **a} for r in results for a in r["actions"]],
+        }
+    )
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    for result in results:
+        console.print(
+            f"[bold]{result['alertname']}[/bold] ({result['status']}): "
+            f"playbook {result['playbook'] or 'none matches'}",
+            highlight=False,
+        )
+        table = Table("action", "target", "decision", "reason")
+        for action in result["actions"]:
+            table.add_row(action["action"], action["target"], action["decision"], action["reason"])
+        if result["actions"]:
+            console.print(table)
+
+
+class Switch(StrEnum):
+    on = "on"
+    off = "off"
+    status = "status"
+
+
+@app.command()
+def remediation(state_: Annotated[Switch, typer.Argument(metavar="on|off|status")]) -> None:
+    """The global kill switch for remediation, kept in the store (survives restarts, holds for replicas)."""
+    from watchkeeper.store.actions import remediation_on, set_remediation
+
+    store = open_store()
+    if state_ is not Switch.status:
+        set_remediation(store, state_ is Switch.on, f"cli:{os.environ.get('USER', 'unknown')}")
+    with store.reading() as session:
+        console.print(f"remediation is {'on' if remediation_on(session) else 'off'}")
+
+
+PrefectApiOption = Annotated[
+    str,
+    typer.Option(envvar="PREFECT_API_URL", help="Prefect API of the stack running handle-alerts"),
+]
+
+
+def _answer(incident_id: int, approved: bool, comment: str, prefect_api: str) -> None:
+    from prefect import resume_flow_run
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from sqlalchemy import select
+
+    from watchkeeper.store.schema import RemediationAction
+
+    with open_store().reading() as session:
+        runs = set(
+            session.scalars(
+                select(RemediationAction.flow_run_id).where(
+                    RemediationAction.incident_id == incident_id,
+                    RemediationAction.status == "awaiting_approval",
+                )
+            )
+        )
+    runs.discard(None)
+    if not runs:
+        raise _fail(f"incident {incident_id} has no actions awaiting approval")
+    answer = {
+        "approved": approved,
+        "operator": f"cli:{os.environ.get('USER', 'unknown')}",
+        "comment": comment,
+    }
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        for run_id in sorted(runs):
+            resume_flow_run(run_id, run_input=answer)
+    console.print(
+        f"incident {incident_id}: {'approved' if approved else 'rejected'} ({len(runs)} paused run(s))"
+    )
+
+
+@app.command()
+def approve(
+    incident_id: Annotated[int, typer.Argument(metavar="INCIDENT")],
+    comment: Annotated[str, typer.Option(help="Kept in the audit trail")] = "",
+    prefect_api: PrefectApiOption = "http://127.0.0.1:4200/api",
+) -> None:
+    """Approve the actions an incident's playbook is waiting for; its paused run resumes and acts."""
+    _answer(incident_id, True, comment, prefect_api)
+
+
+@app.command()
+def reject(
+    incident_id: Annotated[int, typer.Argument(metavar="INCIDENT")],
+    comment: Annotated[str, typer.Option(help="Kept in the audit trail")] = "",
+    prefect_api: PrefectApiOption = "http://127.0.0.1:4200/api",
+) -> None:
+    """Reject them: the run resumes and does nothing."""
+    _answer(incident_id, False, comment, prefect_api)
+
+
+@app.command()
+def actions(
+    incident_id: Annotated[int | None, typer.Option("--incident", help="Only this incident's")] = None,
+    limit: LimitOption = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """The remediation audit trail, newest first: every decision with its reason and result."""
+    from watchkeeper.store.actions import list_actions
+
+    rows = list_actions(open_store(), incident_id, limit)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "incident", "playbook", "action", "target", "decision", "status", "reason")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            str(row["incident_id"]),
+            row["playbook"],
+            row["action"],
+            row["target"],
+            row["decision"],
+            row["status"],
+            row["reason"],
+        )
+    console.print(table)
+
+
+@app.command()
+def report(
+    hours: Annotated[int, typer.Option(min=1, help="Period to cover")] = 24,
+    as_json: JsonOption = False,
+) -> None:
+    """The automation report: success rate, breakdown by action, recent actions."""
+    from watchkeeper.store.actions import automation_report
+
+    summary = automation_report(open_store(), hours)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    rate = "-" if summary["success_rate"] is None else f"{summary['success_rate']:.0%}"
+    console.print(
+        f"last {hours} h: {summary['decisions']} decisions, {summary['executed']} executed, "
+        f"{summary['succeeded']} succeeded ({rate})"
+    )
+    kinds = sorted({kind for counts in summary["by_action"].values() for kind in counts})
+    table = Table("action", *kinds)
+    for action, counts in summary["by_action"].items():
+        table.add_row(action, *(str(counts.get(kind, 0)) for kind in kinds))
+    console.print(table)

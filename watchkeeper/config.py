@@ -240,6 +240,125 @@ class NotificationTarget(Strict):
     to: list[str] = Field(default_factory=list)
 
 
+class KubernetesTarget(Strict):
+    namespace: str = Field(default="default", min_length=1)
+    deployment: str = Field(min_length=1, description="Deployment name; may use {label} placeholders")
+
+
+class ScaleAction(KubernetesTarget):
+    """Scale a Deployment through its scale subresource, never outside [min_replicas, max_replicas]."""
+
+    action: Literal["scale"]
+    step: int = Field(default=1, description="Replicas to add (negative to remove)")
+    factor: float | None = Field(default=None, gt=0, description="Multiply replicas instead of adding")
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(ge=1, description="Ceiling: never scaled above")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScaleAction:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class RestartAction(KubernetesTarget):
+    """Rolling restart: the kubectl.kubernetes.io/restartedAt annotation on the pod template."""
+
+    action: Literal["restart"]
+
+
+class FallbackAction(Strict):
+    """Send a model's traffic to its stable model: through an HTTP model router, or by pointing a
+    Kubernetes Service's selector at the stable model's pods."""
+
+    action: Literal["fallback_model"]
+    stable_models: dict[str, str] = Field(min_length=1, description="model name -> stable model to use")
+    via: Literal["router", "service"] = "router"
+    url: str | None = Field(default=None, description="Router endpoint (via: router); may use placeholders")
+    body: dict[str, Any] = Field(
+        default_factory=lambda: {"model": "{model_name}", "fallback_model": "{stable_model}"}
+    )
+    secret: SecretRef | None = Field(default=None, description="Bearer token for the router")
+    namespace: str = "default"
+    service: str | None = Field(default=None, description="Service to re-point (via: service)")
+    selector_label: str = Field(default="model", description="Pod label the Service selects models by")
+    revert_on_resolve: bool = True
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> FallbackAction:
+        if self.via == "router" and not self.url:
+            raise ValueError("via: router needs url")
+        if self.via == "service" and not self.service:
+            raise ValueError("via: service needs service")
+        return self
+
+
+class HttpAction(Strict):
+    """Circuit breaker or cache invalidation through an HTTP endpoint."""
+
+    action: Literal["circuit_breaker", "invalidate_cache"]
+    url: str = Field(min_length=1, description="Endpoint; may use {label} placeholders")
+    method: Literal["POST", "PUT", "DELETE"] = "POST"
+    body: dict[str, Any] = Field(default_factory=dict)
+    secret: SecretRef | None = None
+
+
+class NotifyAction(Strict):
+    action: Literal["notify"]
+    target: Name = Field(description="A name under notifications")
+
+
+class TicketAction(Strict):
+    """Open a ticket (Jira-compatible body) through a REST endpoint; comment on it on resolution."""
+
+    action: Literal["ticket"]
+    url: str = Field(min_length=1, description="Base URL: POST {url}/issue, POST {url}/issue/{id}/comment")
+    project: str = Field(min_length=1)
+    issue_type: str = "Incident"
+    secret: SecretRef | None = None
+
+
+PlaybookAction = Annotated[
+    ScaleAction | RestartAction | FallbackAction | HttpAction | NotifyAction | TicketAction,
+    Field(discriminator="action"),
+]
+
+
+class PlaybookMatch(Strict):
+    alertname: str = Field(min_length=1)
+    severity: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict, description="Exact label values the alert must have")
+
+
+class Playbook(Strict):
+    name: Name
+    match: PlaybookMatch
+    actions: list[PlaybookAction] = Field(min_length=1)
+    enabled: bool = Field(default=False, description="Until enabled, every action is a dry run")
+    require_approval: bool = False
+    approval_timeout: Duration = timedelta(minutes=15)
+    escalate_to: Name | None = Field(
+        default=None, description="Notification target told when approval times out"
+    )
+    cooldown: Duration = Field(default=timedelta(minutes=15), description="Per action and target")
+
+
+class KubernetesAccess(Strict):
+    kubeconfig: Path | None = Field(
+        default=None, description="Path to a kubeconfig; in-cluster config when unset"
+    )
+    context: str | None = None
+
+
+class Remediation(Strict):
+    max_actions_per_hour: int = Field(
+        default=20, ge=0, description="Actions run (not dry runs) per hour, all playbooks"
+    )
+    kubernetes: KubernetesAccess = KubernetesAccess()
+    action_timeout: Duration = timedelta(seconds=20)
+    playbooks: list[Playbook] = Field(default_factory=list)
+
+
 class Schedules(Strict):
     collect_model_metrics: Duration = timedelta(minutes=1)
     evaluate_drift: Duration = timedelta(minutes=15)
@@ -259,6 +378,7 @@ class WatchkeeperConfig(Strict):
     topology: Topology = Topology()
     correlation: Correlation = Correlation()
     notifications: list[NotificationTarget] = Field(default_factory=list)
+    remediation: Remediation = Remediation()
     schedules: Schedules = Schedules()
     intake: Intake = Intake()
 
@@ -268,6 +388,15 @@ class WatchkeeperConfig(Strict):
         _require_unique([d.name for d in self.datasets], "dataset")
         _require_unique([p.name for p in self.pipelines], "pipeline")
         _require_unique([n.name for n in self.notifications], "notification target")
+        _require_unique([p.name for p in self.remediation.playbooks], "playbook")
+        targets = {n.name for n in self.notifications}
+        for playbook in self.remediation.playbooks:
+            named = [a.target for a in playbook.actions if isinstance(a, NotifyAction)]
+            for name in [*named, *([playbook.escalate_to] if playbook.escalate_to else [])]:
+                if name not in targets:
+                    raise ValueError(
+                        f"playbook {playbook.name!r} notifies {name!r}, which is not under notifications"
+                    )
         models = {m.name for m in self.models}
         pipelines = {p.name for p in self.pipelines}
         for d in self.datasets:

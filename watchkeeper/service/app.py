@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, sta
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from watchkeeper.config import WatchkeeperConfig
@@ -32,6 +32,7 @@ from watchkeeper.records import (
 from watchkeeper.service.metrics import store_registry
 from watchkeeper.settings import REPO_ROOT
 from watchkeeper.store import Store
+from watchkeeper.store.actions import automation_report, list_actions, remediation_on, set_remediation
 from watchkeeper.store.alerts import WebhookNotification, store_notification
 from watchkeeper.store.incidents import (
     AlertStatus,
@@ -41,6 +42,12 @@ from watchkeeper.store.incidents import (
     list_incidents,
 )
 from watchkeeper.store.intake import StoredBatch, store_feedback, store_pipeline_runs, store_predictions
+
+
+class RemediationSwitch(BaseModel):
+    enabled: bool
+    changed_by: str = Field(default="api", max_length=128)
+
 
 RUNBOOKS = REPO_ROOT / "infra" / "prometheus" / "runbooks.md"
 
@@ -235,6 +242,30 @@ def create_app(
         if detail is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": f"no incident {incident_id}"})
         return JSONResponse(detail)
+
+    @app.get("/v1/actions", dependencies=authorized)
+    def get_actions(
+        incident: Annotated[int | None, Query(ge=1)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> JSONResponse:
+        """The remediation audit trail: every decision, taken or skipped, with reason, inputs and result."""
+        return JSONResponse({"actions": list_actions(store, incident, limit)})
+
+    @app.get("/v1/actions/report", dependencies=authorized)
+    def get_report(hours: Annotated[int, Query(ge=1, le=24 * 30)] = 24) -> JSONResponse:
+        """The automation report: success rate, breakdown by action, recent actions."""
+        return JSONResponse(automation_report(store, hours))
+
+    @app.get("/v1/remediation", dependencies=authorized)
+    def get_remediation() -> JSONResponse:
+        with store.reading() as session:
+            return JSONResponse({"enabled": remediation_on(session)})
+
+    @app.put("/v1/remediation", dependencies=authorized)
+    def put_remediation(switch: RemediationSwitch) -> JSONResponse:
+        """The global kill switch, kept in the store so it survives restarts and holds for replicas."""
+        set_remediation(store, switch.enabled, switch.changed_by)
+        return JSONResponse({"enabled": switch.enabled})
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

@@ -1,0 +1,199 @@
+"""Which playbook an alert selects, and what each of its actions would do and why. Pure logic.
+
+The decision for each action, first match wins:
+- the alert has resolved: no actions at all (remediation never acts on a resolved alert);
+- a placeholder of the action names a label the alert lacks, or the model has no stable model: skip;
+- the kill switch is off: skip (notify and ticket actions still go out: they change nothing);
+- the playbook is not enabled: dry_run;
+- the same action on the same target ran within the playbook's cooldown: skip;
+- the hourly action budget is spent: skip (notify and ticket do not count);
+- the playbook requires approval: needs_approval;
+- otherwise: run.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from watchkeeper.config import (
+    FallbackAction,
+    HttpAction,
+    NotifyAction,
+    Playbook,
+    PlaybookAction,
+    RestartAction,
+    ScaleAction,
+    TicketAction,
+)
+
+Decision = Literal["run", "dry_run", "skip", "needs_approval"]
+COMMUNICATION = frozenset({"notify", "ticket"})
+
+
+@dataclass(frozen=True)
+class AlertFacts:
+    alertname: str
+    status: str
+    labels: Mapping[str, str]
+    severity: str | None = None
+    incident_id: int | None = None
+    alert_id: int | None = None
+
+    @property
+    def context(self) -> dict[str, str]:
+        """What placeholders such as {model_name} may name: the labels, and the incident's id."""
+        extra = {"incident_id": str(self.incident_id)} if self.incident_id is not None else {}
+        return {**self.labels, "alertname": self.alertname, **extra}
+
+
+@dataclass(frozen=True)
+class Guards:
+    """What the store says about earlier actions; see `tasks.remediation.load_guards`."""
+
+    remediation_on: bool = True
+    last_run: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
+    runs_last_hour: int = 0
+    max_per_hour: int = 20
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    index: int
+    action: str
+    target: str
+    decision: Decision
+    reason: str
+    inputs: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "target": self.target,
+            "decision": self.decision,
+            "reason": self.reason,
+            "inputs": self.inputs,
+        }
+
+
+class MissingPlaceholder(KeyError):
+    pass
+
+
+class _Strict(dict):
+    def __missing__(self, key: str) -> str:
+        raise MissingPlaceholder(key)
+
+
+def render(value: Any, context: Mapping[str, str]) -> Any:
+    """Fill {placeholders} in strings, recursively through dicts and lists."""
+    if isinstance(value, str):
+        return string.Formatter().vformat(value, (), _Strict(context))
+    if isinstance(value, dict):
+        return {k: render(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, context) for v in value]
+    return value
+
+
+def matches(playbook: Playbook, alert: AlertFacts) -> bool:
+    match = playbook.match
+    return (
+        match.alertname == alert.alertname
+        and (match.severity is None or match.severity == (alert.severity or alert.labels.get("severity")))
+        and all(alert.labels.get(k) == v for k, v in match.labels.items())
+    )
+
+
+def select_playbook(playbooks: list[Playbook], alert: AlertFacts) -> Playbook | None:
+    return next((p for p in playbooks if matches(p, alert)), None)
+
+
+def target_and_inputs(spec: PlaybookAction, alert: AlertFacts) -> tuple[str, dict[str, Any]]:
+    """The action's target in words and its rendered parameters; raises MissingPlaceholder."""
+    context = alert.context
+    if isinstance(spec, ScaleAction | RestartAction):
+        deployment = render(spec.deployment, context)
+        inputs = spec.model_dump(mode="json", exclude={"action"}) | {"deployment": deployment}
+        return f"deployment/{spec.namespace}/{deployment}", inputs
+    if isinstance(spec, FallbackAction):
+        model = context.get("model_name")
+        if model is None:
+            raise MissingPlaceholder("model_name")
+        stable = spec.stable_models.get(model)
+        if stable is None:
+            raise LookupError(f"no stable model is configured for {model!r}")
+        context = {**context, "stable_model": stable}
+        inputs = {
+            "model": model,
+            "stable_model": stable,
+            "via": spec.via,
+            "url": render(spec.url, context) if spec.url else None,
+            "body": render(spec.body, context),
+            "namespace": spec.namespace,
+            "service": spec.service,
+            "selector_label": spec.selector_label,
+            "revert_on_resolve": spec.revert_on_resolve,
+        }
+        return f"model/{model}", inputs
+    if isinstance(spec, HttpAction):
+        url = render(spec.url, context)
+        return url, {"url": url, "method": spec.method, "body": render(spec.body, context)}
+    if isinstance(spec, NotifyAction):
+        return f"notify/{spec.target}", {"target": spec.target}
+    if isinstance(spec, TicketAction):
+        return f"ticket/{spec.project}", {
+            "url": spec.url,
+            "project": spec.project,
+            "issue_type": spec.issue_type,
+        }
+    raise TypeError(f"unknown action {spec!r}")
+
+
+def plan(playbook: Playbook, alert: AlertFacts, guards: Guards, now: datetime) -> list[PlannedAction]:
+    """Every action of the playbook with its decision and the reason for it."""
+    if alert.status != "firing":
+        return []
+    budget = guards.max_per_hour - guards.runs_last_hour
+    planned = []
+    for index, spec in enumerate(playbook.actions):
+        try:
+            target, inputs = target_and_inputs(spec, alert)
+        except MissingPlaceholder as exc:
+            planned.append(
+                PlannedAction(index, spec.action, "-", "skip", f"the alert has no {exc.args[0]!r} label", {})
+            )
+            continue
+        except LookupError as exc:
+            planned.append(PlannedAction(index, spec.action, "-", "skip", str(exc), {}))
+            continue
+        decision, reason = _decide(playbook, spec.action, target, guards, now, budget)
+        if decision in ("run", "needs_approval") and spec.action not in COMMUNICATION:
+            budget -= 1
+        planned.append(PlannedAction(index, spec.action, target, decision, reason, inputs))
+    return planned
+
+
+def _decide(
+    playbook: Playbook, action: str, target: str, guards: Guards, now: datetime, budget: int
+) -> tuple[Decision, str]:
+    communication = action in COMMUNICATION
+    if not guards.remediation_on and not communication:
+        return "skip", "remediation is switched off (kill switch)"
+    if not playbook.enabled:
+        return "dry_run", f"playbook {playbook.name!r} is not enabled: dry run"
+    last = guards.last_run.get((action, target))
+    if last is not None and now - last < playbook.cooldown:
+        return (
+            "skip",
+            f"cooldown: ran at {last.isoformat()}, allowed again after "
+            f"{(last + playbook.cooldown).isoformat()}",
+        )
+    if budget <= 0 and not communication:
+        return "skip", f"hourly limit of {guards.max_per_hour} actions reached"
+    if playbook.require_approval:
+        return "needs_approval", f"playbook {playbook.name!r} requires approval"
+    return "run", f"playbook {playbook.name!r} matched {playbook.match.alertname}"

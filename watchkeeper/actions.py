@@ -1,0 +1,292 @@
+"""What remediation actions do to the world: Kubernetes, HTTP endpoints, notifications, tickets.
+
+Every action is one function `(inputs, context) -> result dict` registered in `EXECUTORS` under its
+config name; an action that must be undone when the incident resolves also has an entry in
+`REVERTERS`. A failure raises `ActionFailed` (or the client's own error) so the Prefect task that
+runs it retries. Credentials come from the configuration's secret references, never from inputs,
+and are never put in a result.
+"""
+
+from __future__ import annotations
+
+import math
+import smtplib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from watchkeeper.config import NotificationTarget, SecretRef, WatchkeeperConfig
+from watchkeeper.secrets import resolve_secret
+
+PAGERDUTY_SEVERITY = {"critical": "critical", "page": "critical", "error": "error", "warning": "warning"}
+
+
+class ActionFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class IncidentSummary:
+    id: int | None
+    title: str
+    severity: str | None
+    root_cause: str | None
+    status: str = "open"
+
+    def text(self) -> str:
+        cause = f"; likely root cause: {self.root_cause}" if self.root_cause else ""
+        return f"[Watchkeeper] incident {self.id} {self.status}: {self.title}{cause}"
+
+
+@dataclass
+class ActionContext:
+    config: WatchkeeperConfig
+    incident: IncidentSummary
+    timeout: float
+
+    @cached_property
+    def kubernetes(self) -> Any:
+        from kubernetes import client
+        from kubernetes import config as kube_config
+
+        access = self.config.remediation.kubernetes
+        if access.kubeconfig is None:
+            kube_config.load_incluster_config()
+            return client.ApiClient()
+        return kube_config.new_client_from_config(config_file=str(access.kubeconfig), context=access.context)
+
+    def secret(self, ref: SecretRef | None) -> str | None:
+        return resolve_secret(ref) if ref is not None else None
+
+    def target(self, name: str) -> NotificationTarget:
+        return next(t for t in self.config.notifications if t.name == name)
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _request(
+    method: str, url: str, body: Any, context: ActionContext, token: str | None = None
+) -> httpx.Response:
+    response = httpx.request(method, url, json=body, headers=_bearer(token), timeout=context.timeout)
+    if response.status_code >= 400:
+        raise ActionFailed(f"{method} {url} answered {response.status_code}: {response.text[:200]}")
+    return response
+
+
+def scale(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    from kubernetes import client
+
+    apps = client.AppsV1Api(context.kubernetes)
+    name, namespace = inputs["deployment"], inputs["namespace"]
+    current = apps.read_namespaced_deployment_scale(
+        name, namespace, _request_timeout=context.timeout
+    ).spec.replicas
+    current = current or 0
+    wanted = math.ceil(current * inputs["factor"]) if inputs.get("factor") else current + inputs["step"]
+    desired = max(inputs["min_replicas"], min(inputs["max_replicas"], wanted))
+    if desired == current:
+        bound = "ceiling" if wanted > current else "floor"
+        return {
+            "changed": False,
+            "replicas": current,
+            "note": f"already at the {bound} of {desired} replicas",
+        }
+    apps.patch_namespaced_deployment_scale(
+        name, namespace, {"spec": {"replicas": desired}}, _request_timeout=context.timeout
+    )
+    return {"changed": True, "previous_replicas": current, "replicas": desired}
+
+
+def restart(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    from kubernetes import client
+
+    at = datetime.now(UTC).isoformat()
+    patch = {"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": at}}}}}
+    client.AppsV1Api(context.kubernetes).patch_namespaced_deployment(
+        inputs["deployment"], inputs["namespace"], patch, _request_timeout=context.timeout
+    )
+    return {"restarted_at": at}
+
+
+def _fallback_spec(context: ActionContext, inputs: dict[str, Any]) -> Any:
+    from watchkeeper.config import FallbackAction
+
+    for playbook in context.config.remediation.playbooks:
+        for action in playbook.actions:
+            if (
+                isinstance(action, FallbackAction)
+                and action.stable_models.get(inputs["model"]) == inputs["stable_model"]
+            ):
+                return action
+    return None
+
+
+def _point_service(inputs: dict[str, Any], context: ActionContext, model: str) -> dict[str, Any]:
+    from kubernetes import client
+
+    core = client.CoreV1Api(context.kubernetes)
+    service, namespace, label = inputs["service"], inputs["namespace"], inputs["selector_label"]
+    current = core.read_namespaced_service(service, namespace, _request_timeout=context.timeout)
+    previous = (current.spec.selector or {}).get(label)
+    core.patch_namespaced_service(
+        service, namespace, {"spec": {"selector": {label: model}}}, _request_timeout=context.timeout
+    )
+    return {"service": service, "previous_selector": previous, "selector": model}
+
+
+def fallback_model(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    if inputs["via"] == "service":
+        return _point_service(inputs, context, inputs["stable_model"])
+    spec = _fallback_spec(context, inputs)
+    token = context.secret(spec.secret) if spec is not None else None
+    response = _request("POST", inputs["url"], {**inputs["body"], "active": True}, context, token)
+    return {"status_code": response.status_code, "routed_to": inputs["stable_model"]}
+
+
+def revert_fallback(inputs: dict[str, Any], result: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    if not inputs.get("revert_on_resolve"):
+        return {"reverted": False, "note": "the playbook keeps the stable model"}
+    if inputs["via"] == "service":
+        return _point_service(inputs, context, result.get("previous_selector") or inputs["model"])
+    spec = _fallback_spec(context, inputs)
+    token = context.secret(spec.secret) if spec is not None else None
+    response = _request("POST", inputs["url"], {**inputs["body"], "active": False}, context, token)
+    return {"status_code": response.status_code, "routed_to": inputs["model"]}
+
+
+def http_endpoint(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    response = _request(inputs["method"], inputs["url"], inputs["body"] or None, context)
+    return {"status_code": response.status_code}
+
+
+def _send(target: NotificationTarget, context: ActionContext, resolved: bool) -> dict[str, Any]:
+    incident = context.incident
+    text = incident.text()
+    if target.kind == "slack":
+        url = context.secret(target.secret) or target.url
+        _request("POST", url, {"text": text}, context)
+        return {"sent": "slack"}
+    if target.kind == "pagerduty":
+        event = {
+            "routing_key": context.secret(target.secret),
+            "event_action": "resolve" if resolved else "trigger",
+            "dedup_key": f"watchkeeper-incident-{incident.id}",
+        }
+        if not resolved:
+            event["payload"] = {
+                "summary": text[:1024],
+                "source": "watchkeeper",
+                "severity": PAGERDUTY_SEVERITY.get(incident.severity or "", "error"),
+                "custom_details": {"root_cause": incident.root_cause, "incident": incident.id},
+            }
+        response = _request("POST", target.url or "https://events.pagerduty.com/v2/enqueue", event, context)
+        return {
+            "sent": "pagerduty",
+            "event_action": event["event_action"],
+            "dedup_key": event["dedup_key"],
+            "status_code": response.status_code,
+        }
+    if target.kind == "webhook":
+        body = {
+            "incident": incident.id,
+            "status": incident.status,
+            "title": incident.title,
+            "severity": incident.severity,
+            "root_cause": incident.root_cause,
+        }
+        _request("POST", target.url, body, context, context.secret(target.secret))
+        return {"sent": "webhook"}
+    return _email(target, context, text)
+
+
+def _email(target: NotificationTarget, context: ActionContext, text: str) -> dict[str, Any]:
+    where = urlsplit(target.url or "smtp://127.0.0.1:25")
+    message = EmailMessage()
+    message["Subject"] = text[:200]
+    message["From"] = f"watchkeeper@{where.hostname or 'localhost'}"
+    message["To"] = ", ".join(target.to)
+    message.set_content(text)
+    with smtplib.SMTP(where.hostname or "127.0.0.1", where.port or 25, timeout=context.timeout) as smtp:
+        password = context.secret(target.secret)
+        if where.username and password:
+            smtp.login(where.username, password)
+        smtp.send_message(message)
+    return {"sent": "email", "to": target.to}
+
+
+def notify(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    return _send(context.target(inputs["target"]), context, resolved=False)
+
+
+def notify_resolved(
+    inputs: dict[str, Any], _result: dict[str, Any], context: ActionContext
+) -> dict[str, Any]:
+    target = context.target(inputs["target"])
+    if target.kind != "pagerduty":
+        return _send(target, context, resolved=False)
+    return _send(target, context, resolved=True)
+
+
+def _ticket_spec(context: ActionContext, inputs: dict[str, Any]) -> Any:
+    from watchkeeper.config import TicketAction
+
+    for playbook in context.config.remediation.playbooks:
+        for action in playbook.actions:
+            if isinstance(action, TicketAction) and (action.url, action.project) == (
+                inputs["url"],
+                inputs["project"],
+            ):
+                return action
+    return None
+
+
+def ticket(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    spec = _ticket_spec(context, inputs)
+    incident = context.incident
+    body = {
+        "fields": {
+            "project": {"key": inputs["project"]},
+            "summary": incident.text()[:250],
+            "description": incident.text(),
+            "issuetype": {"name": inputs["issue_type"]},
+            "labels": ["watchkeeper", f"incident-{incident.id}"],
+        }
+    }
+    token = context.secret(spec.secret) if spec is not None else None
+    created = _request("POST", f"{inputs['url'].rstrip('/')}/issue", body, context, token).json()
+    key = created.get("key") or created.get("id")
+    if not key:
+        raise ActionFailed(f"the ticket endpoint answered without an issue key: {created}")
+    return {"ticket_id": str(key)}
+
+
+def comment_ticket(inputs: dict[str, Any], result: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    spec = _ticket_spec(context, inputs)
+    token = context.secret(spec.secret) if spec is not None else None
+    url = f"{inputs['url'].rstrip('/')}/issue/{result['ticket_id']}/comment"
+    _request("POST", url, {"body": context.incident.text()}, context, token)
+    return {"commented": result["ticket_id"]}
+
+
+EXECUTORS: dict[str, Callable[[dict[str, Any], ActionContext], dict[str, Any]]] = {
+    "scale": scale,
+    "restart": restart,
+    "fallback_model": fallback_model,
+    "circuit_breaker": http_endpoint,
+    "invalidate_cache": http_endpoint,
+    "notify": notify,
+    "ticket": ticket,
+}
+REVERTERS: dict[str, Callable[[dict[str, Any], dict[str, Any], ActionContext], dict[str, Any]]] = {
+    "fallback_model": revert_fallback,
+    "notify": notify_resolved,
+    "ticket": comment_ticket,
+}
