@@ -82,8 +82,13 @@ def handle_alerts(notification_id: int | None = None) -> dict[str, Any]:
         decisions = decide(store, config, incident_id, str(flow_run.id) if flow_run.id else None)
         if decisions.playbook is None:
             continue
-        _await_approval(store, config, decisions)
-        runnable = [r for r in decisions.rows if r.status in ("pending", "approved", "running", "failed")]
+        approved = _await_approval(store, config, decisions)
+        runnable = [
+            r
+            for r in decisions.rows
+            if r.status in ("pending", "approved", "running", "failed")
+            or (approved and r.status == "awaiting_approval")
+        ]
         timeout = config.remediation.action_timeout.total_seconds() * 3
         states = {
             row.id: run_action.with_options(timeout_seconds=timeout)(

@@ -138,3 +138,16 @@ def service(example_config: WatchkeeperConfig, store: Store) -> Iterator[LiveSer
 def save_predictions(store: Store, records: list) -> StoredBatch:
     """store_predictions with the default latency buckets for every model."""
     return store_predictions(store, records, latency_buckets=lambda _model: DEFAULT_LATENCY_BUCKETS)
+
+
+@pytest.fixture
+def standins(tmp_path: Path) -> Iterator[tuple]:
+    """Kubernetes with two Deployments and a Service, an HTTP recorder, an SMTP server."""
+    from tests.standins import HttpRecorder, KubernetesStandIn, SmtpStandIn
+
+    kube = KubernetesStandIn(
+        {("ai", "credit-server"): 2, ("ai", "feature-pipeline"): 1},
+        {("ai", "credit-api"): {"app": "credit", "model": "credit_approval"}},
+    )
+    with kube, HttpRecorder() as http, SmtpStandIn() as smtp:
+        yield kube, http, smtp

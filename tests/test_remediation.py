@@ -5,7 +5,6 @@ a Jira-compatible API, SMTP)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,16 +33,6 @@ SEED_ALERT = {
     "labels": {"severity": "critical", "model_name": "fraud_detection_v2", "team": "ml_engineering"},
     "annotations": {"description": "Model accuracy dropped to 0.72, below critical threshold"},
 }
-
-
-@pytest.fixture
-def standins(tmp_path: Path) -> Iterator[tuple[KubernetesStandIn, HttpRecorder, SmtpStandIn]]:
-    kube = KubernetesStandIn(
-        {("ai", "credit-server"): 2, ("ai", "feature-pipeline"): 1},
-        {("ai", "credit-api"): {"app": "credit", "model": "credit_approval"}},
-    )
-    with kube, HttpRecorder() as http, SmtpStandIn() as smtp:
-        yield kube, http, smtp
 
 
 def remediation_config(
@@ -143,6 +132,11 @@ def remediation_config(
     path = tmp_path / "watchkeeper.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_config(path)
+
+
+def config_path(tmp_path: Path) -> Path:
+    """Where `remediation_config` wrote the file, for a stack to start with."""
+    return tmp_path / "watchkeeper.yaml"
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -648,7 +648,7 @@ def remediation(state_: Annotated[Switch, typer.Argument(metavar="on|off|status"
 
     store = open_store()
     if state_ is not Switch.status:
-        set_remediation(store, state_ is Switch.on, f"cli:{os.environ.get('USER', 'unknown')}")
+        set_remediation(store, state_ is Switch.on, f"cli:{getpass.getuser()}")
     with store.reading() as session:
         console.print(f"remediation is {'on' if remediation_on(session) else 'off'}")
 
@@ -680,7 +680,7 @@ def _answer(incident_id: int, approved: bool, comment: str, prefect_api: str) ->
         raise _fail(f"incident {incident_id} has no actions awaiting approval")
     answer = {
         "approved": approved,
-        "operator": f"cli:{os.environ.get('USER', 'unknown')}",
+        "operator": f"cli:{getpass.getuser()}",
         "comment": comment,
     }
     with temporary_settings({PREFECT_API_URL: prefect_api}):

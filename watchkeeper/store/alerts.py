@@ -47,6 +47,13 @@ class WebhookAlert(WebhookModel):
             raise ValueError("an alert needs an alertname label")
         return labels
 
+    @field_validator("starts_at")
+    @classmethod
+    def _to_the_millisecond(cls, starts_at: datetime) -> datetime:
+        """Alertmanager's API shows times to the millisecond, while its webhook carries nanoseconds:
+        keyed to the millisecond, an alert re-posted from what the API showed is still the same alert."""
+        return starts_at.replace(microsecond=starts_at.microsecond // 1000 * 1000)
+
     @field_validator("ends_at")
     @classmethod
     def _unset_end(cls, ends_at: datetime | None) -> datetime | None:

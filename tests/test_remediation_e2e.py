@@ -1,0 +1,109 @@
+"""End to end on the real stack: Alertmanager -> intake -> handle-alerts on Prefect -> actions on the
+stand-ins -> audit trail, including a playbook that waits for approval given from the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.test_remediation import config_path, remediation_config
+from tests.test_stack import wait_for
+
+WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
+pytestmark = pytest.mark.stack
+
+
+def test_alertmanager_to_remediation_with_an_approval_from_the_cli(tmp_path: Path, standins: tuple) -> None:
+    kube, http, smtp = standins
+    remediation_config(tmp_path, kube, http, smtp)
+    ports = {name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env |= {
+        "WATCHKEEPER_HOME": str(tmp_path / "home"),
+        "WATCHKEEPER_CONFIG": str(config_path(tmp_path)),
+        "TEST_SLACK_URL": f"{http.url}/slack/T000/B000/XXXX",
+        "TEST_PD_KEY": "R0UT1NGKEY",
+    }
+    cli = lambda *args: subprocess.run(  # noqa: E731
+        [WATCHKEEPER, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    up = cli("up", *(f"--{name}-port={port}" for name, port in ports.items()))
+    service = f"http://127.0.0.1:{ports['service']}"
+    alertmanager = f"http://127.0.0.1:{ports['alertmanager']}/api/v2/alerts"
+    actions = lambda incident=None: httpx.get(  # noqa: E731
+        f"{service}/v1/actions", params={"incident": incident} if incident else {}
+    ).json()["actions"]
+    accuracy_name = "ModelAccuracyCritical"
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        accuracy = {
+            "labels": {
+                "alertname": "ModelAccuracyCritical",
+                "severity": "critical",
+                "team": "ml_engineering",
+                "model_name": "credit_approval",
+            },
+            "annotations": {"summary": "accuracy below the critical threshold"},
+        }
+        assert httpx.post(alertmanager, json=[accuracy]).status_code == 200
+        wait_for(lambda: http.to("/pagerduty/v2/enqueue"), "the playbook to page")
+        done = wait_for(
+            lambda: [a for a in actions() if a["status"] == "succeeded"] if len(actions()) == 4 else [],
+            "four audited actions",
+        )
+        assert sorted(a["action"] for a in done) == ["circuit_breaker", "fallback_model", "notify", "ticket"]
+        assert all(a["flow_run_id"] for a in done)
+        assert http.to("/router/activate_fallback")[0].body["active"] is True
+
+        quality = {
+            "labels": {"alertname": "DataQualityDegraded", "severity": "warning", "service": "batch-scorer"}
+        }
+        assert httpx.post(alertmanager, json=[quality]).status_code == 200
+        waiting = wait_for(
+            lambda: [a for a in actions() if a["status"] == "awaiting_approval"], "a paused playbook"
+        )
+        assert (
+            waiting[0]["decision"] == "needs_approval"
+            and kube.deployments[("ai", "credit-server")]["replicas"] == 2
+        )
+        approved = cli(
+            "approve",
+            str(waiting[0]["incident_id"]),
+            "--comment",
+            "go",
+            "--prefect-api",
+            f"http://127.0.0.1:{ports['prefect']}/api",
+        )
+        assert approved.returncode == 0, approved.stderr
+        wait_for(lambda: kube.deployments[("ai", "credit-server")]["replicas"] == 3, "the approved scale-up")
+        [row] = wait_for(
+            lambda: [a for a in actions(waiting[0]["incident_id"]) if a["status"] == "succeeded"],
+            "the audit trail to record it",
+        )
+        assert "approved by cli:" in row["reason"] and row["reason"].endswith(": go")
+
+        # Resolve it as Prometheus does: the same alert, its own startsAt, an endsAt in the past.
+        [firing] = [a for a in httpx.get(alertmanager).json() if a["labels"]["alertname"] == accuracy_name]
+        ended = {
+            **accuracy,
+            "startsAt": firing["startsAt"],
+            "endsAt": (datetime.now(UTC) - timedelta(seconds=1)).isoformat(),
+        }
+        assert httpx.post(alertmanager, json=[ended]).status_code == 200
+        wait_for(
+            lambda: any(r.body.get("event_action") == "resolve" for r in http.to("/pagerduty/v2/enqueue")),
+            "the page to resolve with the incident",
+            timeout=120,
+        )
+        assert http.to("/router/activate_fallback")[-1].body["active"] is False
+        report = cli("report", "--json")
+        assert report.returncode == 0 and '"success_rate": 1.0' in report.stdout
+    finally:
+        cli("down")
