@@ -12,16 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, pause_flow_run
+from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
 from tasks.incidents import correlate_alerts
-from tasks.remediation import IncidentDecisions, decide, revert, run_action, settle
+from tasks.remediation import IncidentDecisions, decide, report_markdown, revert, run_action, settle
 from watchkeeper.actions import ActionContext, notify
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.settings import Settings
 from watchkeeper.store import Store
+from watchkeeper.store.actions import automation_report
 
 APPROVAL_POLL_SECONDS = 1
 
@@ -106,4 +108,10 @@ def handle_alerts(notification_id: int | None = None) -> dict[str, Any]:
             for r in decisions.rows
         ]
     reverted = {incident_id: revert(store, config, incident_id) for incident_id in outcome.resolved}
+    if actions or any(reverted.values()):
+        create_markdown_artifact(
+            key="automation-report",
+            markdown=report_markdown(automation_report(store)),
+            description="Remediation over the last 24 hours",
+        )
     return {**outcome.as_json(), "actions": actions, "reverted": reverted}

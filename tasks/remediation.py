@@ -243,3 +243,31 @@ def revert(store: Store, config: WatchkeeperConfig, incident_id: int) -> list[di
         _finish(store, row_id, "succeeded", outcome, None)
         results.append({"action": action, **outcome})
     return results
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The automation report as the markdown of the `automation-report` Prefect artifact."""
+    rate = "-" if report["success_rate"] is None else f"{report['success_rate']:.0%}"
+    kinds = sorted({kind for counts in report["by_action"].values() for kind in counts})
+    lines = [
+        f"# Automation, last {report['hours']} h",
+        "",
+        f"{report['decisions']} decisions, {report['executed']} executed, {report['succeeded']} succeeded "
+        f"(success rate {rate}).",
+        "",
+        "| action | " + " | ".join(kinds) + " |",
+        "| --- | " + " | ".join("---" for _ in kinds) + " |",
+        *(
+            f"| {action} | " + " | ".join(str(counts.get(k, 0)) for k in kinds) + " |"
+            for action, counts in report["by_action"].items()
+        ),
+        "",
+        "| when | incident | action | target | decision | status | reason |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {a['decided_at']} | {a['incident_id']} | {a['action']} | {a['target']} | {a['decision']} | "
+            f"{a['status']} | {a['reason']} |"
+            for a in report["recent"]
+        ),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""Time to act: Alertmanager's POST to the webhook until the first action's request reaches its target.
+
+Real parts: `watchkeeper up` (Prefect server, the service with its outbox dispatcher, the served
+deployments with PREFECT_RUNNER_POLL_FREQUENCY=1), a playbook whose first action is a circuit
+breaker on an HTTP stand-in. Each run posts one Alertmanager notification (version 4) for a new
+alert on its own model, as Alertmanager would, and times until the circuit breaker's request for
+that model arrives. The path: intake commit, outbox dispatch (run_deployment), the runner picking
+the run up, the flow process starting, correlation, the recorded decision, the action.
+
+Baseline: the issue's aim of a p95 under 3 s; `ratio_to_aim` = p95 / 3.
+
+Usage: python benchmarks/remediation.py [--runs 20]; the last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.conftest import free_port  # noqa: E402
+from tests.standins import HttpRecorder  # noqa: E402
+from watchkeeper.settings import DEFAULT_CONFIG  # noqa: E402
+
+AIM_SECONDS = 3.0
+WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
+
+
+def config(folder: Path, http: HttpRecorder) -> Path:
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["remediation"] = {
+        "max_actions_per_hour": 10_000,
+        "playbooks": [
+            {
+                "name": "break-the-circuit",
+                "enabled": True,
+                "cooldown": "0s",
+                "match": {"alertname": "ModelAccuracyCritical"},
+                "actions": [{"action": "circuit_breaker", "url": f"{http.url}/breaker/{{model_name}}/open"}],
+            }
+        ],
+    }
+    path = folder / "watchkeeper.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def notification(run: int) -> dict:
+    labels = {
+        "alertname": "ModelAccuracyCritical",
+        "severity": "critical",
+        "model_name": f"bench-model-{run}",
+    }
+    return {
+        "version": "4",
+        "groupKey": f"bench-{run}",
+        "status": "firing",
+        "receiver": "watchkeeper",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": labels,
+                "annotations": {"summary": "benchmark"},
+                "startsAt": datetime.now(UTC).isoformat(),
+                "fingerprint": f"bench{run:012d}",
+            }
+        ],
+    }
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder, HttpRecorder() as http:
+        ports = {name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+        env |= {"WATCHKEEPER_HOME": f"{folder}/home", "WATCHKEEPER_CONFIG": str(config(Path(folder), http))}
+        def cli(*a):
+            return subprocess.run(
+                    [WATCHKEEPER, *a], env=env, capture_output=True, text=True, timeout=300
+                )  # noqa: E731
+        up = cli("up", *(f"--{name}-port={port}" for name, port in ports.items()))
+        if up.returncode != 0:
+            raise SystemExit(up.stdout + up.stderr)
+        service = f"http://127.0.0.1:{ports['service']}/v1/alertmanager"
+        latencies = []
+        try:
+            for run in range(args.runs):
+                target = f"/breaker/bench-model-{run}/open"
+                started = time.monotonic()
+                httpx.post(service, json=notification(run), timeout=10).raise_for_status()
+                while not http.to(target):
+                    if time.monotonic() - started > 60:
+                        raise SystemExit(f"run {run}: no action within 60 s")
+                    time.sleep(0.01)
+                latencies.append(http.to(target)[0].at - started)
+                print(f"run {run + 1:>3}: {latencies[-1]:.2f} s", flush=True)
+        finally:
+            cli("down")
+    p95 = percentile(latencies, 0.95)
+    print(
+        json.dumps(
+            {
+                "baseline": "aim: p95 under 3 s from Alertmanager's POST to the first action",
+                "runs": len(latencies),
+                "median_seconds": round(statistics.median(latencies), 3),
+                "p95_seconds": round(p95, 3),
+                "min_seconds": round(min(latencies), 3),
+                "max_seconds": round(max(latencies), 3),
+                "ratio_to_aim": round(p95 / AIM_SECONDS, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
