@@ -93,10 +93,10 @@ def main() -> None:
         ports = {name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager")}
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
         env |= {"WATCHKEEPER_HOME": f"{folder}/home", "WATCHKEEPER_CONFIG": str(config(Path(folder), http))}
+
         def cli(*a):
-            return subprocess.run(
-                    [WATCHKEEPER, *a], env=env, capture_output=True, text=True, timeout=300
-                )  # noqa: E731
+            return subprocess.run([WATCHKEEPER, *a], env=env, capture_output=True, text=True, timeout=300)  # noqa: E731
+
         up = cli("up", *(f"--{name}-port={port}" for name, port in ports.items()))
         if up.returncode != 0:
             raise SystemExit(up.stdout + up.stderr)

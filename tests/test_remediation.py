@@ -270,6 +270,13 @@ def test_accuracy_playbook_falls_back_breaks_the_circuit_opens_a_ticket_and_page
     assert revert(store, config, incident_id) == []
 
 
+def age_the_audit_trail(store: Store, by: timedelta) -> None:
+    """As if every recorded decision had been taken `by` earlier: past cooldowns and the hourly budget."""
+    with store.writing() as session:
+        for row in session.scalars(select(RemediationAction)):
+            row.decided_at -= by
+
+
 def accuracy_start(body: dict) -> datetime:
     return datetime.fromisoformat(body["startsAt"])
 
@@ -296,18 +303,14 @@ def test_scale_respects_the_ceiling_and_the_cooldown_and_mail_and_slack_go_out(
     second = incident_for(store, config, later)
     decisions = decide(store, config, second, None)
     assert decisions.rows[0].decision == "skip" and "cooldown" in decisions.rows[0].reason
-    with store.writing() as session:
-        for row in session.scalars(select(RemediationAction)):
-            row.decided_at -= timedelta(hours=1)
+    age_the_audit_trail(store, timedelta(hours=1))
     third = incident_for(
         store,
         config,
         alert("ModelInferenceLatencyHigh", timedelta(minutes=80), model_name="credit_approval", fp="third"),
     )
     assert run_all(store, config, third)[0] == {"changed": True, "previous_replicas": 4, "replicas": 5}
-    with store.writing() as session:
-        for row in session.scalars(select(RemediationAction)):
-            row.decided_at -= timedelta(hours=1)
+    age_the_audit_trail(store, timedelta(hours=1))
     fourth = incident_for(
         store,
         config,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from watchkeeper.store import Store
+from watchkeeper.store.incidents import iso
 from watchkeeper.store.schema import ControlFlag, RemediationAction, utcnow
 
 FINISHED = ("succeeded", "failed")
@@ -30,10 +31,6 @@ def set_remediation(store: Store, on: bool, by: str) -> None:
             flag.value, flag.changed_by, flag.changed_at = on, by, utcnow()
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def action_json(row: RemediationAction) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -48,8 +45,8 @@ def action_json(row: RemediationAction) -> dict[str, Any]:
         "inputs": row.inputs,
         "result": row.result,
         "flow_run_id": row.flow_run_id,
-        "decided_at": _iso(row.decided_at),
-        "finished_at": _iso(row.finished_at),
+        "decided_at": iso(row.decided_at),
+        "finished_at": iso(row.finished_at),
     }
 
 

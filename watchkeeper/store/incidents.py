@@ -14,7 +14,7 @@ AlertStatus = Literal["firing", "resolved"]
 IncidentStatus = Literal["open", "resolved"]
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
@@ -25,8 +25,8 @@ def alert_json(alert: Alert) -> dict[str, Any]:
         "alertname": alert.alertname,
         "status": alert.status,
         "severity": alert.severity,
-        "starts_at": _iso(alert.starts_at),
-        "ends_at": _iso(alert.ends_at),
+        "starts_at": iso(alert.starts_at),
+        "ends_at": iso(alert.ends_at),
         "labels": alert.labels,
         "annotations": alert.annotations,
         "correlated": alert.correlated_at is not None,
@@ -49,9 +49,9 @@ def _incident_json(row: Incident, members: int) -> dict[str, Any]:
         "status": row.status,
         "title": row.title,
         "severity": row.severity,
-        "opened_at": _iso(row.opened_at),
-        "last_alert_at": _iso(row.last_alert_at),
-        "resolved_at": _iso(row.resolved_at),
+        "opened_at": iso(row.opened_at),
+        "last_alert_at": iso(row.last_alert_at),
+        "resolved_at": iso(row.resolved_at),
         "alerts": members,
         "root_cause": None
         if top is None
@@ -105,5 +105,5 @@ def incident_detail(store: Store, incident_id: int) -> dict[str, Any] | None:
             for member, alert in members
         ]
         detail["ranking"] = row.ranking
-        detail["timeline"] = [{"at": _iso(e.at), "kind": e.kind, "detail": e.detail} for e in events]
+        detail["timeline"] = [{"at": iso(e.at), "kind": e.kind, "detail": e.detail} for e in events]
         return detail
