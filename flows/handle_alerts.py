@@ -88,7 +88,7 @@ def handle_alerts(notification_id: int | None = None) -> dict[str, Any]:
         runnable = [
             r
             for r in decisions.rows
-            if r.status in ("pending", "approved", "running", "failed")
+            if r.status in ("pending", "approved", "running")
             or (approved and r.status == "awaiting_approval")
         ]
         timeout = config.remediation.action_timeout.total_seconds() * 3
