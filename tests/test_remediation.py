@@ -397,3 +397,15 @@ def test_the_kill_switch_and_cooldowns_survive_a_restart_of_the_service(
         assert {a["decision"] for a in actions} == {"skip", "run"}
         report = httpx.get(f"{live.url}/v1/actions/report", headers=headers).json()
         assert report["decisions"] == 4 and report["by_action"]["scale"] == {"skip": 1}
+
+    # The scale-up that runs now starts a cooldown that a fresh process, reading the same store, honours.
+    later = alert(
+        "ModelInferenceLatencyHigh", timedelta(minutes=30), model_name="credit_approval", fp="later"
+    )
+    assert run_all(restarted, config, incident_for(restarted, config, later))[0]["changed"] is True
+    again = alert(
+        "ModelInferenceLatencyHigh", timedelta(minutes=60), model_name="credit_approval", fp="again"
+    )
+    after_restart = Store(store.url.render_as_string(hide_password=False))
+    [scale, *_] = decide(after_restart, config, incident_for(after_restart, config, again), None).rows
+    assert scale.decision == "skip" and scale.reason.startswith("cooldown: ran at")
