@@ -13,6 +13,7 @@ from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import select
 
 from flows.handle_alerts import handle_alerts
+from tests.standins import Failure
 from tests.test_incidents import alert, notify
 from tests.test_remediation import config_path, remediation_config
 from watchkeeper.settings import Settings
@@ -66,3 +67,31 @@ def test_an_approval_nobody_gives_times_out_escalates_and_does_nothing(
     with get_client(sync_client=True) as client:
         [report] = [a for a in client.read_artifacts() if a.key == "automation-report"]
     assert "| scale |" in report.data and "timed_out" in report.data
+
+
+def test_a_failing_kubernetes_api_is_retried_by_the_action_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standins: tuple, prefect_api: None
+) -> None:
+    kube, http, smtp = standins
+    remediation_config(tmp_path, kube, http, smtp)
+    monkeypatch.setenv("WATCHKEEPER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WATCHKEEPER_CONFIG", str(config_path(tmp_path)))
+    monkeypatch.setenv("TEST_SLACK_URL", f"{http.url}/slack/T000/B000/XXXX")
+    store = Settings().open_store()
+    store.upgrade()
+    notify(store, alert("ModelInferenceLatencyHigh", timedelta(0), model_name="credit_approval"))
+    kube.failures.extend([Failure(500), Failure(409)])
+
+    summary = handle_alerts(notification_id=1)
+
+    assert [a["state"] for a in summary["actions"][1]] == ["COMPLETED"] * 4
+    assert kube.deployments[("ai", "credit-server")]["replicas"] == 4
+    reads = [r for r in kube.requests if r.method == "GET" and r.path.endswith("/scale")]
+    assert len(reads) == 3  # two failed attempts, then the one that scaled
+    with store.reading() as session:
+        scale = session.scalars(select(RemediationAction).where(RemediationAction.action == "scale")).one()
+    assert scale.status == "succeeded" and scale.result == {
+        "changed": True,
+        "previous_replicas": 2,
+        "replicas": 4,
+    }
