@@ -27,6 +27,7 @@ from watchkeeper.config import (
     PlaybookAction,
     RestartAction,
     ScaleAction,
+    SecretRef,
     TicketAction,
 )
 
@@ -137,11 +138,13 @@ def target_and_inputs(spec: PlaybookAction, alert: AlertFacts) -> tuple[str, dic
             "service": spec.service,
             "selector_label": spec.selector_label,
             "revert_on_resolve": spec.revert_on_resolve,
+            "secret": _reference(spec.secret),
         }
         return f"model/{model}", inputs
     if isinstance(spec, HttpAction):
         url = render(spec.url, context)
-        return url, {"url": url, "method": spec.method, "body": render(spec.body, context)}
+        inputs = {"url": url, "method": spec.method, "body": render(spec.body, context)}
+        return url, inputs | {"secret": _reference(spec.secret)}
     if isinstance(spec, NotifyAction):
         return f"notify/{spec.target}", {"target": spec.target}
     if isinstance(spec, TicketAction):
@@ -151,6 +154,11 @@ def target_and_inputs(spec: PlaybookAction, alert: AlertFacts) -> tuple[str, dic
             "issue_type": spec.issue_type,
         }
     raise TypeError(f"unknown action {spec!r}")
+
+
+def _reference(ref: SecretRef | None) -> dict[str, str] | None:
+    """Where the action's credential lives, by name, for the action to resolve when it runs."""
+    return ref.model_dump(exclude_none=True) if ref is not None else None
 
 
 def plan(playbook: Playbook, alert: AlertFacts, guards: Guards, now: datetime) -> list[PlannedAction]:

@@ -3,8 +3,8 @@
 Every action is one function `(inputs, context) -> result dict` registered in `EXECUTORS` under its
 config name; an action that must be undone when the incident resolves also has an entry in
 `REVERTERS`. A failure raises `ActionFailed` (or the client's own error) so the Prefect task that
-runs it retries. Credentials come from the configuration's secret references, never from inputs,
-and are never put in a result.
+runs it retries. Inputs carry at most a secret's reference (an environment variable or Prefect
+Secret block name); the value is resolved when the action runs and never put in a result.
 """
 
 from __future__ import annotations
@@ -64,6 +64,11 @@ class ActionContext:
     def secret(self, ref: SecretRef | None) -> str | None:
         return resolve_secret(ref) if ref is not None else None
 
+    def input_secret(self, inputs: dict[str, Any]) -> str | None:
+        """The bearer token an action's inputs refer to (by name; the value is never in inputs)."""
+        ref = inputs.get("secret")
+        return self.secret(SecretRef.model_validate(ref)) if ref else None
+
     def target(self, name: str) -> NotificationTarget:
         return next(t for t in self.config.notifications if t.name == name)
 
@@ -116,19 +121,6 @@ def restart(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     return {"restarted_at": at}
 
 
-def _fallback_spec(context: ActionContext, inputs: dict[str, Any]) -> Any:
-    from watchkeeper.config import FallbackAction
-
-    for playbook in context.config.remediation.playbooks:
-        for action in playbook.actions:
-            if (
-                isinstance(action, FallbackAction)
-                and action.stable_models.get(inputs["model"]) == inputs["stable_model"]
-            ):
-                return action
-    return None
-
-
 def _point_service(inputs: dict[str, Any], context: ActionContext, model: str) -> dict[str, Any]:
     from kubernetes import client
 
@@ -145,8 +137,7 @@ def _point_service(inputs: dict[str, Any], context: ActionContext, model: str) -
 def fallback_model(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     if inputs["via"] == "service":
         return _point_service(inputs, context, inputs["stable_model"])
-    spec = _fallback_spec(context, inputs)
-    token = context.secret(spec.secret) if spec is not None else None
+    token = context.input_secret(inputs)
     response = _request("POST", inputs["url"], {**inputs["body"], "active": True}, context, token)
     return {"status_code": response.status_code, "routed_to": inputs["stable_model"]}
 
@@ -156,8 +147,7 @@ def revert_fallback(inputs: dict[str, Any], result: dict[str, Any], context: Act
         return {"reverted": False, "note": "the playbook keeps the stable model"}
     if inputs["via"] == "service":
         return _point_service(inputs, context, result.get("previous_selector") or inputs["model"])
-    spec = _fallback_spec(context, inputs)
-    token = context.secret(spec.secret) if spec is not None else None
+    token = context.input_secret(inputs)
     response = _request("POST", inputs["url"], {**inputs["body"], "active": False}, context, token)
     return {"status_code": response.status_code, "routed_to": inputs["model"]}
 
@@ -229,27 +219,12 @@ def notify(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
 def notify_resolved(
     inputs: dict[str, Any], _result: dict[str, Any], context: ActionContext
 ) -> dict[str, Any]:
+    """PagerDuty resolves the incident's page; the other targets are told it resolved."""
     target = context.target(inputs["target"])
-    if target.kind != "pagerduty":
-        return _send(target, context, resolved=False)
-    return _send(target, context, resolved=True)
-
-
-def _ticket_spec(context: ActionContext, inputs: dict[str, Any]) -> Any:
-    from watchkeeper.config import TicketAction
-
-    for playbook in context.config.remediation.playbooks:
-        for action in playbook.actions:
-            if isinstance(action, TicketAction) and (action.url, action.project) == (
-                inputs["url"],
-                inputs["project"],
-            ):
-                return action
-    return None
+    return _send(target, context, resolved=target.kind == "pagerduty")
 
 
 def ticket(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
-    spec = _ticket_spec(context, inputs)
     incident = context.incident
     body = {
         "fields": {
@@ -260,7 +235,7 @@ def ticket(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
             "labels": ["watchkeeper", f"incident-{incident.id}"],
         }
     }
-    token = context.secret(spec.secret) if spec is not None else None
+    token = context.input_secret(inputs)
     created = _request("POST", f"{inputs['url'].rstrip('/')}/issue", body, context, token).json()
     key = created.get("key") or created.get("id")
     if not key:
@@ -269,8 +244,7 @@ def ticket(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
 
 
 def comment_ticket(inputs: dict[str, Any], result: dict[str, Any], context: ActionContext) -> dict[str, Any]:
-    spec = _ticket_spec(context, inputs)
-    token = context.secret(spec.secret) if spec is not None else None
+    token = context.input_secret(inputs)
     url = f"{inputs['url'].rstrip('/')}/issue/{result['ticket_id']}/comment"
     _request("POST", url, {"body": context.incident.text()}, context, token)
     return {"commented": result["ticket_id"]}
