@@ -72,7 +72,11 @@ def remediation_config(
                 "match": {"alertname": "ModelAccuracyCritical"},
                 "actions": [
                     fallback,
-                    {"action": "circuit_breaker", "url": f"{http.url}/breaker/{{model_name}}/open"},
+                    {
+                        "action": "circuit_breaker",
+                        "url": f"{http.url}/breaker/{{model_name}}/open",
+                        "secret": {"env": "TEST_GATEWAY_TOKEN"},
+                    },
                     {"action": "ticket", "url": f"{http.url}/rest/api/2", "project": "MLOPS"},
                     {"action": "notify", "target": "pager"},
                 ],
@@ -144,6 +148,7 @@ def secrets(monkeypatch: pytest.MonkeyPatch, standins: tuple) -> None:
     _, http, _ = standins
     monkeypatch.setenv("TEST_SLACK_URL", f"{http.url}/slack/T000/B000/XXXX")
     monkeypatch.setenv("TEST_PD_KEY", "R0UT1NGKEY")
+    monkeypatch.setenv("TEST_GATEWAY_TOKEN", "g4teway")
 
 
 def incident_for(store: Store, config: WatchkeeperConfig, *alerts: dict) -> int:
@@ -234,7 +239,8 @@ def test_accuracy_playbook_falls_back_breaks_the_circuit_opens_a_ticket_and_page
         "fallback_model": "credit_approval_v0_stable",
         "active": True,
     }
-    assert http.to("/breaker/credit_approval/open")
+    [breaker] = http.to("/breaker/credit_approval/open")
+    assert breaker.headers["authorization"] == "Bearer g4teway"
     [issue] = http.to("/rest/api/2/issue")
     assert (
         issue.body["fields"]["project"] == {"key": "MLOPS"}

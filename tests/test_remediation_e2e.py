@@ -30,6 +30,7 @@ def test_alertmanager_to_remediation_with_an_approval_from_the_cli(tmp_path: Pat
         "WATCHKEEPER_CONFIG": str(config_path(tmp_path)),
         "TEST_SLACK_URL": f"{http.url}/slack/T000/B000/XXXX",
         "TEST_PD_KEY": "R0UT1NGKEY",
+        "TEST_GATEWAY_TOKEN": "g4teway",
     }
     cli = lambda *args: subprocess.run(  # noqa: E731
         [WATCHKEEPER, *args], capture_output=True, text=True, env=env, timeout=300

@@ -153,7 +153,9 @@ def revert_fallback(inputs: dict[str, Any], result: dict[str, Any], context: Act
 
 
 def http_endpoint(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
-    response = _request(inputs["method"], inputs["url"], inputs["body"] or None, context)
+    response = _request(
+        inputs["method"], inputs["url"], inputs["body"] or None, context, context.input_secret(inputs)
+    )
     return {"status_code": response.status_code}
 
 
