@@ -13,10 +13,11 @@ from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import select
 
 from flows.handle_alerts import handle_alerts
-from tests.standins import Failure
+from tests.standins import Failure, HttpRecorder
 from tests.test_incidents import alert, notify
 from tests.test_remediation import config_path, remediation_config
 from watchkeeper.settings import Settings
+from watchkeeper.store import Store
 from watchkeeper.store.schema import RemediationAction
 
 
@@ -24,6 +25,16 @@ from watchkeeper.store.schema import RemediationAction
 def prefect_api() -> Iterator[None]:
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+def flow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http: HttpRecorder) -> Store:
+    """What the flow reads from its environment: a home, the config `remediation_config` wrote, a secret."""
+    monkeypatch.setenv("WATCHKEEPER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WATCHKEEPER_CONFIG", str(config_path(tmp_path)))
+    monkeypatch.setenv("TEST_SLACK_URL", f"{http.url}/slack/T000/B000/XXXX")
+    store = Settings().open_store()
+    store.upgrade()
+    return store
 
 
 def test_an_approval_nobody_gives_times_out_escalates_and_does_nothing(
@@ -35,11 +46,7 @@ def test_an_approval_nobody_gives_times_out_escalates_and_does_nothing(
     quality = next(p for p in data["remediation"]["playbooks"] if p["name"] == "quality")
     quality |= {"approval_timeout": "2s", "escalate_to": "slack"}
     config_path(tmp_path).write_text(yaml.safe_dump(data))
-    monkeypatch.setenv("WATCHKEEPER_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("WATCHKEEPER_CONFIG", str(config_path(tmp_path)))
-    monkeypatch.setenv("TEST_SLACK_URL", f"{http.url}/slack/T000/B000/XXXX")
-    store = Settings().open_store()
-    store.upgrade()
+    store = flow_home(tmp_path, monkeypatch, http)
     notify(store, alert("DataQualityDegraded", timedelta(0), service="batch-scorer"))
 
     summary = handle_alerts(notification_id=1)
@@ -74,11 +81,7 @@ def test_a_failing_kubernetes_api_is_retried_by_the_action_task(
 ) -> None:
     kube, http, smtp = standins
     remediation_config(tmp_path, kube, http, smtp)
-    monkeypatch.setenv("WATCHKEEPER_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("WATCHKEEPER_CONFIG", str(config_path(tmp_path)))
-    monkeypatch.setenv("TEST_SLACK_URL", f"{http.url}/slack/T000/B000/XXXX")
-    store = Settings().open_store()
-    store.upgrade()
+    store = flow_home(tmp_path, monkeypatch, http)
     notify(store, alert("ModelInferenceLatencyHigh", timedelta(0), model_name="credit_approval"))
     kube.failures.extend([Failure(500), Failure(409)])
 
