@@ -194,11 +194,13 @@ class Correlator:
         self.next_id = 1
         self._new_incident_id = new_incident_id or self._count
         self._added = 0
-        for incident in incidents:
-            members, incident.members = incident.members, []
+        loaded = [(incident, incident.members) for incident in incidents]
+        vectors = iter(label_vectors([m for _, members in loaded for m in members]))
+        for incident, members in loaded:
+            incident.members = []
             self.incidents[incident.id] = incident
-            for member, vector in zip(members, label_vectors(members), strict=True):
-                self._attach(incident, member, vector)
+            for member in members:
+                self._attach(incident, member, next(vectors))
             self.next_id = max(self.next_id, incident.id + 1)
 
     def _count(self, _alert: AlertEvent) -> int:
@@ -390,19 +392,20 @@ def rank_root_causes(
     onsets = sorted(set(onset.values()))
     top_strength = math.log1p(max(strength.values()))
     others_count = max(len(subjects) - 1, 1)
+    explains = {s: _explained_by(s, subjects, names, rules) for s in subjects}
     ranked = []
     for subject in subjects:
         if can_be_cause is not None and not can_be_cause(subject):
             continue
         reasons = []
-        explained = _explained_by(subject, subjects, names, rules)
+        explained = explains[subject]
         if explained:
             listed = ", ".join(sorted(explained)[:5])
             reasons.append(f"explains {len(explained)} of {others_count} others: {listed}")
         explainers = [
             other
-            for other in _explaining(subject, subjects, names, rules)
-            if strength[other] >= weights.dominance * strength[subject]
+            for other in subjects
+            if subject in explains[other] and strength[other] >= weights.dominance * strength[subject]
         ]
         if explainers:
             reasons.append(f"could itself be explained by {', '.join(sorted(explainers)[:3])}")
@@ -462,18 +465,6 @@ def _explained_by(
         ]
         explained.update(frontier)
     return explained
-
-
-def _explaining(
-    subject: str, subjects: Iterable[str], names: Mapping[str, set[str]], rules: CorrelationRules
-) -> set[str]:
-    """The other subjects that could explain this one."""
-    members = list(subjects)
-    return {
-        other
-        for other in members
-        if other != subject and subject in _explained_by(other, members, names, rules)
-    }
 
 
 def severity_strength(severity: str | None) -> float:
