@@ -128,14 +128,17 @@ def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
             "the alerts to become one incident",
         )
         assert incidents[0]["root_cause"]["subject"] == "feature-store"
-        runs = httpx.post(
-            f"{prefect_api}/flow_runs/filter",
-            json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}},
-        ).json()
-        handled = [
-            r for r in runs if r["idempotency_key"] and r["idempotency_key"].startswith("handle-alerts-")
-        ]
-        assert handled and all(r["parameters"]["notification_id"] for r in handled)
+        # The incident is committed before its run finishes deciding remediation: wait for the run.
+        completed = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
+        handled = wait_for(
+            lambda: [
+                r
+                for r in httpx.post(f"{prefect_api}/flow_runs/filter", json=completed).json()
+                if (r["idempotency_key"] or "").startswith("handle-alerts-")
+            ],
+            "a completed handle-alerts run",
+        )
+        assert all(r["parameters"]["notification_id"] for r in handled)
 
         status = cli("status")
         assert status.returncode == 0 and status.stdout.count(" yes ") >= 5
