@@ -18,6 +18,7 @@ from flows.evaluate_data_quality import evaluate_data_quality
 from flows.evaluate_drift import evaluate_drift
 from flows.handle_alerts import handle_alerts
 from flows.pipeline_health import pipeline_health
+from flows.reconcile_remediation import reconcile_remediation
 from watchkeeper.settings import Settings
 
 FLOWS: dict[str, Flow] = {
@@ -29,6 +30,7 @@ FLOWS: dict[str, Flow] = {
         pipeline_health,
         backfill_drift,
         handle_alerts,
+        reconcile_remediation,
     )
 }
 DEPLOYMENT_NAMES = tuple(FLOWS)
@@ -51,6 +53,10 @@ def build_deployments(settings: Settings) -> list[RunnerDeployment]:
             "Missing values, ranges, categories, types.",
         ),
         pipeline_health: (schedules.pipeline_health, "Pipeline latency, throughput and error rate."),
+        reconcile_remediation: (
+            schedules.reconcile_remediation,
+            "Finishes what dead handle-alerts runs left: undecided incidents, unclaimed or stuck actions.",
+        ),
     }
     # Anchored shortly after start-up, so every evaluation runs within a minute of `watchkeeper up`
     # instead of one full interval later (15 minutes for drift).

@@ -1,14 +1,17 @@
 """handle-alerts: started by the outbox for each Alertmanager notification that brings news.
 
-It works on the store, not on the notification: every alert not yet correlated is correlated, so
-a run that failed, or a notification whose run has not started yet, is covered by the next run.
-Then each incident that changed gets its playbook's decisions (recorded first, once), waits for an
-operator's approval where the playbook asks for one, and runs its actions as tasks; each incident
-that resolved has its fallbacks switched back, its pages resolved and its ticket commented.
+It works on the store, not on the notification: every alert not yet correlated is correlated, and
+every incident that changed since its remediation was last recorded is handled, so a run that
+failed, or a notification whose run has not started yet, is covered by the next run (and by the
+reconcile-remediation flow). Each open incident gets its playbook's decisions (recorded once) and
+its actions run as tasks, each claimed before it calls anything; each resolved incident gets its
+follow-ups (fallbacks switched back, pages resolved, tickets commented). Approvals are asked last,
+one pause per incident, so that an approval nobody answers does not hold back the other incidents.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from prefect import flow, pause_flow_run
@@ -18,28 +21,41 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 
 from tasks.incidents import correlate_alerts
-from tasks.remediation import IncidentDecisions, decide, report_markdown, revert, run_action, settle
-from watchkeeper.actions import ActionContext, notify
+from tasks.remediation import (
+    ActionRow,
+    IncidentDecisions,
+    handle_incident,
+    owed_incidents,
+    report_markdown,
+    rows_of,
+    run_action,
+    runnable,
+    time_out_approvals,
+)
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.settings import Settings
 from watchkeeper.store import Store
 from watchkeeper.store.actions import automation_report
+from watchkeeper.store.remediation import ActionStatus, settle_approval
 
 APPROVAL_POLL_SECONDS = 1
+PREFECT_UI = "prefect-ui"
 
 
 class Approval(RunInput):
+    """What the Prefect UI asks an operator; an approval given there is recorded as the UI's."""
+
     approved: bool
-    operator: str = "prefect-ui"
     comment: str = ""
 
 
-def _await_approval(store: Store, config: WatchkeeperConfig, decisions: IncidentDecisions) -> bool:
-    waiting = [r.id for r in decisions.rows if r.status == "awaiting_approval"]
-    if not waiting:
-        return True
+def _await_approval(store: Store, config: WatchkeeperConfig, decisions: IncidentDecisions) -> list[ActionRow]:
+    """Pause until the incident's actions are approved, rejected or time out; returns the approved
+    rows. An approval through the service settles the rows itself and resumes this run, whose own
+    compare-and-set then finds nothing left to settle."""
+    waiting = [r.id for r in decisions.awaiting]
     playbook = decisions.playbook
-    wanted = ", ".join(f"{r.action} on {r.target}" for r in decisions.rows if r.status == "awaiting_approval")
+    wanted = ", ".join(f"{r.action} on {r.target}" for r in decisions.awaiting)
     description = (
         f"Incident {decisions.summary.id}: {decisions.summary.title}. "
         f"Playbook {playbook.name!r} wants to run {wanted}."
@@ -51,64 +67,73 @@ def _await_approval(store: Store, config: WatchkeeperConfig, decisions: Incident
             poll_interval=APPROVAL_POLL_SECONDS,
         )
     except FlowPauseTimeout:
-        note = "approval timed out; nothing was done"
-        if playbook.escalate_to:
-            context = ActionContext(
-                config, decisions.summary, config.remediation.action_timeout.total_seconds()
-            )
-            notify({"target": playbook.escalate_to}, context)
-            note += f"; escalated to {playbook.escalate_to}"
-        settle(store, waiting, "timed_out", note)
-        return False
-    verdict = "approved" if answer.approved else "rejected"
-    settle(
-        store,
-        waiting,
-        verdict,
-        f"{verdict} by {answer.operator}" + (f": {answer.comment}" if answer.comment else ""),
-    )
-    return answer.approved
+        time_out_approvals(store, config, waiting, playbook.name, decisions.summary)
+    else:
+        verdict = ActionStatus.APPROVED if answer.approved else ActionStatus.REJECTED
+        note = f"{verdict} in the Prefect UI" + (f": {answer.comment}" if answer.comment else "")
+        with store.writing() as session:
+            settle_approval(session, waiting, verdict, note, by=PREFECT_UI)
+    return [r for r in rows_of(store, waiting) if r.status == ActionStatus.APPROVED]
+
+
+def _run_rows(
+    store: Store,
+    config: WatchkeeperConfig,
+    decisions: IncidentDecisions,
+    rows: list[ActionRow],
+    claimant: str,
+    alertmanager_url: str | None,
+) -> dict[int, str]:
+    timeout = config.remediation.action_timeout.total_seconds() * 3
+    states = {
+        row.id: run_action.with_options(timeout_seconds=timeout)(
+            store, config, row, decisions.summary, claimant, alertmanager_url, return_state=True
+        )
+        for row in rows
+    }
+    return {row_id: state.type.value for row_id, state in states.items()}
 
 
 @flow(name="handle-alerts", log_prints=True)
 def handle_alerts(notification_id: int | None = None) -> dict[str, Any]:
     settings = Settings()
     store, config = settings.open_store(), settings.monitoring
+    alertmanager_url = settings.alertmanager_url or config.remediation.alertmanager_url
+    run_id = str(flow_run.id) if flow_run.id else None
+    claimant = f"handle-alerts/{run_id or uuid.uuid4().hex}"
     outcome = correlate_alerts(store, config)
     print(
         f"notification {notification_id}: {outcome.correlated} alerts correlated; incidents opened "
         f"{outcome.opened}, updated {outcome.updated}, resolved {outcome.resolved}"
     )
-    actions: dict[int, list[dict[str, Any]]] = {}
-    for incident_id in sorted({*outcome.opened, *outcome.updated, *outcome.reopened}):
-        decisions = decide(store, config, incident_id, str(flow_run.id) if flow_run.id else None)
-        if decisions.playbook is None:
-            continue
-        approved = _await_approval(store, config, decisions)
-        runnable = [
-            r
-            for r in decisions.rows
-            if r.status in ("pending", "approved", "running")
-            or (approved and r.status == "awaiting_approval")
-        ]
-        timeout = config.remediation.action_timeout.total_seconds() * 3
-        states = {
-            row.id: run_action.with_options(timeout_seconds=timeout)(
-                store, config, row, decisions.summary, return_state=True
-            )
-            for row in runnable
-        }
-        actions[incident_id] = [
+    states: dict[int, str] = {}
+    handled: dict[int, IncidentDecisions] = {}
+    for incident_id in owed_incidents(store):
+        decisions = handled[incident_id] = handle_incident(store, config, incident_id, run_id)
+        states |= _run_rows(store, config, decisions, runnable(decisions), claimant, alertmanager_url)
+    for decisions in handled.values():
+        if decisions.created and decisions.awaiting and decisions.playbook is not None:
+            approved = _await_approval(store, config, decisions)
+            states |= _run_rows(store, config, decisions, approved, claimant, alertmanager_url)
+    actions = {
+        incident_id: [
             {
                 "action": r.action,
                 "target": r.target,
                 "decision": r.decision,
-                "state": states[r.id].type.value if r.id in states else r.status,
+                "state": states.get(r.id, r.status),
             }
             for r in decisions.rows
         ]
-    reverted = {incident_id: revert(store, config, incident_id) for incident_id in outcome.resolved}
-    if actions or any(reverted.values()):
+        for incident_id, decisions in handled.items()
+        if decisions.playbook is not None
+    }
+    reverted = {
+        incident_id: [{"action": r.action, "state": states.get(r.id, r.status)} for r in decisions.rows]
+        for incident_id, decisions in handled.items()
+        if decisions.playbook is None and decisions.rows
+    }
+    if states or any(d.rows for d in handled.values()):
         create_markdown_artifact(
             key="automation-report",
             markdown=report_markdown(automation_report(store)),

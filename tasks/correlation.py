@@ -430,15 +430,20 @@ def rank_root_causes(
 
 
 def _lead_alert(alerts: Sequence[AlertEvent], rules: CorrelationRules) -> AlertEvent:
-    """The alert that stands for its subject: a cause of the others on it, then the strongest, then the
-    earliest."""
+    """The alert that stands for its subject, and so selects the incident's playbook: the most severe
+    (strongest), then the earliest, then the one a causal rule makes the cause of more of the others.
+
+    Severity before onset and causes: an incident opened by a critical accuracy alert stays an
+    accuracy incident when latency and error warnings join it later on the same service.
+    """
     names = {a.name for a in alerts}
-    return max(
+    return min(
         alerts,
         key=lambda a: (
-            sum(rules.causes_effect(a.name, other) for other in names),
-            a.strength,
-            -a.starts_at.timestamp(),
+            -a.strength,
+            a.starts_at,
+            -sum(rules.causes_effect(a.name, other) for other in names),
+            a.id,
         ),
     )
 

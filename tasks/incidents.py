@@ -195,6 +195,7 @@ def _correlate(session: Session, config: WatchkeeperConfig, rules: CorrelationRu
     }
     for incident_id in sorted(touched):
         row = incidents[incident_id]
+        row.revision = Incident.revision + 1
         if row.status == "resolved":
             row.status, row.resolved_at = "open", None
             session.add(IncidentEvent(incident_id=incident_id, kind="reopened", detail={}))
@@ -222,6 +223,7 @@ def _resolve_quiet_incidents(session: Session, outcome: CorrelationOutcome) -> N
         if not ends:
             continue
         row.status = "resolved"
+        row.revision = Incident.revision + 1
         row.resolved_at = max(a.ends_at or a.resolved_at or utcnow() for a in ends)
         session.add(IncidentEvent(incident_id=row.id, kind="resolved", detail={"alerts": len(ends)}))
         outcome.resolved.append(row.id)

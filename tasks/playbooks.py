@@ -2,8 +2,10 @@
 
 The decision for each action, first match wins:
 - the alert has resolved: no actions at all (remediation never acts on a resolved alert);
-- a placeholder of the action names a label the alert lacks, or the model has no stable model: skip;
+- a placeholder of the action names a label the alert lacks, the model has no stable model, a
+  label value makes an invalid Kubernetes name, or the URL's host is not allowed: skip;
 - the kill switch is off: skip (notify and ticket actions still go out: they change nothing);
+- a maintenance window covers the alert: skip (everything, notifications included);
 - the playbook is not enabled: dry_run;
 - the same action on the same target ran within the playbook's cooldown: skip;
 - the hourly action budget is spent: skip (notify and ticket do not count);
@@ -13,15 +15,19 @@ The decision for each action, first match wins:
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
+from urllib.parse import quote
 
+from watchkeeper.actions import refused_host
 from watchkeeper.config import (
     FallbackAction,
     HttpAction,
+    MaintenanceWindow,
     NotifyAction,
     Playbook,
     PlaybookAction,
@@ -30,9 +36,14 @@ from watchkeeper.config import (
     SecretRef,
     TicketAction,
 )
+from watchkeeper.store.remediation import Decision
 
-Decision = Literal["run", "dry_run", "skip", "needs_approval"]
 COMMUNICATION = frozenset({"notify", "ticket"})
+KUBERNETES_LABEL_VALUE = re.compile(r"^(?=.{0,63}$)(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# A Kubernetes object name (DNS-1123 subdomain), checked after placeholders are filled in.
+KUBERNETES_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class Guards:
     last_run: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
     runs_last_hour: int = 0
     max_per_hour: int = 20
+    maintenance_windows: tuple[MaintenanceWindow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,10 @@ class MissingPlaceholder(KeyError):
     pass
 
 
+class UnsafeTarget(LookupError):
+    """A rendered target the action must not reach: a bad Kubernetes name, a host not allowed."""
+
+
 class _Strict(dict):
     def __missing__(self, key: str) -> str:
         raise MissingPlaceholder(key)
@@ -98,6 +114,28 @@ def render(value: Any, context: Mapping[str, str]) -> Any:
     if isinstance(value, list):
         return [render(v, context) for v in value]
     return value
+
+
+def render_url(template: str, context: Mapping[str, str]) -> str:
+    """Fill {placeholders} in a URL with each value percent-encoded as one path segment, so that a
+    label value can neither add path segments nor change the host, query or fragment."""
+    encoded = {k: quote(str(v), safe="") for k, v in context.items()}
+    return string.Formatter().vformat(template, (), _Strict(encoded))
+
+
+def kubernetes_name(template: str, context: Mapping[str, str]) -> str:
+    name = render(template, context)
+    if not KUBERNETES_NAME.match(name):
+        raise UnsafeTarget(f"{name!r} is not a valid Kubernetes name")
+    return name
+
+
+def allowed_url(template: str, context: Mapping[str, str], hosts: list[str]) -> str:
+    url = render_url(template, context)
+    refusal = refused_host(url, hosts)
+    if refusal is not None:
+        raise UnsafeTarget(refusal)
+    return url
 
 
 def matches(playbook: Playbook, alert: AlertFacts) -> bool:
@@ -117,7 +155,7 @@ def target_and_inputs(spec: PlaybookAction, alert: AlertFacts) -> tuple[str, dic
     """The action's target in words and its rendered parameters; raises MissingPlaceholder."""
     context = alert.context
     if isinstance(spec, ScaleAction | RestartAction):
-        deployment = render(spec.deployment, context)
+        deployment = kubernetes_name(spec.deployment, context)
         inputs = spec.model_dump(mode="json", exclude={"action"}) | {"deployment": deployment}
         return f"deployment/{spec.namespace}/{deployment}", inputs
     if isinstance(spec, FallbackAction):
@@ -128,30 +166,43 @@ def target_and_inputs(spec: PlaybookAction, alert: AlertFacts) -> tuple[str, dic
         if stable is None:
             raise LookupError(f"no stable model is configured for {model!r}")
         context = {**context, "stable_model": stable}
+        hosts = spec.hosts_for(spec.url)
         inputs = {
             "model": model,
             "stable_model": stable,
             "via": spec.via,
-            "url": render(spec.url, context) if spec.url else None,
+            "url": allowed_url(spec.url, context, hosts) if spec.url else None,
+            "allowed_hosts": hosts if spec.url else None,
             "body": render(spec.body, context),
             "namespace": spec.namespace,
             "service": spec.service,
             "selector_label": spec.selector_label,
             "revert_on_resolve": spec.revert_on_resolve,
+            "idempotent": spec.idempotent,
             "secret": _reference(spec.secret),
         }
+        if spec.via == "service" and not KUBERNETES_LABEL_VALUE.match(stable):
+            raise UnsafeTarget(f"{stable!r} is not a valid Kubernetes label value")
         return f"model/{model}", inputs
     if isinstance(spec, HttpAction):
-        url = render(spec.url, context)
-        inputs = {"url": url, "method": spec.method, "body": render(spec.body, context)}
-        return url, inputs | {"secret": _reference(spec.secret)}
+        hosts = spec.hosts_for(spec.url)
+        url = allowed_url(spec.url, context, hosts)
+        inputs = {
+            "url": url,
+            "allowed_hosts": hosts,
+            "method": spec.method,
+            "body": render(spec.body, context),
+        }
+        return url, inputs | {"idempotent": spec.idempotent, "secret": _reference(spec.secret)}
     if isinstance(spec, NotifyAction):
         return f"notify/{spec.target}", {"target": spec.target}
     if isinstance(spec, TicketAction):
         return f"ticket/{spec.project}", {
             "url": spec.url,
+            "allowed_hosts": spec.hosts_for(spec.url),
             "project": spec.project,
             "issue_type": spec.issue_type,
+            "secret": _reference(spec.secret),
         }
     raise TypeError(f"unknown action {spec!r}")
 
@@ -161,47 +212,66 @@ def _reference(ref: SecretRef | None) -> dict[str, str] | None:
     return ref.model_dump(exclude_none=True) if ref is not None else None
 
 
+def maintenance(
+    windows: tuple[MaintenanceWindow, ...], labels: Mapping[str, str], now: datetime
+) -> str | None:
+    """Why nothing may act now, or None: the first maintenance window covering the alert."""
+    for window in windows:
+        until = window.active_until(now, labels)
+        if until is not None:
+            return f"inside maintenance window {window.name!r} until {until.isoformat()}"
+    return None
+
+
 def plan(playbook: Playbook, alert: AlertFacts, guards: Guards, now: datetime) -> list[PlannedAction]:
     """Every action of the playbook with its decision and the reason for it."""
     if alert.status != "firing":
         return []
     budget = guards.max_per_hour - guards.runs_last_hour
+    in_maintenance = maintenance(guards.maintenance_windows, alert.labels, now)
     planned = []
     for index, spec in enumerate(playbook.actions):
         try:
             target, inputs = target_and_inputs(spec, alert)
         except MissingPlaceholder as exc:
-            planned.append(
-                PlannedAction(index, spec.action, "-", "skip", f"the alert has no {exc.args[0]!r} label", {})
-            )
+            reason = f"the alert has no {exc.args[0]!r} label"
+            planned.append(PlannedAction(index, spec.action, "-", Decision.SKIP, reason, {}))
             continue
         except LookupError as exc:
-            planned.append(PlannedAction(index, spec.action, "-", "skip", str(exc), {}))
+            planned.append(PlannedAction(index, spec.action, "-", Decision.SKIP, str(exc), {}))
             continue
-        decision, reason = _decide(playbook, spec.action, target, guards, now, budget)
-        if decision in ("run", "needs_approval") and spec.action not in COMMUNICATION:
+        decision, reason = _decide(playbook, spec.action, target, guards, now, budget, in_maintenance)
+        if decision in (Decision.RUN, Decision.NEEDS_APPROVAL) and spec.action not in COMMUNICATION:
             budget -= 1
         planned.append(PlannedAction(index, spec.action, target, decision, reason, inputs))
     return planned
 
 
 def _decide(
-    playbook: Playbook, action: str, target: str, guards: Guards, now: datetime, budget: int
+    playbook: Playbook,
+    action: str,
+    target: str,
+    guards: Guards,
+    now: datetime,
+    budget: int,
+    in_maintenance: str | None,
 ) -> tuple[Decision, str]:
     communication = action in COMMUNICATION
     if not guards.remediation_on and not communication:
-        return "skip", "remediation is switched off (kill switch)"
+        return Decision.SKIP, "remediation is switched off (kill switch)"
+    if in_maintenance is not None:
+        return Decision.SKIP, in_maintenance
     if not playbook.enabled:
-        return "dry_run", f"playbook {playbook.name!r} is not enabled: dry run"
+        return Decision.DRY_RUN, f"playbook {playbook.name!r} is not enabled: dry run"
     last = guards.last_run.get((action, target))
     if last is not None and now - last < playbook.cooldown:
         return (
-            "skip",
+            Decision.SKIP,
             f"cooldown: ran at {last.isoformat()}, allowed again after "
             f"{(last + playbook.cooldown).isoformat()}",
         )
     if budget <= 0 and not communication:
-        return "skip", f"hourly limit of {guards.max_per_hour} actions reached"
+        return Decision.SKIP, f"hourly limit of {guards.max_per_hour} actions reached"
     if playbook.require_approval:
-        return "needs_approval", f"playbook {playbook.name!r} requires approval"
-    return "run", f"playbook {playbook.name!r} matched {playbook.match.alertname}"
+        return Decision.NEEDS_APPROVAL, f"playbook {playbook.name!r} requires approval"
+    return Decision.RUN, f"playbook {playbook.name!r} matched {playbook.match.alertname}"

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from watchkeeper.config import DEFAULT_LATENCY_BUCKETS, WatchkeeperConfig, load_config
 from watchkeeper.service.app import create_app
-from watchkeeper.settings import DEFAULT_CONFIG
+from watchkeeper.settings import DEFAULT_CONFIG, Credentials, Role
 from watchkeeper.store import Store
 from watchkeeper.store.intake import StoredBatch, store_predictions
 
@@ -100,11 +100,16 @@ class LiveService:
     """The real FastAPI app under uvicorn on a free loopback port, in a thread of this process."""
 
     def __init__(
-        self, config: WatchkeeperConfig, store: Store, api_token: str | None = None, **webhook: str
+        self,
+        config: WatchkeeperConfig,
+        store: Store,
+        api_token: str | None = None,
+        credentials: Credentials | None = None,
+        **app_options: object,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(config, store, api_token=api_token, **webhook)
+        app = create_app(config, store, credentials or Credentials.shared(api_token), **app_options)
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         )
@@ -127,6 +132,13 @@ class LiveService:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def alertmanager_only(token: str, basic: str | None = None) -> Credentials:
+    """Credentials on the Alertmanager webhook alone, as WATCHKEEPER_ALERTMANAGER_TOKEN sets them."""
+    return Credentials(
+        alertmanager=Role("alertmanager", token, "WATCHKEEPER_ALERTMANAGER_TOKEN", basic=basic)
+    )
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import LiveService
+from tests.conftest import LiveService, alertmanager_only
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.store import Store
 from watchkeeper.store.schema import Alert, AlertNotification, FlowRunOutbox
@@ -49,7 +49,9 @@ NOTIFICATION = {
 
 @pytest.fixture
 def webhook(example_config: WatchkeeperConfig, store: Store) -> Iterator[LiveService]:
-    with LiveService(example_config, store, webhook_token=TOKEN, webhook_basic="alertmanager:pa55") as live:
+    with LiveService(
+        example_config, store, credentials=alertmanager_only(TOKEN, basic="alertmanager:pa55")
+    ) as live:
         yield live
 
 
@@ -152,6 +154,6 @@ def test_a_body_over_the_limit_gets_413(example_config: WatchkeeperConfig, store
     small = example_config.model_copy(
         update={"intake": example_config.intake.model_copy(update={"max_body_bytes": 500})}
     )
-    with LiveService(small, store, webhook_token=TOKEN) as live:
+    with LiveService(small, store, credentials=alertmanager_only(TOKEN)) as live:
         assert post(live, NOTIFICATION).status_code == 413
     assert counts(store) == (0, 0, 0)

@@ -18,7 +18,7 @@ from tests.test_incidents import alert, notify
 from tests.test_remediation import config_path, remediation_config
 from watchkeeper.settings import Settings
 from watchkeeper.store import Store
-from watchkeeper.store.schema import RemediationAction
+from watchkeeper.store.remediation import RemediationAction
 
 
 @pytest.fixture(scope="module")

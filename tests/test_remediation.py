@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from tasks.incidents import correlate_pending_alerts
 from tasks.playbooks import AlertFacts, Guards, plan
-from tasks.remediation import decide, execute_row, revert
+from tasks.remediation import decide, execute_action, handle_incident
 from tests.conftest import LiveService
 from tests.standins import Failure, HttpRecorder, KubernetesStandIn, SmtpStandIn
 from tests.test_cli import run
@@ -25,7 +25,8 @@ from watchkeeper.config import WatchkeeperConfig, load_config
 from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
 from watchkeeper.store.actions import set_remediation
-from watchkeeper.store.schema import Incident, RemediationAction
+from watchkeeper.store.remediation import RemediationAction
+from watchkeeper.store.schema import Incident
 
 NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 SEED_ALERT = {
@@ -157,10 +158,33 @@ def incident_for(store: Store, config: WatchkeeperConfig, *alerts: dict) -> int:
     return (outcome.opened or outcome.updated)[0]
 
 
+def execute_row(
+    store: Store, config: WatchkeeperConfig, row_id: int, summary, claimant: str = "test"
+) -> dict:
+    """Claim and execute one row as one run would; its result (or why it did not run)."""
+    execution = execute_action(store, config, row_id, summary, claimant)
+    return (
+        execution.result
+        if execution.outcome == "succeeded"
+        else {"outcome": str(execution.outcome), **execution.result}
+    )
+
+
 def run_all(store: Store, config: WatchkeeperConfig, incident_id: int) -> list[dict]:
-    decisions = decide(store, config, incident_id, None)
+    """What handle-alerts does for an incident: record what it owes, then run what is runnable."""
+    decisions = handle_incident(store, config, incident_id, None)
     return [
         execute_row(store, config, r.id, decisions.summary) for r in decisions.rows if r.status == "pending"
+    ]
+
+
+def revert(store: Store, config: WatchkeeperConfig, incident_id: int) -> list[dict]:
+    """What handle-alerts does for a resolved incident: record its follow-ups, then run them."""
+    decisions = handle_incident(store, config, incident_id, None)
+    return [
+        {"action": r.action, **execute_row(store, config, r.id, decisions.summary)}
+        for r in decisions.rows
+        if r.status == "pending"
     ]
 
 
@@ -378,9 +402,10 @@ def test_the_kill_switch_and_cooldowns_survive_a_restart_of_the_service(
     headers = {"Authorization": "Bearer ops"}
     with LiveService(config, store, api_token="ops") as live:
         assert httpx.put(f"{live.url}/v1/remediation", json={"enabled": False}).status_code == 401
-        assert httpx.put(f"{live.url}/v1/remediation", json={"enabled": False}, headers=headers).json() == {
-            "enabled": False
-        }
+        switched = httpx.put(
+            f"{live.url}/v1/remediation", json={"enabled": False, "changed_by": "someone else"}, headers=headers
+        ).json()
+        assert switched == {"enabled": False, "changed_by": "operator (WATCHKEEPER_API_TOKEN)"}
     restarted = Store(store.url.render_as_string(hide_password=False))
     with LiveService(config, restarted, api_token="ops") as live:
         assert httpx.get(f"{live.url}/v1/remediation", headers=headers).json() == {"enabled": False}

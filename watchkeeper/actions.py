@@ -1,10 +1,17 @@
 """What remediation actions do to the world: Kubernetes, HTTP endpoints, notifications, tickets.
 
-Every action is one function `(inputs, context) -> result dict` registered in `EXECUTORS` under its
-config name; an action that must be undone when the incident resolves also has an entry in
-`REVERTERS`. A failure raises `ActionFailed` (or the client's own error) so the Prefect task that
-runs it retries. Inputs carry at most a secret's reference (an environment variable or Prefect
-Secret block name); the value is resolved when the action runs and never put in a result.
+Every action is an `ActionKind` registered in `ACTIONS` under its config name:
+- `plan(inputs, context) -> plan`: what to do, computed once before the first call and recorded
+  (scale reads the replicas and decides "set 4"), so that a retry or a re-send after a crash sets
+  the same 4 instead of adding again to a world it already changed;
+- `execute(inputs, plan, context) -> result`: the call itself;
+- `revert(inputs, result, context)`, for actions undone when the incident resolves;
+- `idempotent(inputs, context)`: whether sending the planned call twice leaves the world as once
+  does, the only case in which the reconciler re-sends an action whose claimant died mid-call.
+
+A failure raises `ActionFailed` (or the client's own error) so the Prefect task retries it;
+`ActionRefused` is never retried. Inputs carry at most a secret's reference, resolved when the
+action runs and never put in a result, and a secret is sent only to a host the action allows.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ PAGERDUTY_SEVERITY = {"critical": "critical", "page": "critical", "error": "erro
 
 class ActionFailed(RuntimeError):
     pass
+
+
+class ActionRefused(ActionFailed):
+    """The action must not be sent at all (a host outside its allowed hosts); retrying cannot help."""
 
 
 @dataclass
@@ -77,43 +88,82 @@ def _bearer(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def refused_host(url: str, allowed_hosts: list[str] | None) -> str | None:
+    """Why `url` may not be called, or None: its host must be one the configuration allows."""
+    if allowed_hosts is None:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https"):
+        return f"{url!r} is not an http(s) URL"
+    if host not in allowed_hosts:
+        return f"host {host!r} is not among the action's allowed hosts ({', '.join(allowed_hosts)})"
+    return None
+
+
 def _request(
-    method: str, url: str, body: Any, context: ActionContext, token: str | None = None
+    method: str,
+    url: str,
+    body: Any,
+    context: ActionContext,
+    token: str | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> httpx.Response:
+    refusal = refused_host(url, allowed_hosts)
+    if refusal is not None:
+        raise ActionRefused(f"not sent: {refusal}")
     response = httpx.request(method, url, json=body, headers=_bearer(token), timeout=context.timeout)
     if response.status_code >= 400:
         raise ActionFailed(f"{method} {url} answered {response.status_code}: {response.text[:200]}")
     return response
 
 
-def scale(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+def plan_scale(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     from kubernetes import client
 
     apps = client.AppsV1Api(context.kubernetes)
-    name, namespace = inputs["deployment"], inputs["namespace"]
     current = apps.read_namespaced_deployment_scale(
-        name, namespace, _request_timeout=context.timeout
+        inputs["deployment"], inputs["namespace"], _request_timeout=context.timeout
     ).spec.replicas
     current = current or 0
     wanted = math.ceil(current * inputs["factor"]) if inputs.get("factor") else current + inputs["step"]
     desired = max(inputs["min_replicas"], min(inputs["max_replicas"], wanted))
+    return {
+        "replicas_before": current,
+        "replicas": desired,
+        "bound": "ceiling" if wanted > current else "floor",
+    }
+
+
+def scale(inputs: dict[str, Any], plan: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    """Set the replicas the plan computed: sending it twice leaves the same count as once."""
+    from kubernetes import client
+
+    current, desired = plan["replicas_before"], plan["replicas"]
     if desired == current:
-        bound = "ceiling" if wanted > current else "floor"
         return {
             "changed": False,
             "replicas": current,
-            "note": f"already at the {bound} of {desired} replicas",
+            "note": f"already at the {plan['bound']} of {desired} replicas",
         }
-    apps.patch_namespaced_deployment_scale(
-        name, namespace, {"spec": {"replicas": desired}}, _request_timeout=context.timeout
+    client.AppsV1Api(context.kubernetes).patch_namespaced_deployment_scale(
+        inputs["deployment"],
+        inputs["namespace"],
+        {"spec": {"replicas": desired}},
+        _request_timeout=context.timeout,
     )
     return {"changed": True, "previous_replicas": current, "replicas": desired}
 
 
-def restart(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+def plan_restart(_inputs: dict[str, Any], _context: ActionContext) -> dict[str, Any]:
+    return {"restarted_at": datetime.now(UTC).isoformat()}
+
+
+def restart(inputs: dict[str, Any], plan: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    """The restart annotation with the planned time: the same value twice starts one rollout."""
     from kubernetes import client
 
-    at = datetime.now(UTC).isoformat()
+    at = plan["restarted_at"]
     patch = {"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": at}}}}}
     client.AppsV1Api(context.kubernetes).patch_namespaced_deployment(
         inputs["deployment"], inputs["namespace"], patch, _request_timeout=context.timeout
@@ -134,11 +184,12 @@ def _point_service(inputs: dict[str, Any], context: ActionContext, model: str) -
     return {"service": service, "previous_selector": previous, "selector": model}
 
 
-def fallback_model(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+def fallback_model(inputs: dict[str, Any], _plan: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     if inputs["via"] == "service":
         return _point_service(inputs, context, inputs["stable_model"])
     token = context.input_secret(inputs)
-    response = _request("POST", inputs["url"], {**inputs["body"], "active": True}, context, token)
+    body = {**inputs["body"], "active": True}
+    response = _request("POST", inputs["url"], body, context, token, inputs.get("allowed_hosts"))
     return {"status_code": response.status_code, "routed_to": inputs["stable_model"]}
 
 
@@ -148,13 +199,19 @@ def revert_fallback(inputs: dict[str, Any], result: dict[str, Any], context: Act
     if inputs["via"] == "service":
         return _point_service(inputs, context, result.get("previous_selector") or inputs["model"])
     token = context.input_secret(inputs)
-    response = _request("POST", inputs["url"], {**inputs["body"], "active": False}, context, token)
+    body = {**inputs["body"], "active": False}
+    response = _request("POST", inputs["url"], body, context, token, inputs.get("allowed_hosts"))
     return {"status_code": response.status_code, "routed_to": inputs["model"]}
 
 
-def http_endpoint(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+def http_endpoint(inputs: dict[str, Any], _plan: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     response = _request(
-        inputs["method"], inputs["url"], inputs["body"] or None, context, context.input_secret(inputs)
+        inputs["method"],
+        inputs["url"],
+        inputs["body"] or None,
+        context,
+        context.input_secret(inputs),
+        inputs.get("allowed_hosts"),
     )
     return {"status_code": response.status_code}
 
@@ -214,7 +271,7 @@ def _email(target: NotificationTarget, context: ActionContext, text: str) -> dic
     return {"sent": "email", "to": target.to}
 
 
-def notify(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+def notify(inputs: dict[str, Any], _plan: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     return _send(context.target(inputs["target"]), context, resolved=False)
 
 
@@ -226,7 +283,7 @@ def notify_resolved(
     return _send(target, context, resolved=target.kind == "pagerduty")
 
 
-def ticket(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+def ticket(inputs: dict[str, Any], _plan: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     incident = context.incident
     body = {
         "fields": {
@@ -238,7 +295,8 @@ def ticket(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
         }
     }
     token = context.input_secret(inputs)
-    created = _request("POST", f"{inputs['url'].rstrip('/')}/issue", body, context, token).json()
+    url = f"{inputs['url'].rstrip('/')}/issue"
+    created = _request("POST", url, body, context, token, inputs.get("allowed_hosts")).json()
     key = created.get("key") or created.get("id")
     if not key:
         raise ActionFailed(f"the ticket endpoint answered without an issue key: {created}")
@@ -248,21 +306,51 @@ def ticket(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
 def comment_ticket(inputs: dict[str, Any], result: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     token = context.input_secret(inputs)
     url = f"{inputs['url'].rstrip('/')}/issue/{result['ticket_id']}/comment"
-    _request("POST", url, {"body": context.incident.text()}, context, token)
+    _request("POST", url, {"body": context.incident.text()}, context, token, inputs.get("allowed_hosts"))
     return {"commented": result["ticket_id"]}
 
 
-EXECUTORS: dict[str, Callable[[dict[str, Any], ActionContext], dict[str, Any]]] = {
-    "scale": scale,
-    "restart": restart,
-    "fallback_model": fallback_model,
-    "circuit_breaker": http_endpoint,
-    "invalidate_cache": http_endpoint,
-    "notify": notify,
-    "ticket": ticket,
+def _no_plan(_inputs: dict[str, Any], _context: ActionContext) -> dict[str, Any]:
+    return {}
+
+
+def _never(_inputs: dict[str, Any], _context: ActionContext) -> bool:
+    return False
+
+
+def _always(_inputs: dict[str, Any], _context: ActionContext) -> bool:
+    return True
+
+
+def _declared(inputs: dict[str, Any], _context: ActionContext) -> bool:
+    """An endpoint the operator declared idempotent (`idempotent: true`), or a Service selector."""
+    return bool(inputs.get("idempotent")) or inputs.get("via") == "service"
+
+
+def _pagerduty(inputs: dict[str, Any], context: ActionContext) -> bool:
+    """PagerDuty deduplicates events by dedup_key: a second trigger of one incident is one page."""
+    return context.target(inputs["target"]).kind == "pagerduty"
+
+
+Executor = Callable[[dict[str, Any], dict[str, Any], ActionContext], dict[str, Any]]
+Reverter = Callable[[dict[str, Any], dict[str, Any], ActionContext], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ActionKind:
+    execute: Executor
+    plan: Callable[[dict[str, Any], ActionContext], dict[str, Any]] = _no_plan
+    revert: Reverter | None = None
+    idempotent: Callable[[dict[str, Any], ActionContext], bool] = _never
+
+
+ACTIONS: dict[str, ActionKind] = {
+    "scale": ActionKind(scale, plan=plan_scale, idempotent=_always),
+    "restart": ActionKind(restart, plan=plan_restart, idempotent=_always),
+    "fallback_model": ActionKind(fallback_model, revert=revert_fallback, idempotent=_declared),
+    "circuit_breaker": ActionKind(http_endpoint, idempotent=_declared),
+    "invalidate_cache": ActionKind(http_endpoint, idempotent=_declared),
+    "notify": ActionKind(notify, revert=notify_resolved, idempotent=_pagerduty),
+    "ticket": ActionKind(ticket, revert=comment_ticket),
 }
-REVERTERS: dict[str, Callable[[dict[str, Any], dict[str, Any], ActionContext], dict[str, Any]]] = {
-    "fallback_model": revert_fallback,
-    "notify": notify_resolved,
-    "ticket": comment_ticket,
-}
+REVERTIBLE = frozenset(name for name, kind in ACTIONS.items() if kind.revert is not None)

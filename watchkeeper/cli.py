@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import json
 import sys
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -45,7 +47,13 @@ def main(
         ),
     ] = None,
 ) -> None:
-    state.settings = Settings(config=config) if config else Settings()
+    try:
+        state.settings = Settings(config=config) if config else Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            variable = "WATCHKEEPER_" + "_".join(str(part) for part in error["loc"]).upper()
+            errors.print(f"error: {variable} {error['msg'].removeprefix('Value error, ')}", highlight=False)
+        raise typer.Exit(2) from exc
 
 
 def load_monitoring() -> WatchkeeperConfig:
@@ -80,6 +88,10 @@ def serve(
     dispatch: Annotated[
         bool, typer.Option(help="Start the Prefect runs owed to Alertmanager notifications")
     ] = True,
+    allow_unauthenticated: Annotated[
+        bool,
+        typer.Option(help="Bind beyond loopback even though a role has no credentials (not advised)"),
+    ] = False,
 ) -> None:
     """Run the HTTP service (intake, health, /metrics, alerts, incidents) in the foreground."""
     from datetime import timedelta
@@ -89,18 +101,26 @@ def serve(
     from watchkeeper.dispatcher import OutboxDispatcher
     from watchkeeper.service.app import create_app
 
+    settings = state.settings
+    credentials = settings.credentials
+    if not loopback(host) and not credentials.complete and not allow_unauthenticated:
+        missing = [
+            r.variable
+            for r in (credentials.intake, credentials.alertmanager, credentials.operator)
+            if not r.required
+        ]
+        raise _fail(
+            f"refusing to listen on {host} without credentials for every role: set {', '.join(missing)} "
+            "(or WATCHKEEPER_API_TOKEN for all), or pass --allow-unauthenticated"
+        )
     config = load_monitoring()
     store = open_store()
-    store.upgrade()
-    settings = state.settings
     backoff = timedelta(seconds=settings.outbox_max_backoff_seconds)
     uvicorn.run(
         create_app(
             config,
             store,
-            api_token=settings.api_token_value,
-            webhook_token=settings.webhook_token_value,
-            webhook_basic=settings.webhook_basic_value,
+            credentials,
             dispatcher=OutboxDispatcher(store, max_backoff=backoff) if dispatch else None,
         ),
         host=host,
@@ -110,6 +130,15 @@ def serve(
 
 
 PortOption = Annotated[int, typer.Option(min=1, max=65535)]
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _stack(
@@ -241,7 +270,7 @@ def demo_traffic(
         count=count,
         batch_size=batch_size,
         label_delay=label_delay,
-        token=state.settings.api_token_value,
+        token=state.settings.credentials.intake.bearer,
         console=console,
         pipeline=pipeline or None,
     )
@@ -653,62 +682,60 @@ def remediation(state_: Annotated[Switch, typer.Argument(metavar="on|off|status"
         console.print(f"remediation is {'on' if remediation_on(session) else 'off'}")
 
 
-PrefectApiOption = Annotated[
-    str,
-    typer.Option(envvar="PREFECT_API_URL", help="Prefect API of the stack running handle-alerts"),
+ServiceOption = Annotated[
+    str | None,
+    typer.Option("--url", help="The Watchkeeper service (default: WATCHKEEPER_URL or http://127.0.0.1:8765)"),
 ]
 
 
-def _answer(incident_id: int, approved: bool, comment: str, prefect_api: str) -> None:
-    from prefect import resume_flow_run
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-    from sqlalchemy import select
+def _answer(incident_id: int, approved: bool, comment: str, url: str | None) -> None:
+    """Through the service, with the operator credential: the audit trail records that credential."""
+    import httpx
 
-    from watchkeeper.store.schema import RemediationAction
-
-    with open_store().reading() as session:
-        runs = set(
-            session.scalars(
-                select(RemediationAction.flow_run_id).where(
-                    RemediationAction.incident_id == incident_id,
-                    RemediationAction.status == "awaiting_approval",
-                )
-            )
+    token = state.settings.credentials.operator.bearer
+    running = Stack(state.settings).record("service")
+    local = running.health_url.removesuffix("/healthz") if running and running.health_url else None
+    base = (url or state.settings.url or local or "http://127.0.0.1:8765").rstrip("/")
+    try:
+        response = httpx.post(
+            f"{base}/v1/incidents/{incident_id}/approval",
+            json={"approved": approved, "comment": comment},
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=30,
         )
-    runs.discard(None)
-    if not runs:
-        raise _fail(f"incident {incident_id} has no actions awaiting approval")
-    answer = {
-        "approved": approved,
-        "operator": f"cli:{getpass.getuser()}",
-        "comment": comment,
-    }
-    with temporary_settings({PREFECT_API_URL: prefect_api}):
-        for run_id in sorted(runs):
-            resume_flow_run(run_id, run_input=answer)
+    except httpx.HTTPError as exc:
+        raise _fail(f"the service at {base} could not be reached: {exc}") from exc
+    if response.status_code != 200:
+        detail = response.json().get("detail", response.text) if response.content else response.reason_phrase
+        raise _fail(f"incident {incident_id}: {response.status_code}: {detail}")
+    body = response.json()
+    resumed = len(body["resumed_runs"])
     console.print(
-        f"incident {incident_id}: {'approved' if approved else 'rejected'} ({len(runs)} paused run(s))"
+        f"incident {incident_id}: {body['verdict']} ({len(body['actions'])} action(s), by {body['by']}; "
+        f"{resumed} paused run(s) resumed)"
     )
+    for run_id, error in body["not_resumed"].items():
+        console.print(f"run {run_id} could not be resumed ({error}); the reconciler will act on the decision")
 
 
 @app.command()
 def approve(
     incident_id: Annotated[int, typer.Argument(metavar="INCIDENT")],
     comment: Annotated[str, typer.Option(help="Kept in the audit trail")] = "",
-    prefect_api: PrefectApiOption = "http://127.0.0.1:4200/api",
+    url: ServiceOption = None,
 ) -> None:
     """Approve the actions an incident's playbook is waiting for; its paused run resumes and acts."""
-    _answer(incident_id, True, comment, prefect_api)
+    _answer(incident_id, True, comment, url)
 
 
 @app.command()
 def reject(
     incident_id: Annotated[int, typer.Argument(metavar="INCIDENT")],
     comment: Annotated[str, typer.Option(help="Kept in the audit trail")] = "",
-    prefect_api: PrefectApiOption = "http://127.0.0.1:4200/api",
+    url: ServiceOption = None,
 ) -> None:
-    """Reject them: the run resumes and does nothing."""
-    _answer(incident_id, False, comment, prefect_api)
+    """Reject them: nothing runs."""
+    _answer(incident_id, False, comment, url)
 
 
 @app.command()

@@ -8,9 +8,11 @@ field that needs one holds a reference to an environment variable or a Prefect S
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -267,7 +269,36 @@ class RestartAction(KubernetesTarget):
     action: Literal["restart"]
 
 
-class FallbackAction(Strict):
+def _url_host(url: str) -> str | None:
+    """The host of a URL template, None when a placeholder stands in its authority."""
+    authority = url.split("://", 1)[-1].split("/", 1)[0]
+    if "{" in authority:
+        return None
+    return urlsplit(url).hostname
+
+
+class OutboundHttp(Strict):
+    """An action that calls an HTTP endpoint: which hosts it may reach, and whether a repeat is safe."""
+
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts the rendered URL may name; default: the host written in url",
+    )
+
+    def hosts_for(self, url: str | None) -> list[str]:
+        if self.allowed_hosts:
+            return list(self.allowed_hosts)
+        host = _url_host(url) if url else None
+        return [host] if host else []
+
+    def _check_hosts(self, url: str | None) -> None:
+        if url and not self.hosts_for(url):
+            raise ValueError(
+                f"url {url!r} takes its host from a placeholder: list the hosts it may reach in allowed_hosts"
+            )
+
+
+class FallbackAction(OutboundHttp):
     """Send a model's traffic to its stable model: through an HTTP model router, or by pointing a
     Kubernetes Service's selector at the stable model's pods."""
 
@@ -283,6 +314,9 @@ class FallbackAction(Strict):
     service: str | None = Field(default=None, description="Service to re-point (via: service)")
     selector_label: str = Field(default="model", description="Pod label the Service selects models by")
     revert_on_resolve: bool = True
+    idempotent: bool = Field(
+        default=False, description="The router does the same when called twice (a re-send after a crash)"
+    )
 
     @model_validator(mode="after")
     def _endpoint(self) -> FallbackAction:
@@ -290,10 +324,11 @@ class FallbackAction(Strict):
             raise ValueError("via: router needs url")
         if self.via == "service" and not self.service:
             raise ValueError("via: service needs service")
+        self._check_hosts(self.url)
         return self
 
 
-class HttpAction(Strict):
+class HttpAction(OutboundHttp):
     """Circuit breaker or cache invalidation through an HTTP endpoint."""
 
     action: Literal["circuit_breaker", "invalidate_cache"]
@@ -301,6 +336,14 @@ class HttpAction(Strict):
     method: Literal["POST", "PUT", "DELETE"] = "POST"
     body: dict[str, Any] = Field(default_factory=dict)
     secret: SecretRef | None = None
+    idempotent: bool = Field(
+        default=False, description="The endpoint does the same when called twice (a re-send after a crash)"
+    )
+
+    @model_validator(mode="after")
+    def _hosts(self) -> HttpAction:
+        self._check_hosts(self.url)
+        return self
 
 
 class NotifyAction(Strict):
@@ -308,7 +351,7 @@ class NotifyAction(Strict):
     target: Name = Field(description="A name under notifications")
 
 
-class TicketAction(Strict):
+class TicketAction(OutboundHttp):
     """Open a ticket (Jira-compatible body) through a REST endpoint; comment on it on resolution."""
 
     action: Literal["ticket"]
@@ -316,6 +359,11 @@ class TicketAction(Strict):
     project: str = Field(min_length=1)
     issue_type: str = "Incident"
     secret: SecretRef | None = None
+
+    @model_validator(mode="after")
+    def _hosts(self) -> TicketAction:
+        self._check_hosts(self.url)
+        return self
 
 
 PlaybookAction = Annotated[
@@ -350,12 +398,47 @@ class KubernetesAccess(Strict):
     context: str | None = None
 
 
+class MaintenanceWindow(Strict):
+    """No remediation while it lasts: from `start` to `end`, once, or again every `every`."""
+
+    name: Name
+    start: AwareDatetime
+    end: AwareDatetime
+    every: Duration | None = Field(default=None, description="Repeat period, e.g. 7d for a weekly window")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Only alerts with these label values; all alerts when empty"
+    )
+
+    @model_validator(mode="after")
+    def _span(self) -> MaintenanceWindow:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        if self.every is not None and self.every < self.end - self.start:
+            raise ValueError("every must be at least as long as the window")
+        return self
+
+    def active_until(self, now: datetime, labels: Mapping[str, str]) -> datetime | None:
+        """When the window that contains `now` ends, or None when none does (or the labels differ)."""
+        if any(labels.get(k) != v for k, v in self.labels.items()) or now < self.start:
+            return None
+        offset = now - self.start
+        if self.every is not None:
+            offset = offset % self.every
+        return now - offset + (self.end - self.start) if offset < self.end - self.start else None
+
+
 class Remediation(Strict):
     max_actions_per_hour: int = Field(
         default=20, ge=0, description="Actions run (not dry runs) per hour, all playbooks"
     )
     kubernetes: KubernetesAccess = KubernetesAccess()
     action_timeout: Duration = timedelta(seconds=20)
+    alertmanager_url: str | None = Field(
+        default=None,
+        description="Asked before acting whether the alert is now silenced or inhibited "
+        "(WATCHKEEPER_ALERTMANAGER_URL overrides it)",
+    )
+    maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list)
     playbooks: list[Playbook] = Field(default_factory=list)
 
 
@@ -364,6 +447,7 @@ class Schedules(Strict):
     evaluate_drift: Duration = timedelta(minutes=15)
     evaluate_data_quality: Duration = timedelta(minutes=15)
     pipeline_health: Duration = timedelta(minutes=1)
+    reconcile_remediation: Duration = timedelta(minutes=1)
 
 
 class Intake(Strict):

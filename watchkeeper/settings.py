@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from watchkeeper.config import WatchkeeperConfig, load_config
@@ -23,33 +24,66 @@ class Settings(BaseSettings):
     )
     config: Path = Field(default=DEFAULT_CONFIG, description="The YAML configuration file")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under home when unset")
-    api_token: SecretStr | None = Field(default=None, description="Bearer token required on every POST")
+    api_token: SecretStr | None = Field(
+        default=None, description="Fallback bearer token for every role that has no token of its own"
+    )
+    intake_token: SecretStr | None = Field(
+        default=None, description="Bearer token of the intake: predictions, feedback, pipeline runs"
+    )
     alertmanager_token: SecretStr | None = Field(
-        default=None, description="Bearer token for the Alertmanager webhook (default: the API token)"
+        default=None, description="Bearer token of the Alertmanager webhook"
     )
     alertmanager_basic_auth: SecretStr | None = Field(
         default=None, description="'user:password' accepted on the Alertmanager webhook"
+    )
+    operator_token: SecretStr | None = Field(
+        default=None, description="Bearer token of operators: reads, the kill switch, approvals"
+    )
+    alertmanager_url: str | None = Field(
+        default=None, description="Alertmanager asked about silences before acting (overrides the config)"
+    )
+    url: str | None = Field(
+        default=None, description="The service, for CLI commands that use it (default: the local stack's)"
     )
 
     outbox_max_backoff_seconds: float = Field(
         default=30.0, gt=0, description="Longest wait between attempts to start an owed Prefect run"
     )
 
+    @field_validator(
+        "api_token", "intake_token", "alertmanager_token", "alertmanager_basic_auth", "operator_token"
+    )
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        """A token set to the empty string would silently turn authentication off: refuse it."""
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is set but empty: unset it, or give it a value")
+        return value
+
     @property
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
 
     @property
-    def api_token_value(self) -> str | None:
-        return self.api_token.get_secret_value() if self.api_token else None
+    def credentials(self) -> Credentials:
+        value = lambda secret: secret.get_secret_value() if secret else None  # noqa: E731
+        fallback = value(self.api_token)
+        return Credentials(
+            intake=Role("intake", value(self.intake_token), "WATCHKEEPER_INTAKE_TOKEN", fallback),
+            alertmanager=Role(
+                "alertmanager",
+                value(self.alertmanager_token),
+                "WATCHKEEPER_ALERTMANAGER_TOKEN",
+                fallback,
+                basic=value(self.alertmanager_basic_auth),
+            ),
+            operator=Role("operator", value(self.operator_token), "WATCHKEEPER_OPERATOR_TOKEN", fallback),
+        )
 
     @property
     def webhook_token_value(self) -> str | None:
-        return self.alertmanager_token.get_secret_value() if self.alertmanager_token else self.api_token_value
-
-    @property
-    def webhook_basic_value(self) -> str | None:
-        return self.alertmanager_basic_auth.get_secret_value() if self.alertmanager_basic_auth else None
+        """The token Alertmanager presents: written into its rendered configuration."""
+        return self.credentials.alertmanager.bearer
 
     @property
     def store_url(self) -> str:
@@ -78,3 +112,51 @@ class Settings(BaseSettings):
     def open_store(self) -> Store:
         self.ensure_home()
         return Store(self.store_url)
+
+
+@dataclass(frozen=True)
+class Role:
+    """One role's credentials: its own token, else the shared WATCHKEEPER_API_TOKEN (`fallback`)."""
+
+    name: str
+    token: str | None
+    variable: str
+    fallback: str | None = None
+    basic: str | None = None
+
+    @property
+    def bearer(self) -> str | None:
+        return self.token if self.token is not None else self.fallback
+
+    @property
+    def required(self) -> bool:
+        return self.bearer is not None or self.basic is not None
+
+    def identity(self, scheme: str, user: str | None = None) -> str:
+        """Who a request was, as the audit trail records it: the credential, never the body's word."""
+        if scheme == "basic":
+            return f"{self.name} (basic {user})"
+        if scheme == "bearer":
+            source = self.variable if self.token is not None else "WATCHKEEPER_API_TOKEN"
+            return f"{self.name} ({source})"
+        return f"{self.name} (unauthenticated)"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    intake: Role = Role("intake", None, "WATCHKEEPER_INTAKE_TOKEN")
+    alertmanager: Role = Role("alertmanager", None, "WATCHKEEPER_ALERTMANAGER_TOKEN")
+    operator: Role = Role("operator", None, "WATCHKEEPER_OPERATOR_TOKEN")
+
+    @classmethod
+    def shared(cls, token: str | None) -> Credentials:
+        """Every role on one token, as WATCHKEEPER_API_TOKEN alone configures it."""
+        return cls(
+            Role("intake", None, "WATCHKEEPER_INTAKE_TOKEN", token),
+            Role("alertmanager", None, "WATCHKEEPER_ALERTMANAGER_TOKEN", token),
+            Role("operator", None, "WATCHKEEPER_OPERATOR_TOKEN", token),
+        )
+
+    @property
+    def complete(self) -> bool:
+        return all(role.required for role in (self.intake, self.alertmanager, self.operator))

@@ -155,6 +155,7 @@ class Stack:
             "WATCHKEEPER_HOME": str(self.settings.resolved_home),
             "WATCHKEEPER_CONFIG": str(self.settings.config.resolve()),
             "PREFECT_API_URL": self.prefect_api_url,
+            "WATCHKEEPER_ALERTMANAGER_URL": f"http://127.0.0.1:{self.ports.alertmanager}",
             "PREFECT_HOME": str(self.settings.resolved_home / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",

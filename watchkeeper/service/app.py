@@ -30,9 +30,15 @@ from watchkeeper.records import (
     parse_batch,
 )
 from watchkeeper.service.metrics import store_registry
-from watchkeeper.settings import REPO_ROOT
+from watchkeeper.settings import REPO_ROOT, Credentials, Role
 from watchkeeper.store import Store
-from watchkeeper.store.actions import automation_report, list_actions, remediation_on, set_remediation
+from watchkeeper.store.actions import (
+    answer_approval,
+    automation_report,
+    list_actions,
+    remediation_on,
+    set_remediation,
+)
 from watchkeeper.store.alerts import WebhookNotification, store_notification
 from watchkeeper.store.incidents import (
     AlertStatus,
@@ -46,7 +52,21 @@ from watchkeeper.store.intake import StoredBatch, store_feedback, store_pipeline
 
 class RemediationSwitch(BaseModel):
     enabled: bool
-    changed_by: str = Field(default="api", max_length=128)
+
+
+class ApprovalAnswer(BaseModel):
+    approved: bool
+    comment: str = Field(default="", max_length=2000)
+
+
+NO_CREDENTIALS = Credentials()
+
+
+def resume_paused_run(run_id: str, run_input: dict[str, Any]) -> None:
+    """Resume a handle-alerts run paused for approval, through the Prefect API (PREFECT_API_URL)."""
+    from prefect import resume_flow_run
+
+    resume_flow_run(run_id, run_input=run_input)
 
 
 RUNBOOKS = REPO_ROOT / "infra" / "prometheus" / "runbooks.md"
@@ -88,28 +108,29 @@ def _matches(presented: str, expected: str | None) -> bool:
     return expected is not None and hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def credentials_guard(token: str | None, basic: str | None = None) -> Callable[..., None]:
-    """A dependency requiring `Bearer <token>` or HTTP basic `user:password` when either is configured.
+def credentials_guard(role: Role) -> Callable[..., str]:
+    """A dependency requiring the role's credentials (`Bearer <token>`, or HTTP basic `user:password`
+    where the role has it) when any is configured; it returns who the caller is, for the audit trail.
 
     Comparisons take constant time, so a wrong guess does not reveal how much of it was right.
     """
 
-    def require_credentials(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None and basic is None:
-            return
+    def require_credentials(authorization: Annotated[str | None, Header()] = None) -> str:
+        if not role.required:
+            return role.identity("none")
         scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() == "bearer" and _matches(presented, token):
-            return
+        if scheme.lower() == "bearer" and _matches(presented, role.bearer):
+            return role.identity("bearer")
         if scheme.lower() == "basic":
             try:
                 decoded = base64.b64decode(presented, validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
                 decoded = ""
-            if _matches(decoded, basic):
-                return
+            if _matches(decoded, role.basic):
+                return role.identity("basic", decoded.partition(":")[0])
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            detail={"error": "valid credentials are required"},
+            detail={"error": f"valid {role.name} credentials are required"},
             headers={"WWW-Authenticate": "Bearer"},
         )
 
@@ -119,13 +140,13 @@ def credentials_guard(token: str | None, basic: str | None = None) -> Callable[.
 def create_app(
     config: WatchkeeperConfig,
     store: Store,
-    api_token: str | None = None,
-    webhook_token: str | None = None,
-    webhook_basic: str | None = None,
+    credentials: Credentials = NO_CREDENTIALS,
     dispatcher: OutboxDispatcher | None = None,
+    resume_run: Callable[[str, dict[str, Any]], None] = resume_paused_run,
 ) -> FastAPI:
-    """`webhook_token` and `webhook_basic` ("user:password") guard the Alertmanager webhook; the
-    `dispatcher`, when given, runs beside the service and starts the Prefect runs the intake owes."""
+    """Each role's credentials guard its endpoints: intake (predictions, feedback, pipeline runs),
+    the Alertmanager webhook, operators (reads, the kill switch, approvals). The `dispatcher`, when
+    given, runs beside the service and starts the Prefect runs the intake owes."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -137,8 +158,10 @@ def create_app(
 
     app = FastAPI(title="Watchkeeper", version="0.1.0", lifespan=lifespan)
     registry = store_registry(store)
-    authorized = [Depends(credentials_guard(api_token))]
-    alertmanager_authorized = [Depends(credentials_guard(webhook_token, webhook_basic))]
+    intake_authorized = [Depends(credentials_guard(credentials.intake))]
+    alertmanager_authorized = [Depends(credentials_guard(credentials.alertmanager))]
+    operator = credentials_guard(credentials.operator)
+    authorized = [Depends(operator)]
     head = store.head_revision()
 
     latency_buckets = {m.name: m.latency_buckets for m in config.models}.__getitem__
@@ -173,19 +196,19 @@ def create_app(
             {"received": stored.received, "stored": stored.stored, "duplicates": stored.duplicates}
         )
 
-    @app.post("/v1/predictions", dependencies=authorized)
+    @app.post("/v1/predictions", dependencies=intake_authorized)
     async def post_predictions(request: Request) -> JSONResponse:
         """Store a batch of predictions (JSON array or NDJSON), whole or not at all."""
         return await intake(
             request, PredictionRecord, partial(store_predictions, latency_buckets=latency_buckets)
         )
 
-    @app.post("/v1/feedback", dependencies=authorized)
+    @app.post("/v1/feedback", dependencies=intake_authorized)
     async def post_feedback(request: Request) -> JSONResponse:
         """Store a batch of delayed ground-truth labels (JSON array or NDJSON), whole or not at all."""
         return await intake(request, FeedbackRecord, store_feedback)
 
-    @app.post("/v1/pipeline-runs", dependencies=authorized)
+    @app.post("/v1/pipeline-runs", dependencies=intake_authorized)
     async def post_pipeline_runs(request: Request) -> JSONResponse:
         """Store pipeline stage runs (duration, records, errors), idempotent by pipeline, run id and stage."""
         return await intake(
@@ -261,11 +284,40 @@ def create_app(
         with store.reading() as session:
             return JSONResponse({"enabled": remediation_on(session)})
 
-    @app.put("/v1/remediation", dependencies=authorized)
-    def put_remediation(switch: RemediationSwitch) -> JSONResponse:
-        """The global kill switch, kept in the store so it survives restarts and holds for replicas."""
-        set_remediation(store, switch.enabled, switch.changed_by)
-        return JSONResponse({"enabled": switch.enabled})
+    @app.put("/v1/remediation")
+    def put_remediation(switch: RemediationSwitch, who: str = Depends(operator)) -> JSONResponse:
+        """The global kill switch, kept in the store so it survives restarts and holds for replicas;
+        recorded as changed by the credential that changed it."""
+        set_remediation(store, switch.enabled, who)
+        return JSONResponse({"enabled": switch.enabled, "changed_by": who})
+
+    @app.post("/v1/incidents/{incident_id}/approval")
+    def post_approval(incident_id: int, answer: ApprovalAnswer, who: str = Depends(operator)) -> JSONResponse:
+        """Approve or reject the actions an incident's playbook waits for, then resume its paused run
+        so the approved actions run now (the reconciler runs them if the run cannot be resumed)."""
+        settled = answer_approval(store, incident_id, answer.approved, answer.comment, who)
+        if not settled.rows:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                detail={"error": f"incident {incident_id} has no actions awaiting approval"},
+            )
+        resumed, unresumed = [], {}
+        for run_id in settled.runs:
+            try:
+                resume_run(run_id, {"approved": answer.approved, "comment": answer.comment})
+                resumed.append(run_id)
+            except Exception as exc:  # noqa: BLE001 - the decision is recorded; the reconciler acts on it
+                unresumed[run_id] = f"{type(exc).__name__}: {exc}"[:500]
+        return JSONResponse(
+            {
+                "incident": incident_id,
+                "verdict": settled.verdict,
+                "actions": settled.rows,
+                "by": who,
+                "resumed_runs": resumed,
+                "not_resumed": unresumed,
+            }
+        )
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from watchkeeper.store import Store
 from watchkeeper.store.intake import INFERENCE_LATENCY, PIPELINE_LATENCY, intake_totals
+from watchkeeper.store.remediation import ActionStatus, RemediationAction
 from watchkeeper.store.schema import (
     Alert,
     EvaluationResult,
@@ -26,7 +27,6 @@ from watchkeeper.store.schema import (
     HistogramBucket,
     HistogramSum,
     Incident,
-    RemediationAction,
 )
 
 INTAKE_FAMILIES = {
@@ -250,7 +250,9 @@ def operations_families(session: Session) -> list[Metric]:
     failures = CounterMetricFamily(
         "watchkeeper_remediation_failures", "Remediation actions that failed.", labels=["action"]
     )
-    failed = select(RemediationAction.action, func.count()).where(RemediationAction.status == "failed")
+    failed = select(RemediationAction.action, func.count()).where(
+        RemediationAction.status == ActionStatus.FAILED
+    )
     for action, count in session.execute(failed.group_by(RemediationAction.action)):
         failures.add_metric([action], count)
     pending = GaugeMetricFamily(

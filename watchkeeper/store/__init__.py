@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 IDEMPOTENT_ATTEMPTS = 3
+# Arbitrary constant naming the migration lock on PostgreSQL.
+MIGRATION_LOCK = 7_246_000
 T = TypeVar("T")
 
 
@@ -99,9 +101,16 @@ class Store:
         return config
 
     def upgrade(self) -> str:
-        """Apply every pending migration; returns the revision the store is at."""
+        """Apply every pending migration; returns the revision the store is at.
+
+        Replicas and the deployments process start together and each upgrades: the upgrade runs
+        under a lock (a transaction-scoped advisory lock on PostgreSQL, SQLite's write lock taken by
+        `BEGIN IMMEDIATE`), so one applies the migrations and the others then find the store at head.
+        """
         config = self._alembic_config()
-        with self.engine.begin() as connection:
+        with self.engine.execution_options(watchkeeper_write=True).begin() as connection:
+            if not self.is_sqlite:
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
         return self.current_revision() or ""

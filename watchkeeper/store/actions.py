@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -11,9 +12,10 @@ from sqlalchemy.orm import Session
 
 from watchkeeper.store import Store
 from watchkeeper.store.incidents import iso
-from watchkeeper.store.schema import ControlFlag, RemediationAction, utcnow
+from watchkeeper.store.remediation import ActionStatus, RemediationAction, settle_approval
+from watchkeeper.store.schema import ControlFlag, utcnow
 
-FINISHED = ("succeeded", "failed")
+FINISHED = (ActionStatus.SUCCEEDED, ActionStatus.FAILED, ActionStatus.OUTCOME_UNKNOWN)
 KILL_SWITCH = "remediation_enabled"
 
 
@@ -29,6 +31,30 @@ def set_remediation(store: Store, on: bool, by: str) -> None:
             session.add(ControlFlag(name=KILL_SWITCH, value=on, changed_by=by))
         else:
             flag.value, flag.changed_by, flag.changed_at = on, by, utcnow()
+
+
+@dataclass(frozen=True)
+class SettledApproval:
+    verdict: str
+    rows: list[int]
+    runs: list[str]
+
+
+def answer_approval(store: Store, incident_id: int, approved: bool, comment: str, by: str) -> SettledApproval:
+    """An operator's answer for the incident's rows awaiting approval, settled by compare-and-set;
+    returns the rows this answer settled and the runs paused for them."""
+    verdict = ActionStatus.APPROVED if approved else ActionStatus.REJECTED
+    note = f"{verdict} by {by}" + (f": {comment}" if comment else "")
+    with store.writing() as session:
+        waiting = session.scalars(
+            select(RemediationAction).where(
+                RemediationAction.incident_id == incident_id,
+                RemediationAction.status == ActionStatus.AWAITING_APPROVAL,
+            )
+        ).all()
+        runs = sorted({r.flow_run_id for r in waiting if r.flow_run_id})
+        settled = settle_approval(session, [r.id for r in waiting], verdict, note, by)
+    return SettledApproval(verdict.value, settled, runs if settled else [])
 
 
 def action_json(row: RemediationAction) -> dict[str, Any]:
@@ -47,6 +73,10 @@ def action_json(row: RemediationAction) -> dict[str, Any]:
         "flow_run_id": row.flow_run_id,
         "decided_at": iso(row.decided_at),
         "finished_at": iso(row.finished_at),
+        "attempts": row.attempts,
+        "calls": row.calls or [],
+        "plan": row.plan,
+        "settled_by": row.settled_by,
     }
 
 

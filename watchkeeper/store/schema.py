@@ -274,6 +274,18 @@ class Incident(Base):
     root_cause_confidence: Mapped[float | None] = mapped_column(Float)
     ranking: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     ticket_id: Mapped[str | None] = mapped_column(String(128))
+    revision: Mapped[int] = mapped_column(
+        Integer,
+        default=0,
+        server_default="0",
+        doc="bumped by every correlation change: opened, grown, resolved",
+    )
+    handled_revision: Mapped[int] = mapped_column(
+        Integer,
+        default=0,
+        server_default="0",
+        doc="the revision whose remediation decisions (or reverts) are recorded; behind it, owed",
+    )
 
 
 class IncidentMember(Base):
@@ -300,36 +312,6 @@ class IncidentEvent(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-
-
-class RemediationAction(Base):
-    """The audit trail: every remediation decision, taken or skipped, with reason, inputs and result.
-
-    Cooldowns and hourly limits are computed from this table, so they hold across restarts and
-    replicas; `idempotency_key` makes a retried flow run find its earlier decision.
-    """
-
-    __tablename__ = "remediation_actions"
-    __table_args__ = (
-        Index("ix_remediation_action_target", "action", "target", "decided_at"),
-        Index("ix_remediation_incident", "incident_id"),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    idempotency_key: Mapped[str] = mapped_column(String(256), unique=True)
-    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"))
-    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id"))
-    playbook: Mapped[str] = mapped_column(String(128))
-    action: Mapped[str] = mapped_column(String(64))
-    target: Mapped[str] = mapped_column(String(256))
-    decision: Mapped[str] = mapped_column(String(16), doc="run, dry_run, skip, needs_approval")
-    reason: Mapped[str] = mapped_column(Text)
-    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    flow_run_id: Mapped[str | None] = mapped_column(String(64))
-    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ControlFlag(Base):

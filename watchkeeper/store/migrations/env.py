@@ -2,6 +2,7 @@
 
 from alembic import context
 
+import watchkeeper.store.remediation  # noqa: F401 - registers its table with the metadata
 from watchkeeper.store.schema import Base
 
 connection = context.config.attributes["connection"]
