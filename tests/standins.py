@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -44,6 +45,10 @@ class _Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[Request] = []
+        # Seconds to hold the answer back after the request took effect, by "METHOD /path" or "/path";
+        # `on_request` is told of each request once it took effect (before that delay).
+        self.delay: dict[str, float] = {}
+        self.on_request: Callable[[Request], None] | None = None
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,6 +63,9 @@ class _Server:
                 request = Request(self.command, self.path, headers, body, time.monotonic())
                 owner.requests.append(request)
                 status, answer = owner.answer(request)
+                if owner.on_request is not None:
+                    owner.on_request(request)
+                time.sleep(owner.delay.get(f"{self.command} {self.path}", owner.delay.get(self.path, 0)))
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -403,7 +403,9 @@ def test_the_kill_switch_and_cooldowns_survive_a_restart_of_the_service(
     with LiveService(config, store, api_token="ops") as live:
         assert httpx.put(f"{live.url}/v1/remediation", json={"enabled": False}).status_code == 401
         switched = httpx.put(
-            f"{live.url}/v1/remediation", json={"enabled": False, "changed_by": "someone else"}, headers=headers
+            f"{live.url}/v1/remediation",
+            json={"enabled": False, "changed_by": "someone else"},
+            headers=headers,
         ).json()
         assert switched == {"enabled": False, "changed_by": "operator (WATCHKEEPER_API_TOKEN)"}
     restarted = Store(store.url.render_as_string(hide_password=False))
