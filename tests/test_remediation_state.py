@@ -296,7 +296,9 @@ def test_a_run_killed_between_claim_and_result_is_settled_by_the_reconciler(
     patch = "PATCH /apis/apps/v1/namespaces/ai/deployments/credit-server/scale"
     kube.on_request = lambda request: scaled.set() if f"{request.method} {request.path}" == patch else None
     kube.delay[patch] = 30
-    latency = latency_incident(store, config, fp="slow", minutes=60)  # past the window: an incident of its own
+    latency = latency_incident(
+        store, config, fp="slow", minutes=60
+    )  # past the window: an incident of its own
     run_killed_mid_call(store, config_file, latency, "scale", lambda: scaled.wait(60))
     [scale] = rows(store, action="scale")
     assert scale.status == "running" and scale.plan == {
