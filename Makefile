@@ -1,5 +1,6 @@
 # The README's commands. Each target creates .venv and installs what it needs on a fresh Debian
-# machine with Python 3.11 (Prometheus and Alertmanager with apt when running as root).
+# machine with Python 3.11 (Prometheus, Alertmanager and PostgreSQL with apt when running as root;
+# the tests find PostgreSQL's binaries under /usr/lib/postgresql/<version>/bin, off the PATH).
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -18,6 +19,7 @@ system-packages:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \

@@ -35,25 +35,39 @@ def _as_postgres_user(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
+def postgres_bin() -> Path | None:
+    """Where initdb and pg_ctl are: on the PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("pg_ctl"):
+        return Path(on_path).resolve().parent
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name),
+        reverse=True,
+    )
+    return versions[0].parent if versions else None
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port; yields its admin URL."""
-    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
-        pytest.skip("PostgreSQL's initdb and pg_ctl are not on the PATH")
+    """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port; yields its admin URL. A machine
+    without PostgreSQL fails the tests that need it: they are never skipped."""
+    binaries = postgres_bin()
+    if binaries is None:
+        pytest.fail("PostgreSQL is not installed (initdb, pg_ctl): `make test` installs it as root")
+    initdb, pg_ctl = str(binaries / "initdb"), str(binaries / "pg_ctl")
     folder = Path(tempfile.mkdtemp(prefix="watchkeeper-pg-"))
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
     data, port = folder / "data", free_port()
     subprocess.run(
-        _as_postgres_user(["initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+        _as_postgres_user([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
         check=True,
         capture_output=True,
     )
     options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off"
     subprocess.run(
-        _as_postgres_user(
-            ["pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]
-        ),
+        _as_postgres_user([pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]),
         check=True,
         capture_output=True,
     )
@@ -61,7 +75,7 @@ def postgres_server() -> Iterator[str]:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:
         subprocess.run(
-            _as_postgres_user(["pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True
+            _as_postgres_user([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True
         )
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -77,7 +91,34 @@ def postgres_url(postgres_server: str) -> str:
     return f"{postgres_server}/{name}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+BACK_ENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(autouse=True)
+def _store_parity(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Refuse a test that opens a store without running on both back ends: SQLite ignores lengths,
+    constraints and isolation that PostgreSQL enforces, so a SQLite-only test hides exactly the
+    failures that matter. A test runs on both when a fixture of it is parametrized over BACK_ENDS
+    (`store`, `empty_store_url`), or it says why it cannot with `@pytest.mark.sqlite_only(reason)`."""
+    opened: list[str] = []
+    original = Store.__init__
+
+    def recording(self: Store, url: str) -> None:
+        original(self, url)
+        opened.append(self.url.get_backend_name())
+
+    monkeypatch.setattr(Store, "__init__", recording)
+    yield
+    callspec = getattr(request.node, "callspec", None)
+    on_both = callspec is not None and any(v in ("sqlite", "postgresql") for v in callspec.params.values())
+    if opened and not on_both and request.node.get_closest_marker("sqlite_only") is None:
+        pytest.fail(
+            f"{request.node.nodeid} opens a store ({', '.join(sorted(set(opened)))}) but does not run on "
+            "SQLite and PostgreSQL: use the `store` fixture (or another parametrized over BACK_ENDS)"
+        )
+
+
+@pytest.fixture(params=BACK_ENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A migrated store on each back end."""
     url = (

@@ -16,7 +16,8 @@ from flows.backfill_drift import backfill_drift, backfill_windows
 from tests.conftest import save_predictions
 from watchkeeper.demo import DemoTraffic, Injections
 from watchkeeper.records import PredictionRecord
-from watchkeeper.settings import DEFAULT_CONFIG, Settings
+from watchkeeper.settings import DEFAULT_CONFIG
+from watchkeeper.store import Store
 from watchkeeper.store.schema import EvaluationResult
 
 START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
@@ -30,7 +31,7 @@ def prefect_api() -> Iterator[None]:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: Store) -> Path:
     """A Watchkeeper home with 4 hours of demo predictions; salary and age shift in the last hour."""
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
     config["models"][0]["reference"] = {"kind": "period", "duration": "1h"}
@@ -38,9 +39,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "watchkeeper.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("WATCHKEEPER_HOME", str(tmp_path))
     monkeypatch.setenv("WATCHKEEPER_CONFIG", str(tmp_path / "watchkeeper.yaml"))
-    settings = Settings()
-    store = settings.open_store()
-    store.upgrade()
+    monkeypatch.setenv("WATCHKEEPER_DATABASE_URL", store.url.render_as_string(hide_password=False))
     traffic = DemoTraffic(train_size=500, seed=3, injections=Injections(covariate_drift_at=3 * PER_HOUR))
     events = traffic.next_batch(4 * PER_HOUR)
     records = [
@@ -50,7 +49,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         for i, e in enumerate(events)
     ]
     save_predictions(store, records)
-    store.dispose()
     return tmp_path
 
 
@@ -60,8 +58,7 @@ def snapshot_ids(path: Path, model_name: str) -> list[str]:
     return [str(run_id) for run_id in workspace.list_runs(project.id)]
 
 
-def results_per_window(home: Path) -> dict[datetime, int]:
-    store = Settings().open_store()
+def results_per_window(store: Store) -> dict[datetime, int]:
     with store.reading() as session:
         rows = session.execute(
             select(EvaluationResult.window_start, func.count())
@@ -82,7 +79,9 @@ def test_windows_cover_the_range() -> None:
         backfill_windows(START, START, timedelta(hours=1), timedelta(hours=1))
 
 
-def test_a_backfill_run_twice_leaves_one_result_per_window(prefect_api: None, home: Path) -> None:
+def test_a_backfill_run_twice_leaves_one_result_per_window(
+    prefect_api: None, home: Path, store: Store
+) -> None:
     parameters = {
         "model": "credit_approval",
         "start": START + timedelta(hours=1),
@@ -96,5 +95,5 @@ def test_a_backfill_run_twice_leaves_one_result_per_window(prefect_api: None, ho
     assert first["drifted_features_by_window"] == {
         (START + timedelta(hours=3)).isoformat(): ["age", "salary"]
     }
-    assert list(results_per_window(home).values()) == [1, 1, 1]
+    assert list(results_per_window(store).values()) == [1, 1, 1]
     assert len(snapshot_ids(home / "evidently", "credit_approval")) == 3

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from tests.conftest import BACK_ENDS
 from tests.realstack import wait_until
 from tests.test_alert_intake import NOTIFICATION
 from watchkeeper.dispatcher import OutboxDispatcher, OwedRun
@@ -24,7 +25,7 @@ from watchkeeper.store.alerts import WebhookNotification, store_notification
 WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACK_ENDS)
 def empty_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A store that has never been migrated, on each back end."""
     if request.param == "sqlite":

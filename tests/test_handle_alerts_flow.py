@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from prefect import resume_flow_run
 from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import select
 
 from flows.handle_alerts import handle_alerts
+from tests.conftest import LiveService
+from tests.realstack import wait_until
 from tests.standins import Failure, HttpRecorder
 from tests.test_incidents import alert, notify
 from tests.test_remediation import config_path, remediation_config
-from watchkeeper.settings import Settings
+from watchkeeper.service.app import resume_paused_run
 from watchkeeper.store import Store
+from watchkeeper.store.actions import list_actions
 from watchkeeper.store.remediation import RemediationAction
 
 
@@ -27,18 +35,18 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
-def flow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http: HttpRecorder) -> Store:
-    """What the flow reads from its environment: a home, the config `remediation_config` wrote, a secret."""
+def flow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http: HttpRecorder, store: Store) -> Store:
+    """What the flow reads from its environment: a home, the store, the config `remediation_config`
+    wrote, a secret."""
     monkeypatch.setenv("WATCHKEEPER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WATCHKEEPER_DATABASE_URL", store.url.render_as_string(hide_password=False))
     monkeypatch.setenv("WATCHKEEPER_CONFIG", str(config_path(tmp_path)))
     monkeypatch.setenv("TEST_SLACK_URL", f"{http.url}/slack/T000/B000/XXXX")
-    store = Settings().open_store()
-    store.upgrade()
     return store
 
 
 def test_an_approval_nobody_gives_times_out_escalates_and_does_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standins: tuple, prefect_api: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standins: tuple, prefect_api: None, store: Store
 ) -> None:
     kube, http, smtp = standins
     remediation_config(tmp_path, kube, http, smtp)
@@ -46,7 +54,7 @@ def test_an_approval_nobody_gives_times_out_escalates_and_does_nothing(
     quality = next(p for p in data["remediation"]["playbooks"] if p["name"] == "quality")
     quality |= {"approval_timeout": "2s", "escalate_to": "slack"}
     config_path(tmp_path).write_text(yaml.safe_dump(data))
-    store = flow_home(tmp_path, monkeypatch, http)
+    flow_home(tmp_path, monkeypatch, http, store)
     notify(store, alert("DataQualityDegraded", timedelta(0), service="batch-scorer"))
 
     summary = handle_alerts(notification_id=1)
@@ -72,16 +80,18 @@ def test_an_approval_nobody_gives_times_out_escalates_and_does_nothing(
     [escalation] = http.to("/slack/T000/B000/XXXX")
     assert "incident 1 open" in escalation.body["text"]
     with get_client(sync_client=True) as client:
-        [report] = [a for a in client.read_artifacts() if a.key == "automation-report"]
+        report = max(
+            (a for a in client.read_artifacts() if a.key == "automation-report"), key=lambda a: a.created
+        )
     assert "| scale |" in report.data and "timed_out" in report.data
 
 
 def test_a_failing_kubernetes_api_is_retried_by_the_action_task(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standins: tuple, prefect_api: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standins: tuple, prefect_api: None, store: Store
 ) -> None:
     kube, http, smtp = standins
     remediation_config(tmp_path, kube, http, smtp)
-    store = flow_home(tmp_path, monkeypatch, http)
+    flow_home(tmp_path, monkeypatch, http, store)
     notify(store, alert("ModelInferenceLatencyHigh", timedelta(0), model_name="credit_approval"))
     kube.failures.extend([Failure(500), Failure(409)])
 
@@ -98,3 +108,81 @@ def test_a_failing_kubernetes_api_is_retried_by_the_action_task(
         "previous_replicas": 2,
         "replicas": 4,
     }
+
+
+def in_this_context(target: Callable[[], object]) -> threading.Thread:
+    """A thread that sees this thread's Prefect settings (the test harness's API)."""
+    context = contextvars.copy_context()
+    return threading.Thread(target=lambda: context.run(target))
+
+
+def test_overlapping_runs_pause_once_and_one_approval_acts_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standins: tuple, prefect_api: None, store: Store
+) -> None:
+    kube, http, smtp = standins
+    config = remediation_config(tmp_path, kube, http, smtp)
+    flow_home(tmp_path, monkeypatch, http, store)
+    notify(store, alert("DataQualityDegraded", timedelta(0), service="batch-scorer"))
+    summaries: dict[int, dict] = {}
+    runs = [
+        in_this_context(lambda n=n: summaries.__setitem__(n, handle_alerts(notification_id=n)))
+        for n in (1, 2)
+    ]
+    for run in runs:
+        run.start()
+    [waiting] = wait_until(
+        lambda: [a for a in list_actions(store) if a["status"] == "awaiting_approval" and a["flow_run_id"]],
+        "a decision awaiting approval",
+    )
+    with get_client(sync_client=True) as client:
+        wait_until(lambda: client.read_flow_run(waiting["flow_run_id"]).state.is_paused(), "the run to pause")
+    api = PREFECT_API_URL.value()
+
+    def resume(run_id: str, answer: dict) -> None:
+        with temporary_settings({PREFECT_API_URL: api}):
+            resume_paused_run(run_id, answer)
+
+    with LiveService(config, store, api_token="ops", resume_run=resume) as live:
+        response = httpx.post(
+            f"{live.url}/v1/incidents/{waiting['incident_id']}/approval",
+            json={"approved": True, "comment": "go"},
+            headers={"Authorization": "Bearer ops"},
+        ).json()
+        for run in runs:
+            run.join(timeout=120)
+    assert response["resumed_runs"] == [waiting["flow_run_id"]] and response["not_resumed"] == {}
+    assert kube.deployments[("ai", "credit-server")]["replicas"] == 3
+    assert len([r for r in kube.requests if r.method == "PATCH"]) == 1
+    [row] = list_actions(store)
+    assert (row["status"], row["settled_by"], row["attempts"]) == (
+        "succeeded",
+        "operator (WATCHKEEPER_API_TOKEN)",
+        1,
+    )
+    # The run that decided paused and acted; the other found the decision taken and did not pause.
+    states = [[a["state"] for a in s["actions"].get(1, [])] for s in summaries.values()]
+    assert sorted(states) in ([[], ["COMPLETED"]], [["COMPLETED"], ["awaiting_approval"]])
+
+
+def test_an_approval_given_in_the_prefect_ui_is_recorded_as_the_uis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standins: tuple, prefect_api: None, store: Store
+) -> None:
+    kube, http, smtp = standins
+    remediation_config(tmp_path, kube, http, smtp)
+    flow_home(tmp_path, monkeypatch, http, store)
+    notify(store, alert("DataQualityDegraded", timedelta(0), service="batch-scorer"))
+    run = in_this_context(lambda: handle_alerts(notification_id=1))
+    run.start()
+    [waiting] = wait_until(
+        lambda: [a for a in list_actions(store) if a["status"] == "awaiting_approval"],
+        "a decision awaiting approval",
+    )
+    with get_client(sync_client=True) as client:
+        wait_until(lambda: client.read_flow_run(waiting["flow_run_id"]).state.is_paused(), "the run to pause")
+    # What the UI's form sends: the run's input, and nothing about who: that would be the body's word.
+    resume_flow_run(waiting["flow_run_id"], run_input={"approved": True, "comment": "from the UI"})
+    run.join(timeout=120)
+    [row] = list_actions(store)
+    assert (row["status"], row["settled_by"]) == ("succeeded", "prefect-ui")
+    assert "approved in the Prefect UI: from the UI" in row["reason"]
+    assert kube.deployments[("ai", "credit-server")]["replicas"] == 3

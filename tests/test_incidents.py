@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ from sqlalchemy import func, select
 
 from tasks.incidents import correlate_pending_alerts
 from tests.conftest import LiveService
-from tests.test_cli import run
+from tests.test_cli import run as run_cli
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.store import Store
 from watchkeeper.store.alerts import WebhookNotification, store_notification
@@ -196,10 +197,9 @@ def test_the_read_api_lists_alerts_and_incidents_and_shows_one_whole(
 
 
 def test_the_cli_prints_incidents_as_tables_and_json(
-    tmp_path: Path, example_config: WatchkeeperConfig
+    tmp_path: Path, example_config: WatchkeeperConfig, store: Store
 ) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'watchkeeper.db'}")
-    store.upgrade()
+    run = partial(run_cli, WATCHKEEPER_DATABASE_URL=store.url.render_as_string(hide_password=False))
     notify(store, alert("DataDriftDetected", timedelta(0), model_name="credit_approval"))
     correlate_pending_alerts(store, example_config)
     listed = run("incidents", "--json", home=tmp_path)

@@ -15,19 +15,39 @@ import pytest
 from tests.conftest import free_port
 from tests.test_remediation import config_path, remediation_config
 from tests.test_stack import wait_for
+from watchkeeper.store import Store
 
 WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
+
+
+def members(service: str, incident_id: int) -> list[dict]:
+    return httpx.get(f"{service}/v1/incidents/{incident_id}", headers=OPERATOR).json()["members"]
+
+
 pytestmark = pytest.mark.stack
 
 
-def test_alertmanager_to_remediation_with_an_approval_from_the_cli(tmp_path: Path, standins: tuple) -> None:
+OPERATOR = {"Authorization": "Bearer 0perator"}
+
+
+def test_alertmanager_to_remediation_with_an_approval_from_the_cli(
+    tmp_path: Path, standins: tuple, store: Store
+) -> None:
+    """On each back end: a burst of notifications about one failure calls a slow target once; an
+    approval-gated playbook waits, and `watchkeeper approve` (through the service, as the operator)
+    makes it act once."""
     kube, http, smtp = standins
     remediation_config(tmp_path, kube, http, smtp)
+    http.delay["/breaker/credit_approval/open"] = 1.5
     ports = {name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager")}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "WATCHKEEPER_"))}
     env |= {
         "WATCHKEEPER_HOME": str(tmp_path / "home"),
         "WATCHKEEPER_CONFIG": str(config_path(tmp_path)),
+        "WATCHKEEPER_DATABASE_URL": store.url.render_as_string(hide_password=False),
+        "WATCHKEEPER_INTAKE_TOKEN": "int4ke",
+        "WATCHKEEPER_ALERTMANAGER_TOKEN": "webh00k",
+        "WATCHKEEPER_OPERATOR_TOKEN": "0perator",
         "TEST_SLACK_URL": f"{http.url}/slack/T000/B000/XXXX",
         "TEST_PD_KEY": "R0UT1NGKEY",
         "TEST_GATEWAY_TOKEN": "g4teway",
@@ -39,7 +59,7 @@ def test_alertmanager_to_remediation_with_an_approval_from_the_cli(tmp_path: Pat
     service = f"http://127.0.0.1:{ports['service']}"
     alertmanager = f"http://127.0.0.1:{ports['alertmanager']}/api/v2/alerts"
     actions = lambda incident=None: httpx.get(  # noqa: E731
-        f"{service}/v1/actions", params={"incident": incident} if incident else {}
+        f"{service}/v1/actions", params={"incident": incident} if incident else {}, headers=OPERATOR
     ).json()["actions"]
     accuracy_name = "ModelAccuracyCritical"
     try:
@@ -63,6 +83,34 @@ def test_alertmanager_to_remediation_with_an_approval_from_the_cli(tmp_path: Pat
         assert all(a["flow_run_id"] for a in done)
         assert http.to("/router/activate_fallback")[0].body["active"] is True
 
+        # Alertmanager's notifications about the same failure on two more versions, each starting a
+        # run while the circuit breaker may still be answering: still one call, as the audit says.
+        webhook = f"{service}/v1/alertmanager"
+        for version in ("v2", "v3"):
+            labels = {**accuracy["labels"], "model_version": version}
+            body = {
+                "version": "4",
+                "status": "firing",
+                "receiver": "watchkeeper",
+                "groupKey": f"burst-{version}",
+                "alerts": [
+                    {
+                        "status": "firing",
+                        "labels": labels,
+                        "annotations": {},
+                        "startsAt": datetime.now(UTC).isoformat(),
+                        "fingerprint": f"burst-{version}",
+                    }
+                ],
+            }
+            answer = httpx.post(webhook, json=body, headers={"Authorization": "Bearer webh00k"})
+            assert answer.status_code == 200, answer.text
+        incident_id = done[0]["incident_id"]
+        wait_for(lambda: len(members(service, incident_id)) == 3, "the burst to join the incident")
+        assert len(http.to("/breaker/credit_approval/open")) == 1
+        [breaker] = [a for a in actions() if a["action"] == "circuit_breaker" and a["status"] == "succeeded"]
+        assert breaker["attempts"] == 1 and len(breaker["calls"]) == 1
+
         quality = {
             "labels": {"alertname": "DataQualityDegraded", "severity": "warning", "service": "batch-scorer"}
         }
@@ -74,21 +122,16 @@ def test_alertmanager_to_remediation_with_an_approval_from_the_cli(tmp_path: Pat
             waiting[0]["decision"] == "needs_approval"
             and kube.deployments[("ai", "credit-server")]["replicas"] == 2
         )
-        approved = cli(
-            "approve",
-            str(waiting[0]["incident_id"]),
-            "--comment",
-            "go",
-            "--prefect-api",
-            f"http://127.0.0.1:{ports['prefect']}/api",
-        )
-        assert approved.returncode == 0, approved.stderr
+        approved = cli("approve", str(waiting[0]["incident_id"]), "--comment", "go")
+        assert approved.returncode == 0, approved.stdout + approved.stderr
+        assert "1 paused run(s) resumed" in approved.stdout
         wait_for(lambda: kube.deployments[("ai", "credit-server")]["replicas"] == 3, "the approved scale-up")
         [row] = wait_for(
             lambda: [a for a in actions(waiting[0]["incident_id"]) if a["status"] == "succeeded"],
             "the audit trail to record it",
         )
-        assert "approved by cli:" in row["reason"] and row["reason"].endswith(": go")
+        assert row["settled_by"] == "operator (WATCHKEEPER_OPERATOR_TOKEN)" and row["reason"].endswith(": go")
+        assert len([r for r in kube.requests if r.method == "PATCH"]) == 1
 
         # Resolve it as Prometheus does: the same alert, its own startsAt, an endsAt in the past.
         [firing] = [a for a in httpx.get(alertmanager).json() if a["labels"]["alertname"] == accuracy_name]

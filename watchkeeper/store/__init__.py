@@ -95,7 +95,8 @@ class Store:
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
 
-    def _alembic_config(self) -> Config:
+    @staticmethod
+    def _alembic_config() -> Config:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         return config
@@ -119,8 +120,9 @@ class Store:
         with self.engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
 
-    def head_revision(self) -> str | None:
-        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+    @staticmethod
+    def head_revision() -> str | None:
+        return ScriptDirectory.from_config(Store._alembic_config()).get_current_head()
 
     def dispose(self) -> None:
         self.engine.dispose()
