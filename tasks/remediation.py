@@ -544,7 +544,17 @@ def time_out_approvals(
     with store.writing() as session:
         settled = settle_approval(session, row_ids, ActionStatus.TIMED_OUT, note, by="timeout")
     if settled and target:
-        escalate(config, playbook_name, summary)
+        try:
+            escalate(config, playbook_name, summary)
+        except Exception as exc:  # noqa: BLE001 - the timeout stands; the failed escalation is on the record
+            with store.writing() as session:
+                session.add(
+                    IncidentEvent(
+                        incident_id=summary.id,
+                        kind="escalation_failed",
+                        detail={"target": target, "error": f"{type(exc).__name__}: {exc}"[:500]},
+                    )
+                )
     return settled
 
 

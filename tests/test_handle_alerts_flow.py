@@ -116,6 +116,17 @@ def in_this_context(target: Callable[[], object]) -> threading.Thread:
     return threading.Thread(target=lambda: context.run(target))
 
 
+def paused_decision(store: Store) -> dict:
+    """The decision awaiting approval, once the run that took it has paused for the answer."""
+    [waiting] = wait_until(
+        lambda: [a for a in list_actions(store) if a["status"] == "awaiting_approval" and a["flow_run_id"]],
+        "a decision awaiting approval",
+    )
+    with get_client(sync_client=True) as client:
+        wait_until(lambda: client.read_flow_run(waiting["flow_run_id"]).state.is_paused(), "the run to pause")
+    return waiting
+
+
 def test_overlapping_runs_pause_once_and_one_approval_acts_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standins: tuple, prefect_api: None, store: Store
 ) -> None:
@@ -130,12 +141,7 @@ def test_overlapping_runs_pause_once_and_one_approval_acts_once(
     ]
     for run in runs:
         run.start()
-    [waiting] = wait_until(
-        lambda: [a for a in list_actions(store) if a["status"] == "awaiting_approval" and a["flow_run_id"]],
-        "a decision awaiting approval",
-    )
-    with get_client(sync_client=True) as client:
-        wait_until(lambda: client.read_flow_run(waiting["flow_run_id"]).state.is_paused(), "the run to pause")
+    waiting = paused_decision(store)
     api = PREFECT_API_URL.value()
 
     def resume(run_id: str, answer: dict) -> None:
@@ -173,12 +179,7 @@ def test_an_approval_given_in_the_prefect_ui_is_recorded_as_the_uis(
     notify(store, alert("DataQualityDegraded", timedelta(0), service="batch-scorer"))
     run = in_this_context(lambda: handle_alerts(notification_id=1))
     run.start()
-    [waiting] = wait_until(
-        lambda: [a for a in list_actions(store) if a["status"] == "awaiting_approval"],
-        "a decision awaiting approval",
-    )
-    with get_client(sync_client=True) as client:
-        wait_until(lambda: client.read_flow_run(waiting["flow_run_id"]).state.is_paused(), "the run to pause")
+    waiting = paused_decision(store)
     # What the UI's form sends: the run's input, and nothing about who: that would be the body's word.
     resume_flow_run(waiting["flow_run_id"], run_input={"approved": True, "comment": "from the UI"})
     run.join(timeout=120)

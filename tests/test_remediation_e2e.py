@@ -20,6 +20,30 @@ from watchkeeper.store import Store
 WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
 
 
+WEBHOOK = {"Authorization": "Bearer webh00k"}
+
+
+def notification(alert: dict, version: str, starts_at: str, ends_at: str | None = None) -> dict:
+    """Alertmanager's webhook body for the alert on another model version, firing or resolved."""
+    status = "resolved" if ends_at else "firing"
+    return {
+        "version": "4",
+        "status": status,
+        "receiver": "watchkeeper",
+        "groupKey": f"burst-{version}",
+        "alerts": [
+            {
+                "status": status,
+                "labels": {**alert["labels"], "model_version": version},
+                "annotations": {},
+                "startsAt": starts_at,
+                **({"endsAt": ends_at} if ends_at else {}),
+                "fingerprint": f"burst-{version}",
+            }
+        ],
+    }
+
+
 def members(service: str, incident_id: int) -> list[dict]:
     return httpx.get(f"{service}/v1/incidents/{incident_id}", headers=OPERATOR).json()["members"]
 
@@ -86,24 +110,9 @@ def test_alertmanager_to_remediation_with_an_approval_from_the_cli(
         # Alertmanager's notifications about the same failure on two more versions, each starting a
         # run while the circuit breaker may still be answering: still one call, as the audit says.
         webhook = f"{service}/v1/alertmanager"
-        for version in ("v2", "v3"):
-            labels = {**accuracy["labels"], "model_version": version}
-            body = {
-                "version": "4",
-                "status": "firing",
-                "receiver": "watchkeeper",
-                "groupKey": f"burst-{version}",
-                "alerts": [
-                    {
-                        "status": "firing",
-                        "labels": labels,
-                        "annotations": {},
-                        "startsAt": datetime.now(UTC).isoformat(),
-                        "fingerprint": f"burst-{version}",
-                    }
-                ],
-            }
-            answer = httpx.post(webhook, json=body, headers={"Authorization": "Bearer webh00k"})
+        burst = {version: datetime.now(UTC).isoformat() for version in ("v2", "v3")}
+        for version, started in burst.items():
+            answer = httpx.post(webhook, json=notification(accuracy, version, started), headers=WEBHOOK)
             assert answer.status_code == 200, answer.text
         incident_id = done[0]["incident_id"]
         wait_for(lambda: len(members(service, incident_id)) == 3, "the burst to join the incident")
@@ -141,6 +150,9 @@ def test_alertmanager_to_remediation_with_an_approval_from_the_cli(
             "endsAt": (datetime.now(UTC) - timedelta(seconds=1)).isoformat(),
         }
         assert httpx.post(alertmanager, json=[ended]).status_code == 200
+        for version, started in burst.items():
+            resolved = notification(accuracy, version, started, ended["endsAt"])
+            assert httpx.post(webhook, json=resolved, headers=WEBHOOK).status_code == 200
         wait_for(
             lambda: any(r.body.get("event_action") == "resolve" for r in http.to("/pagerduty/v2/enqueue")),
             "the page to resolve with the incident",
