@@ -1,13 +1,17 @@
 """Drift of each feature and of the prediction against a reference, computed by Evidently.
 
 Evidently does the statistics: one `ValueDrift` per column, with the method and threshold from the
-config or Evidently's own defaults, and its test status says whether the column drifted.
-Watchkeeper picks the windows, counts the drifted share and keeps the results.
+config or Evidently's own defaults. A distance method's verdict is Evidently's test status. A
+p-value method's verdict is corrected for testing many features at once: each test flags about 5%
+of stable columns by chance, so a model with 20 features would see a false "drift" in most windows.
+Watchkeeper adjusts the p-values of a model's p-value tests by Benjamini-Hochberg (false discovery
+rate) and a column drifted when its adjusted p-value is below its threshold. Watchkeeper picks the
+windows, counts the drifted share and keeps the results.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,32 @@ class ColumnDrift:
     score: float
     threshold: float
     drifted: bool
+    adjusted_p_value: float | None = None  # p-value methods: Benjamini-Hochberg across the model's tests
+
+
+def benjamini_hochberg(p_values: list[float]) -> list[float]:
+    """Adjusted p-values (Benjamini & Hochberg, 1995), in the order given: comparing each to the
+    level alpha keeps the expected share of false discoveries among the flagged ones under alpha."""
+    count = len(p_values)
+    order = sorted(range(count), key=lambda i: p_values[i])
+    adjusted = [0.0] * count
+    running = 1.0
+    for rank in range(count, 0, -1):
+        index = order[rank - 1]
+        running = min(running, p_values[index] * count / rank)
+        adjusted[index] = running
+    return adjusted
+
+
+def controlled(columns: list[ColumnDrift]) -> list[ColumnDrift]:
+    """Each p-value column's verdict from its Benjamini-Hochberg adjusted p-value; distances as they are."""
+    tested = [i for i, c in enumerate(columns) if is_p_value(c.method)]
+    adjusted = benjamini_hochberg([columns[i].score for i in tested])
+    result = list(columns)
+    for i, q in zip(tested, adjusted, strict=True):
+        column = columns[i]
+        result[i] = replace(column, adjusted_p_value=q, drifted=q < column.threshold)
+    return result
 
 
 @dataclass
@@ -87,6 +117,12 @@ class DriftResult:
                 Measurement(score, c.score, {"feature_name": c.column}, method),
                 Measurement("drift_detected", float(c.drifted), {"feature_name": c.column}, method),
             ]
+            if c.adjusted_p_value is not None:
+                found.append(
+                    Measurement(
+                        "drift_adjusted_p_value", c.adjusted_p_value, {"feature_name": c.column}, method
+                    )
+                )
         if self.prediction is not None:
             found.append(Measurement("prediction_drift_score", self.prediction.score))
             found.append(Measurement("prediction_drift_detected", float(self.prediction.drifted)))
@@ -212,7 +248,7 @@ def compute_drift(
         timestamp=timestamp,
     )
     by_column = _column_results(snapshot)
-    columns = [by_column[s.name] for s in tested if s is not prediction]
+    columns = controlled([by_column[s.name] for s in tested if s is not prediction])
     share = sum(c.drifted for c in columns) / len(columns) if columns else 0.0
     return DriftResult(
         columns=columns,
@@ -235,15 +271,22 @@ def summary_markdown(model_name: str, window: str, result: DriftResult, report_p
         f"(share {result.share:.2f}, dataset drift at {result.drift_share_threshold:.2f}: "
         f"{'yes' if result.dataset_drift else 'no'}).**",
         "",
-        "| column | method | score | threshold | drifted |",
-        "| --- | --- | --- | --- | --- |",
+        "| column | method | score | adjusted p-value | threshold | drifted |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     shown = [*result.columns, *([result.prediction] if result.prediction else [])]
     lines += [
-        f"| {c.column} | {c.method} | {c.score:.4g} | {c.threshold:.4g} | {'yes' if c.drifted else 'no'} |"
+        f"| {c.column} | {c.method} | {c.score:.4g} | "
+        f"{'-' if c.adjusted_p_value is None else f'{c.adjusted_p_value:.4g}'} | {c.threshold:.4g} | "
+        f"{'yes' if c.drifted else 'no'} |"
         for c in shown
     ]
-    lines += [f"| {name} | - | - | - | skipped: {why} |" for name, why in result.skipped.items()]
+    lines += [f"| {name} | - | - | - | - | skipped: {why} |" for name, why in result.skipped.items()]
+    lines += [
+        "",
+        "P-value tests (lower is more drift) are judged on their p-values adjusted by Benjamini-Hochberg "
+        "across the model's features; distances (higher is more drift) on the score.",
+    ]
     if report_path is not None:
         lines += ["", f"HTML report: `{report_path}`"]
     return "\n".join(lines)

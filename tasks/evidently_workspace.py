@@ -16,6 +16,10 @@ from evidently.ui.workspace import Project, Workspace
 from watchkeeper.config import Model
 
 VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
+# Evidently's default method depends on the window's size, so a panel may plot either kind.
+STATISTIC = (
+    "drift statistic: p-value up to 1,000 rows (lower = more drift), distance above (higher = more drift)"
+)
 # The local workspace keeps its project list in files; mapped drift tasks run in threads.
 _WORKSPACE_LOCK = threading.Lock()
 
@@ -27,7 +31,7 @@ def _dashboard(project: Project, model: Model) -> None:
     for feature in model.features:
         project.dashboard.add_panel(
             line_plot_panel(
-                title=f"{feature.name} drift score",
+                title=f"{feature.name} {STATISTIC}",
                 values=[
                     PanelMetric(
                         legend=feature.name, metric=VALUE_DRIFT, metric_labels={"column": feature.name}
@@ -38,7 +42,7 @@ def _dashboard(project: Project, model: Model) -> None:
         )
     project.dashboard.add_panel(
         line_plot_panel(
-            title="prediction drift score",
+            title=f"prediction {STATISTIC}",
             values=[
                 PanelMetric(
                     legend=model.prediction_column,

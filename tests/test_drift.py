@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tasks.drift import ColumnSpec, compute_drift, infer_columns
+from tasks.drift import ColumnSpec, benjamini_hochberg, compute_drift, infer_columns
 from tasks.metrics import quality_metrics
 from watchkeeper.demo import CATEGORICAL, FEATURES, DemoEvent, DemoTraffic, Injections
 
@@ -145,3 +145,35 @@ def test_concept_and_covariate_drift_are_caught_within_two_windows(demo_windows)
     assert any(covariate), "covariate drift (salary and age shifted) not caught"
     drifted = compute_drift(reference, windows[26], SPECS, 0.5, PREDICTION)
     assert {c.column for c in drifted.columns if c.drifted} == {"salary", "age"}
+
+
+# --- p-value verdicts corrected for multiple testing --------------------------------------------
+
+
+def test_benjamini_hochberg_matches_scipy() -> None:
+    p_values = list(RNG.uniform(size=40) ** 3)
+    assert benjamini_hochberg(p_values) == pytest.approx(
+        list(stats.false_discovery_control(p_values)), rel=1e-12
+    )
+
+
+SMALL = 400  # a window under Evidently's 1,000-row switch: against a 1,000-row reference, p-value tests
+
+
+def test_small_stable_windows_stay_quiet_and_a_small_drifted_one_is_caught() -> None:
+    """K-S on the demo's numerical features: the corrected verdicts stay quiet on 20 stable windows,
+    and a covariate drift in a 400-row window is a verdict (what DataDriftDetected fires on)."""
+    numerical = [s for s in SPECS if s.type == "numerical"]
+    traffic = DemoTraffic(
+        train_size=2000, seed=5, injections=Injections(covariate_drift_at=1000 + 20 * SMALL)
+    )
+    reference = frame(traffic.next_batch(1000))
+    results = [compute_drift(reference, frame(traffic.next_batch(SMALL)), numerical) for _ in range(21)]
+    assert all(
+        c.method.startswith("K-S") and c.adjusted_p_value is not None for r in results for c in r.columns
+    )
+    assert sum(any(c.drifted for c in r.columns) for r in results[:20]) <= 1
+    assert {c.column for c in results[20].columns if c.drifted} == {"salary", "age"}
+    exported = {(m.metric, m.labels.get("feature_name")): m.value for m in results[20].measurements()}
+    assert exported[("drift_detected", "salary")] == 1.0
+    assert exported[("drift_adjusted_p_value", "salary")] < 0.05

@@ -97,9 +97,15 @@ GAUGES: dict[tuple[str, str], Gauge] = {
         versioned=False,
         extra=("feature_name",),
     ),
+    ("drift", "drift_adjusted_p_value"): Gauge(
+        "ai_data_drift_adjusted_p_value",
+        "P-value of a feature's drift test adjusted across the model's tests (Benjamini-Hochberg).",
+        versioned=False,
+        extra=("feature_name",),
+    ),
     ("drift", "drift_detected"): Gauge(
         "ai_data_drift_detected",
-        "1 when the feature's drift test failed.",
+        "1 when the feature drifted by its method's verdict (p-values corrected for multiple testing).",
         versioned=False,
         extra=("feature_name",),
     ),
