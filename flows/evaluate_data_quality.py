@@ -26,6 +26,9 @@ def evaluate_data_quality(datasets: list[str] | None = None) -> dict[str, dict[s
             continue
         if model.name not in references:
             references[model.name] = load_reference(store, model)
+        if references[model.name].empty:
+            print(f"{dataset.name}: {model.name}'s reference has no rows yet; nothing to check against")
+            continue
         window = Window(end - model.windows.data_quality, end)
         result = evaluate_dataset(store, dataset, model, window, references[model.name], flow_run.id)
         summary[dataset.name] = {"score": result.score, "rows": result.rows}

@@ -62,7 +62,8 @@ def reference_frame(store: Store, model: Model) -> pd.DataFrame:
     if reference is None:
         raise ValueError(f"model {model.name!r} has no reference configured (models[].reference)")
     if isinstance(reference, FileReference):
-        return read_table(reference.path)
+        # Not written yet (the demo writes its own at start): no reference, nothing is judged.
+        return read_table(reference.path) if reference.path.exists() else pd.DataFrame()
     if isinstance(reference, SqlReference):
         url = resolve_secret(reference.database_url) if reference.database_url else store.url
         engine = create_engine(url)

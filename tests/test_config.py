@@ -85,6 +85,20 @@ def test_reference_file_is_relative_to_the_config_folder(tmp_path: Path) -> None
     assert reference.path == tmp_path / "ref" / "credit.parquet"
 
 
+def test_a_reference_file_under_home_follows_the_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = example()
+    data["models"][0]["reference"] = {"kind": "file", "path": "{home}/reference/credit.parquet"}
+    path = write(tmp_path, data)
+    assert (
+        load_config(path, tmp_path / "a").models[0].reference.path
+        == tmp_path / "a" / "reference" / "credit.parquet"
+    )
+    monkeypatch.setenv("WATCHKEEPER_HOME", str(tmp_path / "b"))
+    assert load_config(path).models[0].reference.path == tmp_path / "b" / "reference" / "credit.parquet"
+
+
 def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml")

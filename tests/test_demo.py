@@ -2,6 +2,7 @@
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import LiveService
@@ -73,3 +74,35 @@ def test_demo_traffic_posts_predictions_and_every_label(service: LiveService) ->
     assert 'watchkeeper_feedback_total{model_name="credit_approval",model_version="v1"} 250.0' in metrics
     series = '{pipeline_name="credit_feature_pipeline",stage="features"}'
     assert f"ai_pipeline_processing_latency_seconds_count{series} 7.0" in metrics
+
+
+def test_the_held_back_reference_follows_training_is_labelled_and_scored_and_moves_drift_along() -> None:
+    plain = DemoTraffic(train_size=500, seed=3)
+    held = DemoTraffic(
+        train_size=500, seed=3, reference_size=300, injections=Injections(concept_drift_at=100)
+    )
+    reference = held.reference
+    assert len(reference) == 300 and set(reference.columns) >= {"salary", "prediction", "score", "label"}
+    # The stream rows right after the training part: never trained on, never served as traffic.
+    first = plain.next_batch(300)
+    assert reference["salary"].tolist() == [e.features["salary"] for e in first]
+    assert reference["label"].tolist() == [e.label for e in first]
+    assert float((reference["prediction"] == reference["label"]).mean()) > 0.9
+    # Injections still count served predictions: concept drift starts 100 predictions in.
+    held.next_batch(100)
+    assert accuracy(held.next_batch(500)) < 0.8
+
+
+def test_demo_traffic_writes_the_configured_file_reference(tmp_path, service: LiveService) -> None:  # noqa: ANN001
+    from tests.test_cli import run
+
+    result = run(
+        "demo-traffic",
+        *("--count", "20", "--rate", "0", "--train-size", "300", "--reference-rows", "250"),
+        *("--url", service.url),
+        home=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    written = tmp_path / "reference" / "credit_approval.parquet"
+    assert f"wrote 250 held-back labelled rows to {written}" in " ".join(result.stdout.split())
+    assert len(pd.read_parquet(written)) == 250

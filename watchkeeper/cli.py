@@ -245,8 +245,19 @@ def demo_traffic(
     incident_length: Annotated[
         int, typer.Option(min=1, help="Predictions a latency or error incident lasts")
     ] = 2000,
+    reference_rows: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Labelled rows held back from training and written as the model's file reference"
+        ),
+    ] = 5000,
 ) -> None:
-    """Train a classifier on river's Agrawal credit stream and post its predictions and labels."""
+    """Train a classifier on river's Agrawal credit stream and post its predictions and labels.
+
+    When the model's configured reference is a file, a labelled slice of the stream that the
+    classifier was not trained on is written there first, so drift compares production with
+    known-good data from the first window."""
+    from watchkeeper.config import FileReference
     from watchkeeper.demo import DemoTraffic, Injections, run_demo_traffic
 
     injections = Injections(
@@ -262,7 +273,18 @@ def demo_traffic(
         error_rate=error_rate,
         incident_length=incident_length,
     )
-    traffic = DemoTraffic(model_name=model, train_size=train_size, seed=seed, injections=injections)
+    configured = load_monitoring().model(model)
+    reference = configured.reference if configured is not None else None
+    held_back = reference_rows if isinstance(reference, FileReference) else 0
+    traffic = DemoTraffic(
+        model_name=model, train_size=train_size, seed=seed, injections=injections, reference_size=held_back
+    )
+    if held_back:
+        reference.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = reference.path.with_name(f".{reference.path.name}.partial")
+        traffic.reference.to_parquet(partial, index=False)
+        partial.replace(reference.path)  # readers never see half a file
+        console.print(f"wrote {held_back} held-back labelled rows to {reference.path}")
     sent = run_demo_traffic(
         traffic,
         url=url,

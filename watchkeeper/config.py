@@ -7,6 +7,7 @@ field that needs one holds a reference to an environment variable or a Prefect S
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -31,6 +32,7 @@ from pydantic import (
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$"
+HOME_PLACEHOLDER = "{home}"
 
 
 class ConfigError(ValueError):
@@ -80,15 +82,22 @@ class Feature(Strict):
 
 
 class FileReference(Strict):
-    """A CSV or Parquet file; a relative path is taken from the configuration file's folder."""
+    """A CSV or Parquet file; a relative path is taken from the configuration file's folder, and a
+    path starting with `{home}` from WATCHKEEPER_HOME (where the demo writes its reference)."""
 
     kind: Literal["file"]
     path: Path
 
-    @field_validator("path")
+    @field_validator("path", mode="before")
     @classmethod
-    def _relative_to_config(cls, path: Path, info: ValidationInfo) -> Path:
-        base = (info.context or {}).get("base_dir")
+    def _relative_to_config(cls, path: Any, info: ValidationInfo) -> Path:
+        context = info.context or {}
+        text = str(path)
+        if text.startswith(HOME_PLACEHOLDER):
+            home = context.get("home") or Path(os.environ.get("WATCHKEEPER_HOME", ".watchkeeper"))
+            return Path(home).expanduser().resolve() / text.removeprefix(HOME_PLACEHOLDER).lstrip("/")
+        path = Path(text)
+        base = context.get("base_dir")
         return path if path.is_absolute() or base is None else Path(base) / path
 
 
@@ -543,7 +552,8 @@ def describe_errors(error: ValidationError) -> list[str]:
     return lines
 
 
-def load_config(path: Path | str) -> WatchkeeperConfig:
+def load_config(path: Path | str, home: Path | None = None) -> WatchkeeperConfig:
+    """The configuration at `path`; `home` (default WATCHKEEPER_HOME) is what `{home}` in a path means."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -554,7 +564,7 @@ def load_config(path: Path | str) -> WatchkeeperConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        return WatchkeeperConfig.model_validate(raw, context={"base_dir": path.parent})
+        return WatchkeeperConfig.model_validate(raw, context={"base_dir": path.parent, "home": home})
     except ValidationError as exc:
         details = "\n".join(f"  {line}" for line in describe_errors(exc))
         raise ConfigError(f"{path}: invalid configuration:\n{details}") from exc

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from river.datasets import synth
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -79,16 +80,33 @@ class DemoTraffic:
         train_size: int = 5000,
         seed: int = 7,
         injections: Injections = Injections(),
+        reference_size: int = 0,
     ) -> None:
         self.model_name = model_name
         self.model_version = model_version
         self.train_size = train_size
+        self.reference_size = reference_size
         self.seed = seed
         self.injections = injections
         self.rng = np.random.default_rng(seed)
         self.stream = iter(self._build_stream())
         self.classifier = self._train()
         self.position = 0
+        self.reference = self._held_back(reference_size)
+
+    def _held_back(self, size: int) -> pd.DataFrame:
+        """A labelled slice of the stream after the training part, scored by the classifier but never
+        trained on: the model's known-good reference for drift, data quality and calibration."""
+        if size == 0:
+            return pd.DataFrame()
+        rows = [next(self.stream) for _ in range(size)]
+        x = np.array([[r[0][f] for f in FEATURES] for r in rows], dtype=float)
+        scores = self.classifier.predict_proba(x)[:, 1]
+        frame = pd.DataFrame([{f: r[0][f] for f in FEATURES} for r in rows])
+        frame["prediction"] = (scores >= 0.5).astype(int)
+        frame["score"] = scores.round(6)
+        frame["label"] = [int(r[1]) for r in rows]
+        return frame
 
     def _build_stream(self) -> synth.Agrawal | synth.ConceptDriftStream:
         base = synth.Agrawal(classification_function=0, seed=self.seed)
@@ -98,7 +116,7 @@ class DemoTraffic:
         drifted = synth.Agrawal(
             classification_function=self.injections.concept_drift_function, seed=self.seed + 1
         )
-        position = self.train_size + at
+        position = self.train_size + self.reference_size + at
         # ConceptDriftStream switches along a sigmoid centred on `position`; a narrow width makes the
         # switch abrupt, but its exp() overflows when width < 4 * position / 709.
         width = max(CONCEPT_DRIFT_WIDTH, math.ceil(4 * position / 700))

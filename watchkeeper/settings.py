@@ -103,7 +103,7 @@ class Settings(BaseSettings):
 
     @cached_property
     def monitoring(self) -> WatchkeeperConfig:
-        return load_config(self.config)
+        return load_config(self.config, self.resolved_home)
 
     def ensure_home(self) -> None:
         for folder in (self.resolved_home, self.logs_dir, self.run_dir, self.evidently_workspace):
