@@ -59,12 +59,15 @@ def test_a_claimed_run_is_not_claimed_again_until_its_lease_expires(store: Store
 
 
 @pytest.mark.stack
-def test_alerts_posted_while_prefect_is_down_start_one_run_once_it_is_back(tmp_path: Path) -> None:
+def test_alerts_posted_while_prefect_is_down_start_one_run_once_it_is_back(
+    tmp_path: Path, store: Store
+) -> None:
     prefect_port, service_port = free_port(), free_port()
     service_url = f"http://127.0.0.1:{service_port}"
     env = {
         **os.environ,
         "WATCHKEEPER_HOME": str(tmp_path / "home"),
+        "WATCHKEEPER_DATABASE_URL": store.url.render_as_string(hide_password=False),
         "WATCHKEEPER_API_TOKEN": TOKEN,
         "WATCHKEEPER_OUTBOX_MAX_BACKOFF_SECONDS": "1",
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
@@ -73,7 +76,6 @@ def test_alerts_posted_while_prefect_is_down_start_one_run_once_it_is_back(tmp_p
         "DO_NOT_TRACK": "1",
     }
     serve = [str(BIN / "watchkeeper"), "serve", "--port", str(service_port)]
-    store = Store(f"sqlite:///{tmp_path / 'home' / 'watchkeeper.db'}")
     headers = {"Authorization": f"Bearer {TOKEN}"}
 
     service = Process(serve, tmp_path / "service-1.log", env)
