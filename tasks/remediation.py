@@ -374,7 +374,7 @@ def _claim_row(
     return won if won is not None else Execution(row_id, "not claimed")
 
 
-def _run_claimed(store: Store, config: WatchkeeperConfig, won: Claim, summary: IncidentSummary) -> Execution:
+def run_claimed(store: Store, config: WatchkeeperConfig, won: Claim, summary: IncidentSummary) -> Execution:
     context = ActionContext(config, summary, config.remediation.action_timeout.total_seconds())
     kind = ACTIONS[won.action]
     reverting = won.inputs.get("reverting")
@@ -403,11 +403,19 @@ def _finish(store: Store, won: Claim, to: ActionStatus, result: dict[str, Any]) 
         if not finish(session, won.row_id, won.claimant, to, result):
             log.warning("action %s: its claim was taken over before %s could be recorded", won.row_id, to)
             return
-        ticket_id = (
-            result.get("ticket_id") if won.action == "ticket" and to is ActionStatus.SUCCEEDED else None
-        )
-        if ticket_id is not None and won.incident_id is not None:
+        if to is not ActionStatus.SUCCEEDED or won.incident_id is None:
+            return
+        ticket_id = result.get("ticket_id") if won.action == "ticket" else None
+        if ticket_id is not None:
             session.get(Incident, won.incident_id).ticket_id = ticket_id
+        if won.action in REVERTIBLE and "reverting" not in won.inputs:
+            # Succeeded after its incident resolved (a slow target): its follow-up is owed now.
+            session.execute(
+                update(Incident)
+                .where(Incident.id == won.incident_id, Incident.status == "resolved")
+                .values(revision=Incident.revision + 1)
+                .execution_options(synchronize_session=False)
+            )
 
 
 def execute_action(
@@ -426,7 +434,7 @@ def execute_action(
     won = _claim_row(store, config, row_id, claimant, alertmanager_url)
     if isinstance(won, Execution):
         return won
-    return _run_claimed(store, config, won, summary)
+    return run_claimed(store, config, won, summary)
 
 
 @task(
@@ -608,7 +616,7 @@ def reconcile(
             if won is None:
                 continue
             try:
-                done.resent[row_id] = str(_run_claimed(store, config, won, summaries[incident_id]).outcome)
+                done.resent[row_id] = str(run_claimed(store, config, won, summaries[incident_id]).outcome)
             except Exception as exc:  # noqa: BLE001 - recorded on the row as failed
                 done.resent[row_id] = f"failed: {type(exc).__name__}"
             continue

@@ -19,7 +19,9 @@ from tasks.incidents import correlate_pending_alerts
 from tasks.remediation import (
     execute_action,
     handle_incident,
+    owed_incidents,
     reconcile,
+    run_claimed,
     stale_after,
     time_out_approvals,
 )
@@ -348,3 +350,26 @@ def test_the_reconciler_decides_an_incident_a_dead_run_left_undecided_and_runs_i
     again = reconcile(store, config, "reconciler", now=utcnow() + timedelta(minutes=10))
     assert again.handled == [incident_id]
     assert reconcile(store, config, "reconciler", now=utcnow() + timedelta(minutes=15)).anything is False
+
+
+def test_an_action_that_succeeds_after_its_incident_resolved_is_still_switched_back(
+    tmp_path: Path, store: Store, standins: tuple
+) -> None:
+    kube, http, smtp = standins
+    config = remediation_config(tmp_path, *standins)
+    body = alert("ModelAccuracyCritical", timedelta(0), model_name="credit_approval", severity="critical")
+    incident_id = incident_for(store, config, body)
+    decisions = handle_incident(store, config, incident_id, None)
+    fallback = next(r for r in decisions.rows if r.action == "fallback_model")
+    with store.writing() as session:
+        slow = claim(session, fallback.id, "slow-run")  # its router call is still under way...
+    with store.writing() as session:
+        session.execute(text("UPDATE alerts SET status = 'resolved', ends_at = starts_at"))
+    assert correlate_pending_alerts(store, config).resolved == [incident_id]
+    assert handle_incident(store, config, incident_id, None).rows == []  # nothing had succeeded yet
+    assert run_claimed(store, config, slow, decisions.summary).outcome == "succeeded"  # ...and lands
+    assert owed_incidents(store) == [incident_id]
+    follow_ups = handle_incident(store, config, incident_id, None)
+    [switch_back] = [r for r in follow_ups.rows if r.action == "fallback_model"]
+    assert execute_action(store, config, switch_back.id, follow_ups.summary, "run").outcome == "succeeded"
+    assert [r.body["active"] for r in http.to("/router/activate_fallback")] == [True, False]

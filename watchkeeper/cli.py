@@ -738,6 +738,10 @@ def _answer(incident_id: int, approved: bool, comment: str, url: str | None) -> 
     )
     for run_id, error in body["not_resumed"].items():
         console.print(f"run {run_id} could not be resumed ({error}); the reconciler will act on the decision")
+    if approved and not body["resumed_runs"]:
+        console.print(
+            "no run is paused for it: reconcile-remediation runs the approved actions (within ~2 min)"
+        )
 
 
 @app.command()
