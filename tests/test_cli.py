@@ -87,7 +87,14 @@ def test_drift_report_flags_shifted_columns_and_stays_quiet_on_a_stationary_spli
     quiet_report, loud_report = json.loads(quiet.stdout), json.loads(loud.stdout)
     assert not any(c["drifted"] for c in quiet_report["columns"]) and quiet_report["share"] == 0
     assert {c["column"] for c in loud_report["columns"] if c["drifted"]} == {"salary", "age"}
-    assert set(loud_report["columns"][0]) == {"column", "method", "score", "threshold", "drifted"}
+    assert set(loud_report["columns"][0]) == {
+        "column",
+        "method",
+        "score",
+        "threshold",
+        "drifted",
+        "adjusted_p_value",
+    }
     assert loud_report["share"] == pytest.approx(2 / 10)
     assert "<html" in html.read_text()[:2000].lower()
 
