@@ -1,11 +1,12 @@
-"""collect-model-metrics: per model, traffic over the metrics window and quality over the quality window."""
+"""collect-model-metrics: per model, traffic over the metrics window and quality over the quality window;
+then the intake's tallies are compacted."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.metrics import Window, measure_quality, measure_traffic, record_results
+from tasks.metrics import Window, compact_tallies, measure_quality, measure_traffic, record_results
 from watchkeeper.settings import Settings
 from watchkeeper.store.schema import utcnow
 
@@ -28,4 +29,5 @@ def collect_model_metrics(models: list[str] | None = None) -> dict[str, int]:
             store, "model_traffic", model, traffic_window, traffic, flow_run.id
         ) + record_results(store, "model_quality", model, quality_window, quality, flow_run.id)
         get_run_logger().info("%s: %d results for the window ending %s", model.name, stored[model.name], end)
+    compact_tallies(store)
     return stored

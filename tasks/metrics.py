@@ -16,7 +16,9 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from sqlalchemy import and_, delete, select
 
 from watchkeeper.config import Model
+from watchkeeper.record_checks import class_name
 from watchkeeper.store import Store
+from watchkeeper.store.intake import fold_tallies
 from watchkeeper.store.schema import EvaluationResult, Feedback, Prediction, utcnow
 
 
@@ -62,13 +64,6 @@ def traffic_metrics(log: pd.DataFrame, window: Window) -> list[Measurement]:
             Measurement("prediction_share", n / len(served), {"prediction_class": str(predicted_class)})
         )
     return measurements
-
-
-def class_name(value: object) -> str:
-    """One spelling per class: labels that went through a float column (1.0) match predictions (1)."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _is_positive(column: pd.Series, positive_class: object) -> pd.Series:
@@ -243,3 +238,9 @@ def record_results(
         save_results(store, kind, model.name, version, window, measurements, flow_run_id)
         for version, measurements in by_version.items()
     )
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def compact_tallies(store: Store) -> int:
+    """Fold the intake's appended tally rows into one row per series, so scrapes stay cheap."""
+    return fold_tallies(store)

@@ -21,7 +21,6 @@ is enough to lower the score: averaging it with healthy columns would hide it.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import pandas as pd
@@ -32,6 +31,7 @@ from tasks.drift import ColumnSpec
 from tasks.logs import LOG_FIELDS, prediction_frame
 from tasks.metrics import Measurement, Window, save_results
 from watchkeeper.config import Dataset, Model
+from watchkeeper.record_checks import is_number
 from watchkeeper.store import Store
 
 
@@ -66,10 +66,6 @@ class QualityResult:
         return found
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _column_checks(
     spec: ColumnSpec, current: pd.Series, reference: pd.Series
 ) -> tuple[list[CheckResult], float]:
@@ -82,7 +78,7 @@ def _column_checks(
     invalid = 0.0
     if len(present):
         if spec.type == "numerical":
-            numeric = present.map(_is_number)
+            numeric = present.map(is_number)
             values = pd.to_numeric(present[numeric])
             mismatch = 1.0 - float(numeric.mean())
             low, high = (known.min(), known.max()) if len(known) else (float("-inf"), float("inf"))

@@ -138,6 +138,9 @@ class Thresholds(Strict):
     accuracy_warning: float = Field(default=0.85, ge=0, le=1)
     accuracy_critical: float = Field(default=0.75, ge=0, le=1)
     drift_share: float = Field(default=0.5, ge=0, le=1)
+    min_throughput_rps: float = Field(
+        default=10.0, ge=0, description="ModelThroughputLow fires below this (the seed's 10 rps)"
+    )
 
 
 def _increasing(buckets: tuple[float, ...]) -> tuple[float, ...]:

@@ -18,8 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from tasks.logs import reference_frame
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.dispatcher import OutboxDispatcher
+from watchkeeper.record_checks import ReferenceProfiles
 from watchkeeper.records import (
     BatchError,
     BatchTooLarge,
@@ -157,13 +159,15 @@ def create_app(
             dispatcher.stop()
 
     app = FastAPI(title="Watchkeeper", version="0.1.0", lifespan=lifespan)
-    registry = store_registry(store)
+    profiles = ReferenceProfiles(config, partial(reference_frame, store))
+    registry = store_registry(store, config, profiles)
     intake_authorized = [Depends(credentials_guard(credentials.intake))]
     alertmanager_authorized = [Depends(credentials_guard(credentials.alertmanager))]
     operator = credentials_guard(credentials.operator)
     authorized = [Depends(operator)]
     head = store.head_revision()
 
+    models = {m.name: m for m in config.models}
     latency_buckets = {m.name: m.latency_buckets for m in config.models}.__getitem__
     pipeline_buckets = {p.name: p.latency_buckets for p in config.pipelines}.__getitem__
 
@@ -200,13 +204,15 @@ def create_app(
     async def post_predictions(request: Request) -> JSONResponse:
         """Store a batch of predictions (JSON array or NDJSON), whole or not at all."""
         return await intake(
-            request, PredictionRecord, partial(store_predictions, latency_buckets=latency_buckets)
+            request,
+            PredictionRecord,
+            partial(store_predictions, latency_buckets=latency_buckets, profile_for=profiles),
         )
 
     @app.post("/v1/feedback", dependencies=intake_authorized)
     async def post_feedback(request: Request) -> JSONResponse:
         """Store a batch of delayed ground-truth labels (JSON array or NDJSON), whole or not at all."""
-        return await intake(request, FeedbackRecord, store_feedback)
+        return await intake(request, FeedbackRecord, partial(store_feedback, model_for=models.get))
 
     @app.post("/v1/pipeline-runs", dependencies=intake_authorized)
     async def post_pipeline_runs(request: Request) -> JSONResponse:

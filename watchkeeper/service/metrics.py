@@ -17,8 +17,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
+from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.record_checks import ReferenceProfile, ReferenceProfiles
 from watchkeeper.store import Store
-from watchkeeper.store.intake import INFERENCE_LATENCY, PIPELINE_LATENCY, intake_totals
+from watchkeeper.store.intake import INFERENCE_LATENCY, PIPELINE_LATENCY, intake_totals, tally_totals
 from watchkeeper.store.remediation import ActionStatus, RemediationAction
 from watchkeeper.store.schema import (
     Alert,
@@ -227,6 +229,110 @@ def histogram_families(session: Session) -> list[HistogramMetricFamily]:
     return list(families.values())
 
 
+@dataclass(frozen=True)
+class TallyCounter:
+    """How one tally family is exported: counter name, help, and the labels its keys fill."""
+
+    name: str
+    doc: str
+    labels: tuple[str, ...]
+
+
+TALLY_COUNTERS = {
+    "prediction_errors": TallyCounter(
+        "ai_model_prediction_errors",
+        "Predictions that failed (error: true).",
+        ("model_name", "model_version"),
+    ),
+    "predictions_by_class": TallyCounter(
+        "ai_model_predictions_by_class",
+        "Served predictions per class (classes outside the reference's under _other_).",
+        ("model_name", "model_version", "prediction_class"),
+    ),
+    "labelled": TallyCounter(
+        "ai_model_labelled_predictions",
+        "Predictions whose ground-truth label arrived, counted on arrival.",
+        ("model_name", "model_version"),
+    ),
+    "misclassified": TallyCounter(
+        "ai_model_misclassified_predictions",
+        "Labelled predictions whose class differs from the label, counted on the label's arrival.",
+        ("model_name", "model_version"),
+    ),
+    "business_value": TallyCounter(
+        "ai_business_value",
+        "Business value of correct positive decisions, counted on the label's arrival.",
+        ("model_name", "metric_type"),
+    ),
+    "records_checked": TallyCounter(
+        "ai_data_records_checked",
+        "Prediction records checked against the reference at intake.",
+        ("dataset_name", "model_name", "pipeline_name"),
+    ),
+    "record_check_failures": TallyCounter(
+        "ai_data_record_check_failures",
+        "Prediction records failing one intake check on one column.",
+        ("dataset_name", "model_name", "pipeline_name", "check", "column"),
+    ),
+}
+
+
+def tally_families(
+    totals: Iterable[tuple[str, str, str, str, float]], datasets: dict[str, tuple[str, str]]
+) -> list[CounterMetricFamily]:
+    """`datasets` maps a dataset to its (model, pipeline), which the dataset families are labelled with."""
+    families = {
+        family: CounterMetricFamily(c.name, c.doc, labels=list(c.labels))
+        for family, c in TALLY_COUNTERS.items()
+    }
+    for family, subject, variant, detail, total in totals:
+        if family not in families:
+            continue
+        if family == "records_checked":
+            values = [subject, *datasets.get(subject, (subject, ""))]
+        elif family == "record_check_failures":
+            values = [subject, *datasets.get(subject, (subject, "")), variant, detail]
+        elif family == "business_value":
+            values = [subject, detail]
+        elif family == "predictions_by_class":
+            values = [subject, variant, detail]
+        else:
+            values = [subject, variant]
+        families[family].add_metric(values, total)
+    return list(families.values())
+
+
+def reference_families(profiles: Iterable[ReferenceProfile]) -> list[GaugeMetricFamily]:
+    nulls = GaugeMetricFamily(
+        "ai_data_reference_null_share",
+        "Share of a column's values that are null in the reference (intake null checks count beyond it).",
+        labels=["dataset_name", "column"],
+    )
+    classes = GaugeMetricFamily(
+        "ai_model_reference_class_share",
+        "Share of the reference's predictions in each class.",
+        labels=["model_name", "prediction_class"],
+    )
+    for profile in profiles:
+        for column, spec in profile.columns.items():
+            nulls.add_metric([profile.dataset, column], spec.null_share)
+        for name, share in profile.class_shares.items():
+            classes.add_metric([profile.model, name], share)
+    return [nulls, classes]
+
+
+def threshold_families(config: WatchkeeperConfig) -> list[GaugeMetricFamily]:
+    """Per-model thresholds from the config, which rules compare with (the seed's value when absent)."""
+    floor = GaugeMetricFamily(
+        "ai_model_min_throughput_rps",
+        "Configured throughput floor: ModelThroughputLow fires below it (10 where no model sets it).",
+        labels=["model_name", "model_version"],
+    )
+    for model in config.models:
+        floor.add_metric([model.name, model.version], model.thresholds.min_throughput_rps)
+    return [floor]
+
+
 def _le_text(bound: float) -> str:
     return repr(float(bound))
 
@@ -269,12 +375,18 @@ def operations_families(session: Session) -> list[Metric]:
 
 
 class StoreCollector(Collector):
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(
+        self, store: Store, config: WatchkeeperConfig | None = None, profiles: ReferenceProfiles | None = None
+    ) -> None:
+        self.store, self.config, self.profiles = store, config, profiles
+        self.datasets = (
+            {d.name: (d.model or "", d.pipeline or "") for d in config.datasets} if config is not None else {}
+        )
 
     def collect(self) -> Iterator[Metric]:
         with self.store.reading() as session:
             totals = intake_totals(session)
+            tallies = tally_totals(session)
             results = latest_results(session)
             stamps = evaluation_timestamps(session)
             histograms = histogram_families(session)
@@ -287,6 +399,11 @@ class StoreCollector(Collector):
             if row.kind in counters:
                 counters[row.kind].add_metric([row.model_name, row.model_version], row.total)
         yield from counters.values()
+        yield from tally_families(tallies, self.datasets)
+        if self.profiles is not None:
+            yield from reference_families(self.profiles.loaded())
+        if self.config is not None:
+            yield from threshold_families(self.config)
         yield from histograms
         yield from gauge_families(results)
         freshness = GaugeMetricFamily(
@@ -300,7 +417,9 @@ class StoreCollector(Collector):
         yield from operations
 
 
-def store_registry(store: Store) -> CollectorRegistry:
+def store_registry(
+    store: Store, config: WatchkeeperConfig | None = None, profiles: ReferenceProfiles | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store))
+    registry.register(StoreCollector(store, config, profiles))
     return registry

@@ -5,14 +5,16 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from watchkeeper.config import Model
+from watchkeeper.record_checks import ReferenceProfile, class_name, record_failures
 from watchkeeper.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
 from watchkeeper.store import Store
 from watchkeeper.store.schema import (
@@ -22,6 +24,7 @@ from watchkeeper.store.schema import (
     IntakeCount,
     PipelineRun,
     Prediction,
+    Tally,
     utcnow,
 )
 
@@ -57,15 +60,21 @@ def _first_per_request(records: Iterable[Any]) -> dict[tuple[str, str], Any]:
 def _lookup(
     session: Session, group: Any, ident: Any, value: Any, keys: Iterable[tuple[str, str]]
 ) -> list[tuple[tuple[str, str], Any]]:
-    """`value` for each stored row whose (`group`, `ident`) is among `keys`, e.g. (model_name, request_id)."""
+    """`value` for each stored row whose (`group`, `ident`) is among `keys`, e.g. (model_name, request_id).
+
+    `value` may be a tuple of columns; each found value is then a row of them.
+    """
+    values = value if isinstance(value, tuple) else (value,)
     by_group: dict[str, list[str]] = {}
     for group_value, ident_value in keys:
         by_group.setdefault(group_value, []).append(ident_value)
     found: list[tuple[tuple[str, str], Any]] = []
     for group_value, idents in by_group.items():
         for chunk in _chunks(idents):
-            rows = session.execute(select(ident, value).where(group == group_value, ident.in_(chunk)))
-            found.extend(((group_value, ident_value), v) for ident_value, v in rows)
+            rows = session.execute(select(ident, *values).where(group == group_value, ident.in_(chunk)))
+            found.extend(
+                ((group_value, row[0]), row[1:] if isinstance(value, tuple) else row[1]) for row in rows
+            )
     return found
 
 
@@ -87,6 +96,100 @@ def _upsert_add(session: Session, table: type[Any], rows: list[dict[str, Any]], 
 def _add_to_counts(session: Session, kind: str, counts: Counter[tuple[str, str]]) -> None:
     rows = [{"kind": kind, "model_name": m, "model_version": v, "total": n} for (m, v), n in counts.items()]
     _upsert_add(session, IntakeCount, rows, ["total"])
+
+
+def _append_tallies(session: Session, family: str, counts: Mapping[tuple[str, str, str], float]) -> None:
+    """One new row per (subject, variant, detail) with a count: no row is shared with another writer."""
+    rows = [
+        {"family": family, "subject": subject, "variant": variant, "detail": detail, "total": float(n)}
+        for (subject, variant, detail), n in counts.items()
+        if n
+    ]
+    if rows:
+        session.execute(Tally.__table__.insert(), rows)
+
+
+def tally_totals(session: Session) -> list[tuple[str, str, str, str, float]]:
+    """(family, subject, variant, detail, total) for every tallied series."""
+    series = (Tally.family, Tally.subject, Tally.variant, Tally.detail)
+    return [tuple(row) for row in session.execute(select(*series, func.sum(Tally.total)).group_by(*series))]
+
+
+def fold_tallies(store: Store) -> int:
+    """Replace each series' rows by one row with their sum; returns the rows removed.
+
+    The rows are deleted with RETURNING and summed from what this transaction deleted, so two
+    concurrent folds never count a row twice, and writers appending meanwhile are not touched.
+    """
+    with store.writing() as session:
+        deleted = session.execute(
+            delete(Tally).returning(Tally.family, Tally.subject, Tally.variant, Tally.detail, Tally.total)
+        ).all()
+        sums: Counter[tuple[str, str, str, str]] = Counter()
+        for family, subject, variant, detail, total in deleted:
+            sums[(family, subject, variant, detail)] += total
+        if sums:
+            session.execute(
+                Tally.__table__.insert(),
+                [
+                    {"family": f, "subject": s, "variant": v, "detail": d, "total": n}
+                    for (f, s, v, d), n in sums.items()
+                ],
+            )
+        return len(deleted)
+
+
+def _tally_predictions(
+    session: Session,
+    rows: Sequence[dict[str, Any]],
+    profile_for: Callable[[str], ReferenceProfile | None],
+) -> None:
+    """Errors and classes per model version; record checks per dataset (data quality's fast path)."""
+    errors: Counter[tuple[str, str, str]] = Counter()
+    classes: Counter[tuple[str, str, str]] = Counter()
+    checked: Counter[tuple[str, str, str]] = Counter()
+    failures: Counter[tuple[str, str, str]] = Counter()
+    for row in rows:
+        model, version = row["model_name"], row["model_version"]
+        errors[(model, version, "")] += bool(row["error"])
+        reference = profile_for(model)
+        if reference is None:
+            continue
+        if not row["error"] and row["prediction"] is not None:
+            classes[(model, version, reference.prediction_class(row["prediction"]))] += 1
+        checked[(reference.dataset, "", "")] += 1
+        for check, column in record_failures(reference, row["features"]):
+            failures[(reference.dataset, check, column)] += 1
+    _append_tallies(session, "prediction_errors", errors)
+    _append_tallies(session, "predictions_by_class", classes)
+    _append_tallies(session, "records_checked", checked)
+    _append_tallies(session, "record_check_failures", failures)
+
+
+def _tally_labels(
+    session: Session,
+    labelled: Iterable[tuple[FeedbackRecord, str, Any]],
+    model_for: Callable[[str], Model | None],
+) -> None:
+    """Per model version: labelled predictions and misclassified ones; per model: the business value
+    of correct positive decisions, as `ai_business_impact_score` counts it."""
+    counted: Counter[tuple[str, str, str]] = Counter()
+    missed: Counter[tuple[str, str, str]] = Counter()
+    value: Counter[tuple[str, str, str]] = Counter()
+    for record, version, prediction in labelled:
+        model = model_for(record.model_name)
+        if model is None:
+            continue
+        key = (record.model_name, version, "")
+        counted[key] += 1
+        predicted, actual = class_name(prediction), class_name(record.label)
+        missed[key] += predicted != actual
+        positive = class_name(model.positive_class)
+        if predicted == actual == positive and record.business_value is not None:
+            value[(record.model_name, "", model.business_metric)] += record.business_value
+    _append_tallies(session, "labelled", counted)
+    _append_tallies(session, "misclassified", missed)
+    _append_tallies(session, "business_value", value)
 
 
 def histogram_rows(
@@ -133,7 +236,10 @@ def _add_to_histogram(
 
 
 def _write_predictions(
-    session: Session, records: Sequence[PredictionRecord], buckets_for: Callable[[str], Sequence[float]]
+    session: Session,
+    records: Sequence[PredictionRecord],
+    buckets_for: Callable[[str], Sequence[float]],
+    profile_for: Callable[[str], ReferenceProfile | None],
 ) -> int:
     firsts = _first_per_request(records)
     existing = dict(_lookup(session, Prediction.model_name, Prediction.request_id, Prediction.id, firsts))
@@ -161,16 +267,26 @@ def _write_predictions(
     _add_to_histogram(
         session, INFERENCE_LATENCY, ((m, v, x) for m, v, x in latencies if x is not None), buckets_for
     )
+    _tally_predictions(session, rows, profile_for)
     return len(rows)
 
 
-def _write_feedback(session: Session, records: Sequence[FeedbackRecord]) -> int:
+def _write_feedback(
+    session: Session, records: Sequence[FeedbackRecord], model_for: Callable[[str], Model | None]
+) -> int:
     firsts = _first_per_request(records)
     existing = dict(_lookup(session, Feedback.model_name, Feedback.request_id, Feedback.id, firsts))
     new_keys = [key for key in firsts if key not in existing]
-    versions = dict(
-        _lookup(session, Prediction.model_name, Prediction.request_id, Prediction.model_version, new_keys)
+    served = dict(
+        _lookup(
+            session,
+            Prediction.model_name,
+            Prediction.request_id,
+            (Prediction.model_version, Prediction.prediction, Prediction.error),
+            new_keys,
+        )
     )
+    versions = {key: version for key, (version, _, _) in served.items()}
     now = utcnow()
     rows = [
         {
@@ -188,6 +304,12 @@ def _write_feedback(session: Session, records: Sequence[FeedbackRecord]) -> int:
     _add_to_counts(
         session, "feedback", Counter((key[0], versions.get(key, UNKNOWN_VERSION)) for key in new_keys)
     )
+    labelled = (
+        (firsts[key], version, prediction)
+        for key, (version, prediction, error) in served.items()
+        if not error and prediction is not None
+    )
+    _tally_labels(session, labelled, model_for)
     return len(rows)
 
 
@@ -224,15 +346,30 @@ def _store(
     )
 
 
+def no_profile(_model: str) -> None:
+    return None
+
+
 def store_predictions(
-    store: Store, records: Sequence[PredictionRecord], latency_buckets: Callable[[str], Sequence[float]]
+    store: Store,
+    records: Sequence[PredictionRecord],
+    latency_buckets: Callable[[str], Sequence[float]],
+    profile_for: Callable[[str], ReferenceProfile | None] = no_profile,
 ) -> StoredBatch:
-    """`latency_buckets(model_name)` gives the model's inference latency histogram bounds."""
-    return _store(store, records, lambda session, batch: _write_predictions(session, batch, latency_buckets))
+    """`latency_buckets(model_name)` gives the model's inference latency histogram bounds;
+    `profile_for(model_name)` its reference profile, which the records are checked against."""
+    return _store(
+        store,
+        records,
+        lambda session, batch: _write_predictions(session, batch, latency_buckets, profile_for),
+    )
 
 
-def store_feedback(store: Store, records: Sequence[FeedbackRecord]) -> StoredBatch:
-    return _store(store, records, _write_feedback)
+def store_feedback(
+    store: Store, records: Sequence[FeedbackRecord], model_for: Callable[[str], Model | None] = no_profile
+) -> StoredBatch:
+    """`model_for(model_name)`: the configured model, whose labelled outcomes are tallied."""
+    return _store(store, records, lambda session, batch: _write_feedback(session, batch, model_for))
 
 
 def store_pipeline_runs(

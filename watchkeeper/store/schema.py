@@ -132,6 +132,26 @@ class HistogramSum(Base):
     sum: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class Tally(Base):
+    """Counts from the intake, appended one row per batch and series and summed on every scrape.
+
+    Inserting instead of adding to a shared counter row means concurrent intake writers never wait
+    on one another; collect-model-metrics folds the rows of each series into one (`fold_tallies`).
+    `family` is what is counted, `subject` the model or dataset, `variant` the model version or
+    check, `detail` the column, prediction class or business metric.
+    """
+
+    __tablename__ = "tallies"
+    __table_args__ = (Index("ix_tallies_series", "family", "subject", "variant", "detail"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    family: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(128))
+    variant: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(String(128))
+    total: Mapped[float] = mapped_column(Float)
+
+
 class PipelineRun(Base):
     """One stage of one pipeline run, as the pipeline reported it."""
 
