@@ -41,6 +41,9 @@ BASE_CONFIDENCE = {"causal": 0.95, "same-service": 0.9, "dependency": 0.8}
 MAX_TOKEN_POSTINGS = 64
 # Labels that describe routing rather than the problem: not used to find similar incidents.
 ROUTING_LABELS = frozenset({"alertname", "severity", "team", "job", "receiver", "prometheus"})
+# Labels naming what is monitored: two alerts that name different ones are not "similar", however
+# alike the rest of their labels (the same rule firing for two models is two problems).
+IDENTITY_LABELS = ("model_name", "dataset_name", "pipeline_name")
 _WORD = re.compile(r"[a-z][a-z_]{2,}")
 _VECTORIZER = HashingVectorizer(
     n_features=2**18, analyzer=lambda tokens: tokens, alternate_sign=False, norm="l2"
@@ -88,6 +91,15 @@ class IncidentState:
     name_services: dict[str, set[str | None]] = field(default_factory=dict)
     vector: dict[int, float] = field(default_factory=dict)
     norm_sq: float = 0.0
+    identities: dict[str, set[str]] = field(default_factory=dict)
+
+    def names_another(self, alert: AlertEvent) -> bool:
+        """Whether the alert names a model, dataset or pipeline none of whose kind in the incident is."""
+        return any(
+            key in self.identities and alert.labels[key] not in self.identities[key]
+            for key in IDENTITY_LABELS
+            if key in alert.labels
+        )
 
     def accepts_at(self, at: datetime, window: timedelta, quiet: timedelta) -> bool:
         if self.resolved_at is not None and at > self.resolved_at + quiet:
@@ -246,6 +258,9 @@ class Correlator:
                 incident.service_last.get(alert.service, alert.starts_at), alert.starts_at
             )
         incident.name_services.setdefault(alert.name, set()).add(alert.service)
+        for key in IDENTITY_LABELS:
+            if key in alert.labels:
+                incident.identities.setdefault(key, set()).add(alert.labels[key])
         for index, value in vector.items():
             old = incident.vector.get(index, 0.0)
             incident.vector[index] = old + value
@@ -286,7 +301,8 @@ class Correlator:
         """The strongest relation between the alert and the incident: (confidence, reason, detail).
 
         A causal rule links alert names only where the alerts are about the same place (see `_near`);
-        similarity counts only for an incident that shares a label value with the alert."""
+        similarity counts only for an incident that shares a label value with the alert and does not
+        name a different model, dataset or pipeline (the same rule firing for two models at once)."""
         rules = self.rules
         found: list[tuple[float, str, str]] = []
         for name in rules.causal_related.get(alert.name, frozenset()) & incident.name_services.keys():
@@ -312,7 +328,7 @@ class Correlator:
                     found.append(
                         (BASE_CONFIDENCE["dependency"], "dependency", f"{alert.service} {how} {other}")
                     )
-        if shares_label:
+        if shares_label and not incident.names_another(alert):
             similarity = cosine(vector, incident)
             if similarity >= rules.similarity_threshold:
                 found.append(

@@ -49,11 +49,13 @@ def read_table(path: Path) -> pd.DataFrame:
     raise ValueError(f"{path}: expected a .csv or .parquet file, got {suffix or 'no suffix'}")
 
 
-def first_prediction_time(store: Store, model_name: str) -> datetime | None:
+def first_prediction_time(store: Store, model_name: str, version: str | None = None) -> datetime | None:
+    """When the model (or one version of it) served its first stored prediction."""
+    query = select(func.min(Prediction.timestamp)).where(Prediction.model_name == model_name)
+    if version is not None:
+        query = query.where(Prediction.model_version == version)
     with store.reading() as session:
-        return session.scalar(
-            select(func.min(Prediction.timestamp)).where(Prediction.model_name == model_name)
-        )
+        return session.scalar(query)
 
 
 def reference_frame(store: Store, model: Model) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
 from sqlalchemy import and_, delete, select
 
+from tasks.logs import first_prediction_time
 from watchkeeper.config import Model
 from watchkeeper.record_checks import class_name
 from watchkeeper.store import Store
@@ -205,11 +206,18 @@ def _per_version(log: pd.DataFrame, default_version: str) -> dict[str, pd.DataFr
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def measure_traffic(store: Store, model: Model, window: Window) -> dict[str, list[Measurement]]:
-    """Per model version: request count, throughput, errors, latency and prediction mix."""
+    """Per model version: request count, throughput, errors, latency and prediction mix.
+
+    A version first served inside the window has its throughput counted from its first prediction,
+    so a model that just started (or a new version) does not read as low traffic.
+    """
     log = read_window(store, model.name, window)
-    return {
-        version: traffic_metrics(part, window) for version, part in _per_version(log, model.version).items()
-    }
+    measured = {}
+    for version, part in _per_version(log, model.version).items():
+        since = first_prediction_time(store, model.name, version)
+        served = Window(max(window.start, since), window.end) if since and since < window.end else window
+        measured[version] = traffic_metrics(part, served)
+    return measured
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

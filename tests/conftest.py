@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -19,16 +18,11 @@ from sqlalchemy import create_engine, text
 from watchkeeper.config import DEFAULT_LATENCY_BUCKETS, WatchkeeperConfig, load_config
 from watchkeeper.service.app import create_app
 from watchkeeper.settings import DEFAULT_CONFIG, Credentials, Role
+from watchkeeper.stack import free_port
 from watchkeeper.store import Store
 from watchkeeper.store.intake import StoredBatch, store_predictions
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _as_postgres_user(argv: list[str]) -> list[str]:

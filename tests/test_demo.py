@@ -52,6 +52,35 @@ def test_covariate_drift_nulls_latency_and_errors_start_where_asked() -> None:
     assert salaries(over) > 1.4 * salaries(quiet)  # covariate drift persists
 
 
+def test_collapse_missing_feature_pipeline_failure_business_and_traffic_start_where_asked() -> None:
+    traffic = DemoTraffic(
+        train_size=500,
+        seed=3,
+        injections=Injections(
+            prediction_collapse_at=100,
+            collapse_class=0,
+            missing_feature_at=100,
+            missing_feature="car",
+            pipeline_failure_at=100,
+            business_decline_at=100,
+            business_factor=0.5,
+            traffic_drop_at=100,
+            traffic_factor=0.1,
+        ),
+    )
+    now = pd.Timestamp.now(tz="UTC").to_pydatetime()
+    before = traffic.next_batch(100)
+    assert traffic.rate_factor() == 0.1 and traffic.injected_at is None
+    after = traffic.next_batch(100)
+    assert traffic.injected_at is not None
+    assert {e.prediction for e in before} == {0, 1} and {e.prediction for e in after} == {0}
+    assert all("car" in e.features for e in before) and not any("car" in e.features for e in after)
+    assert all(e.business_value == pytest.approx(0.5 * e.features["loan"], abs=0.01) for e in after)
+    assert all(e.business_value == pytest.approx(e.features["loan"], abs=0.01) for e in before)
+    assert traffic.pipeline_run_record("p", before, now)["errors"] == 0
+    assert traffic.pipeline_run_record("p", after, now)["errors"] == 100
+
+
 def test_unknown_null_feature_is_refused() -> None:
     with pytest.raises(ValueError, match="null_feature"):
         Injections(null_feature="income")

@@ -6,6 +6,7 @@ import getpass
 import ipaddress
 import json
 import sys
+import tempfile
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -18,7 +19,7 @@ from rich.table import Table
 
 from watchkeeper.config import ConfigError, WatchkeeperConfig
 from watchkeeper.settings import Settings
-from watchkeeper.stack import Ports, Stack, healthy
+from watchkeeper.stack import Ports, Stack, free_port, healthy
 from watchkeeper.store import Store
 
 app = typer.Typer(
@@ -510,6 +511,61 @@ def rca_eval(
                 )
             console.print(table)
     print(json.dumps(summary))
+
+
+@app.command()
+def drill(
+    faults: Annotated[str, typer.Option(help="Comma-separated fault ids (default: all)")] = "",
+    seed: Annotated[int, typer.Option(help="Demo stream seed")] = 7,
+    inject_after: Annotated[
+        float, typer.Option(min=0, help="Seconds from the stack being healthy to the injections")
+    ] = 120.0,
+    rate: Annotated[float, typer.Option(min=5, max=100, help="Predictions per second per model")] = 10.0,
+    clean_minutes: Annotated[
+        float, typer.Option(min=1, help="Minutes the clean model runs without injection")
+    ] = 30.0,
+    home: Annotated[
+        Path | None, typer.Option(help="Folder for the drill's stack (default: a new temp dir)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON")] = False,
+) -> None:
+    """Inject every failure class the demo knows, each on a model of its own, through a stack of its
+    own (`watchkeeper up` on free ports), and report what fired, when, and what was decided."""
+    from watchkeeper.drill import FAULTS, Drill, DrillOptions
+
+    wanted = tuple(f for f in faults.split(",") if f) or tuple(FAULTS)
+    try:
+        options = DrillOptions(wanted, seed, inject_after, rate, clean_minutes)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    folder = home or Path(tempfile.mkdtemp(prefix="watchkeeper-drill-"))
+    log = (lambda _m: None) if as_json else (lambda m: errors.print(m, highlight=False))
+    log(f"drill home {folder}: {len(wanted)} faults and a clean model, {clean_minutes:g} clean minutes")
+    ports = {name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager")}
+    try:
+        result = Drill(options, folder, log).run(ports)
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from exc
+    if not as_json:
+        table = Table(
+            "fault", "detected", "to webhook (s)", "to incident (s)", "first alerts", "root cause", "decision"
+        )
+        for fault, row in result["faults"].items():
+            first = sorted(row["alerts"], key=lambda a: row["alerts"][a] or 0)[:2]
+            table.add_row(
+                fault,
+                "yes" if row["detected"] else "NO",
+                str(row["seconds_to_webhook"]),
+                str(row["seconds_to_incident"]),
+                ", ".join(first),
+                str(row["root_cause"]),
+                str(row["decision"]),
+            )
+        console.print(table)
+        console.print(
+            f"clean run: {result['clean']['false_alerts']} false alerts in {result['clean']['minutes']} min"
+        )
+    print(json.dumps(result))
 
 
 class AlertFilter(StrEnum):

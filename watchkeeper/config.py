@@ -211,7 +211,7 @@ class Topology(Strict):
 
 
 # The seed's causal relationships, in Watchkeeper's alert names: a cause alert -> the alerts it explains.
-DEFAULT_CAUSAL_RULES: dict[str, list[str]] = {
+SEED_CAUSAL_RULES: dict[str, list[str]] = {
     "DataQualityDegraded": ["ModelAccuracyDegraded", "ModelAccuracyCritical", "PipelineErrorRateHigh"],
     "DataQualityCritical": ["ModelAccuracyDegraded", "ModelAccuracyCritical", "PipelineErrorRateHigh"],
     "DataDriftDetected": ["ModelAccuracyDegraded", "ModelAccuracyCritical", "BusinessImpactDecline"],
@@ -229,6 +229,31 @@ DEFAULT_CAUSAL_RULES: dict[str, list[str]] = {
     "InfrastructureCPUHigh": ["ModelInferenceLatencyHigh", "ModelThroughputLow"],
     "KafkaBrokerDown": ["PipelineErrorRateHigh", "PipelineLatencyHigh"],
     "RedisMemoryHigh": ["FeatureStoreLatencyHigh", "CacheMissRateHigh"],
+}
+# The fast-window rules' causes and effects, in the seed's spirit: broken records explain a collapse,
+# a failing pipeline explains broken records, a collapse explains a drop in business value.
+FAST_CAUSAL_RULES: dict[str, list[str]] = {
+    "PipelineErrorRateHigh": ["DataRecordsFailingChecks"],
+    "PipelineErrorRateCritical": ["DataRecordsFailingChecksCritical", "DataRecordsFailingChecks"],
+    "DataRecordsFailingChecks": ["ModelAccuracyDegraded", "ModelAccuracyCollapse", "DataQualityDegraded"],
+    "DataRecordsFailingChecksCritical": [
+        "ModelAccuracyCollapse",
+        "ModelPredictionCollapse",
+        "ModelAccuracyCritical",
+        "DataQualityCritical",
+    ],
+    "DataDriftDetected": ["ModelAccuracyCollapse"],
+    "SevereDataDrift": ["ModelAccuracyCollapse", "ModelPredictionCollapse"],
+    "ModelPredictionCollapse": ["ModelAccuracyCollapse", "BusinessImpactDrop"],
+    "ModelAccuracyCollapse": ["BusinessImpactDrop", "BusinessImpactCritical"],
+    "ModelAccuracyDegraded": ["BusinessImpactDrop"],
+    "ModelAccuracyCritical": ["BusinessImpactDrop"],
+    "ModelInferenceLatencySpike": ["ModelThroughputLow", "ModelErrorBurst", "ModelErrorRateHigh"],
+    "ModelThroughputLow": ["BusinessImpactDrop", "BusinessImpactDecline"],
+}
+DEFAULT_CAUSAL_RULES = {
+    cause: [*SEED_CAUSAL_RULES.get(cause, []), *FAST_CAUSAL_RULES.get(cause, [])]
+    for cause in SEED_CAUSAL_RULES | FAST_CAUSAL_RULES
 }
 
 

@@ -4,16 +4,19 @@ The classifier is trained on the opening part of the stream; the rest is scored 
 intake as predictions, and the true labels follow later as feedback, as in production. The
 injections are the failures the monitors must catch: concept drift (the stream switches to
 another Agrawal function), covariate drift (salary and age shift), nulls in a feature, latency
-spikes and error bursts. Positions count predictions after the training part.
+spikes, error bursts, a prediction collapse (one class for every request), a feature that stops
+arriving, a drop in traffic, a failing feature pipeline and a decline in business value. Positions
+count predictions after the training part.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,12 +47,32 @@ class Injections:
     error_burst_at: int | None = None
     error_rate: float = 0.3
     incident_length: int = 2000
+    prediction_collapse_at: int | None = None
+    collapse_class: int = 0
+    missing_feature_at: int | None = None
+    missing_feature: str = "car"
+    traffic_drop_at: int | None = None
+    traffic_factor: float = 0.1
+    pipeline_failure_at: int | None = None
+    business_decline_at: int | None = None
+    business_factor: float = 0.3
 
     def __post_init__(self) -> None:
-        if self.null_feature not in FEATURES:
-            raise ValueError(
-                f"null_feature: expected one of {', '.join(FEATURES)}, got {self.null_feature!r}"
-            )
+        for name in ("null_feature", "missing_feature"):
+            if getattr(self, name) not in FEATURES:
+                raise ValueError(
+                    f"{name}: expected one of {', '.join(FEATURES)}, got {getattr(self, name)!r}"
+                )
+
+    @property
+    def first_position(self) -> int | None:
+        """Where the earliest configured injection starts."""
+        starts = [
+            getattr(self, f.name)
+            for f in fields(self)
+            if f.name.endswith("_at") and getattr(self, f.name) is not None
+        ]
+        return min(starts, default=None)
 
     def during(self, start: int | None, position: int, lasting: int | None = None) -> bool:
         if start is None or position < start:
@@ -93,6 +116,7 @@ class DemoTraffic:
         self.classifier = self._train()
         self.position = 0
         self.reference = self._held_back(reference_size)
+        self.injected_at: datetime | None = None
 
     def _held_back(self, size: int) -> pd.DataFrame:
         """A labelled slice of the stream after the training part, scored by the classifier but never
@@ -141,7 +165,14 @@ class DemoTraffic:
             features["age"] = min(features["age"] + 15, 80)
         if inj.during(inj.nulls_at, self.position) and self.rng.random() < inj.null_rate:
             features[inj.null_feature] = None
+        if inj.during(inj.missing_feature_at, self.position):
+            del features[inj.missing_feature]
         return features
+
+    def rate_factor(self) -> float:
+        """How much of the normal request rate arrives at the current position (a traffic drop)."""
+        inj = self.injections
+        return inj.traffic_factor if inj.during(inj.traffic_drop_at, self.position) else 1.0
 
     def next_batch(self, size: int) -> list[DemoEvent]:
         raws = [next(self.stream) for _ in range(size)]
@@ -151,11 +182,17 @@ class DemoTraffic:
             feature_rows.append(self._features(raw))
             self.position += 1
         x = np.array(
-            [[np.nan if row[f] is None else row[f] for f in FEATURES] for row in feature_rows], dtype=float
+            [[np.nan if row.get(f) is None else row[f] for f in FEATURES] for row in feature_rows],
+            dtype=float,
         )
         scores = self.classifier.predict_proba(x)[:, 1]
         inj = self.injections
-        for offset, ((_, label), features, score) in enumerate(zip(raws, feature_rows, scores, strict=True)):
+        start = inj.first_position
+        if self.injected_at is None and start is not None and self.position > start:
+            self.injected_at = datetime.now(UTC)
+        for offset, ((raw, label), features, score) in enumerate(
+            zip(raws, feature_rows, scores, strict=True)
+        ):
             position = self.position - size + offset
             latency = float(self.rng.lognormal(np.log(MEDIAN_LATENCY_SECONDS), 0.35))
             if inj.during(inj.latency_spike_at, position, inj.incident_length):
@@ -164,6 +201,11 @@ class DemoTraffic:
                 inj.during(inj.error_burst_at, position, inj.incident_length)
                 and self.rng.random() < inj.error_rate
             )
+            if inj.during(inj.prediction_collapse_at, position):
+                score = float(inj.collapse_class)
+            value = float(raw["loan"])
+            if inj.during(inj.business_decline_at, position):
+                value *= inj.business_factor
             events.append(
                 DemoEvent(
                     position=position,
@@ -174,7 +216,7 @@ class DemoTraffic:
                     latency_seconds=round(latency, 6),
                     error=error,
                     label=int(label),
-                    business_value=round(float(features["loan"]), 2),
+                    business_value=round(value, 2),
                 )
             )
         return events
@@ -195,7 +237,8 @@ class DemoTraffic:
     def pipeline_run_record(
         self, pipeline: str, events: list[DemoEvent], timestamp: datetime
     ) -> dict[str, Any]:
-        """The feature pipeline run that produced this batch: rows with a null feature count as its errors."""
+        """The feature pipeline run that produced this batch: rows with a null feature count as its errors,
+        and every row once the pipeline fails."""
         return {
             "pipeline_name": pipeline,
             "run_id": f"{self.model_name}-{self.seed}-{events[0].position}",
@@ -203,7 +246,9 @@ class DemoTraffic:
             "started_at": timestamp.isoformat(),
             "duration_seconds": round(float(self.rng.lognormal(np.log(0.002 * len(events)), 0.3)), 6),
             "records": len(events),
-            "errors": sum(any(v is None for v in e.features.values()) for e in events),
+            "errors": len(events)
+            if self.injections.during(self.injections.pipeline_failure_at, events[0].position)
+            else sum(any(v is None for v in e.features.values()) for e in events),
         }
 
     def feedback_record(self, event: DemoEvent, timestamp: datetime) -> dict[str, Any]:
@@ -252,15 +297,18 @@ def run_demo_traffic(
     token: str | None = None,
     console: Console | None = None,
     pipeline: str | None = None,
+    stop: threading.Event | None = None,
 ) -> Sent:
-    """Post until `count` predictions are sent (0: until stopped); `pipeline` also reports its runs."""
+    """Post until `count` predictions are sent (0: until `stop` is set or forever); `pipeline` also
+    reports its runs. A traffic drop stretches the time between batches."""
     console = console or Console(stderr=True)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     sent = Sent()
     awaiting_label: deque[DemoEvent] = deque()
-    started = time.monotonic()
+    next_batch_at = time.monotonic()
+    stop = stop or threading.Event()
     with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
-        while count == 0 or sent.predictions < count:
+        while (count == 0 or sent.predictions < count) and not stop.is_set():
             size = batch_size if count == 0 else min(batch_size, count - sent.predictions)
             events = traffic.next_batch(size)
             now = datetime.now(UTC)
@@ -282,5 +330,6 @@ def run_demo_traffic(
                 )
                 sent.feedback += len(due)
             if rate > 0:
-                time.sleep(max(0.0, started + sent.predictions / rate - time.monotonic()))
+                next_batch_at += len(events) / (rate * traffic.rate_factor())
+                stop.wait(max(0.0, next_batch_at - time.monotonic()))
     return sent

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,6 +53,13 @@ class Component:
     @property
     def available(self) -> bool:
         return shutil.which(self.argv[0]) is not None or Path(self.argv[0]).exists()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the OS's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def render_prometheus_config(out_dir: Path, service: str, prometheus: str, alertmanager: str) -> Path:

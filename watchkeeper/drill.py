@@ -1,0 +1,385 @@
+"""The fault drill: every failure class the demo can inject, side by side, through the whole stack.
+
+`watchkeeper up` starts the stack (Prefect with the scheduled flows, the service, Prometheus with
+the shipped rules, Alertmanager with the shipped routes) on free loopback ports, with a
+configuration derived from the example: one copy of its model per fault and one clean copy, each
+with its own dataset, pipeline and services, so their alerts and incidents do not mix. Demo traffic
+runs for every model; after `inject_after` seconds each faulty model's failure starts. The drill
+reads, from the store, when each alert's first webhook arrived at Watchkeeper, which incident it
+opened, the incident's root cause and the playbook's decision.
+
+The example's model, rules and routes are used as shipped (their SHA-256 is in the result); the
+one per-model setting the drill makes is the throughput floor (`thresholds.min_throughput_rps`),
+set to half the drill's rate, as an operator sets it for a model of that traffic.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import select
+
+from watchkeeper.demo import DemoTraffic, Injections, run_demo_traffic
+from watchkeeper.settings import DEFAULT_CONFIG, REPO_ROOT, Settings
+from watchkeeper.store import Store
+from watchkeeper.store.remediation import RemediationAction
+from watchkeeper.store.schema import Alert, Incident, IncidentMember
+
+RULES = REPO_ROOT / "infra" / "prometheus" / "rules" / "watchkeeper-alerts.yml"
+TRAIN_ROWS = 5000
+REFERENCE_ROWS = 5000
+LABEL_DELAY_SECONDS = 20
+POLL_SECONDS = 2.0
+STACK_START_SECONDS = 240
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One failure class: how to inject it at a position, and the alerts that should page for it."""
+
+    id: str
+    injections: Callable[[int], Injections]
+    expected: tuple[str, ...]
+    critical: bool = False
+
+
+NEVER_ENDING = 10**9
+FAULTS: dict[str, Fault] = {
+    f.id: f
+    for f in (
+        Fault(
+            "concept_drift",
+            lambda at: Injections(concept_drift_at=at, concept_drift_function=2),
+            ("ModelAccuracyCollapse", "ModelAccuracyCritical", "ModelAccuracyDegraded", "BusinessImpactDrop"),
+            critical=True,
+        ),
+        Fault(
+            "covariate_drift",
+            lambda at: Injections(covariate_drift_at=at),
+            (
+                "DataDriftDetected",
+                "SevereDataDrift",
+                "DataRecordsFailingChecksCritical",
+                "DataRecordsFailingChecks",
+                "DataQualityCritical",
+                "DataQualityDegraded",
+            ),
+        ),
+        Fault(
+            "null_burst",
+            lambda at: Injections(nulls_at=at, null_feature="salary", null_rate=0.5),
+            (
+                "DataRecordsFailingChecksCritical",
+                "DataRecordsFailingChecks",
+                "DataQualityCritical",
+                "DataQualityDegraded",
+                "PipelineErrorRateCritical",
+                "PipelineErrorRateHigh",
+            ),
+            critical=True,
+        ),
+        Fault(
+            "missing_feature",
+            lambda at: Injections(missing_feature_at=at, missing_feature="car"),
+            (
+                "DataRecordsFailingChecksCritical",
+                "DataRecordsFailingChecks",
+                "DataQualityCritical",
+                "DataQualityDegraded",
+            ),
+            critical=True,
+        ),
+        Fault(
+            "latency_spike",
+            lambda at: Injections(latency_spike_at=at, latency_factor=200, incident_length=NEVER_ENDING),
+            ("ModelInferenceLatencySpike", "ModelInferenceLatencyCritical", "ModelInferenceLatencyHigh"),
+            critical=True,
+        ),
+        Fault(
+            "error_burst",
+            lambda at: Injections(error_burst_at=at, error_rate=0.3, incident_length=NEVER_ENDING),
+            ("ModelErrorBurst", "ModelErrorRateHigh"),
+            critical=True,
+        ),
+        Fault(
+            "prediction_collapse",
+            lambda at: Injections(prediction_collapse_at=at, collapse_class=0),
+            (
+                "ModelPredictionCollapse",
+                "ModelAccuracyCollapse",
+                "ModelAccuracyCritical",
+                "ModelAccuracyDegraded",
+                "BusinessImpactDrop",
+            ),
+            critical=True,
+        ),
+        Fault(
+            "traffic_drop",
+            lambda at: Injections(traffic_drop_at=at, traffic_factor=0.1),
+            ("ModelThroughputLow", "BusinessImpactDrop"),
+        ),
+        Fault(
+            "pipeline_failure",
+            lambda at: Injections(pipeline_failure_at=at),
+            ("PipelineErrorRateCritical", "PipelineErrorRateHigh"),
+        ),
+        Fault(
+            "business_decline",
+            lambda at: Injections(business_decline_at=at, business_factor=0.3),
+            ("BusinessImpactDrop", "BusinessImpactDecline"),
+        ),
+    )
+}
+CLEAN = "clean"
+
+
+@dataclass(frozen=True)
+class DrillOptions:
+    faults: tuple[str, ...] = tuple(FAULTS)
+    seed: int = 7
+    inject_after: float = 120.0
+    rate: float = 10.0
+    clean_minutes: float = 30.0
+    budget_minutes: float = 45.0
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.faults if f not in FAULTS]
+        if unknown:
+            raise ValueError(f"faults: unknown {', '.join(unknown)}; expected some of {', '.join(FAULTS)}")
+        if not 5 <= self.rate <= 100:
+            raise ValueError(f"rate: expected 5 to 100 predictions per second, got {self.rate}")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def model_name(subject: str) -> str:
+    return f"drill_{subject}"
+
+
+def drill_config(example: dict[str, Any], subjects: list[str], rate: float) -> dict[str, Any]:
+    """The example configuration with its model copied once per subject, each on its own dataset,
+    pipeline and services (so correlation never mixes two faults), and a throughput floor of rate/2."""
+    config = copy.deepcopy(example)
+    template = example["models"][0]
+    services = example["topology"]["services"]
+    config["models"], config["datasets"] = [], []
+    config["pipelines"] = [p for p in example["pipelines"] if "prefect_deployment" in p]
+    config["topology"] = {"services": {}}
+    for subject in subjects:
+        name = model_name(subject)
+        model = copy.deepcopy(template)
+        model["name"] = name
+        model["service"] = f"{name}-{template['service']}"
+        model["thresholds"] = {**model.get("thresholds", {}), "min_throughput_rps": rate / 2}
+        config["models"].append(model)
+        config["datasets"].append({"name": f"{name}_data", "model": name, "pipeline": f"{name}_pipeline"})
+        config["pipelines"].append({"name": f"{name}_pipeline", "service": f"{name}-feature-store"})
+        for service, calls in services.items():
+            config["topology"]["services"][f"{name}-{service}"] = [f"{name}-{c}" for c in calls]
+    return config
+
+
+@dataclass
+class Subject:
+    """One model of the drill, its traffic and what happened to it."""
+
+    name: str
+    fault: Fault | None
+    traffic: DemoTraffic
+    thread: threading.Thread | None = None
+    alerts: dict[str, datetime] = field(default_factory=dict)
+    first_ids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> set[str]:
+        return {self.name, f"{self.name}_data", f"{self.name}_pipeline"}
+
+    @property
+    def detected(self) -> bool:
+        return self.fault is not None and any(a in self.alerts for a in self.fault.expected)
+
+
+def owner(labels: dict[str, str], subjects: list[Subject]) -> Subject | None:
+    values = {labels.get(k) for k in ("model_name", "dataset_name", "pipeline_name")}
+    return next((s for s in subjects if s.labels & values), None)
+
+
+def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    return None if start is None or end is None else round((end - start).total_seconds(), 1)
+
+
+class Drill:
+    def __init__(self, options: DrillOptions, home: Path, log: Callable[[str], None]) -> None:
+        self.options, self.home, self.log = options, home, log
+        self.stop = threading.Event()
+        self.unattributed: dict[str, datetime] = {}
+
+    def _watchkeeper(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`watchkeeper ARGS` on the drill's home and configuration, with a Prefect server of its own."""
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        env |= {"WATCHKEEPER_HOME": str(self.home), "WATCHKEEPER_CONFIG": str(self.home / "drill.yaml")}
+        argv = [str(Path(sys.executable).parent / "watchkeeper"), *args]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=STACK_START_SECONDS)
+        if done.returncode != 0:
+            raise RuntimeError(f"watchkeeper {' '.join(args)} failed: {done.stdout}{done.stderr}")
+        return done
+
+    def _subjects(self) -> list[Subject]:
+        at = int(self.options.rate * self.options.inject_after)
+        subjects = []
+        for subject in [*self.options.faults, CLEAN]:
+            fault = FAULTS.get(subject)
+            traffic = DemoTraffic(
+                model_name=model_name(subject),
+                train_size=TRAIN_ROWS,
+                seed=self.options.seed,
+                injections=fault.injections(at) if fault else Injections(),
+                reference_size=REFERENCE_ROWS,
+            )
+            subjects.append(Subject(model_name(subject), fault, traffic))
+        return subjects
+
+    def _start_traffic(self, subjects: list[Subject], url: str) -> None:
+        rate = self.options.rate
+        batch = max(1, round(rate))
+        for subject in subjects:
+            subject.thread = threading.Thread(
+                target=run_demo_traffic,
+                kwargs={
+                    "traffic": subject.traffic,
+                    "url": url,
+                    "rate": rate,
+                    "count": 0,
+                    "batch_size": batch,
+                    "label_delay": int(rate * LABEL_DELAY_SECONDS),
+                    "pipeline": f"{subject.name}_pipeline",
+                    "stop": self.stop,
+                },
+                daemon=True,
+                name=f"traffic-{subject.name}",
+            )
+            subject.thread.start()
+
+    def _read_alerts(self, store: Store, subjects: list[Subject]) -> None:
+        with store.reading() as session:
+            rows = session.execute(
+                select(Alert.alertname, Alert.labels, Alert.received_at).order_by(Alert.id)
+            )
+            for alertname, labels, received in rows:
+                found = owner(labels, subjects)
+                alerts = found.alerts if found is not None else self.unattributed
+                alerts.setdefault(alertname, received)
+
+    @staticmethod
+    def _incident(store: Store, alert_id: int) -> dict[str, Any]:
+        """When the alert joined an incident, that incident's root cause and its first playbook decision."""
+        with store.reading() as session:
+            found = session.execute(
+                select(IncidentMember.joined_at, Incident)
+                .join(Incident, Incident.id == IncidentMember.incident_id)
+                .where(IncidentMember.alert_id == alert_id)
+            ).first()
+            if found is None:
+                return {"joined_at": None, "root_cause": None, "decision": None}
+            joined_at, incident = found
+            cause = session.get(Alert, incident.root_cause_alert_id) if incident.root_cause_alert_id else None
+            decision = session.scalar(
+                select(RemediationAction.decision)
+                .where(RemediationAction.incident_id == incident.id)
+                .order_by(RemediationAction.id)
+            )
+            root = (
+                f"{cause.alertname} on {incident.root_cause_service or cause.model_name}" if cause else None
+            )
+            return {"joined_at": joined_at, "root_cause": root, "decision": decision}
+
+    def _finished(self, subjects: list[Subject], started: float, deadline: float) -> bool:
+        if time.monotonic() >= deadline:
+            return True
+        clean_over = time.monotonic() - started >= self.options.clean_minutes * 60
+        return clean_over and all(s.detected for s in subjects if s.fault is not None)
+
+    def run(self, ports: dict[str, int]) -> dict[str, Any]:
+        drill_started = time.monotonic()
+        deadline = drill_started + self.options.budget_minutes * 60 - 90
+        example = yaml.safe_load(DEFAULT_CONFIG.read_text())
+        self.home.mkdir(parents=True, exist_ok=True)
+        subjects = self._subjects()
+        config = drill_config(example, [*self.options.faults, CLEAN], self.options.rate)
+        (self.home / "drill.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        settings = Settings(home=self.home, config=self.home / "drill.yaml")
+        reference = settings.monitoring.models[0].reference.path  # type: ignore[union-attr]
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        subjects[-1].traffic.reference.to_parquet(reference, index=False)
+        store = settings.open_store()
+        store.upgrade()
+        started_at = datetime.now(UTC)
+        self._watchkeeper("up", *(f"--{k}-port={v}" for k, v in ports.items()))
+        try:
+            self._start_traffic(subjects, f"http://127.0.0.1:{ports['service']}")
+            healthy = time.monotonic()
+            self.log(
+                f"stack up in {healthy - drill_started:.0f} s; traffic at {self.options.rate} rps per model"
+            )
+            while not self._finished(subjects, healthy, deadline):
+                self.stop.wait(POLL_SECONDS)
+                self._read_alerts(store, subjects)
+            clean_minutes = round((time.monotonic() - healthy) / 60, 1)
+            results = {s.name.removeprefix("drill_"): self._result(store, s) for s in subjects if s.fault}
+        finally:
+            self.stop.set()
+            self._watchkeeper("down")
+        clean = next(s for s in subjects if s.fault is None)
+        return self._summary(results, clean, clean_minutes) | {"started_at": started_at.isoformat()}
+
+    def _result(self, store: Store, subject: Subject) -> dict[str, Any]:
+        assert subject.fault is not None
+        injected = subject.traffic.injected_at
+        fired = [a for a in subject.fault.expected if a in subject.alerts]
+        first = min(fired, key=subject.alerts.__getitem__) if fired else None
+        none = {"joined_at": None, "root_cause": None, "decision": None}
+        incident = self._incident(store, subject.first_ids[first]) if first else none
+        return {
+            "detected": subject.detected,
+            "expected_alerts": list(subject.fault.expected),
+            "alerts": {name: seconds_between(injected, at) for name, at in sorted(subject.alerts.items())},
+            "seconds_to_webhook": seconds_between(injected, subject.alerts[first]) if first else None,
+            "seconds_to_incident": seconds_between(injected, incident["joined_at"]),
+            "root_cause": incident["root_cause"],
+            "decision": incident["decision"],
+            "injected_at": injected.isoformat() if injected else None,
+        }
+
+    def _summary(self, results: dict[str, dict[str, Any]], clean: Subject, minutes: float) -> dict[str, Any]:
+        critical = [
+            r["seconds_to_webhook"]
+            for fault, r in results.items()
+            if FAULTS[fault].critical and r["seconds_to_webhook"] is not None
+        ]
+        false_alerts = {**clean.alerts, **self.unattributed}
+        return {
+            "config_sha256": sha256(DEFAULT_CONFIG),
+            "rules_sha256": sha256(RULES),
+            "seed": self.options.seed,
+            "rate": self.options.rate,
+            "inject_after": self.options.inject_after,
+            "faults": results,
+            "clean": {"minutes": minutes, "false_alerts": len(false_alerts), "alerts": sorted(false_alerts)},
+            "critical_median_seconds_to_webhook": round(statistics.median(critical), 1) if critical else None,
+            "detected": f"{sum(r['detected'] for r in results.values())}/{len(results)}",
+        }
