@@ -104,8 +104,17 @@ def quality_metrics(log: pd.DataFrame, positive_class: object, min_coverage: flo
     return measurements
 
 
-def business_metrics(log: pd.DataFrame, positive_class: object, metric_type: str) -> list[Measurement]:
-    """The business value of correct positive decisions among labelled predictions (e.g. fraud caught)."""
+def business_metrics(
+    log: pd.DataFrame, positive_class: object, metric_type: str, min_coverage: float = 0.0
+) -> list[Measurement]:
+    """The business value of correct positive decisions among labelled predictions (e.g. fraud caught).
+
+    Not published below `min_coverage`, as quality is not: a window whose labels have not arrived
+    yet (a fresh model, labels a day late) would read as no value at all and page
+    BusinessImpactCritical.
+    """
+    if log.empty or label_coverage(log) < min_coverage:
+        return []
     labelled = log.loc[~log["error"] & log["label"].notna()]
     caught = _is_positive(labelled["prediction"], positive_class) & _is_positive(
         labelled["label"], positive_class
@@ -227,7 +236,9 @@ def measure_quality(store: Store, model: Model, window: Window) -> dict[str, lis
     return {
         version: [
             *quality_metrics(part, model.positive_class, model.thresholds.min_label_coverage),
-            *business_metrics(part, model.positive_class, model.business_metric),
+            *business_metrics(
+                part, model.positive_class, model.business_metric, model.thresholds.min_label_coverage
+            ),
         ]
         for version, part in _per_version(log, model.version).items()
     }

@@ -91,6 +91,11 @@ def test_business_impact_sums_the_value_of_correct_positives() -> None:
     )
     [impact] = business_metrics(log, positive_class=1, metric_type="fraud_value_caught")
     assert impact.value == 100.0 and impact.labels == {"metric_type": "fraud_value_caught"}
+    assert business_metrics(log, positive_class=1, metric_type="fraud_value_caught", min_coverage=0.75) == [
+        impact
+    ]
+    # Labels not in yet (coverage 3/4 below 0.8): no value is published, rather than too little.
+    assert business_metrics(log, positive_class=1, metric_type="fraud_value_caught", min_coverage=0.8) == []
 
 
 def test_measured_windows_round_trip_through_the_store_without_duplicates(
@@ -121,6 +126,8 @@ def test_measured_windows_round_trip_through_the_store_without_duplicates(
     traffic = measure_traffic.fn(store, model, window)
     quality = measure_quality.fn(store, model, window)
     assert as_dict(traffic["v2"])["request_count"] == 10
+    # Both versions were first served a minute before the window's end: 10 in 60 s, not in 300 s.
+    assert as_dict(traffic["v2"])["throughput_rps"] == pytest.approx(10 / 60)
     assert as_dict(quality["v1"])["accuracy"] == 1.0
     assert "accuracy" not in as_dict(quality["v2"])  # v2 has no labels yet
     for _ in range(2):

@@ -1,0 +1,62 @@
+"""The fault drill's set-up: what it derives from the example configuration, and how it attributes alerts."""
+
+import pytest
+import yaml
+
+from watchkeeper.config import WatchkeeperConfig, load_config
+from watchkeeper.demo import DemoTraffic
+from watchkeeper.drill import FAULTS, DrillOptions, Subject, drill_config, owner
+from watchkeeper.settings import DEFAULT_CONFIG
+
+
+def test_each_subject_gets_its_own_model_dataset_pipeline_and_services(tmp_path) -> None:  # noqa: ANN001
+    example = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    derived = drill_config(example, ["null_burst", "clean"], rate=6)
+    (tmp_path / "drill.yaml").write_text(yaml.safe_dump(derived))
+    config: WatchkeeperConfig = load_config(tmp_path / "drill.yaml", home=tmp_path)
+    template = load_config(DEFAULT_CONFIG, home=tmp_path).models[0]
+    assert [m.name for m in config.models] == ["drill_null_burst", "drill_clean"]
+    for model in config.models:
+        assert model.features == template.features and model.windows == template.windows
+        assert model.reference == template.reference
+        assert model.thresholds.min_throughput_rps == 3
+        assert model.thresholds.accuracy_critical == template.thresholds.accuracy_critical
+    assert config.topology.services["drill_null_burst-credit-approval-api"] == [
+        "drill_null_burst-model-server",
+        "drill_null_burst-feature-store",
+    ]
+    assert {(d.name, d.model, d.pipeline) for d in config.datasets} == {
+        ("drill_null_burst_data", "drill_null_burst", "drill_null_burst_pipeline"),
+        ("drill_clean_data", "drill_clean", "drill_clean_pipeline"),
+    }
+    assert config.remediation.playbooks == load_config(DEFAULT_CONFIG, home=tmp_path).remediation.playbooks
+
+
+def test_alerts_belong_to_the_subject_they_name() -> None:
+    traffic = DemoTraffic(train_size=200)
+    burst, clean = (
+        Subject("drill_null_burst", FAULTS["null_burst"], traffic),
+        Subject("drill_clean", None, traffic),
+    )
+    assert owner({"dataset_name": "drill_null_burst_data"}, [burst, clean]) is burst
+    assert owner({"pipeline_name": "drill_clean_pipeline"}, [burst, clean]) is clean
+    assert owner({"alertname": "WatchkeeperTargetDown"}, [burst, clean]) is None
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="faults: unknown nope"):
+        DrillOptions(faults=("nope",))
+    with pytest.raises(ValueError, match="rate: expected 5 to 100"):
+        DrillOptions(rate=2)
+    assert set(DrillOptions().faults) == {
+        "concept_drift",
+        "covariate_drift",
+        "null_burst",
+        "missing_feature",
+        "latency_spike",
+        "error_burst",
+        "prediction_collapse",
+        "traffic_drop",
+        "pipeline_failure",
+        "business_decline",
+    }
