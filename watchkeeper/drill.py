@@ -69,6 +69,8 @@ FAULTS: dict[str, Fault] = {
         Fault(
             "covariate_drift",
             lambda at: Injections(covariate_drift_at=at),
+            # Salary and age arrive shifted (a unit change upstream) while the labels follow the
+            # true values: beyond drift, salaries leave the reference's range and accuracy falls.
             (
                 "DataDriftDetected",
                 "SevereDataDrift",
@@ -76,6 +78,10 @@ FAULTS: dict[str, Fault] = {
                 "DataRecordsFailingChecks",
                 "DataQualityCritical",
                 "DataQualityDegraded",
+                "ModelAccuracyCollapse",
+                "ModelAccuracyCritical",
+                "ModelAccuracyDegraded",
+                "BusinessImpactDrop",
             ),
         ),
         Fault(
@@ -88,6 +94,8 @@ FAULTS: dict[str, Fault] = {
                 "DataQualityDegraded",
                 "PipelineErrorRateCritical",
                 "PipelineErrorRateHigh",
+                "SevereDataDrift",
+                "DataDriftDetected",
             ),
             critical=True,
         ),
@@ -99,6 +107,8 @@ FAULTS: dict[str, Fault] = {
                 "DataRecordsFailingChecks",
                 "DataQualityCritical",
                 "DataQualityDegraded",
+                "SevereDataDrift",
+                "DataDriftDetected",
             ),
             critical=True,
         ),
@@ -129,7 +139,7 @@ FAULTS: dict[str, Fault] = {
         Fault(
             "traffic_drop",
             lambda at: Injections(traffic_drop_at=at, traffic_factor=0.1),
-            ("ModelThroughputLow", "BusinessImpactDrop"),
+            ("ModelThroughputLow",),
         ),
         Fault(
             "pipeline_failure",
