@@ -1,12 +1,18 @@
 """The fault drill's set-up: what it derives from the example configuration, and how it attributes alerts."""
 
+from datetime import timedelta
+from pathlib import Path
+
 import pytest
 import yaml
 
+from tasks.incidents import correlate_pending_alerts
+from tests.test_incidents import alert, notify
 from watchkeeper.config import WatchkeeperConfig, load_config
 from watchkeeper.demo import DemoTraffic
-from watchkeeper.drill import FAULTS, DrillOptions, Subject, drill_config, owner
+from watchkeeper.drill import FAULTS, Drill, DrillOptions, Subject, drill_config, owner
 from watchkeeper.settings import DEFAULT_CONFIG
+from watchkeeper.store import Store
 
 
 def test_each_subject_gets_its_own_model_dataset_pipeline_and_services(tmp_path) -> None:  # noqa: ANN001
@@ -60,3 +66,28 @@ def test_options_are_checked() -> None:
         "pipeline_failure",
         "business_decline",
     }
+
+
+def test_the_drill_times_each_subjects_first_expected_alert_and_its_incident(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    traffic = DemoTraffic(train_size=200)
+    burst = Subject("drill_null_burst", FAULTS["null_burst"], traffic)
+    clean = Subject("drill_clean", None, traffic)
+    notify(
+        store,
+        alert("DataRecordsFailingChecksCritical", timedelta(0), dataset_name="drill_null_burst_data"),
+        alert("PipelineErrorRateHigh", timedelta(seconds=30), pipeline_name="drill_null_burst_pipeline"),
+        alert("WatchkeeperTargetDown", timedelta(seconds=40)),
+    )
+    correlate_pending_alerts(store, example_config)
+    drill = Drill(DrillOptions(), Path("unused"), print)
+    drill._read_alerts(store, [burst, clean])
+    drill._read_alerts(store, [burst, clean])  # polled again: the first arrival stays
+    assert set(burst.alerts) == {"DataRecordsFailingChecksCritical", "PipelineErrorRateHigh"}
+    assert clean.alerts == {} and set(drill.unattributed) == {"WatchkeeperTargetDown"}
+    traffic.injected_at = burst.alerts["DataRecordsFailingChecksCritical"] - timedelta(seconds=12)
+    result = drill._result(store, burst)
+    assert result["detected"] and result["seconds_to_webhook"] == 12.0
+    assert result["seconds_to_incident"] is not None and result["seconds_to_incident"] >= 12.0
+    assert result["root_cause"] is not None

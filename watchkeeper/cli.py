@@ -243,6 +243,25 @@ def demo_traffic(
     latency_factor: Annotated[float, typer.Option(min=1)] = 20.0,
     error_burst_at: Annotated[int | None, typer.Option(help="Start failing predictions here")] = None,
     error_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.3,
+    prediction_collapse_at: Annotated[
+        int | None, typer.Option(help="Answer --collapse-class to every request from here")
+    ] = None,
+    collapse_class: Annotated[int, typer.Option(min=0, max=1)] = 0,
+    missing_feature_at: Annotated[
+        int | None, typer.Option(help="Stop sending --missing-feature from here")
+    ] = None,
+    missing_feature: str = "car",
+    traffic_drop_at: Annotated[
+        int | None, typer.Option(help="Send --traffic-factor of the rate from here")
+    ] = None,
+    traffic_factor: Annotated[float, typer.Option(min=0.01, max=1)] = 0.1,
+    pipeline_failure_at: Annotated[
+        int | None, typer.Option(help="The feature pipeline fails every record from here")
+    ] = None,
+    business_decline_at: Annotated[
+        int | None, typer.Option(help="Multiply business values by --business-factor from here")
+    ] = None,
+    business_factor: Annotated[float, typer.Option(min=0, max=1)] = 0.3,
     incident_length: Annotated[
         int, typer.Option(min=1, help="Predictions a latency or error incident lasts")
     ] = 2000,
@@ -273,6 +292,15 @@ def demo_traffic(
         error_burst_at=error_burst_at,
         error_rate=error_rate,
         incident_length=incident_length,
+        prediction_collapse_at=prediction_collapse_at,
+        collapse_class=collapse_class,
+        missing_feature_at=missing_feature_at,
+        missing_feature=missing_feature,
+        traffic_drop_at=traffic_drop_at,
+        traffic_factor=traffic_factor,
+        pipeline_failure_at=pipeline_failure_at,
+        business_decline_at=business_decline_at,
+        business_factor=business_factor,
     )
     configured = load_monitoring().model(model)
     reference = configured.reference if configured is not None else None

@@ -288,12 +288,15 @@ class Drill:
     def _read_alerts(self, store: Store, subjects: list[Subject]) -> None:
         with store.reading() as session:
             rows = session.execute(
-                select(Alert.alertname, Alert.labels, Alert.received_at).order_by(Alert.id)
+                select(Alert.id, Alert.alertname, Alert.labels, Alert.received_at).order_by(Alert.id)
             )
-            for alertname, labels, received in rows:
+            for alert_id, alertname, labels, received in rows:
                 found = owner(labels, subjects)
-                alerts = found.alerts if found is not None else self.unattributed
-                alerts.setdefault(alertname, received)
+                if found is None:
+                    self.unattributed.setdefault(alertname, received)
+                elif alertname not in found.alerts:
+                    found.alerts[alertname] = received
+                    found.first_ids[alertname] = alert_id
 
     @staticmethod
     def _incident(store: Store, alert_id: int) -> dict[str, Any]:
