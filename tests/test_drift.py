@@ -177,3 +177,19 @@ def test_small_stable_windows_stay_quiet_and_a_small_drifted_one_is_caught() -> 
     exported = {(m.metric, m.labels.get("feature_name")): m.value for m in results[20].measurements()}
     assert exported[("drift_detected", "salary")] == 1.0
     assert exported[("drift_adjusted_p_value", "salary")] < 0.05
+
+
+def test_a_small_window_against_a_large_reference_is_tested_not_measured() -> None:
+    """Evidently would measure a 200-row window by distances (the reference has 5,000 rows); a
+    distance on 200 rows of a 20-valued category is noise above its threshold, a test is not."""
+    traffic = DemoTraffic(train_size=1000, seed=11, reference_size=5000)
+    reference = traffic.reference
+    current = pd.DataFrame([e.features for e in traffic.next_batch(200)])
+    specs = [ColumnSpec(name, "categorical" if name in CATEGORICAL else "numerical") for name in FEATURES]
+    result = compute_drift(reference, current, specs)
+    methods = {c.column: c.method for c in result.columns}
+    assert (methods["car"], methods["salary"]) == ("chisquare", "ks")
+    assert not {c.column for c in result.columns if c.drifted} - {"car"}  # car: see the README
+    shifted = current.assign(salary=current["salary"] * 1.6 + 20_000)
+    drifted = {c.column for c in compute_drift(reference, shifted, specs).columns if c.drifted}
+    assert drifted - {"car"} == {"salary"}
