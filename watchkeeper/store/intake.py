@@ -346,7 +346,8 @@ def _store(
     )
 
 
-def no_profile(_model: str) -> None:
+def not_configured(_model: str) -> None:
+    """No reference profile, no configured model: the intake stores and counts, and checks nothing."""
     return None
 
 
@@ -354,19 +355,22 @@ def store_predictions(
     store: Store,
     records: Sequence[PredictionRecord],
     latency_buckets: Callable[[str], Sequence[float]],
-    profile_for: Callable[[str], ReferenceProfile | None] = no_profile,
+    profile_for: Callable[[str], ReferenceProfile | None] = not_configured,
 ) -> StoredBatch:
     """`latency_buckets(model_name)` gives the model's inference latency histogram bounds;
     `profile_for(model_name)` its reference profile, which the records are checked against."""
+    # Resolved once per model, before the transaction: no reference is read, nor its file stat'ed,
+    # per record or while the batch holds its write lock.
+    profiles = {name: profile_for(name) for name in {r.model_name for r in records}}
     return _store(
         store,
         records,
-        lambda session, batch: _write_predictions(session, batch, latency_buckets, profile_for),
+        lambda session, batch: _write_predictions(session, batch, latency_buckets, profiles.get),
     )
 
 
 def store_feedback(
-    store: Store, records: Sequence[FeedbackRecord], model_for: Callable[[str], Model | None] = no_profile
+    store: Store, records: Sequence[FeedbackRecord], model_for: Callable[[str], Model | None] = not_configured
 ) -> StoredBatch:
     """`model_for(model_name)`: the configured model, whose labelled outcomes are tallied."""
     return _store(store, records, lambda session, batch: _write_feedback(session, batch, model_for))
