@@ -133,11 +133,23 @@ class Windows(Strict):
     )
 
 
+# The level of a drift p-value test Watchkeeper picks (windows of 1,000 rows or fewer): after the
+# Benjamini-Hochberg correction across a model's features, about one stable evaluation in 1,000
+# flags a feature. Evidently's 5% suits a one-off report, not a test repeated every 15 minutes.
+DEFAULT_DRIFT_P_VALUE = 0.001
+
+
 class Thresholds(Strict):
     min_label_coverage: float = Field(default=0.5, ge=0, le=1)
     accuracy_warning: float = Field(default=0.85, ge=0, le=1)
     accuracy_critical: float = Field(default=0.75, ge=0, le=1)
     drift_share: float = Field(default=0.5, ge=0, le=1)
+    drift_p_value: float = Field(
+        default=DEFAULT_DRIFT_P_VALUE,
+        gt=0,
+        lt=1,
+        description="Level of drift p-value tests without a configured threshold (corrected across features)",
+    )
     min_throughput_rps: float = Field(
         default=10.0, ge=0, description="ModelThroughputLow fires below this (the seed's 10 rps)"
     )
