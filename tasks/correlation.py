@@ -62,6 +62,10 @@ class AlertEvent:
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     strength: float = 1.0
+    # When measured: how far the alert's metric moved from normal in its harmful direction, in the
+    # metric's own unit, and the requests its subject served meanwhile (see `accounts_for`).
+    change: float | None = None
+    traffic: float | None = None
 
     @property
     def subject(self) -> str:
@@ -389,14 +393,13 @@ def rank_root_causes(
     members: Sequence[AlertEvent],
     rules: CorrelationRules,
     weights: RankingWeights = RankingWeights(),
-    can_be_cause: Callable[[str], bool] | None = None,
 ) -> list[RootCauseCandidate]:
     """Rank an incident's subjects (services, or alerts without one) as its root cause, best first.
 
     A good root cause explains the others (they depend on it in the topology, or a causal rule makes
-    its alert the cause of theirs), has no anomalous dependency strong enough to explain it in turn
-    (the deepest anomalous dependency), starts first, and is the most anomalous. Subjects for which
-    `can_be_cause` says no still count as evidence but are not ranked.
+    its alert the cause of theirs), has no anomalous dependency that explains it in turn (the
+    deepest anomalous dependency: one whose measured change accounts for it, or without
+    measurements, one at least `dominance` as anomalous), starts first, and is the most anomalous.
     """
     by_subject: dict[str, list[AlertEvent]] = defaultdict(list)
     for alert in members:
@@ -408,11 +411,9 @@ def rank_root_causes(
     onsets = sorted(set(onset.values()))
     top_strength = math.log1p(max(strength.values()))
     others_count = max(len(subjects) - 1, 1)
-    explains = {s: _explained_by(s, subjects, names, rules) for s in subjects}
+    explains = {s: _explained_by(s, by_subject, names, rules) for s in subjects}
     ranked = []
     for subject in subjects:
-        if can_be_cause is not None and not can_be_cause(subject):
-            continue
         reasons = []
         explained = explains[subject]
         if explained:
@@ -421,7 +422,11 @@ def rank_root_causes(
         explainers = [
             other
             for other in subjects
-            if subject in explains[other] and strength[other] >= weights.dominance * strength[subject]
+            if subject in explains[other]
+            and (
+                _measured_alike(by_subject[other], by_subject[subject])
+                or strength[other] >= weights.dominance * strength[subject]
+            )
         ]
         if explainers:
             reasons.append(f"could itself be explained by {', '.join(sorted(explainers)[:3])}")
@@ -465,12 +470,16 @@ def _lead_alert(alerts: Sequence[AlertEvent], rules: CorrelationRules) -> AlertE
 
 
 def _explained_by(
-    subject: str, subjects: Iterable[str], names: Mapping[str, set[str]], rules: CorrelationRules
+    subject: str,
+    by_subject: Mapping[str, Sequence[AlertEvent]],
+    names: Mapping[str, set[str]],
+    rules: CorrelationRules,
 ) -> set[str]:
     """The other subjects this one explains: its alerts cause theirs by a causal rule, or they reach it
     through the topology along a path of anomalous subjects (a fault propagates through callers that
-    show it; a healthy service in between breaks the chain)."""
-    members = set(subjects)
+    show it; a healthy service in between breaks the chain) where each step's measured change, when
+    there is one, accounts for the caller's (`accounts_for`)."""
+    members = set(by_subject)
     explained = {
         other
         for other in members - {subject}
@@ -482,10 +491,49 @@ def _explained_by(
             caller
             for service in frontier
             for caller in rules.dependents.get(service, ())
-            if caller in members and caller != subject and caller not in explained
+            if caller in members
+            and caller != subject
+            and caller not in explained
+            and accounts_for(by_subject[service], by_subject[caller]) is not False
         ]
         explained.update(frontier)
     return explained
+
+
+# A dependency accounts for its caller's change when it could produce at least this share of it:
+# the larger part, so that of two dependencies at most one is the main cause.
+ACCOUNTED_SHARE = 0.5
+
+
+def accounts_for(dependency: Sequence[AlertEvent], caller: Sequence[AlertEvent]) -> bool | None:
+    """Whether a dependency's measured change could produce its caller's, on a metric both alerts
+    measure (the same alert name); None when there is nothing to compare.
+
+    Latency adds up along synchronous calls, and a failed call fails the request that made it, so a
+    caller's average moves by at most the dependency's change times the dependency's calls per
+    caller request (its requests over the caller's; an upper bound when it has other callers). A
+    slow database under a service that slowed down by far more did not cause the slowdown.
+    """
+    verdicts = [
+        cause.change * _calls_per_request(cause, effect) >= ACCOUNTED_SHARE * effect.change
+        for effect in caller
+        for cause in dependency
+        if cause.name == effect.name and cause.change is not None and effect.change is not None
+    ]
+    return any(verdicts) if verdicts else None
+
+
+def _measured_alike(one: Sequence[AlertEvent], other: Sequence[AlertEvent]) -> bool:
+    """Whether both subjects have measured changes on a common metric: then `accounts_for` already
+    decided whether one explains the other, and anomaly strengths need not be compared."""
+    measured = {a.name for a in one if a.change is not None}
+    return any(a.name in measured for a in other if a.change is not None)
+
+
+def _calls_per_request(dependency: AlertEvent, caller: AlertEvent) -> float:
+    if dependency.traffic and caller.traffic:
+        return dependency.traffic / caller.traffic
+    return 1.0
 
 
 def severity_strength(severity: str | None) -> float:

@@ -2,8 +2,8 @@
 
 from datetime import UTC, datetime, timedelta
 
-from tasks.correlation import AlertEvent, CorrelationRules, Correlator
-from watchkeeper.config import Topology, WatchkeeperConfig
+from tasks.correlation import AlertEvent, CorrelationRules, Correlator, accounts_for, rank_root_causes
+from watchkeeper.config import Correlation, Topology, WatchkeeperConfig
 
 T0 = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
 
@@ -38,3 +38,35 @@ def test_the_same_rule_on_two_unrelated_models_is_two_incidents(example_config: 
     )
     assert fraud.opened and credit.opened and fraud.incident_id != credit.incident_id
     assert fraud_again.incident_id == fraud.incident_id and not fraud_again.opened
+
+
+def _measured(alert_id: int, service: str, change: float, traffic: float, strength: float) -> AlertEvent:
+    return AlertEvent(
+        alert_id, "latency_anomalous", service, T0, strength=strength, change=change, traffic=traffic
+    )
+
+
+def test_a_dependency_is_blamed_only_when_its_change_accounts_for_its_caller_s() -> None:
+    """A database 2 ms slower under a service 450 ms slower did not slow it down (the service did);
+    a table 160 ms slower under a search 170 ms slower did, however much larger the search's z."""
+    rules = CorrelationRules(
+        Topology(
+            services={"site": ["pay", "search"], "pay": ["db"], "search": ["table"], "db": [], "table": []}
+        ),
+        Correlation(),
+    )
+    slow_service = [
+        _measured(1, "pay", 0.449, 108, 22.0),
+        _measured(2, "site", 0.093, 494, 19.2),
+        _measured(3, "db", 0.0017, 138, 5.7),
+    ]
+    slow_table = [
+        _measured(1, "search", 0.174, 784, 348.0),
+        _measured(2, "site", 0.197, 480, 40.6),
+        _measured(3, "table", 0.163, 838, 98.6),
+    ]
+    assert [c.subject for c in rank_root_causes(slow_service, rules)][:1] == ["pay"]
+    assert [c.subject for c in rank_root_causes(slow_table, rules)][:1] == ["table"]
+    assert accounts_for([slow_service[2]], [slow_service[0]]) is False
+    assert accounts_for([slow_table[2]], [slow_table[0]]) is True
+    assert accounts_for([AlertEvent(9, "latency_anomalous", "db", T0)], [slow_service[0]]) is None

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tests.test_cli import run
+from watchkeeper.petshop import evaluate
 
 NODES = ["Front", "Api", "Db", "Cache", "Api_client"]
 # Front calls Api and Cache; Api calls Db; Api_client (an observer) calls Api.
@@ -105,3 +106,42 @@ def test_rca_eval_names_what_is_wrong_with_the_folder(tmp_path: Path) -> None:
     (tmp_path / "broken" / "train" / "issue_0" / "target.json").write_text("{}")
     result = run("rca-eval", "petshop", str(tmp_path), "--json", home=tmp_path)
     assert result.returncode == 2 and "target.json" in result.stderr and "root_cause.node" in result.stderr
+
+
+def renamed(root: Path, names: dict[str, str]) -> Path:
+    """A copy of the dataset with every node renamed."""
+    copy = root.parent / f"{root.name}-renamed"
+    for path in root.rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            for old in sorted(names, key=len, reverse=True):
+                text = text.replace(old, names[old])
+            (copy / path.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+            (copy / path.relative_to(root)).write_text(text)
+    return copy
+
+
+def test_rankings_do_not_depend_on_node_names(tmp_path: Path) -> None:
+    """Renaming every node (into names an X-Ray reader might treat specially) changes no ranking."""
+    root = dataset(tmp_path / "petshop")
+    names = {node: f"svc{i}_remote" if i % 2 else f"svc{i}_client" for i, node in enumerate(NODES)}
+    original, other = evaluate(root, ("train",)), evaluate(renamed(root, names), ("train",))
+    back = {new: old for old, new in names.items()}
+    assert [[back[c["node"]] for c in i["candidates"]] for i in other["issues"]] == [
+        [c["node"] for c in i["candidates"]] for i in original["issues"]
+    ]
+    assert other["splits"] == original["splits"]
+
+
+def test_splits_are_scored_apart_and_details_list_each_issue_s_candidates(tmp_path: Path) -> None:
+    root = dataset(tmp_path / "petshop")
+    result = run("rca-eval", "petshop", str(root), "--split", "all", "--json", "--details", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "scenarios" not in summary  # never pooled
+    assert summary["by_split"]["train"]["scenarios"]["synthetic"]["n"] == 2
+    assert summary["by_split"]["test"]["scenarios"]["synthetic"]["n"] == 0
+    [db, cache] = [i for i in summary["issues"] if i["split"] == "train"]
+    assert (db["root_cause"], db["candidates"][0]["node"]) == ("Db", "Db")
+    assert any("explains" in reason for reason in db["candidates"][0]["reasons"])
+    assert cache["candidates"][0]["node"] == "Cache"

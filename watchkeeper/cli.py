@@ -10,7 +10,7 @@ import tempfile
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -515,8 +515,13 @@ def rca_eval(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="The dataset's folder of scenarios")],
     split: Annotated[RcaSplit, typer.Option(help="Issues to score")] = RcaSplit.train,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON")] = False,
+    details: Annotated[
+        bool, typer.Option("--details", help="Add every issue's ranked candidates and reasons to the JSON")
+    ] = False,
 ) -> None:
-    """Score the root-cause ranking on a labelled dataset: top-1 and top-3 recall, specificity."""
+    """Score the root-cause ranking on a labelled dataset: top-1 and top-3 recall, specificity.
+
+    Each split is scored on its own (train and test are never pooled)."""
     from watchkeeper.petshop import DatasetError, evaluate
 
     splits = ("train", "test") if split is RcaSplit.all else (split.value,)
@@ -524,20 +529,32 @@ def rca_eval(
         result = evaluate(directory, splits)
     except DatasetError as exc:
         raise _fail(str(exc)) from exc
-    summary = {"dataset": dataset.value, "splits": list(splits), "scenarios": result["scenarios"]}
+    summary: dict[str, Any] = {"dataset": dataset.value, "splits": list(splits)}
+    if len(splits) == 1:
+        summary["scenarios"] = result["splits"][splits[0]]["scenarios"]
+    else:
+        summary["by_split"] = {s: {"scenarios": r["scenarios"]} for s, r in result["splits"].items()}
+    if details:
+        summary["issues"] = result["issues"]
     if not as_json:
-        for title, rows in (("scenario", result["scenarios"]), ("scenario/target metric", result["targets"])):
-            table = Table(title, "issues", "top-1", "top-3", "specificity", "noissue windows")
-            for name, row in rows.items():
-                table.add_row(
-                    name,
-                    str(row["n"]),
-                    _score(row["top1"]),
-                    _score(row["top3"]),
-                    _score(row["specificity"]),
-                    str(row["specificity_windows"]),
+        for name, scored in result["splits"].items():
+            for title, rows in (
+                ("scenario", scored["scenarios"]),
+                ("scenario/target metric", scored["targets"]),
+            ):
+                table = Table(
+                    f"{title} ({name})", "issues", "top-1", "top-3", "specificity", "noissue windows"
                 )
-            console.print(table)
+                for row_name, row in rows.items():
+                    table.add_row(
+                        row_name,
+                        str(row["n"]),
+                        _score(row["top1"]),
+                        _score(row["top3"]),
+                        _score(row["specificity"]),
+                        str(row["specificity_windows"]),
+                    )
+                console.print(table)
     print(json.dumps(summary))
 
 

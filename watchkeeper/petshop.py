@@ -4,27 +4,35 @@ For each issue, a detector turns the metrics into alerts, the correlation engine
 `rank_root_causes` ranks the incident that holds the target's alert: the same code that handles
 Alertmanager's alerts, fed with the dataset's call graph as the topology.
 
+The approach is the dataset authors' anomaly traversal, made quantitative. Their best simple
+baselines detect anomalies on the target's metric, keep the anomalous nodes that have no anomalous
+callee, and score them along anomalous paths to the target. Plain traversal stops at any anomalous
+callee, so a slightly slower database under a service that slowed down by far more takes the blame.
+Here a callee explains its caller only when its own measured change could produce the caller's
+(`tasks.correlation.accounts_for`: latency adds up along calls and failures propagate to the
+request that made the call, scaled by the callee's calls per caller request), and candidates are
+ranked by what they explain, whether anything explains them, their onset and their strength.
+
 The detector, per node, on the target's metric and statistic (for example latency / Average):
   - baseline: the `noissue` series (for specificity, only the part before the cut), giving a
-    median m and a scale s = max(1.4826 x MAD, `RELATIVE_FLOOR` x |m|, `ABSOLUTE_FLOOR`); the floors
-    keep a near-constant series (availability at 100 %) from making every wiggle infinitely odd;
-  - score z = (x - m) / s in the harmful direction: latency up, availability down, requests
-    either way;
-  - a node alerts at the analysed row when z >= `threshold`; its alert starts at the first row of
-    the run of alerting rows that ends there, and its strength is z. An alert already firing in the
-    window's first row started at an unknown earlier time: it is dated one correlation window before
-    that row, as Alertmanager's startsAt would date a long-standing alert, so a chronic anomaly does
-    not join a fresh incident.
-The analysed row is the third of the issue's window (the authors' choice, the window being cut
-around the violation); if the target does not alert there, the next row where it does. No target
-alert, no root cause.
+    median m and a scale s, the larger of 1.4826 x MAD and 1.2533 x the mean absolute deviation
+    (both equal the standard deviation for normal data; the second sees a heavy tail of rare dips,
+    such as availability at 100 % most of the time, that MAD ignores);
+  - change x - m and score z = (x - m) / s in the harmful direction: latency up, availability
+    down, requests either way;
+  - a node alerts at the analysed row when z >= `threshold`; its alert carries its change and the
+    node's requests, starts at the first row of the run of alerting rows that ends there, and its
+    strength is z. An alert already firing in the window's first row started at an unknown earlier
+    time: it is dated one correlation window before that row, as Alertmanager's startsAt would date
+    a long-standing alert, so a chronic anomaly does not join a fresh incident.
+The target's alert must hold for `held_rows` consecutive rows (an SLO alert's `for: 5m`), and the
+analysed row is the first from the third of the issue's window (the authors' choice, the window
+being cut around the violation) where it does. No target alert, no root cause. Nothing depends on
+node names: renaming every node leaves the rankings as they are (tests/test_rca_eval.py).
 
 Specificity follows the authors' cuts of `noissue` (at 50, 60, 70, 80 and 90 % of its rows) but is
 stricter: every five-row window after a cut, not just one, is analysed with the rows before the
 cut as baseline, and it counts as correct when no root cause is reported at all.
-
-Nodes that X-Ray names `..._remote` or `..._client` are a caller's view of a call: their alerts
-count as evidence, but they are not ranked as root causes.
 
 Scenarios without a `noissue` folder (the temporal ones) use the pooled `noissue` of the other
 scenarios as baseline for the nodes they share; their specificity cannot be measured (n = 0).
@@ -38,11 +46,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tasks.correlation import AlertEvent, CorrelationRules, Correlator, rank_root_causes
+from tasks.correlation import (
+    AlertEvent,
+    CorrelationRules,
+    Correlator,
+    RootCauseCandidate,
+    rank_root_causes,
+)
 from watchkeeper.config import Correlation, Topology
 
 SPLITS = ("train", "test")
@@ -50,9 +65,7 @@ CUTS = (0.5, 0.6, 0.7, 0.8, 0.9)
 WINDOW_ROWS = 5
 ANALYSED_ROW = 2
 # A series seen fewer times in the baseline (S3 at low traffic: 10 of 589 rows) has no usable normal.
-RELATIVE_FLOOR = 0.01
 MIN_BASELINE_POINTS = 30
-OBSERVATION_SUFFIXES = ("_remote", "_client")
 ABSOLUTE_FLOOR = 1e-6
 CORRELATION_WINDOW = timedelta(minutes=10)
 HARMFUL_DIRECTION = {"latency": 1, "availability": -1}
@@ -64,46 +77,86 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Detector:
-    threshold: float = 2.5
+    """Two standard deviations, held two rows: under a normal, a stable series crosses 2.0 in 2.3 %
+    of rows and stays above it for two rows in about 0.05 % (independent rows), fewer than one row
+    above 3.3; a real SLO violation holds."""
+
+    threshold: float = 2.0
+    held_rows: int = 2
 
     def scores(self, baseline: pd.DataFrame, window: pd.DataFrame, metric: str) -> pd.DataFrame:
         """Harmful-direction robust z-scores of the window, per node (columns) and row."""
+        return self._changes(baseline, window, metric)[1]
+
+    @staticmethod
+    def _changes(
+        baseline: pd.DataFrame, window: pd.DataFrame, metric: str
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Each node's change from its normal median in the harmful direction, and that change as a
+        robust z-score. The scale is 1.4826 x MAD; where more than half of the normal values are one
+        value (availability at 100 %), MAD is 0 and the mean absolute deviation (x 1.2533, equal to
+        the standard deviation for normal data) takes its place, so the rare normal dips set the
+        scale."""
         nodes = [n for n in window.columns if n in baseline.columns]
         base = baseline[nodes]
         median = base.median()
-        mad = (base - median).abs().median()
-        scale = np.maximum(np.maximum(1.4826 * mad, RELATIVE_FLOOR * median.abs()), ABSOLUTE_FLOOR)
-        z = (window[nodes] - median) / scale
+        deviation = (base - median).abs()
+        scale = np.maximum(1.4826 * deviation.median(), 1.2533 * deviation.mean())
+        change = window[nodes] - median
         direction = HARMFUL_DIRECTION.get(metric)
-        z = z.abs() if direction is None else z * direction
+        change = change.abs() if direction is None else change * direction
         usable = base.notna().sum() >= MIN_BASELINE_POINTS
-        return z.loc[:, usable[usable].index]
+        keep = usable[usable].index
+        return change.loc[:, keep], (change / np.maximum(scale, ABSOLUTE_FLOOR)).loc[:, keep]
 
     def alerts(
         self, baseline: pd.DataFrame, window: pd.DataFrame, target: str, metric: str, statistic: str
     ) -> list[AlertEvent]:
-        """The alerts at the analysed row, or none when the target does not alert in the window."""
-        signals = {metric: statistic} | {m: "Average" for m in HARMFUL_DIRECTION if m != metric}
-        scores = {
-            m: self.scores(series(baseline, m, st), series(window, m, st), m).fillna(0.0)
-            for m, st in signals.items()
-        }
-        if target not in scores[metric].columns:
+        """The target metric's alerts at the analysed row, or none when the target does not alert in
+        the window. Each carries its change and the node's requests, so the ranking can tell whether
+        a dependency's change accounts for its caller's."""
+        change, scores = self._changes(
+            series(baseline, metric, statistic), series(window, metric, statistic), metric
+        )
+        scores = scores.fillna(0.0)
+        if target not in scores.columns:
             return []
-        firing_target = scores[metric][target] >= self.threshold
-        rows = [r for r in range(ANALYSED_ROW, len(firing_target)) if firing_target.iloc[r]]
+        firing_target = scores[target] >= self.threshold
+        held = firing_target.rolling(self.held_rows, min_periods=self.held_rows).sum() >= self.held_rows
+        rows = [r for r in range(ANALYSED_ROW, len(held)) if held.iloc[r]]
         if not rows:
             return []
         row, alerts = rows[0], []
-        for m, z in scores.items():
-            firing = z >= self.threshold
-            for node in z.columns:
-                if firing[node].iloc[row]:
-                    alerts.append(self._alert(len(alerts), node, m, firing[node], z[node].iloc[row], row))
+        requests = series(window, "requests", "Sum")
+        firing = scores >= self.threshold
+        for node in scores.columns:
+            if firing[node].iloc[row]:
+                traffic = requests[node].iloc[row] if node in requests.columns else None
+                alerts.append(
+                    self._alert(
+                        len(alerts),
+                        node,
+                        metric,
+                        firing[node],
+                        scores[node].iloc[row],
+                        row,
+                        float(change[node].iloc[row]),
+                        None if traffic is None or pd.isna(traffic) else float(traffic),
+                    )
+                )
         return alerts
 
     @staticmethod
-    def _alert(alert_id: int, node: str, metric: str, firing: pd.Series, z: float, row: int) -> AlertEvent:
+    def _alert(
+        alert_id: int,
+        node: str,
+        metric: str,
+        firing: pd.Series,
+        z: float,
+        row: int,
+        change: float,
+        traffic: float | None,
+    ) -> AlertEvent:
         start = row
         while start > 0 and firing.iloc[start - 1]:
             start -= 1
@@ -117,6 +170,8 @@ class Detector:
             starts_at=starts_at,
             labels={"node": node, "metric": metric},
             strength=float(z),
+            change=change,
+            traffic=traffic,
         )
 
 
@@ -198,25 +253,40 @@ def rank_issue(
     metric: str,
     statistic: str,
     target: str,
-) -> list[str]:
-    """Ranked root-cause nodes for one SLO violation; empty when nothing is reported."""
+) -> list[RootCauseCandidate]:
+    """Ranked root-cause candidates for one SLO violation; empty when nothing is reported."""
     alerts = detector.alerts(baseline, window, target, metric, statistic)
     if not alerts:
         return []
-    alerts.sort(key=lambda a: (a.starts_at, a.id))
+    hops = _hops_from(target, rules)
+    alerts.sort(key=lambda a: (a.starts_at, hops.get(a.service, len(hops)), a.id))
     correlator = Correlator(rules)
     memberships = correlator.add_all(alerts)
     target_alert = next(
         i for i, a in enumerate(alerts) if a.service == target and a.name == f"{metric}_anomalous"
     )
     incident = correlator.incidents[memberships[target_alert].incident_id]
-    return [c.subject for c in rank_root_causes(incident.members, rules, can_be_cause=is_component)]
+    return rank_root_causes(incident.members, rules)
 
 
-def is_component(node: str) -> bool:
-    """X-Ray names a caller's view of a call `..._remote` or `..._client`: an observation of the
-    caller, not a component a fault can live in, so it is evidence but never a candidate."""
-    return not node.endswith(OBSERVATION_SUFFIXES)
+def _hops_from(target: str, rules: CorrelationRules) -> dict[str | None, int]:
+    """Each node's distance from the target along the call graph, either way round.
+
+    Alerts that start together are handed to the correlator nearest the target first, so the
+    target's incident grows outwards along the graph instead of being cut in two by whichever of
+    two simultaneous alerts came first (the streaming correlator does not merge incidents)."""
+    hops: dict[str | None, int] = {target: 0}
+    frontier, depth = [target], 0
+    while frontier:
+        depth += 1
+        reached = []
+        for node in frontier:
+            for neighbour in (*rules.dependencies.get(node, ()), *rules.dependents.get(node, ())):
+                if neighbour not in hops:
+                    hops[neighbour] = depth
+                    reached.append(neighbour)
+        frontier = reached
+    return hops
 
 
 def correlation_rules(topology: Topology) -> CorrelationRules:
@@ -258,12 +328,13 @@ class Tally:
         }
 
 
-def evaluate(root: Path, splits: tuple[str, ...], detector: Detector = Detector()) -> dict[str, dict]:
-    """Top-1, top-3 and specificity per scenario and per (scenario, target metric)."""
+def evaluate(root: Path, splits: tuple[str, ...], detector: Detector = Detector()) -> dict[str, Any]:
+    """Per split, never pooled: top-1, top-3 and specificity per scenario and per (scenario, target
+    metric); and every issue's ranked candidates with their reasons. Specificity does not depend on
+    the split (it is measured on `noissue`), so each split's rows carry the same figure."""
     loaded = scenarios(root, splits)
     pooled = _pooled_normal(loaded)
-    per_scenario: dict[str, Tally] = defaultdict(Tally)
-    per_metric: dict[str, Tally] = defaultdict(Tally)
+    tallies: dict[str, dict[str, Tally]] = {split: defaultdict(Tally) for split in splits}
     issues_out = []
     for scenario in loaded:
         rules = correlation_rules(scenario.topology)
@@ -273,13 +344,15 @@ def evaluate(root: Path, splits: tuple[str, ...], detector: Detector = Detector(
             for issue_name, window, target in scenario.issues[split]:
                 node, metric, statistic = (target["target"][k] for k in ("node", "metric", "agg"))
                 targets.add((node, metric, statistic))
-                ranked = (
+                candidates = (
                     []
                     if normal is None
                     else rank_issue(rules, detector, normal, window, metric, statistic, node)
                 )
+                ranked = [c.subject for c in candidates]
                 truth = target["root_cause"]["node"]
-                for tally in (per_scenario[scenario.name], per_metric[f"{scenario.name}/{metric}"]):
+                for key in (scenario.name, f"{scenario.name}/{metric}"):
+                    tally = tallies[split][key]
                     tally.n += 1
                     tally.hits1 += truth in ranked[:1]
                     tally.hits3 += truth in ranked[:3]
@@ -289,8 +362,11 @@ def evaluate(root: Path, splits: tuple[str, ...], detector: Detector = Detector(
                         "split": split,
                         "issue": issue_name,
                         "metric": metric,
-                        "truth": truth,
-                        "ranked": ranked[:3],
+                        "root_cause": truth,
+                        "candidates": [
+                            {"node": c.subject, "score": c.score, "reasons": list(c.reasons)}
+                            for c in candidates
+                        ],
                     }
                 )
         if scenario.normal is None:
@@ -298,11 +374,17 @@ def evaluate(root: Path, splits: tuple[str, ...], detector: Detector = Detector(
         for node, metric, statistic in sorted(targets):
             for baseline, window in _specificity_windows(scenario.normal):
                 quiet = not rank_issue(rules, detector, baseline, window, metric, statistic, node)
-                for tally in (per_scenario[scenario.name], per_metric[f"{scenario.name}/{metric}"]):
-                    tally.windows += 1
-                    tally.quiet += quiet
+                for split in splits:
+                    for key in (scenario.name, f"{scenario.name}/{metric}"):
+                        tallies[split][key].windows += 1
+                        tallies[split][key].quiet += quiet
     return {
-        "scenarios": {name: t.as_json() for name, t in sorted(per_scenario.items())},
-        "targets": {name: t.as_json() for name, t in sorted(per_metric.items())},
+        "splits": {
+            split: {
+                "scenarios": {k: t.as_json() for k, t in sorted(by_key.items()) if "/" not in k},
+                "targets": {k: t.as_json() for k, t in sorted(by_key.items()) if "/" in k},
+            }
+            for split, by_key in tallies.items()
+        },
         "issues": issues_out,
     }
