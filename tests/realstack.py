@@ -28,7 +28,7 @@ from watchkeeper.stack import render_alertmanager_config, render_prometheus_conf
 from watchkeeper.store import Store
 
 
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0, every: float = 0.2) -> Any:
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 120.0, every: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -41,7 +41,7 @@ EXPORTED = {
 }
 
 
-def wait_for(check, what: str, timeout: float = 90.0):  # noqa: ANN001, ANN201
+def wait_for(check, what: str, timeout: float = 180.0):  # noqa: ANN001, ANN201
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
