@@ -74,8 +74,7 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture
-def postgres_url(postgres_server: str) -> str:
+def new_database(postgres_server: str) -> str:
     """A fresh, empty database on the throwaway cluster."""
     name = f"wk_{uuid.uuid4().hex[:12]}"
     admin = create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
@@ -83,6 +82,18 @@ def postgres_url(postgres_server: str) -> str:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return f"{postgres_server}/{name}"
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    return new_database(postgres_server)
+
+
+def store_url(back_end: str, folder: Path, request: pytest.FixtureRequest) -> str:
+    """An empty store's URL on the back end: a file in `folder`, or a new PostgreSQL database."""
+    if back_end == "sqlite":
+        return f"sqlite:///{folder / 'store.db'}"
+    return new_database(request.getfixturevalue("postgres_server"))
 
 
 BACK_ENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -113,14 +124,15 @@ def _store_parity(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.fixture(params=BACK_ENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+def empty_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store that has never been migrated, on each back end."""
+    return store_url(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def store(empty_store_url: str) -> Iterator[Store]:
     """A migrated store on each back end."""
-    url = (
-        f"sqlite:///{tmp_path / 'store.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    store = Store(url)
+    store = Store(empty_store_url)
     store.upgrade()
     yield store
     store.dispose()

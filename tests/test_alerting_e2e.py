@@ -25,14 +25,10 @@ FIRING_TIMEOUT = 240
 RESOLVED_TIMEOUT = 120
 
 
-@pytest.mark.sqlite_only(
-    "the store here only feeds /metrics; what is under test is Prometheus's rules and Alertmanager's "
-    "delivery, and the service's store paths run on PostgreSQL in test_service and test_alert_intake"
-)
-def test_degraded_model_fires_then_resolves(tmp_path: Path, example_config: WatchkeeperConfig) -> None:
+def test_degraded_model_fires_then_resolves(
+    tmp_path: Path, example_config: WatchkeeperConfig, store: Store
+) -> None:
     model = example_config.models[0]
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
-    store.upgrade()
     recorder = WebhookRecorder()
     with LiveService(example_config, store) as service:
         stack = AlertingStack(tmp_path, service.url, recorder.url, token="e2e-token")
@@ -74,4 +70,3 @@ def test_degraded_model_fires_then_resolves(tmp_path: Path, example_config: Watc
         finally:
             stack.stop()
             recorder.stop()
-            store.dispose()

@@ -51,6 +51,17 @@ def test_db_upgrade_creates_the_store_in_the_home(tmp_path: Path) -> None:
     assert (tmp_path / "watchkeeper.db").exists()
 
 
+def test_db_upgrade_migrates_the_configured_database(empty_store_url: str, tmp_path: Path) -> None:
+    result = run("db", "upgrade", home=tmp_path, WATCHKEEPER_DATABASE_URL=empty_store_url)
+    assert result.returncode == 0, result.stderr
+    assert f"store at revision {Store.head_revision()}" in result.stdout
+    store = Store(empty_store_url)
+    try:
+        assert store.current_revision() == Store.head_revision()
+    finally:
+        store.dispose()
+
+
 def demo_file(path: Path, covariate_drift: bool, seed: int) -> Path:
     from watchkeeper.demo import DemoTraffic, Injections
 

@@ -9,13 +9,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
-from tests.conftest import BACK_ENDS
 from tests.realstack import wait_until
 from tests.test_alert_intake import NOTIFICATION
 from watchkeeper.dispatcher import OutboxDispatcher, OwedRun
@@ -23,15 +20,6 @@ from watchkeeper.store import Store
 from watchkeeper.store.alerts import WebhookNotification, store_notification
 
 WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
-
-
-@pytest.fixture(params=BACK_ENDS)
-def empty_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A store that has never been migrated, on each back end."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        yield request.getfixturevalue("postgres_url")
 
 
 REPLICA = """

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.metrics import Measurement, Window, save_results
-from tests.conftest import LiveService, save_predictions
+from tests.conftest import BACK_ENDS, LiveService, save_predictions, store_url
 from tests.realstack import AlertingStack, WebhookRecorder
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
@@ -132,10 +132,15 @@ def seed(store: Store) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, example_config: WatchkeeperConfig) -> Iterator[tuple]:
+@pytest.fixture(scope="module", params=BACK_ENDS)
+def live(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    example_config: WatchkeeperConfig,
+) -> Iterator[tuple]:
+    """The service on each back end, scraped by a real Prometheus."""
     folder = tmp_path_factory.mktemp("dashboards")
-    store = Store(f"sqlite:///{folder / 'store.db'}")
+    store = Store(store_url(request.param, folder, request))
     store.upgrade()
     seed(store)
     recorder = WebhookRecorder()
@@ -147,6 +152,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, example_config: WatchkeeperCo
         finally:
             stack.stop()
             recorder.stop()
+            store.dispose()
 
 
 def exported_names(service_url: str) -> set[str]:
