@@ -145,12 +145,7 @@ class CorrelationRules:
         return cls(config.topology, config.correlation)
 
     def _walk(self, start: str, edges: Mapping[str, tuple[str, ...]], hops: int | None) -> frozenset[str]:
-        seen, frontier, depth = {start}, [start], 0
-        while frontier and (hops is None or depth < hops):
-            frontier = [n for s in frontier for n in edges.get(s, ()) if n not in seen]
-            seen.update(frontier)
-            depth += 1
-        return frozenset(seen - {start})
+        return frozenset(distances(start, (edges,), hops)) - {start}
 
     def _reachable(self, service: str) -> frozenset[str]:
         """Every service this one depends on, directly or not."""
@@ -164,6 +159,26 @@ class CorrelationRules:
 
     def causes_effect(self, cause: str, effect: str) -> bool:
         return effect in self.causes.get(cause, ())
+
+
+def distances(
+    start: str, edges: Sequence[Mapping[str, Sequence[str]]], hops: int | None = None
+) -> dict[str, int]:
+    """Hops from `start` to every service reached along any of the edge maps (breadth first), up to
+    `hops` when given; `start` itself is at 0."""
+    found = {start: 0}
+    frontier, depth = [start], 0
+    while frontier and (hops is None or depth < hops):
+        depth += 1
+        reached = []
+        for node in frontier:
+            for edge_map in edges:
+                for neighbour in edge_map.get(node, ()):
+                    if neighbour not in found:
+                        found[neighbour] = depth
+                        reached.append(neighbour)
+        frontier = reached
+    return found
 
 
 def alert_tokens(alert: AlertEvent) -> list[str]:

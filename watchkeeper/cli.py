@@ -509,6 +509,20 @@ def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _print_scores(title: str, rows: dict[str, dict[str, Any]]) -> None:
+    table = Table(title, "issues", "top-1", "top-3", "specificity", "noissue windows")
+    for name, row in rows.items():
+        table.add_row(
+            name,
+            str(row["n"]),
+            _score(row["top1"]),
+            _score(row["top3"]),
+            _score(row["specificity"]),
+            str(row["specificity_windows"]),
+        )
+    console.print(table)
+
+
 @app.command("rca-eval")
 def rca_eval(
     dataset: Annotated[RcaDataset, typer.Argument(help="Dataset format")],
@@ -538,23 +552,8 @@ def rca_eval(
         summary["issues"] = result["issues"]
     if not as_json:
         for name, scored in result["splits"].items():
-            for title, rows in (
-                ("scenario", scored["scenarios"]),
-                ("scenario/target metric", scored["targets"]),
-            ):
-                table = Table(
-                    f"{title} ({name})", "issues", "top-1", "top-3", "specificity", "noissue windows"
-                )
-                for row_name, row in rows.items():
-                    table.add_row(
-                        row_name,
-                        str(row["n"]),
-                        _score(row["top1"]),
-                        _score(row["top3"]),
-                        _score(row["specificity"]),
-                        str(row["specificity_windows"]),
-                    )
-                console.print(table)
+            _print_scores(f"scenario ({name})", scored["scenarios"])
+            _print_scores(f"scenario/target metric ({name})", scored["targets"])
     print(json.dumps(summary))
 
 

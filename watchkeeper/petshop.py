@@ -56,6 +56,7 @@ from tasks.correlation import (
     CorrelationRules,
     Correlator,
     RootCauseCandidate,
+    distances,
     rank_root_causes,
 )
 from watchkeeper.config import Correlation, Topology
@@ -93,10 +94,9 @@ class Detector:
         baseline: pd.DataFrame, window: pd.DataFrame, metric: str
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Each node's change from its normal median in the harmful direction, and that change as a
-        robust z-score. The scale is 1.4826 x MAD; where more than half of the normal values are one
-        value (availability at 100 %), MAD is 0 and the mean absolute deviation (x 1.2533, equal to
-        the standard deviation for normal data) takes its place, so the rare normal dips set the
-        scale."""
+        robust z-score. The scale is the larger of 1.4826 x MAD and 1.2533 x the mean absolute
+        deviation (both equal the standard deviation for normal data): where most normal values are
+        one value (availability at 100 %), MAD is 0 or tiny and the rare normal dips set the scale."""
         nodes = [n for n in window.columns if n in baseline.columns]
         base = baseline[nodes]
         median = base.median()
@@ -258,8 +258,11 @@ def rank_issue(
     alerts = detector.alerts(baseline, window, target, metric, statistic)
     if not alerts:
         return []
-    hops = _hops_from(target, rules)
-    alerts.sort(key=lambda a: (a.starts_at, hops.get(a.service, len(hops)), a.id))
+    # Alerts that start together go to the correlator nearest the target first (along the call graph,
+    # either way round), so the target's incident grows outwards instead of being cut in two by
+    # whichever of two simultaneous alerts came first: the streaming correlator does not merge.
+    hops = distances(target, (rules.dependencies, rules.dependents))
+    alerts.sort(key=lambda a: (a.starts_at, hops.get(a.service or "", len(hops)), a.id))
     correlator = Correlator(rules)
     memberships = correlator.add_all(alerts)
     target_alert = next(
@@ -267,26 +270,6 @@ def rank_issue(
     )
     incident = correlator.incidents[memberships[target_alert].incident_id]
     return rank_root_causes(incident.members, rules)
-
-
-def _hops_from(target: str, rules: CorrelationRules) -> dict[str | None, int]:
-    """Each node's distance from the target along the call graph, either way round.
-
-    Alerts that start together are handed to the correlator nearest the target first, so the
-    target's incident grows outwards along the graph instead of being cut in two by whichever of
-    two simultaneous alerts came first (the streaming correlator does not merge incidents)."""
-    hops: dict[str | None, int] = {target: 0}
-    frontier, depth = [target], 0
-    while frontier:
-        depth += 1
-        reached = []
-        for node in frontier:
-            for neighbour in (*rules.dependencies.get(node, ()), *rules.dependents.get(node, ())):
-                if neighbour not in hops:
-                    hops[neighbour] = depth
-                    reached.append(neighbour)
-        frontier = reached
-    return hops
 
 
 def correlation_rules(topology: Topology) -> CorrelationRules:
@@ -334,7 +317,7 @@ def evaluate(root: Path, splits: tuple[str, ...], detector: Detector = Detector(
     the split (it is measured on `noissue`), so each split's rows carry the same figure."""
     loaded = scenarios(root, splits)
     pooled = _pooled_normal(loaded)
-    tallies: dict[str, dict[str, Tally]] = {split: defaultdict(Tally) for split in splits}
+    tallies: dict[str, dict[tuple[str, str], Tally]] = {split: defaultdict(Tally) for split in splits}
     issues_out = []
     for scenario in loaded:
         rules = correlation_rules(scenario.topology)
@@ -351,7 +334,7 @@ def evaluate(root: Path, splits: tuple[str, ...], detector: Detector = Detector(
                 )
                 ranked = [c.subject for c in candidates]
                 truth = target["root_cause"]["node"]
-                for key in (scenario.name, f"{scenario.name}/{metric}"):
+                for key in (("scenarios", scenario.name), ("targets", f"{scenario.name}/{metric}")):
                     tally = tallies[split][key]
                     tally.n += 1
                     tally.hits1 += truth in ranked[:1]
@@ -375,14 +358,14 @@ def evaluate(root: Path, splits: tuple[str, ...], detector: Detector = Detector(
             for baseline, window in _specificity_windows(scenario.normal):
                 quiet = not rank_issue(rules, detector, baseline, window, metric, statistic, node)
                 for split in splits:
-                    for key in (scenario.name, f"{scenario.name}/{metric}"):
+                    for key in (("scenarios", scenario.name), ("targets", f"{scenario.name}/{metric}")):
                         tallies[split][key].windows += 1
                         tallies[split][key].quiet += quiet
     return {
         "splits": {
             split: {
-                "scenarios": {k: t.as_json() for k, t in sorted(by_key.items()) if "/" not in k},
-                "targets": {k: t.as_json() for k, t in sorted(by_key.items()) if "/" in k},
+                kind: {name: t.as_json() for (of, name), t in sorted(by_key.items()) if of == kind}
+                for kind in ("scenarios", "targets")
             }
             for split, by_key in tallies.items()
         },
