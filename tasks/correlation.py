@@ -16,6 +16,11 @@ An alert joins the related incident it is most confidently related to, or opens 
   the cosine similarity of their hashed label and annotation tokens (scikit-learn's
   HashingVectorizer: stateless, so there is nothing to fit) reaches the threshold.
 
+A relation that makes the alert a cause (its service is a dependency of the incident's, or a rule
+makes its name the cause of theirs) holds only for incident alerts the incident does not already
+explain by an earlier alert on one of their dependencies: a second fault under the same callers is a
+second incident (explaining away; see `Correlator._explained`).
+
 Every relation is gated by the temporal window (the alert starts within `window` of the incident's
 alerts) and its confidence decays with the gap: base x (1 - gap / (2 x window)). Time alone never
 groups alerts: that is what makes a storm of unrelated alerts one useless incident. A resolved
@@ -91,6 +96,7 @@ class IncidentState:
     last_at: datetime
     resolved_at: datetime | None = None
     members: list[AlertEvent] = field(default_factory=list)
+    service_first: dict[str, datetime] = field(default_factory=dict)
     service_last: dict[str, datetime] = field(default_factory=dict)
     name_services: dict[str, set[str | None]] = field(default_factory=dict)
     vector: dict[int, float] = field(default_factory=dict)
@@ -273,6 +279,9 @@ class Correlator:
         incident.first_at = min(incident.first_at, alert.starts_at)
         incident.last_at = max(incident.last_at, alert.starts_at)
         if alert.service is not None:
+            incident.service_first[alert.service] = min(
+                incident.service_first.get(alert.service, alert.starts_at), alert.starts_at
+            )
             incident.service_last[alert.service] = max(
                 incident.service_last.get(alert.service, alert.starts_at), alert.starts_at
             )
@@ -325,8 +334,12 @@ class Correlator:
         rules = self.rules
         found: list[tuple[float, str, str]] = []
         for name in rules.causal_related.get(alert.name, frozenset()) & incident.name_services.keys():
-            if self._near(alert.service, incident.name_services[name]):
-                forward = rules.causes_effect(name, alert.name)
+            forward = rules.causes_effect(name, alert.name)
+            partners = incident.name_services[name]
+            if not forward:
+                at = alert.starts_at
+                partners = {s for s in partners if s is None or not self._explained(incident, s, at)}
+            if self._near(alert.service, partners):
                 cause, effect = (name, alert.name) if forward else (alert.name, name)
                 found.append((BASE_CONFIDENCE["causal"], "causal", f"{cause} is a known cause of {effect}"))
                 break
@@ -336,17 +349,9 @@ class Correlator:
                     (BASE_CONFIDENCE["same-service"], "same-service", f"another alert on {alert.service}")
                 )
             else:
-                near = [
-                    service
-                    for service in rules.within_hops(alert.service) & incident.service_last.keys()
-                    if abs(incident.service_last[service] - alert.starts_at) <= rules.window
-                ]
-                if near:
-                    other = min(near)
-                    how = "depends on" if other in rules.reachable(alert.service) else "is a dependency of"
-                    found.append(
-                        (BASE_CONFIDENCE["dependency"], "dependency", f"{alert.service} {how} {other}")
-                    )
+                dependency = self._dependency(alert.service, alert.starts_at, incident)
+                if dependency is not None:
+                    found.append((BASE_CONFIDENCE["dependency"], "dependency", dependency))
         if shares_label and not incident.names_another(alert):
             similarity = cosine(vector, incident)
             if similarity >= rules.similarity_threshold:
@@ -358,6 +363,38 @@ class Correlator:
         base, reason, detail = max(found)
         decay = 1 - incident.gap(alert.starts_at) / (2 * rules.window)
         return base * decay, reason, detail
+
+    def _dependency(self, service: str, at: datetime, incident: IncidentState) -> str | None:
+        """How the service relates through the topology to one of the incident's services that alerted
+        within the window, if it does: as an effect (it depends on that service), or as the cause of
+        alerts the incident does not yet explain (see `_explained`)."""
+        rules = self.rules
+        near = sorted(
+            other
+            for other in rules.within_hops(service) & incident.service_last.keys()
+            if abs(incident.service_last[other] - at) <= rules.window
+        )
+        below = rules.reachable(service)
+        effect_of = [other for other in near if other in below]
+        if effect_of:
+            return f"{service} depends on {effect_of[0]}"
+        cause_of = [other for other in near if not self._explained(incident, other, at)]
+        return f"{service} is a dependency of {cause_of[0]}" if cause_of else None
+
+    def _explained(self, incident: IncidentState, service: str, at: datetime) -> bool:
+        """Whether an alert starting at `at` comes too late to be the cause of the service's alerts:
+        it starts after them, and the incident already has an alert on one of the service's
+        dependencies that started no later than they did.
+
+        Explaining away: a fault's origin alerts no later than its callers. An alert on another
+        dependency of callers that already have their cause, starting after them, is a second fault,
+        not a second root of the first; joining it would merge two incidents (and their playbooks).
+        """
+        first = incident.service_first[service]
+        return at > first and any(
+            incident.service_first[dependency] <= first
+            for dependency in self.rules.reachable(service) & incident.service_first.keys()
+        )
 
     def _forget_before(self, now: datetime) -> None:
         """Drop incidents no later alert can join, so memory follows the active set only."""

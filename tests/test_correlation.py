@@ -70,3 +70,41 @@ def test_a_dependency_is_blamed_only_when_its_change_accounts_for_its_caller_s()
     assert accounts_for([slow_service[2]], [slow_service[0]]) is False
     assert accounts_for([slow_table[2]], [slow_table[0]]) is True
     assert accounts_for([AlertEvent(9, "latency_anomalous", "db", T0)], [slow_service[0]]) is None
+
+
+def _alert(alert_id: int, name: str, service: str, seconds: int) -> AlertEvent:
+    return AlertEvent(alert_id, name, service, T0 + timedelta(seconds=seconds))
+
+
+def test_a_second_fault_under_callers_already_explained_opens_its_own_incident() -> None:
+    """The API slows down because its database saturated. Five minutes later its cache saturates:
+    the API's alerts already have their cause, so the cache is a new problem, not a second root of
+    the first. Had the API had no alerting dependency, the cache would have been its late-noticed
+    cause and joined; had the cache alerted with the API, it could be their cause and joins."""
+    rules = CorrelationRules(
+        Topology(services={"api": ["db", "cache"], "db": [], "cache": []}),
+        Correlation(causal_rules={"SaturationHigh": ["LatencyHigh"]}),
+    )
+    db, api, cache = Correlator(rules).add_all(
+        [
+            _alert(1, "SaturationHigh", "db", 0),
+            _alert(2, "LatencyHigh", "api", 40),
+            _alert(3, "SaturationHigh", "cache", 300),
+        ]
+    )
+    assert api.incident_id == db.incident_id and api.reason in {"causal", "dependency"}
+    assert cache.opened and cache.incident_id != db.incident_id
+
+    api_alone, late_cache = Correlator(rules).add_all(
+        [_alert(1, "LatencyHigh", "api", 0), _alert(2, "SaturationHigh", "cache", 300)]
+    )
+    assert late_cache.incident_id == api_alone.incident_id and late_cache.reason == "causal"
+
+    *_, api_again, cache_with_api = Correlator(rules).add_all(
+        [
+            _alert(1, "SaturationHigh", "db", 0),
+            _alert(2, "LatencyHigh", "api", 40),
+            _alert(3, "SaturationHigh", "cache", 40),
+        ]
+    )
+    assert cache_with_api.incident_id == api_again.incident_id and not cache_with_api.opened
