@@ -76,6 +76,7 @@ def test_the_same_notification_three_times_stores_its_alert_once_and_owes_one_ru
         "resolved_alerts": 0,
         "duplicate": False,
         "run_pending": True,
+        "rejected": [],
     }
     assert all(a["duplicate"] and not a["run_pending"] for a in answers[1:])
     assert counts(store) == (1, 1, 1)
@@ -136,9 +137,9 @@ def test_basic_credentials_are_accepted(webhook, store) -> None:  # noqa: ANN001
     ("change", "field"),
     [
         (lambda n: n.update(version="3"), "version"),
-        (lambda n: n["alerts"][0].pop("fingerprint"), "alerts.0.fingerprint"),
-        (lambda n: n["alerts"][0].update(startsAt="nine o'clock"), "alerts.0.startsAt"),
-        (lambda n: n["alerts"][0]["labels"].pop("alertname"), "alerts.0.labels"),
+        (lambda n: n["alerts"][0].pop("fingerprint"), "alerts[0].fingerprint"),
+        (lambda n: n["alerts"][0].update(startsAt="nine o'clock"), "alerts[0].startsAt"),
+        (lambda n: n["alerts"][0]["labels"].pop("alertname"), "alerts[0].labels"),
         (lambda n: n.update(alerts=[]), "alerts"),
     ],
 )

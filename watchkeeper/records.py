@@ -6,11 +6,9 @@ problem found is reported with the record's index and the field, and nothing is 
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,13 +19,18 @@ from pydantic import (
     field_validator,
 )
 
+from watchkeeper.bodies import BodyError, Timestamp, check_value, parse_json
 from watchkeeper.config import WatchkeeperConfig
 
 JsonScalar = str | int | float | bool
+# Bounds that keep sums finite in the store and in /metrics however long the service runs.
+MAX_SECONDS = 30 * 86_400
+MAX_AMOUNT = 1e15
+MAX_COUNT = 10**12
 
 
 class RecordModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     subject_field: ClassVar[str] = "model_name"
 
     @classmethod
@@ -39,12 +42,12 @@ class PredictionRecord(RecordModel):
     model_name: str = Field(min_length=1, max_length=128)
     model_version: str = Field(min_length=1, max_length=64)
     request_id: str = Field(min_length=1, max_length=256)
-    timestamp: AwareDatetime
+    timestamp: Timestamp
     features: dict[str, Any]
     error: StrictBool = False
     prediction: JsonScalar | None = Field(default=None, validate_default=True)
-    score: float | None = None
-    latency_seconds: float | None = Field(default=None, ge=0)
+    score: float | None = Field(default=None, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
+    latency_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
 
     @field_validator("prediction")
     @classmethod
@@ -58,8 +61,8 @@ class FeedbackRecord(RecordModel):
     model_name: str = Field(min_length=1, max_length=128)
     request_id: str = Field(min_length=1, max_length=256)
     label: JsonScalar
-    business_value: float | None = None
-    timestamp: AwareDatetime | None = None
+    business_value: float | None = Field(default=None, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
+    timestamp: Timestamp | None = None
 
 
 class PipelineRunRecord(RecordModel):
@@ -70,10 +73,10 @@ class PipelineRunRecord(RecordModel):
     pipeline_name: str = Field(min_length=1, max_length=128)
     run_id: str = Field(min_length=1, max_length=256)
     stage: str = Field(default="all", min_length=1, max_length=128)
-    started_at: AwareDatetime
-    duration_seconds: float = Field(ge=0)
-    records: int = Field(default=0, ge=0)
-    errors: int = Field(default=0, ge=0)
+    started_at: Timestamp
+    duration_seconds: float = Field(ge=0, le=MAX_SECONDS)
+    records: int = Field(default=0, ge=0, le=MAX_COUNT)
+    errors: int = Field(default=0, ge=0, le=MAX_COUNT)
 
     @classmethod
     def known_subjects(cls, config: WatchkeeperConfig) -> list[str]:
@@ -98,32 +101,35 @@ class BatchTooLarge(BatchError):
     """More records than the intake accepts in one request (HTTP 413)."""
 
 
-def decode_batch(body: bytes, content_type: str | None) -> list[Any]:
-    """A JSON array, or NDJSON when the body is not an array (or says application/x-ndjson)."""
-    text = body.decode("utf-8-sig", errors="strict") if body else ""
+def decode_batch(text: str, content_type: str | None) -> list[Any]:
+    """A JSON array, or NDJSON when the body is not an array (or says application/x-ndjson); every
+    record checked for what the store cannot keep (`watchkeeper.bodies.check_value`)."""
     stripped = text.lstrip()
     if not stripped:
         raise BatchError("the body is empty: expected a JSON array or NDJSON records")
     ndjson = content_type is not None and "ndjson" in content_type
     if stripped.startswith("[") and not ndjson:
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BatchError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        items = _loads(text)
         if not isinstance(items, list):
             raise BatchError("expected a JSON array of records")
-        return items
-    items = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    else:
+        items = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                items.append(_loads(line, f"NDJSON line {line_number}: ", len(items)))
+    for index, item in enumerate(items):
         try:
-            items.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise BatchError(
-                f"NDJSON line {line_number} is not valid JSON: {exc.msg}", index=len(items)
-            ) from exc
+            check_value(item)
+        except BodyError as exc:
+            raise BatchError(exc.message, index=index, field=exc.field) from exc
     return items
+
+
+def _loads(text: str, prefix: str = "", index: int | None = None) -> Any:
+    try:
+        return parse_json(text)
+    except BodyError as exc:
+        raise BatchError(prefix + exc.message, index) from exc
 
 
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {
@@ -165,7 +171,7 @@ def _explain(error: dict[str, Any]) -> str:
 
 
 def parse_batch(
-    body: bytes,
+    body: str,
     content_type: str | None,
     record_type: type[Record],
     config: WatchkeeperConfig,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -13,12 +12,14 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from tasks.logs import reference_frame
+from watchkeeper.bodies import BodyError, decoded_text, parse_json, text_problem
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.dispatcher import OutboxDispatcher
 from watchkeeper.record_checks import ReferenceProfiles
@@ -41,7 +42,7 @@ from watchkeeper.store.actions import (
     remediation_on,
     set_remediation,
 )
-from watchkeeper.store.alerts import WebhookNotification, store_notification
+from watchkeeper.store.alerts import NotificationRefused, parse_notification, store_notification
 from watchkeeper.store.incidents import (
     AlertStatus,
     IncidentStatus,
@@ -56,9 +57,16 @@ class RemediationSwitch(BaseModel):
     enabled: bool
 
 
+def _storable_text(text: str) -> str:
+    problem = text_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
 class ApprovalAnswer(BaseModel):
     approved: bool
-    comment: str = Field(default="", max_length=2000)
+    comment: Annotated[str, AfterValidator(_storable_text)] = Field(default="", max_length=2000)
 
 
 NO_CREDENTIALS = Credentials()
@@ -80,22 +88,33 @@ def runbook_section(name: str) -> str | None:
     return next((f"## {s.strip()}\n" for s in sections[1:] if s.split("\n", 1)[0].strip() == name), None)
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_limited_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing before reading it all when it is larger than `limit` bytes."""
+async def read_body_text(request: Request, limit: int) -> str:
+    """The request body as text (see `watchkeeper.bodies.decoded_text`), refusing before reading it
+    all when it is larger than `limit` bytes."""
+    too_large = BodyError(f"the body is larger than {limit} bytes", status=413)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+        raise too_large
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge
+            raise too_large
         chunks.append(chunk)
-    return b"".join(chunks)
+    return decoded_text(b"".join(chunks), request.headers.get("content-encoding"), limit)
+
+
+def refused(exc: BodyError) -> JSONResponse:
+    return JSONResponse(exc.as_detail(), exc.status)
+
+
+def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 for typed parameters and bodies, naming the field without echoing the input
+    (a non-finite number in it could not be serialised, and would turn the 422 into a 500)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+    field = ".".join(str(part) for part in first["loc"]) or None
+    return JSONResponse({"error": str(first["msg"]), "field": field}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 def store_unavailable(what: str, exc: SQLAlchemyError) -> JSONResponse:
@@ -159,6 +178,7 @@ def create_app(
             dispatcher.stop()
 
     app = FastAPI(title="Watchkeeper", version="0.1.0", lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     profiles = ReferenceProfiles(config, partial(reference_frame, store))
     registry = store_registry(store, config, profiles)
     intake_authorized = [Depends(credentials_guard(credentials.intake))]
@@ -175,7 +195,7 @@ def create_app(
         request: Request, record_type: type[Record], write: Callable[[Store, Sequence[Any]], StoredBatch]
     ) -> JSONResponse:
         try:
-            body = await read_limited_body(request, config.intake.max_body_bytes)
+            body = await read_body_text(request, config.intake.max_body_bytes)
             records = await run_in_threadpool(
                 parse_batch,
                 body,
@@ -184,11 +204,12 @@ def create_app(
                 config,
                 config.intake.max_records,
             )
-        except (BodyTooLarge, BatchTooLarge) as exc:
+        except BodyError as exc:
+            return refused(exc)
+        except BatchTooLarge as exc:
             limits = f"{config.intake.max_body_bytes} bytes and {config.intake.max_records} records"
-            message = exc.message if isinstance(exc, BatchTooLarge) else "the body is too large"
             return JSONResponse(
-                {"error": f"{message}: the limits are {limits}"}, status.HTTP_413_CONTENT_TOO_LARGE
+                {"error": f"{exc.message}: the limits are {limits}"}, status.HTTP_413_CONTENT_TOO_LARGE
             )
         except BatchError as exc:
             return JSONResponse(exc.as_detail(), status.HTTP_422_UNPROCESSABLE_CONTENT)
@@ -223,25 +244,18 @@ def create_app(
 
     @app.post("/v1/alertmanager", dependencies=alertmanager_authorized)
     async def post_alertmanager(request: Request) -> JSONResponse:
-        """Alertmanager's webhook (version 4): stored before the answer, so no accepted alert is lost."""
+        """Alertmanager's webhook (version 4; Grafana's, version 1): stored before the answer, so no
+        accepted alert is lost. Malformed alerts are kept aside and listed in `rejected`; the answer is
+        a 4xx only when nothing in the body is usable (Alertmanager drops what gets a 4xx)."""
         try:
-            body = await read_limited_body(request, config.intake.max_body_bytes)
-        except BodyTooLarge:
-            limit = config.intake.max_body_bytes
-            return JSONResponse(
-                {"error": f"the body is larger than {limit} bytes"}, status.HTTP_413_CONTENT_TOO_LARGE
-            )
+            payload = parse_json(await read_body_text(request, config.intake.max_body_bytes))
+            notification, kept, rejected = parse_notification(payload)
+        except BodyError as exc:
+            return refused(exc)
+        except NotificationRefused as exc:
+            return JSONResponse(exc.as_detail(), status.HTTP_422_UNPROCESSABLE_CONTENT)
         try:
-            payload = json.loads(body)
-            notification = WebhookNotification.model_validate(payload)
-        except json.JSONDecodeError as exc:
-            return JSONResponse({"error": f"not valid JSON: {exc.msg}", "field": None}, 422)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or None
-            return JSONResponse({"error": first["msg"], "field": field}, 422)
-        try:
-            stored = await run_in_threadpool(store_notification, store, notification, payload)
+            stored = await run_in_threadpool(store_notification, store, notification, kept, rejected)
         except SQLAlchemyError as exc:
             return store_unavailable("the notification", exc)
         if dispatcher is not None and stored.run_key is not None:

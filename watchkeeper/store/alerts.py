@@ -4,26 +4,36 @@ Alertmanager re-sends the whole group on every notification and an Alertmanager 
 at least once, so an alert is identified by its fingerprint and startsAt, and a notification by a
 digest of what it says. A notification that brings something new (a new firing alert, or a
 resolution) records one pending `handle-alerts` run in the outbox, in the same transaction.
+
+Alertmanager drops a notification answered 4xx, valid alerts included, so one malformed alert
+does not cost its group: the valid ones are stored and the malformed ones kept aside with their
+reason (`parse_notification`). Grafana-managed alerting posts the same body as version "1".
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
+from watchkeeper.bodies import BodyError, Timestamp, check_value, utc_in_range
 from watchkeeper.store import Store
 from watchkeeper.store.schema import Alert, AlertNotification, FlowRunOutbox, utcnow
 
 HANDLE_ALERTS = "handle-alerts/handle-alerts"
 # Alertmanager marks "no end time" with the zero time.
 _UNSET_YEAR = 1
+
+
+# Labels stored in columns of their own, with the columns' lengths.
+LABEL_LENGTHS = {"alertname": 256, "severity": 32, "service": 128, "model_name": 128, "pipeline_name": 128}
 
 
 class WebhookModel(BaseModel):
@@ -35,7 +45,7 @@ class WebhookAlert(WebhookModel):
     status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    starts_at: AwareDatetime = Field(alias="startsAt")
+    starts_at: Timestamp = Field(alias="startsAt")
     ends_at: AwareDatetime | None = Field(default=None, alias="endsAt")
     generator_url: str = Field(default="", alias="generatorURL")
     fingerprint: str = Field(min_length=1, max_length=64)
@@ -45,6 +55,9 @@ class WebhookAlert(WebhookModel):
     def _named(cls, labels: dict[str, str]) -> dict[str, str]:
         if not labels.get("alertname"):
             raise ValueError("an alert needs an alertname label")
+        for name, longest in LABEL_LENGTHS.items():
+            if len(labels.get(name, "")) > longest:
+                raise ValueError(f"label {name} is longer than {longest} characters")
         return labels
 
     @field_validator("starts_at")
@@ -57,21 +70,26 @@ class WebhookAlert(WebhookModel):
     @field_validator("ends_at")
     @classmethod
     def _unset_end(cls, ends_at: datetime | None) -> datetime | None:
-        return None if ends_at is not None and ends_at.year == _UNSET_YEAR else ends_at
+        if ends_at is None or ends_at.year == _UNSET_YEAR:
+            return None
+        return utc_in_range(ends_at)
 
 
-class WebhookNotification(WebhookModel):
-    """Alertmanager's webhook body, version 4."""
+class WebhookEnvelope(WebhookModel):
+    """Alertmanager's webhook body (version 4) but its alerts; Grafana's (version 1) adds fields."""
 
-    version: Literal["4"]
+    version: Literal["4", "1"]
     group_key: str = Field(alias="groupKey", min_length=1)
     truncated_alerts: int = Field(default=0, alias="truncatedAlerts", ge=0)
     status: Literal["firing", "resolved"]
-    receiver: str
+    receiver: str = Field(max_length=256)
     group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
     common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
     common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
     external_url: str = Field(default="", alias="externalURL")
+
+
+class WebhookNotification(WebhookEnvelope):
     alerts: list[WebhookAlert] = Field(min_length=1)
 
     def digest(self) -> str:
@@ -84,12 +102,101 @@ class WebhookNotification(WebhookModel):
 
 
 @dataclass(frozen=True)
+class RejectedAlert:
+    """A malformed alert of a notification, kept aside: where it was, which field, and why."""
+
+    index: int
+    field: str | None
+    reason: str
+    alert: str  # the alert as ASCII-escaped JSON, cut to REJECTED_ALERT_CHARS
+
+    def as_json(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "reason": self.reason}
+
+
+REJECTED_ALERT_CHARS = 4000
+
+
+class NotificationRefused(Exception):
+    """Nothing in the body is usable: `field` names the problem; `rejected` lists the alerts."""
+
+    def __init__(self, message: str, field: str | None, rejected: Sequence[RejectedAlert] = ()) -> None:
+        super().__init__(message)
+        self.message, self.field, self.rejected = message, field, list(rejected)
+
+    def as_detail(self) -> dict[str, Any]:
+        return {"error": self.message, "field": self.field, "rejected": [r.as_json() for r in self.rejected]}
+
+
+def parse_notification(payload: Any) -> tuple[WebhookNotification, dict[str, Any], list[RejectedAlert]]:
+    """The notification's valid alerts, the payload to store (envelope and valid alerts only), and
+    the malformed alerts with their reasons. Refused as a whole only when the envelope is unusable
+    or no alert is valid: Alertmanager drops what is refused, so one bad alert must not cost the rest.
+    """
+    if not isinstance(payload, dict):
+        raise NotificationRefused("expected a JSON object (an Alertmanager or Grafana webhook body)", None)
+    raw_alerts = payload.get("alerts")
+    if not isinstance(raw_alerts, list) or not raw_alerts:
+        raise NotificationRefused("expected a non-empty list of alerts", "alerts")
+    envelope = {key: value for key, value in payload.items() if key != "alerts" and _storable(key, value)}
+    accepted, kept, rejected = [], [], []
+    for index, raw in enumerate(raw_alerts):
+        try:
+            check_value(raw, f"alerts[{index}]")
+            accepted.append(WebhookAlert.model_validate(raw))
+            kept.append(raw)
+        except BodyError as exc:
+            rejected.append(_rejected(index, exc.field, exc.message, raw))
+        except ValidationError as exc:
+            first = exc.errors(include_url=False, include_input=False)[0]
+            field = ".".join(str(part) for part in (f"alerts[{index}]", *first["loc"]))
+            rejected.append(_rejected(index, field, first["msg"], raw))
+    try:
+        check_value({key: payload[key] for key in _ENVELOPE_KEYS if key in payload})
+        WebhookEnvelope.model_validate(envelope)
+    except BodyError as exc:
+        raise NotificationRefused(exc.message, exc.field, rejected) from exc
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        raise NotificationRefused(first["msg"], field, rejected) from exc
+    if not accepted:
+        first = rejected[0]
+        raise NotificationRefused(f"no alert is valid; the first: {first.reason}", first.field, rejected)
+    notification = WebhookNotification.model_validate({**envelope, "alerts": accepted})
+    return notification, {**envelope, "alerts": kept}, rejected
+
+
+_ENVELOPE_KEYS = tuple(field.alias or name for name, field in WebhookEnvelope.model_fields.items())
+
+
+def _storable(key: str, value: Any) -> bool:
+    """Whether an envelope field can be stored; an unknown one that cannot is dropped, not refused."""
+    if key in _ENVELOPE_KEYS:
+        return True
+    try:
+        check_value({key: value})
+    except BodyError:
+        return False
+    return True
+
+
+def _rejected(index: int, field: str | None, reason: str, raw: Any) -> RejectedAlert:
+    try:
+        text = json.dumps(raw, ensure_ascii=True, default=str)
+    except ValueError:
+        text = repr(raw)
+    return RejectedAlert(index, field, reason, text[:REJECTED_ALERT_CHARS])
+
+
+@dataclass(frozen=True)
 class StoredNotification:
     notification_id: int | None
     new_alerts: int
     resolved_alerts: int
     duplicate: bool
     run_key: str | None
+    rejected: tuple[RejectedAlert, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -98,21 +205,26 @@ class StoredNotification:
             "resolved_alerts": self.resolved_alerts,
             "duplicate": self.duplicate,
             "run_pending": self.run_key is not None,
+            "rejected": [r.as_json() for r in self.rejected],
         }
 
 
 def _write(
-    session: Session, notification: WebhookNotification, payload: dict[str, Any]
+    session: Session,
+    notification: WebhookNotification,
+    payload: dict[str, Any],
+    rejected: tuple[RejectedAlert, ...],
 ) -> StoredNotification:
     digest = notification.digest()
     if session.scalar(select(AlertNotification.id).where(AlertNotification.digest == digest)) is not None:
-        return StoredNotification(None, 0, 0, duplicate=True, run_key=None)
+        return StoredNotification(None, 0, 0, duplicate=True, run_key=None, rejected=rejected)
     row = AlertNotification(
         digest=digest,
         receiver=notification.receiver,
         status=notification.status,
         group_key=notification.group_key,
         payload=payload,
+        rejected=[{**r.as_json(), "alert": r.alert} for r in rejected] or None,
     )
     session.add(row)
     session.flush()
@@ -162,11 +274,15 @@ def _write(
                 notification_id=row.id,
             )
         )
-    return StoredNotification(row.id, new, resolved, duplicate=False, run_key=run_key)
+    return StoredNotification(row.id, new, resolved, duplicate=False, run_key=run_key, rejected=rejected)
 
 
 def store_notification(
-    store: Store, notification: WebhookNotification, payload: dict[str, Any]
+    store: Store,
+    notification: WebhookNotification,
+    payload: dict[str, Any],
+    rejected: Sequence[RejectedAlert] = (),
 ) -> StoredNotification:
-    """Persist the notification and its alerts before anyone answers Alertmanager."""
-    return store.write_idempotently(lambda session: _write(session, notification, payload))
+    """Persist the notification and its alerts before anyone answers Alertmanager; the malformed
+    alerts it carried are kept with it, with their reasons."""
+    return store.write_idempotently(lambda session: _write(session, notification, payload, tuple(rejected)))

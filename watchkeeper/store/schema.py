@@ -224,6 +224,8 @@ class AlertNotification(Base):
     status: Mapped[str] = mapped_column(String(16))
     group_key: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Malformed alerts the notification carried, kept aside: [{index, field, reason, alert}].
+    rejected: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     brought_news: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

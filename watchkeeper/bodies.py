@@ -1,0 +1,151 @@
+"""Request bodies as JSON values every part of Watchkeeper can store and export, or a clear refusal.
+
+Python's `json` accepts more than the store and `/metrics` can keep: `NaN`, `Infinity` and `1e999`
+(stored as a score, they poison every later scrape), integers of any size (a 64-bit column
+overflows), strings with lone UTF-16 surrogates or NUL (PostgreSQL refuses them, so a retry would
+fail forever), and nesting deep enough to exhaust the interpreter's stack. Everything here is
+refused with the path of the offending value, so the answer is a 4xx that names the field, never a
+5xx that makes a sender retry a body that can never be stored.
+
+Bodies are UTF-8 JSON (RFC 8259). `Content-Encoding: gzip` is accepted, decompressed up to the same
+size limit as a plain body; other encodings are refused (415).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, AwareDatetime
+
+# Deeper than any record, alert or feature map Watchkeeper takes; bounds the work of every walk.
+MAX_DEPTH = 32
+MAX_INT = 2**63 - 1
+MIN_INT = -(2**63)
+# Timestamps Watchkeeper takes: after the Unix epoch, before 2200. Outside that range a time is a
+# bug in the sender (and near year 1 or 9999, converting it to UTC overflows).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+class BodyError(Exception):
+    """A body refused as a whole: `status` is the HTTP status, `field` the path of the value."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.field, self.status = message, field, status
+
+    def as_detail(self) -> dict[str, Any]:
+        return {"error": self.message, "field": self.field}
+
+
+def decoded_text(body: bytes, content_encoding: str | None, limit: int) -> str:
+    """The body as text: gunzipped when it says so (at most `limit` bytes), then strictly UTF-8."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "gzip":
+        body = _gunzip(body, limit)
+    elif encoding != "identity":
+        raise BodyError(f"unsupported Content-Encoding {encoding!r}: expected gzip or none", status=415)
+    try:
+        return body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BodyError(
+            f"the body is not UTF-8 text (invalid byte at offset {exc.start}): send UTF-8 JSON"
+            + ("; a gzip body needs Content-Encoding: gzip" if body[:2] == b"\x1f\x8b" else ""),
+            status=400,
+        ) from exc
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BodyError(f"the body is not valid gzip: {exc}") from exc
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise BodyError(f"the body is larger than {limit} bytes once decompressed", status=413)
+    return out
+
+
+def parse_json(text: str) -> Any:
+    """One JSON document, not yet checked (`check_value` names the offending path)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BodyError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise BodyError("JSON nested too deeply") from exc
+    except ValueError as exc:  # an integer of thousands of digits
+        raise BodyError(f"not valid JSON: {exc}") from exc
+
+
+def check_value(value: Any, where: str = "") -> None:
+    """Refuse, naming the first offending path, what the store or `/metrics` cannot keep: nesting
+    deeper than MAX_DEPTH, non-finite numbers, integers outside 64 bits, and strings (values or
+    keys) holding NUL or lone surrogates."""
+    for path, item, depth in _walk(value, where):
+        if depth > MAX_DEPTH:
+            raise BodyError(f"nested deeper than {MAX_DEPTH} levels", path or None)
+        if isinstance(item, float) and not math.isfinite(item):
+            raise BodyError("expected a finite number (not NaN, Infinity or 1e999)", path or None)
+        if isinstance(item, int) and not isinstance(item, bool) and not MIN_INT <= item <= MAX_INT:
+            raise BodyError("expected an integer within 64 bits", path or None)
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem:
+                raise BodyError(problem, path or None)
+
+
+def text_problem(text: str) -> str | None:
+    """Why a string cannot be stored (NUL, or a lone UTF-16 surrogate), or None."""
+    if "\x00" in text:
+        return "text may not contain NUL (\\u0000)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text may not contain a lone UTF-16 surrogate"
+    return None
+
+
+def printable(text: str) -> str:
+    """The text with what cannot be sent back as UTF-8 (lone surrogates, NUL) escaped."""
+    return text.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _walk(value: Any, where: str) -> Iterator[tuple[str, Any, int]]:
+    """Every value and key under `value` with its path and depth, iteratively (no recursion)."""
+    stack: list[tuple[str, Any, int]] = [(where, value, 0)]
+    while stack:
+        path, item, depth = stack.pop()
+        yield path, item, depth
+        if depth > MAX_DEPTH:
+            return
+        if isinstance(item, dict):
+            for key, child in item.items():
+                shown = printable(key)
+                child_path = f"{path}.{shown}" if path else shown
+                yield child_path, key, depth + 1
+                stack.append((child_path, child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", child, depth + 1) for i, child in enumerate(item))
+
+
+def _in_range(moment: datetime) -> datetime:
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError(f"expected a time from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} (UTC)")
+    return moment
+
+
+def utc_in_range(moment: datetime) -> datetime:
+    try:
+        return _in_range(moment.astimezone(UTC))
+    except OverflowError as exc:
+        raise ValueError("the time cannot be converted to UTC (year 1 or 9999 with an offset)") from exc
+
+
+# A timestamp with a zone, converted to UTC, within [EARLIEST, LATEST).
+Timestamp = Annotated[AwareDatetime, AfterValidator(utc_in_range)]
