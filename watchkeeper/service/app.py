@@ -10,16 +10,17 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, status
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.logs import reference_frame
-from watchkeeper.bodies import BodyError, decoded_text, parse_json, text_problem
+from watchkeeper.bodies import MAX_INT, BodyError, decoded_text, parse_json, text_problem
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.dispatcher import OutboxDispatcher
 from watchkeeper.record_checks import ReferenceProfiles
@@ -33,6 +34,7 @@ from watchkeeper.records import (
     parse_batch,
 )
 from watchkeeper.service.metrics import store_registry
+from watchkeeper.service.openapi import Components, MarkdownResponse, errors, examples
 from watchkeeper.settings import REPO_ROOT, Credentials, Role
 from watchkeeper.store import Store
 from watchkeeper.store.actions import (
@@ -42,7 +44,12 @@ from watchkeeper.store.actions import (
     remediation_on,
     set_remediation,
 )
-from watchkeeper.store.alerts import NotificationRefused, parse_notification, store_notification
+from watchkeeper.store.alerts import (
+    NotificationRefused,
+    WebhookNotification,
+    parse_notification,
+    store_notification,
+)
 from watchkeeper.store.incidents import (
     AlertStatus,
     IncidentStatus,
@@ -70,6 +77,8 @@ class ApprovalAnswer(BaseModel):
 
 
 NO_CREDENTIALS = Credentials()
+# Row ids are 64-bit: a larger one is refused as a 422, not sent to the store to overflow there.
+IncidentId = Annotated[int, Path(ge=1, le=MAX_INT)]
 
 
 def resume_paused_run(run_id: str, run_input: dict[str, Any]) -> None:
@@ -106,6 +115,21 @@ async def read_body_text(request: Request, limit: int) -> str:
 
 def refused(exc: BodyError) -> JSONResponse:
     return JSONResponse(exc.as_detail(), exc.status)
+
+
+def http_error(_request: Request, exc: Exception) -> JSONResponse:
+    """An HTTPException's detail as the body itself ({"error": ...}), like every other refusal
+    (Starlette's class: FastAPI raises it too, for a body it cannot parse)."""
+    assert isinstance(exc, StarletteHTTPException)
+    body = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail)}
+    return JSONResponse(body, exc.status_code, headers=exc.headers)
+
+
+def store_down(_request: Request, exc: Exception) -> JSONResponse:
+    """Any read or write the store could not serve: 503, worth a retry, never a bare 500."""
+    return JSONResponse(
+        {"error": f"the store is unavailable: {type(exc).__name__}"}, status.HTTP_503_SERVICE_UNAVAILABLE
+    )
 
 
 def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
@@ -179,6 +203,17 @@ def create_app(
 
     app = FastAPI(title="Watchkeeper", version="0.1.0", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(SQLAlchemyError, store_down)
+    components = Components()
+    components.install(app)
+    model_names = [m.name for m in config.models]
+    pipeline_names = [p.name for p in config.pipelines]
+    write_errors = errors(400, 401, 413, 415, 422, 503)
+    example = examples(
+        model_names[0] if model_names else "model", pipeline_names[0] if pipeline_names else "pipeline"
+    )
+    read_errors = errors(401, 422, 503)
     profiles = ReferenceProfiles(config, partial(reference_frame, store))
     registry = store_registry(store, config, profiles)
     intake_authorized = [Depends(credentials_guard(credentials.intake))]
@@ -221,7 +256,18 @@ def create_app(
             {"received": stored.received, "stored": stored.stored, "duplicates": stored.duplicates}
         )
 
-    @app.post("/v1/predictions", dependencies=intake_authorized)
+    def batch_of(record_type: type[Record], names: list[str], kind: str) -> dict[str, Any]:
+        field = record_type.subject_field
+        return components.body(
+            list[record_type], example[kind], {field: names}, minItems=1, maxItems=config.intake.max_records
+        )
+
+    @app.post(
+        "/v1/predictions",
+        dependencies=intake_authorized,
+        responses=write_errors,
+        openapi_extra=batch_of(PredictionRecord, model_names, "predictions"),
+    )
     async def post_predictions(request: Request) -> JSONResponse:
         """Store a batch of predictions (JSON array or NDJSON), whole or not at all."""
         return await intake(
@@ -230,19 +276,34 @@ def create_app(
             partial(store_predictions, latency_buckets=latency_buckets, profile_for=profiles),
         )
 
-    @app.post("/v1/feedback", dependencies=intake_authorized)
+    @app.post(
+        "/v1/feedback",
+        dependencies=intake_authorized,
+        responses=write_errors,
+        openapi_extra=batch_of(FeedbackRecord, model_names, "feedback"),
+    )
     async def post_feedback(request: Request) -> JSONResponse:
         """Store a batch of delayed ground-truth labels (JSON array or NDJSON), whole or not at all."""
         return await intake(request, FeedbackRecord, partial(store_feedback, model_for=models.get))
 
-    @app.post("/v1/pipeline-runs", dependencies=intake_authorized)
+    @app.post(
+        "/v1/pipeline-runs",
+        dependencies=intake_authorized,
+        responses=write_errors,
+        openapi_extra=batch_of(PipelineRunRecord, pipeline_names, "pipeline-runs"),
+    )
     async def post_pipeline_runs(request: Request) -> JSONResponse:
         """Store pipeline stage runs (duration, records, errors), idempotent by pipeline, run id and stage."""
         return await intake(
             request, PipelineRunRecord, partial(store_pipeline_runs, duration_buckets=pipeline_buckets)
         )
 
-    @app.post("/v1/alertmanager", dependencies=alertmanager_authorized)
+    @app.post(
+        "/v1/alertmanager",
+        dependencies=alertmanager_authorized,
+        responses=write_errors,
+        openapi_extra=components.body(WebhookNotification, example["alertmanager"]),
+    )
     async def post_alertmanager(request: Request) -> JSONResponse:
         """Alertmanager's webhook (version 4; Grafana's, version 1): stored before the answer, so no
         accepted alert is lost. Malformed alerts are kept aside and listed in `rejected`; the answer is
@@ -262,7 +323,7 @@ def create_app(
             dispatcher.wake.set()
         return JSONResponse(stored.as_json())
 
-    @app.get("/v1/alerts", dependencies=authorized)
+    @app.get("/v1/alerts", dependencies=authorized, responses=read_errors)
     def get_alerts(
         status_filter: Annotated[AlertStatus | None, Query(alias="status")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -270,7 +331,7 @@ def create_app(
         """Stored alerts, newest first."""
         return JSONResponse({"alerts": list_alerts(store, status_filter, limit)})
 
-    @app.get("/v1/incidents", dependencies=authorized)
+    @app.get("/v1/incidents", dependencies=authorized, responses=read_errors)
     def get_incidents(
         status_filter: Annotated[IncidentStatus | None, Query(alias="status")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -278,41 +339,43 @@ def create_app(
         """Incidents, most recently active first, each with its suggested root cause."""
         return JSONResponse({"incidents": list_incidents(store, status_filter, limit)})
 
-    @app.get("/v1/incidents/{incident_id}", dependencies=authorized)
-    def get_incident(incident_id: int) -> JSONResponse:
+    @app.get("/v1/incidents/{incident_id}", dependencies=authorized, responses=errors(401, 404, 422, 503))
+    def get_incident(incident_id: IncidentId) -> JSONResponse:
         """One incident: members with reason and confidence, root-cause ranking, timeline."""
         detail = incident_detail(store, incident_id)
         if detail is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": f"no incident {incident_id}"})
         return JSONResponse(detail)
 
-    @app.get("/v1/actions", dependencies=authorized)
+    @app.get("/v1/actions", dependencies=authorized, responses=read_errors)
     def get_actions(
-        incident: Annotated[int | None, Query(ge=1)] = None,
+        incident: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> JSONResponse:
         """The remediation audit trail: every decision, taken or skipped, with reason, inputs and result."""
         return JSONResponse({"actions": list_actions(store, incident, limit)})
 
-    @app.get("/v1/actions/report", dependencies=authorized)
+    @app.get("/v1/actions/report", dependencies=authorized, responses=read_errors)
     def get_report(hours: Annotated[int, Query(ge=1, le=24 * 30)] = 24) -> JSONResponse:
         """The automation report: success rate, breakdown by action, recent actions."""
         return JSONResponse(automation_report(store, hours))
 
-    @app.get("/v1/remediation", dependencies=authorized)
+    @app.get("/v1/remediation", dependencies=authorized, responses=read_errors)
     def get_remediation() -> JSONResponse:
         with store.reading() as session:
             return JSONResponse({"enabled": remediation_on(session)})
 
-    @app.put("/v1/remediation")
+    @app.put("/v1/remediation", responses=errors(400, 401, 422, 503))
     def put_remediation(switch: RemediationSwitch, who: str = Depends(operator)) -> JSONResponse:
         """The global kill switch, kept in the store so it survives restarts and holds for replicas;
         recorded as changed by the credential that changed it."""
         set_remediation(store, switch.enabled, who)
         return JSONResponse({"enabled": switch.enabled, "changed_by": who})
 
-    @app.post("/v1/incidents/{incident_id}/approval")
-    def post_approval(incident_id: int, answer: ApprovalAnswer, who: str = Depends(operator)) -> JSONResponse:
+    @app.post("/v1/incidents/{incident_id}/approval", responses=errors(400, 401, 409, 422, 503))
+    def post_approval(
+        incident_id: IncidentId, answer: ApprovalAnswer, who: str = Depends(operator)
+    ) -> JSONResponse:
         """Approve or reject the actions an incident's playbook waits for, then resume its paused run
         so the approved actions run now (the reconciler runs them if the run cannot be resumed)."""
         settled = answer_approval(store, incident_id, answer.approved, answer.comment, who)
@@ -339,21 +402,25 @@ def create_app(
             }
         )
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=errors(503))
     def healthz() -> JSONResponse:
         try:
             store.ping()
             revision = store.current_revision()
         except SQLAlchemyError as exc:
+            unreachable = f"unreachable: {type(exc).__name__}"
             return JSONResponse(
-                {"status": "unhealthy", "store": f"unreachable: {type(exc).__name__}"},
+                {"error": f"the store is {unreachable}", "status": "unhealthy", "store": unreachable},
                 status.HTTP_503_SERVICE_UNAVAILABLE,
             )
-        healthy = revision == head
-        body = {"status": "ok" if healthy else "unhealthy", "store": "ok", "revision": revision, "head": head}
-        return JSONResponse(body, status.HTTP_200_OK if healthy else status.HTTP_503_SERVICE_UNAVAILABLE)
+        body = {"status": "ok", "store": "ok", "revision": revision, "head": head}
+        if revision != head:
+            error = f"the store's schema is at revision {revision}, not {head}: run `watchkeeper db upgrade`"
+            unhealthy = {**body, "status": "unhealthy", "error": error}
+            return JSONResponse(unhealthy, status.HTTP_503_SERVICE_UNAVAILABLE)
+        return JSONResponse(body)
 
-    @app.get("/runbooks/{name}")
+    @app.get("/runbooks/{name}", response_class=MarkdownResponse, responses=errors(404))
     def runbook(name: str) -> Response:
         """The runbook section an alert's runbook_url names, as markdown."""
         text = runbook_section(name)
@@ -361,7 +428,7 @@ def create_app(
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": f"no runbook named {name!r}"})
         return Response(text, media_type="text/markdown; charset=utf-8")
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
