@@ -347,3 +347,24 @@ def test_a_gzip_bomb_is_refused_at_the_size_limit(small_body_service: LiveServic
     )
     assert response.status_code == 413 and "decompressed" in response.json()["error"]
     assert table_counts(store) == (0, 0, 0)
+
+
+def test_refusals_are_counted_by_endpoint_and_reason(service: LiveService) -> None:
+    httpx.post(f"{service.url}/v1/predictions", content=b"\xff")
+    httpx.post(f"{service.url}/v1/predictions", content=b"[]")
+    httpx.post(f"{service.url}/v1/feedback", content=b"[1]", headers={"content-encoding": "br"})
+    body = copy.deepcopy(NOTIFICATION)
+    body["alerts"].append({"status": "firing", "labels": {}})
+    assert httpx.post(f"{service.url}/v1/alertmanager", json=body).status_code == 200
+    rejected = "watchkeeper_http_requests_rejected_total"
+    found = {}
+    for family in text_string_to_metric_families(httpx.get(f"{service.url}/metrics").text):
+        for sample in family.samples:
+            if sample.name in {rejected, "watchkeeper_alerts_rejected_total"}:
+                labels = sample.labels
+                found[(sample.name, labels.get("endpoint"), labels.get("reason"))] = sample.value
+    assert found[(rejected, "/v1/predictions", "undecodable_body")] == 1
+    assert found[(rejected, "/v1/predictions", "invalid_value")] == 1
+    assert found[(rejected, "/v1/feedback", "unsupported_encoding")] == 1
+    assert found[(rejected, "/v1/alertmanager", "invalid_value")] == 0
+    assert found[("watchkeeper_alerts_rejected_total", None, None)] == 1

@@ -110,8 +110,8 @@ def decode_batch(text: str, content_type: str | None) -> list[Any]:
     ndjson = content_type is not None and "ndjson" in content_type
     if stripped.startswith("[") and not ndjson:
         items = _loads(text)
-        if not isinstance(items, list):
-            raise BatchError("expected a JSON array of records")
+        if not isinstance(items, list) or not items:
+            raise BatchError("expected a JSON array of at least one record")
     else:
         items = []
         for line_number, line in enumerate(text.splitlines(), start=1):

@@ -33,6 +33,7 @@ from watchkeeper.records import (
     Record,
     parse_batch,
 )
+from watchkeeper.service.edge import EdgeMetrics
 from watchkeeper.service.metrics import store_registry
 from watchkeeper.service.openapi import Components, MarkdownResponse, errors, examples
 from watchkeeper.settings import REPO_ROOT, Credentials, Role
@@ -216,6 +217,8 @@ def create_app(
     read_errors = errors(401, 422, 503)
     profiles = ReferenceProfiles(config, partial(reference_frame, store))
     registry = store_registry(store, config, profiles)
+    edge = EdgeMetrics(registry)
+    edge.install(app)
     intake_authorized = [Depends(credentials_guard(credentials.intake))]
     alertmanager_authorized = [Depends(credentials_guard(credentials.alertmanager))]
     operator = credentials_guard(credentials.operator)
@@ -319,6 +322,7 @@ def create_app(
             stored = await run_in_threadpool(store_notification, store, notification, kept, rejected)
         except SQLAlchemyError as exc:
             return store_unavailable("the notification", exc)
+        edge.alerts_rejected.inc(len(rejected))
         if dispatcher is not None and stored.run_key is not None:
             dispatcher.wake.set()
         return JSONResponse(stored.as_json())

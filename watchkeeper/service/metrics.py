@@ -29,6 +29,7 @@ from watchkeeper.store.schema import (
     HistogramBucket,
     HistogramSum,
     Incident,
+    utcnow,
 )
 
 INTAKE_FAMILIES = {
@@ -371,7 +372,14 @@ def operations_families(session: Session) -> list[Metric]:
         "watchkeeper_flow_runs_pending", "Flow runs recorded but not yet started in Prefect."
     )
     pending.add_metric([], session.scalar(select(func.count()).where(FlowRunOutbox.state == "pending")) or 0)
-    return [received, alerts, incidents, actions, failures, pending]
+    owed = select(func.min(FlowRunOutbox.created_at)).where(FlowRunOutbox.state == "pending")
+    oldest = session.scalar(owed)
+    age = GaugeMetricFamily(
+        "watchkeeper_flow_runs_oldest_pending_age_seconds",
+        "How long the oldest flow run the outbox owes has waited to be started in Prefect (0: none).",
+    )
+    age.add_metric([], max((utcnow() - oldest).total_seconds(), 0.0) if oldest is not None else 0.0)
+    return [received, alerts, incidents, actions, failures, pending, age]
 
 
 class StoreCollector(Collector):

@@ -1,0 +1,86 @@
+"""The service's own edge: requests by endpoint and status, their latency, and refusals by reason.
+
+Counted in the process (each replica is its own scrape target, and Prometheus sums them), unlike
+the store-backed metrics that every replica reports alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from starlette.routing import Match
+
+# What a 4xx says, as the `reason` label of rejected requests.
+REASONS = {
+    400: "undecodable_body",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_encoding",
+    422: "invalid_value",
+}
+# Reasons a write endpoint gives, whose series exist from the start so a rate over them starts at 0.
+WRITE_REASONS = ("undecodable_body", "unauthorized", "too_large", "unsupported_encoding", "invalid_value")
+WRITE_ENDPOINTS = ("/v1/predictions", "/v1/feedback", "/v1/pipeline-runs", "/v1/alertmanager")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class EdgeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        disable_created_metrics()  # `_created` series double the exposition and no rule reads them
+        self.requests = Counter(
+            "watchkeeper_http_requests",
+            "HTTP requests answered, by endpoint (route template), method and status code.",
+            ["endpoint", "method", "code"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "watchkeeper_http_requests_rejected",
+            "Requests refused with a 4xx, by endpoint and reason.",
+            ["endpoint", "reason"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "watchkeeper_http_request_duration_seconds",
+            "Time to answer a request, by endpoint and method.",
+            ["endpoint", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.alerts_rejected = Counter(
+            "watchkeeper_alerts_rejected",
+            "Malformed alerts set aside from notifications whose other alerts were stored.",
+            registry=registry,
+        )
+        for endpoint in WRITE_ENDPOINTS:
+            self.requests.labels(endpoint, "POST", "200")
+            for reason in WRITE_REASONS:
+                self.rejected.labels(endpoint, reason)
+
+    def install(self, app: FastAPI) -> None:
+        @app.middleware("http")
+        async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            started = time.perf_counter()
+            response = await call_next(request)
+            endpoint = route_template(app, request)
+            self.latency.labels(endpoint, request.method).observe(time.perf_counter() - started)
+            self.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+            if 400 <= response.status_code < 500:
+                reason = REASONS.get(response.status_code, str(response.status_code))
+                self.rejected.labels(endpoint, reason).inc()
+            return response
+
+
+def route_template(app: FastAPI, request: Request) -> str:
+    """The matched route's path template (`/v1/incidents/{incident_id}`), never the raw path, so
+    the label's values stay few; `other` for paths no route serves."""
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is Match.FULL:
+            return getattr(route, "path", "other")
+    return "other"
