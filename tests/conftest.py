@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import uvicorn
-from sqlalchemy import create_engine, text
 
 from watchkeeper.config import DEFAULT_LATENCY_BUCKETS, WatchkeeperConfig, load_config
+from watchkeeper.pgtemp import PostgresMissing, new_database, postgres_cluster
 from watchkeeper.service.app import create_app
 from watchkeeper.settings import DEFAULT_CONFIG, Credentials, Role
 from watchkeeper.stack import free_port
@@ -25,63 +20,15 @@ from watchkeeper.store.intake import StoredBatch, store_predictions
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _as_postgres_user(argv: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-def postgres_bin() -> Path | None:
-    """Where initdb and pg_ctl are: on the PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
-    on_path = shutil.which("initdb")
-    if on_path and shutil.which("pg_ctl"):
-        return Path(on_path).resolve().parent
-    versions = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-        key=lambda p: int(p.parent.parent.name),
-        reverse=True,
-    )
-    return versions[0].parent if versions else None
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port; yields its admin URL. A machine
     without PostgreSQL fails the tests that need it: they are never skipped."""
-    binaries = postgres_bin()
-    if binaries is None:
-        pytest.fail("PostgreSQL is not installed (initdb, pg_ctl): `make test` installs it as root")
-    initdb, pg_ctl = str(binaries / "initdb"), str(binaries / "pg_ctl")
-    folder = Path(tempfile.mkdtemp(prefix="watchkeeper-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres", "postgres")
-    data, port = folder / "data", free_port()
-    subprocess.run(
-        _as_postgres_user([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off"
-    subprocess.run(
-        _as_postgres_user([pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]),
-        check=True,
-        capture_output=True,
-    )
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            _as_postgres_user([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True
-        )
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def new_database(postgres_server: str) -> str:
-    """A fresh, empty database on the throwaway cluster."""
-    name = f"wk_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return f"{postgres_server}/{name}"
+        with postgres_cluster() as url:
+            yield url
+    except PostgresMissing as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

@@ -3,12 +3,13 @@
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 
 from tests.conftest import save_predictions
 from watchkeeper.records import FeedbackRecord, PredictionRecord
+from watchkeeper.service.metrics import histogram_families
 from watchkeeper.store import Store
-from watchkeeper.store.intake import intake_totals, store_feedback
+from watchkeeper.store.intake import IntakeTotal, intake_counts, intake_totals, store_feedback, tally_totals
 from watchkeeper.store.schema import Feedback, Prediction
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -44,7 +45,7 @@ def test_migrations_create_every_table_and_reach_head(store: Store) -> None:
     assert {
         "predictions",
         "feedback",
-        "intake_counts",
+        "tallies",
         "evaluation_results",
         "alert_notifications",
         "alerts",
@@ -120,3 +121,32 @@ def test_large_batch_is_stored_whole(store: Store) -> None:
     result = save_predictions(store, [prediction(f"r{i}") for i in range(5000)])
     assert result.stored == 5000
     assert totals(store)[("predictions", "credit_approval", "v1")] == 5000
+
+
+def test_counters_carry_over_when_they_become_tallies(empty_store_url: str) -> None:
+    """Migration 0005 turns the shared counter rows into tallies without losing a count."""
+    store = Store(empty_store_url)
+    try:
+        store.upgrade("0004")
+        with store.writing() as session:
+            session.execute(text("INSERT INTO intake_counts VALUES ('predictions', 'm', 'v1', 7)"))
+            for le, total in ((0.1, 2), (1.0, 1), (float("inf"), 0)):
+                session.execute(
+                    text("INSERT INTO histogram_buckets VALUES ('inference_latency', 'm', 'v1', :le, :n)"),
+                    {"le": le, "n": total},
+                )
+            session.execute(
+                text("INSERT INTO histogram_sums VALUES ('inference_latency', 'm', 'v1', 3, 0.75)")
+            )
+        assert store.upgrade() == store.head_revision()
+        with store.reading() as session:
+            tallies = tally_totals(session)
+        assert intake_counts(tallies) == [IntakeTotal("predictions", "m", "v1", 7)]
+        (latency,) = [f for f in histogram_families(tallies) if f.samples]
+        samples = {(s.name, s.labels.get("le")): s.value for s in latency.samples}
+        assert samples[("ai_model_inference_latency_seconds_bucket", "0.1")] == 2
+        assert samples[("ai_model_inference_latency_seconds_bucket", "1.0")] == 3
+        assert samples[("ai_model_inference_latency_seconds_bucket", "+Inf")] == 3
+        assert samples[("ai_model_inference_latency_seconds_sum", None)] == 0.75
+    finally:
+        store.dispose()

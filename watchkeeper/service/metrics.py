@@ -8,6 +8,7 @@ subject; the latency histograms and intake counters are cumulative counters kept
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -20,14 +21,20 @@ from sqlalchemy.orm import Session
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.record_checks import ReferenceProfile, ReferenceProfiles
 from watchkeeper.store import Store
-from watchkeeper.store.intake import INFERENCE_LATENCY, PIPELINE_LATENCY, intake_totals, tally_totals
+from watchkeeper.store.intake import (
+    BUCKET,
+    INFERENCE_LATENCY,
+    PIPELINE_LATENCY,
+    SUM,
+    intake_counts,
+    le_text,
+    tally_totals,
+)
 from watchkeeper.store.remediation import ActionStatus, RemediationAction
 from watchkeeper.store.schema import (
     Alert,
     EvaluationResult,
     FlowRunOutbox,
-    HistogramBucket,
-    HistogramSum,
     Incident,
     utcnow,
 )
@@ -209,24 +216,29 @@ def gauge_families(results: Iterable[EvaluationResult]) -> list[GaugeMetricFamil
     return list(families.values())
 
 
-def histogram_families(session: Session) -> list[HistogramMetricFamily]:
-    buckets: dict[tuple[str, str, str], list[tuple[float, int]]] = {}
-    for row in session.scalars(select(HistogramBucket).order_by(HistogramBucket.le)):
-        buckets.setdefault((row.family, row.subject, row.variant), []).append((row.le, row.total))
+def histogram_families(tallies: Iterable[tuple[str, str, str, str, float]]) -> list[HistogramMetricFamily]:
+    """Prometheus histograms from the intake's bucket and sum tallies (see `histogram_tallies`)."""
+    buckets: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
+    sums: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    for family, subject, variant, detail, total in tallies:
+        if family.startswith(BUCKET):
+            buckets[(family.removeprefix(BUCKET), subject, variant)].append((float(detail), total))
+        elif family.startswith(SUM):
+            sums[(family.removeprefix(SUM), subject, variant)][detail] = total
     families = {
         key: HistogramMetricFamily(name, doc, labels=labels)
         for key, (name, doc, labels) in HISTOGRAMS.items()
     }
-    for series in session.scalars(select(HistogramSum)):
-        if series.family not in families:
+    for (family, subject, variant), series in sorted(sums.items()):
+        if family not in families:
             continue
-        cumulative, running = [], 0
-        for le, total in buckets.get((series.family, series.subject, series.variant), []):
+        cumulative, running = [], 0.0
+        for le, total in sorted(buckets[(family, subject, variant)]):
             running += total
             if not math.isinf(le):
-                cumulative.append((_le_text(le), running))
-        cumulative.append(("+Inf", series.total))
-        families[series.family].add_metric([series.subject, series.variant], cumulative, series.sum)
+                cumulative.append((le_text(le), running))
+        cumulative.append(("+Inf", series.get("count", 0.0)))
+        families[family].add_metric([subject, variant], cumulative, series.get("sum", 0.0))
     return list(families.values())
 
 
@@ -334,10 +346,6 @@ def threshold_families(config: WatchkeeperConfig) -> list[GaugeMetricFamily]:
     return [floor]
 
 
-def _le_text(bound: float) -> str:
-    return repr(float(bound))
-
-
 def operations_families(session: Session) -> list[Metric]:
     """Alerts, incidents, remediation decisions and the run outbox, counted from their tables."""
     received = CounterMetricFamily(
@@ -393,12 +401,12 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self.store.reading() as session:
-            totals = intake_totals(session)
             tallies = tally_totals(session)
             results = latest_results(session)
             stamps = evaluation_timestamps(session)
-            histograms = histogram_families(session)
             operations = operations_families(session)
+        totals = intake_counts(tallies)
+        histograms = histogram_families(tallies)
         counters = {
             kind: CounterMetricFamily(name, doc, labels=["model_name", "model_version"])
             for kind, (name, doc) in INTAKE_FAMILIES.items()

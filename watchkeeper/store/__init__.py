@@ -101,8 +101,8 @@ class Store:
         config.set_main_option("script_location", str(MIGRATIONS))
         return config
 
-    def upgrade(self) -> str:
-        """Apply every pending migration; returns the revision the store is at.
+    def upgrade(self, target: str = "head") -> str:
+        """Apply every pending migration (up to `target`); returns the revision the store is at.
 
         Replicas and the deployments process start together and each upgrades: the upgrade runs
         under a lock (a transaction-scoped advisory lock on PostgreSQL, SQLite's write lock taken by
@@ -113,7 +113,7 @@ class Store:
             if not self.is_sqlite:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, target)
         return self.current_revision() or ""
 
     def current_revision(self) -> str | None:

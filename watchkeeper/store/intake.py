@@ -10,29 +10,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from watchkeeper.config import Model
 from watchkeeper.record_checks import ReferenceProfile, class_name, record_failures
 from watchkeeper.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
 from watchkeeper.store import Store
-from watchkeeper.store.schema import (
-    Feedback,
-    HistogramBucket,
-    HistogramSum,
-    IntakeCount,
-    PipelineRun,
-    Prediction,
-    Tally,
-    utcnow,
-)
+from watchkeeper.store.schema import Feedback, PipelineRun, Prediction, Tally, utcnow
 
 # Keeps each IN (...) list well under SQLite's bound-parameter limit.
 LOOKUP_CHUNK = 500
 UNKNOWN_VERSION = "unknown"
 INFERENCE_LATENCY = "inference_latency"
 PIPELINE_LATENCY = "pipeline_latency"
+# Tally families of the intake's own counters (see schema.Tally).
+COUNT, BUCKET, SUM = "count:", "bucket:", "sum:"
 
 
 @dataclass(frozen=True)
@@ -78,32 +70,18 @@ def _lookup(
     return found
 
 
-def _upsert_add(session: Session, table: type[Any], rows: list[dict[str, Any]], added: Sequence[str]) -> None:
-    """Insert `rows`, or add their `added` columns to the rows already under the same primary key."""
-    if not rows:
-        return
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(table).values(rows)
-    keys = [column.name for column in table.__table__.primary_key.columns]
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=keys,
-            set_={name: getattr(table, name) + statement.excluded[name] for name in added},
-        )
-    )
-
-
 def _add_to_counts(session: Session, kind: str, counts: Counter[tuple[str, str]]) -> None:
-    rows = [{"kind": kind, "model_name": m, "model_version": v, "total": n} for (m, v), n in counts.items()]
-    _upsert_add(session, IntakeCount, rows, ["total"])
+    _append_tallies(session, COUNT + kind, {(m, v, ""): n for (m, v), n in counts.items()})
 
 
-def _append_tallies(session: Session, family: str, counts: Mapping[tuple[str, str, str], float]) -> None:
+def _append_tallies(
+    session: Session, family: str, counts: Mapping[tuple[str, str, str], float], keep_zeros: bool = False
+) -> None:
     """One new row per (subject, variant, detail) with a count: no row is shared with another writer."""
     rows = [
         {"family": family, "subject": subject, "variant": variant, "detail": detail, "total": float(n)}
         for (subject, variant, detail), n in counts.items()
-        if n
+        if n or keep_zeros
     ]
     if rows:
         session.execute(Tally.__table__.insert(), rows)
@@ -192,36 +170,31 @@ def _tally_labels(
     _append_tallies(session, "business_value", value)
 
 
-def histogram_rows(
-    family: str, observations: Iterable[tuple[str, str, float]], buckets_for: Callable[[str], Sequence[float]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per-bucket counts (each value in the first bucket whose bound is >= it) and sums per series.
+def le_text(bound: float) -> str:
+    """A bucket's upper bound as stored and exported: `+Inf` for the last."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
 
-    Every configured bound of a series gets a row, empty or not, so the exported histogram always
+
+def histogram_tallies(
+    observations: Iterable[tuple[str, str, float]], buckets_for: Callable[[str], Sequence[float]]
+) -> tuple[dict[tuple[str, str, str], float], dict[tuple[str, str, str], float]]:
+    """Per-bucket counts (each value in the first bucket whose bound is >= it; keyed by subject,
+    variant and bound) and per-series `count` and `sum`.
+
+    Every configured bound of a series gets a count, empty or not, so the exported histogram always
     has all its buckets.
     """
-    buckets: Counter[tuple[str, str, float]] = Counter()
-    sums: dict[tuple[str, str], list[float]] = {}
+    buckets: Counter[tuple[str, str, str]] = Counter()
+    sums: Counter[tuple[str, str, str]] = Counter()
     for subject, variant, value in observations:
         bounds = buckets_for(subject)
-        if (subject, variant) not in sums:
-            sums[(subject, variant)] = [0, 0.0]
-            buckets.update(dict.fromkeys(((subject, variant, le) for le in (*bounds, math.inf)), 0))
+        if (subject, variant, "count") not in sums:
+            buckets.update(dict.fromkeys(((subject, variant, le_text(le)) for le in (*bounds, math.inf)), 0))
         index = bisect.bisect_left(bounds, value)
-        buckets[(subject, variant, bounds[index] if index < len(bounds) else math.inf)] += 1
-        series = sums[(subject, variant)]
-        series[0] += 1
-        series[1] += value
-    return (
-        [
-            {"family": family, "subject": s, "variant": v, "le": le, "total": n}
-            for (s, v, le), n in buckets.items()
-        ],
-        [
-            {"family": family, "subject": s, "variant": v, "total": n, "sum": t}
-            for (s, v), (n, t) in sums.items()
-        ],
-    )
+        buckets[(subject, variant, le_text(bounds[index] if index < len(bounds) else math.inf))] += 1
+        sums[(subject, variant, "count")] += 1
+        sums[(subject, variant, "sum")] += value
+    return buckets, sums
 
 
 def _add_to_histogram(
@@ -230,9 +203,9 @@ def _add_to_histogram(
     observations: Iterable[tuple[str, str, float]],
     buckets_for: Callable[[str], Sequence[float]],
 ) -> None:
-    bucket_rows, sum_rows = histogram_rows(family, observations, buckets_for)
-    _upsert_add(session, HistogramBucket, bucket_rows, ["total"])
-    _upsert_add(session, HistogramSum, sum_rows, ["total", "sum"])
+    buckets, sums = histogram_tallies(observations, buckets_for)
+    _append_tallies(session, BUCKET + family, buckets, keep_zeros=True)
+    _append_tallies(session, SUM + family, sums, keep_zeros=True)
 
 
 def _write_predictions(
@@ -385,5 +358,25 @@ def store_pipeline_runs(
     )
 
 
-def intake_totals(session: Session) -> list[IntakeCount]:
-    return list(session.scalars(select(IntakeCount).order_by(IntakeCount.kind, IntakeCount.model_name)))
+@dataclass(frozen=True, order=True)
+class IntakeTotal:
+    """Stored records of one kind for one model version. Feedback counts under the version of the
+    prediction it labels (`unknown` when the label arrived first)."""
+
+    kind: str
+    model_name: str
+    model_version: str
+    total: int
+
+
+def intake_counts(tallies: Iterable[tuple[str, str, str, str, float]]) -> list[IntakeTotal]:
+    """The intake's record counts among `tally_totals`' rows."""
+    return sorted(
+        IntakeTotal(family.removeprefix(COUNT), subject, variant, int(total))
+        for family, subject, variant, _detail, total in tallies
+        if family.startswith(COUNT)
+    )
+
+
+def intake_totals(session: Session) -> list[IntakeTotal]:
+    return intake_counts(tally_totals(session))

@@ -90,55 +90,15 @@ class Feedback(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class IntakeCount(Base):
-    """Running totals of stored records, updated in the same transaction as the records.
-
-    `/metrics` reads these instead of counting millions of rows on every scrape. Feedback is counted
-    under the version of the prediction it labels (`unknown` when the label arrived first).
-    """
-
-    __tablename__ = "intake_counts"
-
-    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
-    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
-    total: Mapped[int] = mapped_column(BigInteger, default=0)
-
-
-class HistogramBucket(Base):
-    """Observations per histogram bucket (not cumulative), added to in the intake's transaction.
-
-    `family` is the histogram (inference_latency, pipeline_latency), `subject` the model or
-    pipeline, `variant` the model version or pipeline stage. `/metrics` accumulates the buckets into
-    a Prometheus histogram whose counters survive restarts and agree across replicas.
-    """
-
-    __tablename__ = "histogram_buckets"
-
-    family: Mapped[str] = mapped_column(String(32), primary_key=True)
-    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
-    variant: Mapped[str] = mapped_column(String(64), primary_key=True)
-    le: Mapped[float] = mapped_column(Float, primary_key=True, doc="upper bound; inf for the last bucket")
-    total: Mapped[int] = mapped_column(BigInteger, default=0)
-
-
-class HistogramSum(Base):
-    __tablename__ = "histogram_sums"
-
-    family: Mapped[str] = mapped_column(String(32), primary_key=True)
-    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
-    variant: Mapped[str] = mapped_column(String(64), primary_key=True)
-    total: Mapped[int] = mapped_column(BigInteger, default=0)
-    sum: Mapped[float] = mapped_column(Float, default=0.0)
-
-
 class Tally(Base):
     """Counts from the intake, appended one row per batch and series and summed on every scrape.
 
     Inserting instead of adding to a shared counter row means concurrent intake writers never wait
     on one another; collect-model-metrics folds the rows of each series into one (`fold_tallies`).
     `family` is what is counted, `subject` the model or dataset, `variant` the model version or
-    check, `detail` the column, prediction class or business metric.
+    check, `detail` the column, prediction class or business metric. The intake's record counts
+    (`count:<kind>`) and histograms (`bucket:<histogram>` by upper bound, `sum:<histogram>` with
+    `count` and `sum`) are tallies too, so no two writers ever update the same row.
     """
 
     __tablename__ = "tallies"
