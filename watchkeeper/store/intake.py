@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Table, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from watchkeeper.config import Model
@@ -68,6 +69,16 @@ def _lookup(
                 ((group_value, row[0]), row[1:] if isinstance(value, tuple) else row[1]) for row in rows
             )
     return found
+
+
+def _insert_new(session: Session, table: Table, rows: list[dict[str, Any]], key: Sequence[str]) -> set[tuple]:
+    """Insert the rows whose `key` is not stored yet, in one statement (ON CONFLICT DO NOTHING):
+    no lookup before, no race with a concurrent writer. Returns the keys it inserted."""
+    if not rows:
+        return set()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(table).on_conflict_do_nothing(index_elements=list(key))
+    return {tuple(row) for row in session.execute(statement.returning(*(table.c[k] for k in key)), rows)}
 
 
 def _add_to_counts(session: Session, kind: str, counts: Counter[tuple[str, str]]) -> None:
@@ -214,10 +225,8 @@ def _write_predictions(
     buckets_for: Callable[[str], Sequence[float]],
     profile_for: Callable[[str], ReferenceProfile | None],
 ) -> int:
-    firsts = _first_per_request(records)
-    existing = dict(_lookup(session, Prediction.model_name, Prediction.request_id, Prediction.id, firsts))
     now = utcnow()
-    rows = [
+    candidates = [
         {
             "model_name": r.model_name,
             "model_version": r.model_version,
@@ -230,11 +239,10 @@ def _write_predictions(
             "error": r.error,
             "received_at": now,
         }
-        for key, r in firsts.items()
-        if key not in existing
+        for r in _first_per_request(records).values()
     ]
-    if rows:
-        session.execute(Prediction.__table__.insert(), rows)
+    inserted = _insert_new(session, Prediction.__table__, candidates, ("model_name", "request_id"))
+    rows = [r for r in candidates if (r["model_name"], r["request_id"]) in inserted]
     _add_to_counts(session, "predictions", Counter((r["model_name"], r["model_version"]) for r in rows))
     latencies = ((r["model_name"], r["model_version"], r["latency_seconds"]) for r in rows)
     _add_to_histogram(
@@ -248,8 +256,20 @@ def _write_feedback(
     session: Session, records: Sequence[FeedbackRecord], model_for: Callable[[str], Model | None]
 ) -> int:
     firsts = _first_per_request(records)
-    existing = dict(_lookup(session, Feedback.model_name, Feedback.request_id, Feedback.id, firsts))
-    new_keys = [key for key in firsts if key not in existing]
+    now = utcnow()
+    candidates = [
+        {
+            "model_name": record.model_name,
+            "request_id": record.request_id,
+            "label": record.label,
+            "business_value": record.business_value,
+            "timestamp": record.timestamp or now,
+            "received_at": now,
+        }
+        for record in firsts.values()
+    ]
+    inserted = _insert_new(session, Feedback.__table__, candidates, ("model_name", "request_id"))
+    new_keys = [key for key in firsts if key in inserted]
     served = dict(
         _lookup(
             session,
@@ -260,20 +280,6 @@ def _write_feedback(
         )
     )
     versions = {key: version for key, (version, _, _) in served.items()}
-    now = utcnow()
-    rows = [
-        {
-            "model_name": firsts[key].model_name,
-            "request_id": firsts[key].request_id,
-            "label": firsts[key].label,
-            "business_value": firsts[key].business_value,
-            "timestamp": firsts[key].timestamp or now,
-            "received_at": now,
-        }
-        for key in new_keys
-    ]
-    if rows:
-        session.execute(Feedback.__table__.insert(), rows)
     _add_to_counts(
         session, "feedback", Counter((key[0], versions.get(key, UNKNOWN_VERSION)) for key in new_keys)
     )
@@ -283,7 +289,7 @@ def _write_feedback(
         if not error and prediction is not None
     )
     _tally_labels(session, labelled, model_for)
-    return len(rows)
+    return len(new_keys)
 
 
 def _write_pipeline_runs(

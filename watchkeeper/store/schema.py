@@ -102,7 +102,6 @@ class Tally(Base):
     """
 
     __tablename__ = "tallies"
-    __table_args__ = (Index("ix_tallies_series", "family", "subject", "variant", "detail"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     family: Mapped[str] = mapped_column(String(32))
