@@ -19,6 +19,7 @@ from flows.evaluate_drift import evaluate_drift
 from flows.handle_alerts import handle_alerts
 from flows.pipeline_health import pipeline_health
 from flows.reconcile_remediation import reconcile_remediation
+from flows.retention import retention
 from watchkeeper.settings import Settings
 
 FLOWS: dict[str, Flow] = {
@@ -31,6 +32,7 @@ FLOWS: dict[str, Flow] = {
         backfill_drift,
         handle_alerts,
         reconcile_remediation,
+        retention,
     )
 }
 DEPLOYMENT_NAMES = tuple(FLOWS)
@@ -57,6 +59,7 @@ def build_deployments(settings: Settings) -> list[RunnerDeployment]:
             schedules.reconcile_remediation,
             "Finishes what dead handle-alerts runs left: undecided incidents, unclaimed or stuck actions.",
         ),
+        retention: (schedules.retention, "Deletes stored data older than the configured retention."),
     }
     # Anchored shortly after start-up, so every evaluation runs within a minute of `watchkeeper up`
     # instead of one full interval later (15 minutes for drift).

@@ -497,6 +497,31 @@ class Schedules(Strict):
     evaluate_data_quality: Duration = timedelta(minutes=15)
     pipeline_health: Duration = timedelta(minutes=1)
     reconcile_remediation: Duration = timedelta(minutes=1)
+    retention: Duration = timedelta(hours=1)
+
+
+class Retention(Strict):
+    """How long Watchkeeper keeps what it stores (see tasks/retention.py); the retention flow deletes
+    older rows in batches of `batch_size`."""
+
+    predictions: Duration = timedelta(days=30)
+    feedback: Duration = timedelta(days=30)
+    pipeline_runs: Duration = timedelta(days=30)
+    evaluation_results: Duration = timedelta(days=90)
+    incidents: Duration = Field(
+        default=timedelta(days=90), description="Resolved incidents, their timeline and actions"
+    )
+    alerts: Duration = Field(
+        default=timedelta(days=90), description="Alerts and notifications no kept incident refers to"
+    )
+    outbox: Duration = Field(default=timedelta(days=7), description="Flow runs already started in Prefect")
+    reports: Duration = Field(
+        default=timedelta(days=30), description="HTML drift reports and Evidently snapshots"
+    )
+    batch_size: int = Field(default=5000, ge=1)
+
+    def ages(self) -> dict[str, timedelta]:
+        return self.model_dump(exclude={"batch_size"})
 
 
 class Intake(Strict):
@@ -514,6 +539,7 @@ class WatchkeeperConfig(Strict):
     remediation: Remediation = Remediation()
     schedules: Schedules = Schedules()
     intake: Intake = Intake()
+    retention: Retention = Retention()
 
     @model_validator(mode="after")
     def _cross_references(self) -> WatchkeeperConfig:

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +30,7 @@ from watchkeeper.settings import REPO_ROOT, Settings
 INFRA = REPO_ROOT / "infra"
 BIN = Path(sys.executable).parent
 STOP_GRACE_SECONDS = 15.0
+PREFECT_HISTORY = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,10 @@ class Stack:
             "WATCHKEEPER_ALERTMANAGER_URL": f"http://127.0.0.1:{self.ports.alertmanager}",
             "PREFECT_HOME": str(self.settings.resolved_home / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # Prefect's own history (the 15-second schedules make ~5,800 flow runs a day) is vacuumed
+            # by its server, not by Watchkeeper: flow runs and events older than a week.
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(int(PREFECT_HISTORY.total_seconds())),
             "DO_NOT_TRACK": "1",
         }
 

@@ -1,0 +1,22 @@
+"""retention: delete stored data older than its configured age, and report what went."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.retention import apply_retention, retention_markdown
+from watchkeeper.settings import Settings
+from watchkeeper.store.schema import utcnow
+
+
+@flow(name="retention", log_prints=True)
+def retention() -> dict[str, int]:
+    settings = Settings()
+    ages = settings.monitoring.retention
+    removed = apply_retention(settings.open_store(), ages, settings.resolved_home, utcnow())
+    create_markdown_artifact(
+        retention_markdown(removed, ages), key="retention", description="What retention removed"
+    )
+    print(", ".join(f"{kind}: {count}" for kind, count in removed.items()))
+    return removed

@@ -1,0 +1,137 @@
+"""Retention: delete what Watchkeeper keeps once it is older than its configured age.
+
+Deletes run in batches of `retention.batch_size` rows, each batch its own short transaction, so
+the intake and the flows never wait long behind a purge, and a purge stopped halfway (a crash, a
+timeout) has removed whole batches and resumes where it left off next time.
+
+What goes, oldest first, and what stays:
+- predictions (by `timestamp`), feedback (by `received_at`), pipeline runs (by `started_at`) and
+  evaluation results (by `window_end`);
+- resolved incidents (by `resolved_at`) with their members, timeline and remediation decisions;
+  open incidents stay whatever their age;
+- alerts (by `starts_at`) that no remaining incident or decision refers to, then notifications
+  (by `received_at`) that no remaining alert or owed run refers to; owed runs are kept until
+  dispatched (by `created_at`);
+- HTML drift reports and Evidently snapshots under the home (by modification time).
+Counters are tallies, folded by collect-model-metrics, so they do not grow with history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, delete, exists, select
+
+from watchkeeper.config import Retention
+from watchkeeper.store import Store
+from watchkeeper.store.remediation import RemediationAction
+from watchkeeper.store.schema import (
+    Alert,
+    AlertNotification,
+    EvaluationResult,
+    Feedback,
+    FlowRunOutbox,
+    Incident,
+    IncidentEvent,
+    IncidentMember,
+    PipelineRun,
+    Prediction,
+)
+
+# Files a retention pass removes under the home, by folder and pattern.
+REPORT_FILES = (("reports", "**/*.html"), ("evidently", "**/snapshots/*.json"))
+
+
+def _in_batches(
+    store: Store, table: Any, condition: ColumnElement[bool], batch_size: int, dependents: Sequence[Any] = ()
+) -> int:
+    """Delete the rows of `table` matching `condition`, `batch_size` per transaction, each with the
+    rows of `dependents` (tables with an `incident_id`) that refer to it; returns how many went."""
+    removed = 0
+    while True:
+        with store.writing() as session:
+            query = select(table.id).where(condition).order_by(table.id).limit(batch_size)
+            ids = session.scalars(query).all()
+            if ids:
+                for dependent in dependents:
+                    session.execute(delete(dependent).where(dependent.incident_id.in_(ids)))
+                session.execute(delete(table).where(table.id.in_(ids)))
+        removed += len(ids)
+        if len(ids) < batch_size:
+            return removed
+
+
+def purge_rows(store: Store, table: Any, condition: ColumnElement[bool], batch_size: int) -> int:
+    """Delete the rows of `table` (which has an `id`) matching `condition`, a batch per transaction."""
+    return _in_batches(store, table, condition, batch_size)
+
+
+def purge_incidents(store: Store, cutoff: datetime, batch_size: int) -> int:
+    """Delete incidents resolved before `cutoff`, with their members, events and decisions."""
+    resolved = and_(Incident.status == "resolved", Incident.resolved_at < cutoff)
+    return _in_batches(
+        store, Incident, resolved, batch_size, dependents=(RemediationAction, IncidentEvent, IncidentMember)
+    )
+
+
+def _unreferenced_alert(cutoff: datetime) -> ColumnElement[bool]:
+    return and_(
+        Alert.starts_at < cutoff,
+        ~exists().where(IncidentMember.alert_id == Alert.id),
+        ~exists().where(Incident.root_cause_alert_id == Alert.id),
+        ~exists().where(RemediationAction.alert_id == Alert.id),
+    )
+
+
+def _unreferenced_notification(cutoff: datetime) -> ColumnElement[bool]:
+    return and_(
+        AlertNotification.received_at < cutoff,
+        ~exists().where(Alert.first_notification_id == AlertNotification.id),
+        ~exists().where(FlowRunOutbox.notification_id == AlertNotification.id),
+    )
+
+
+def purge_files(home: Path, cutoff: datetime) -> int:
+    """Delete report and snapshot files under `home` last modified before `cutoff`."""
+    removed = 0
+    limit = cutoff.timestamp()
+    for folder, pattern in REPORT_FILES:
+        for path in (home / folder).glob(pattern):
+            if path.is_file() and path.stat().st_mtime < limit:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def apply_retention(store: Store, retention: Retention, home: Path, now: datetime) -> dict[str, int]:
+    """One retention pass; returns how many rows (or files) of each kind it removed, in order."""
+    ages = retention.ages()
+    cutoff = {kind: now - age for kind, age in ages.items()}
+    dispatched = FlowRunOutbox.state == "dispatched"
+    by_age = [
+        ("predictions", Prediction, Prediction.timestamp < cutoff["predictions"]),
+        ("feedback", Feedback, Feedback.received_at < cutoff["feedback"]),
+        ("pipeline_runs", PipelineRun, PipelineRun.started_at < cutoff["pipeline_runs"]),
+        ("evaluation_results", EvaluationResult, EvaluationResult.window_end < cutoff["evaluation_results"]),
+    ]
+    removed = {kind: purge_rows(store, table, old, retention.batch_size) for kind, table, old in by_age}
+    removed["incidents"] = purge_incidents(store, cutoff["incidents"], retention.batch_size)
+    referenced_last = [
+        ("outbox", FlowRunOutbox, and_(dispatched, FlowRunOutbox.created_at < cutoff["outbox"])),
+        ("alerts", Alert, _unreferenced_alert(cutoff["alerts"])),
+        ("notifications", AlertNotification, _unreferenced_notification(cutoff["alerts"])),
+    ]
+    for kind, table, old in referenced_last:
+        removed[kind] = purge_rows(store, table, old, retention.batch_size)
+    removed["report_files"] = purge_files(home, cutoff["reports"])
+    return removed
+
+
+def retention_markdown(removed: dict[str, int], retention: Retention) -> str:
+    ages = {**retention.ages(), "notifications": retention.alerts, "report_files": retention.reports}
+    lines = ["# Retention", "", "| kind | kept for | removed |", "| --- | --- | --- |"]
+    lines += [f"| {kind} | {ages[kind]} | {count:,} |" for kind, count in removed.items()]
+    return "\n".join(lines)
