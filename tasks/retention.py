@@ -5,7 +5,7 @@ the intake and the flows never wait long behind a purge, and a purge stopped hal
 timeout) has removed whole batches and resumes where it left off next time.
 
 What goes, oldest first, and what stays:
-- predictions (by `timestamp`), feedback (by `received_at`), pipeline runs (by `started_at`) and
+- predictions and feedback (by `timestamp`, when it happened), pipeline runs (by `started_at`) and
   evaluation results (by `window_end`);
 - resolved incidents (by `resolved_at`) with their members, timeline and remediation decisions;
   open incidents stay whatever their age;
@@ -113,7 +113,7 @@ def apply_retention(store: Store, retention: Retention, home: Path, now: datetim
     dispatched = FlowRunOutbox.state == "dispatched"
     by_age = [
         ("predictions", Prediction, Prediction.timestamp < cutoff["predictions"]),
-        ("feedback", Feedback, Feedback.received_at < cutoff["feedback"]),
+        ("feedback", Feedback, Feedback.timestamp < cutoff["feedback"]),
         ("pipeline_runs", PipelineRun, PipelineRun.started_at < cutoff["pipeline_runs"]),
         ("evaluation_results", EvaluationResult, EvaluationResult.window_end < cutoff["evaluation_results"]),
     ]
