@@ -105,7 +105,7 @@ def test_the_cli_approves_through_the_service_as_the_operator(
     assert "approved" in approved.stdout and "1 paused run(s) resumed" in approved.stdout
     assert again.returncode != 0 and "no actions awaiting approval" in again.stdout + again.stderr
     assert resumed == [("a-paused-run", {"approved": True, "comment": "go"})]
-    [row] = list_actions(store, incident_id)
+    [row] = list_actions(store, incident_id).items
     assert (row["status"], row["settled_by"]) == ("approved", "operator (WATCHKEEPER_OPERATOR_TOKEN)")
     assert row["reason"].endswith("approved by operator (WATCHKEEPER_OPERATOR_TOKEN): go")
 

@@ -119,7 +119,9 @@ def in_this_context(target: Callable[[], object]) -> threading.Thread:
 def paused_decision(store: Store) -> dict:
     """The decision awaiting approval, once the run that took it has paused for the answer."""
     [waiting] = wait_until(
-        lambda: [a for a in list_actions(store) if a["status"] == "awaiting_approval" and a["flow_run_id"]],
+        lambda: [
+            a for a in list_actions(store).items if a["status"] == "awaiting_approval" and a["flow_run_id"]
+        ],
         "a decision awaiting approval",
     )
     with get_client(sync_client=True) as client:
@@ -159,7 +161,7 @@ def test_overlapping_runs_pause_once_and_one_approval_acts_once(
     assert response["resumed_runs"] == [waiting["flow_run_id"]] and response["not_resumed"] == {}
     assert kube.deployments[("ai", "credit-server")]["replicas"] == 3
     assert len([r for r in kube.requests if r.method == "PATCH"]) == 1
-    [row] = list_actions(store)
+    [row] = list_actions(store).items
     assert (row["status"], row["settled_by"], row["attempts"]) == (
         "succeeded",
         "operator (WATCHKEEPER_API_TOKEN)",
@@ -183,7 +185,7 @@ def test_an_approval_given_in_the_prefect_ui_is_recorded_as_the_uis(
     # What the UI's form sends: the run's input, and nothing about who: that would be the body's word.
     resume_flow_run(waiting["flow_run_id"], run_input={"approved": True, "comment": "from the UI"})
     run.join(timeout=120)
-    [row] = list_actions(store)
+    [row] = list_actions(store).items
     assert (row["status"], row["settled_by"]) == ("succeeded", "prefect-ui")
     assert "approved in the Prefect UI: from the UI" in row["reason"]
     assert kube.deployments[("ai", "credit-server")]["replicas"] == 3

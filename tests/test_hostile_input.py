@@ -368,3 +368,25 @@ def test_refusals_are_counted_by_endpoint_and_reason(service: LiveService) -> No
     assert found[(rejected, "/v1/feedback", "unsupported_encoding")] == 1
     assert found[(rejected, "/v1/alertmanager", "invalid_value")] == 0
     assert found[("watchkeeper_alerts_rejected_total", None, None)] == 1
+
+
+def test_lists_page_with_a_cursor(service: LiveService) -> None:
+    body = copy.deepcopy(NOTIFICATION)
+    template = body["alerts"][0]
+    body["alerts"] = [
+        {**template, "fingerprint": f"{n:016x}", "startsAt": f"2026-11-26T09:0{n}:00Z"} for n in range(5)
+    ]
+    assert httpx.post(f"{service.url}/v1/alertmanager", json=body).json()["new_alerts"] == 5
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        answer = httpx.get(f"{service.url}/v1/alerts", params=params).json()
+        seen += [a["fingerprint"] for a in answer["alerts"]]
+        pages += 1
+        cursor = answer["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3 and seen == [f"{n:016x}" for n in reversed(range(5))]
+    for foreign in ("nope", "W10", "WzEsMl0", "Wzk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5XQ"):
+        refused = httpx.get(f"{service.url}/v1/actions", params={"cursor": foreign})
+        assert refused.status_code == 422 and refused.json()["field"] == "cursor", (foreign, refused.text)

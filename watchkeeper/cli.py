@@ -635,7 +635,7 @@ def alerts(
     """Stored alerts, newest first."""
     from watchkeeper.store.incidents import list_alerts
 
-    rows = list_alerts(open_store(), status_filter.value if status_filter else None, limit)
+    rows = list_alerts(open_store(), status_filter.value if status_filter else None, limit).items
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -675,7 +675,7 @@ def incidents(
         else:
             _print_incident(detail)
         return
-    rows = list_incidents(store, status_filter.value if status_filter else None, limit)
+    rows = list_incidents(store, status_filter.value if status_filter else None, limit).items
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -873,7 +873,7 @@ def actions(
     """The remediation audit trail, newest first: every decision with its reason and result."""
     from watchkeeper.store.actions import list_actions
 
-    rows = list_actions(open_store(), incident_id, limit)
+    rows = list_actions(open_store(), incident_id, limit).items
     if as_json:
         print(json.dumps(rows, indent=2))
         return

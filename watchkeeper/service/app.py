@@ -59,6 +59,7 @@ from watchkeeper.store.incidents import (
     list_incidents,
 )
 from watchkeeper.store.intake import StoredBatch, store_feedback, store_pipeline_runs, store_predictions
+from watchkeeper.store.paging import CursorError, Page
 
 
 class RemediationSwitch(BaseModel):
@@ -78,6 +79,18 @@ class ApprovalAnswer(BaseModel):
 
 
 NO_CREDENTIALS = Credentials()
+Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")]
+
+
+def paged(name: str, read: Callable[[], Page[dict[str, Any]]]) -> JSONResponse:
+    """A list endpoint's answer: `{name: [...], "next_cursor": ...}`; a foreign cursor is a 422."""
+    try:
+        result = read()
+    except CursorError as exc:
+        return JSONResponse({"error": str(exc), "field": "cursor"}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+    return JSONResponse({name: result.items, "next_cursor": result.next_cursor})
+
+
 # Row ids are 64-bit: a larger one is refused as a 422, not sent to the store to overflow there.
 IncidentId = Annotated[int, Path(ge=1, le=MAX_INT)]
 
@@ -331,17 +344,20 @@ def create_app(
     def get_alerts(
         status_filter: Annotated[AlertStatus | None, Query(alias="status")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Cursor = None,
     ) -> JSONResponse:
-        """Stored alerts, newest first."""
-        return JSONResponse({"alerts": list_alerts(store, status_filter, limit)})
+        """Stored alerts, newest first; `next_cursor` fetches the next page."""
+        return paged("alerts", lambda: list_alerts(store, status_filter, limit, cursor))
 
     @app.get("/v1/incidents", dependencies=authorized, responses=read_errors)
     def get_incidents(
         status_filter: Annotated[IncidentStatus | None, Query(alias="status")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Cursor = None,
     ) -> JSONResponse:
-        """Incidents, most recently active first, each with its suggested root cause."""
-        return JSONResponse({"incidents": list_incidents(store, status_filter, limit)})
+        """Incidents, most recently active first, each with its suggested root cause; `next_cursor`
+        fetches the next page."""
+        return paged("incidents", lambda: list_incidents(store, status_filter, limit, cursor))
 
     @app.get("/v1/incidents/{incident_id}", dependencies=authorized, responses=errors(401, 404, 422, 503))
     def get_incident(incident_id: IncidentId) -> JSONResponse:
@@ -355,9 +371,11 @@ def create_app(
     def get_actions(
         incident: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Cursor = None,
     ) -> JSONResponse:
-        """The remediation audit trail: every decision, taken or skipped, with reason, inputs and result."""
-        return JSONResponse({"actions": list_actions(store, incident, limit)})
+        """The remediation audit trail: every decision, taken or skipped, with reason, inputs and
+        result; `next_cursor` fetches the next page."""
+        return paged("actions", lambda: list_actions(store, incident, limit, cursor))
 
     @app.get("/v1/actions/report", dependencies=authorized, responses=read_errors)
     def get_report(hours: Annotated[int, Query(ge=1, le=24 * 30)] = 24) -> JSONResponse:

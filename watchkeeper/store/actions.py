@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from watchkeeper.store import Store
+from watchkeeper.store import Store, paging
 from watchkeeper.store.incidents import iso
+from watchkeeper.store.paging import Page
 from watchkeeper.store.remediation import ActionStatus, RemediationAction, settle_approval
 from watchkeeper.store.schema import ControlFlag, utcnow
 
@@ -80,13 +81,18 @@ def action_json(row: RemediationAction) -> dict[str, Any]:
     }
 
 
-def list_actions(store: Store, incident_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Newest first."""
-    query = select(RemediationAction).order_by(RemediationAction.id.desc()).limit(limit)
+def list_actions(
+    store: Store, incident_id: int | None = None, limit: int = 100, cursor: str | None = None
+) -> Page[dict[str, Any]]:
+    """Newest first, a page of `limit` after `cursor`."""
+    query = select(RemediationAction).order_by(RemediationAction.id.desc()).limit(limit + 1)
     if incident_id is not None:
         query = query.where(RemediationAction.incident_id == incident_id)
+    if cursor is not None:
+        query = query.where(paging.before((RemediationAction.id,), paging.decode(cursor, (int,))))
     with store.reading() as session:
-        return [action_json(r) for r in session.scalars(query)]
+        rows, next_cursor = paging.page(session.scalars(query).all(), limit, lambda r: (r.id,))
+        return Page([action_json(r) for r in rows], next_cursor)
 
 
 def automation_report(store: Store, hours: int = 24) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from sqlalchemy import func, select
 
-from watchkeeper.store import Store
+from watchkeeper.store import Store, paging
+from watchkeeper.store.paging import Page
 from watchkeeper.store.schema import Alert, Incident, IncidentEvent, IncidentMember
 
 AlertStatus = Literal["firing", "resolved"]
@@ -33,13 +34,19 @@ def alert_json(alert: Alert) -> dict[str, Any]:
     }
 
 
-def list_alerts(store: Store, status: AlertStatus | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Newest first."""
-    query = select(Alert).order_by(Alert.starts_at.desc(), Alert.id.desc()).limit(limit)
+def list_alerts(
+    store: Store, status: AlertStatus | None = None, limit: int = 100, cursor: str | None = None
+) -> Page[dict[str, Any]]:
+    """Newest first, a page of `limit` after `cursor`."""
+    order = (Alert.starts_at, Alert.id)
+    query = select(Alert).order_by(*(c.desc() for c in order)).limit(limit + 1)
     if status is not None:
         query = query.where(Alert.status == status)
+    if cursor is not None:
+        query = query.where(paging.before(order, paging.decode(cursor, (datetime, int))))
     with store.reading() as session:
-        return [alert_json(a) for a in session.scalars(query)]
+        rows, next_cursor = paging.page(session.scalars(query).all(), limit, lambda a: (a.starts_at, a.id))
+        return Page([alert_json(a) for a in rows], next_cursor)
 
 
 def _incident_json(row: Incident, members: int) -> dict[str, Any]:
@@ -61,14 +68,19 @@ def _incident_json(row: Incident, members: int) -> dict[str, Any]:
 
 
 def list_incidents(
-    store: Store, status: IncidentStatus | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
-    """Newest activity first."""
-    query = select(Incident).order_by(Incident.last_alert_at.desc(), Incident.id.desc()).limit(limit)
+    store: Store, status: IncidentStatus | None = None, limit: int = 100, cursor: str | None = None
+) -> Page[dict[str, Any]]:
+    """Newest activity first, a page of `limit` after `cursor`."""
+    order = (Incident.last_alert_at, Incident.id)
+    query = select(Incident).order_by(*(c.desc() for c in order)).limit(limit + 1)
     if status is not None:
         query = query.where(Incident.status == status)
+    if cursor is not None:
+        query = query.where(paging.before(order, paging.decode(cursor, (datetime, int))))
     with store.reading() as session:
-        rows = session.scalars(query).all()
+        rows, next_cursor = paging.page(
+            session.scalars(query).all(), limit, lambda r: (r.last_alert_at, r.id)
+        )
         counts = dict(
             session.execute(
                 select(IncidentMember.incident_id, func.count())
@@ -76,7 +88,7 @@ def list_incidents(
                 .group_by(IncidentMember.incident_id)
             ).all()
         )
-        return [_incident_json(row, counts.get(row.id, 0)) for row in rows]
+        return Page([_incident_json(row, counts.get(row.id, 0)) for row in rows], next_cursor)
 
 
 def incident_detail(store: Store, incident_id: int) -> dict[str, Any] | None:
