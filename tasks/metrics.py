@@ -14,13 +14,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
 from sqlalchemy import and_, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from tasks.logs import first_prediction_time
 from watchkeeper.config import Model
 from watchkeeper.record_checks import class_name
 from watchkeeper.store import Store
 from watchkeeper.store.intake import fold_tallies
-from watchkeeper.store.schema import EvaluationResult, Feedback, Prediction, utcnow
+from watchkeeper.store.schema import EvaluationResult, Feedback, LatestWindow, Prediction, utcnow
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,42 @@ def save_results(
             )
             for m in measurements
         )
+        advance_latest(session, kind, subject, version, window, measurements, computed)
     return len(measurements)
+
+
+def advance_latest(
+    session: Session,
+    kind: str,
+    subject: str,
+    version: str,
+    window: Window,
+    measurements: list[Measurement],
+    computed: datetime,
+) -> None:
+    """Make this window the series' latest unless a later one is already there: one compare-and-set
+    statement (INSERT ... ON CONFLICT DO UPDATE ... WHERE), so concurrent writers cannot regress it."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    row = {
+        "kind": kind,
+        "subject": subject,
+        "model_version": version,
+        "window_start": window.start,
+        "window_end": window.end,
+        "computed_at": computed,
+        "results": [{"metric": m.metric, "labels": m.labels, "value": m.value} for m in measurements],
+    }
+    statement = insert(LatestWindow).values(row)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["kind", "subject", "model_version"],
+            set_={
+                name: statement.excluded[name]
+                for name in ("window_start", "window_end", "computed_at", "results")
+            },
+            where=LatestWindow.window_end <= statement.excluded.window_end,
+        )
+    )
 
 
 def _per_version(log: pd.DataFrame, default_version: str) -> dict[str, pd.DataFrame]:

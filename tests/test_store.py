@@ -5,12 +5,13 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, inspect, select, text
 
+from tasks.metrics import Measurement, Window, save_results
 from tests.conftest import save_predictions
 from watchkeeper.records import FeedbackRecord, PredictionRecord
-from watchkeeper.service.metrics import histogram_families
+from watchkeeper.service.metrics import histogram_families, latest_results
 from watchkeeper.store import Store
 from watchkeeper.store.intake import IntakeTotal, intake_counts, intake_totals, store_feedback, tally_totals
-from watchkeeper.store.schema import Feedback, Prediction
+from watchkeeper.store.schema import EvaluationResult, Feedback, Prediction
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -150,3 +151,51 @@ def test_counters_carry_over_when_they_become_tallies(empty_store_url: str) -> N
         assert samples[("ai_model_inference_latency_seconds_sum", None)] == 0.75
     finally:
         store.dispose()
+
+
+def test_metrics_export_the_latest_window_and_a_backfill_does_not_move_it_back(store: Store) -> None:
+    start = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+    window = [
+        Window(start + timedelta(minutes=5 * i), start + timedelta(minutes=5 * (i + 1))) for i in range(3)
+    ]
+    save_results(
+        store, "model_quality", "m", "v1", window[1], [Measurement("accuracy", 0.9), Measurement("f1", 0.8)]
+    )
+    save_results(store, "model_quality", "m", "v1", window[0], [Measurement("accuracy", 0.1)])  # a backfill
+    with store.reading() as session:
+        assert {(r.metric, r.value) for r in latest_results(session)} == {("accuracy", 0.9), ("f1", 0.8)}
+    save_results(store, "model_quality", "m", "v1", window[2], [Measurement("accuracy", 0.7)])
+    with store.reading() as session:
+        assert [(r.metric, r.value) for r in latest_results(session)] == [("accuracy", 0.7)]
+
+
+def test_the_latest_windows_are_filled_from_history_on_upgrade(empty_store_url: str) -> None:
+    store = Store(empty_store_url)
+    try:
+        store.upgrade("0005")
+        start = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+        for i, value in enumerate((0.5, 0.9)):
+            save_results_0005(store, start + timedelta(minutes=5 * i), value)
+        store.upgrade()
+        with store.reading() as session:
+            assert [(r.metric, r.value) for r in latest_results(session)] == [("accuracy", 0.9)]
+    finally:
+        store.dispose()
+
+
+def save_results_0005(store: Store, start: datetime, value: float) -> None:
+    """An evaluation result as revision 0005 stored it (no latest window yet)."""
+    row = {
+        "kind": "model_quality",
+        "subject": "m",
+        "model_version": "v1",
+        "window_start": start,
+        "window_end": start + timedelta(minutes=5),
+        "metric": "accuracy",
+        "labels": {},
+        "labels_key": "",
+        "value": value,
+        "computed_at": start,
+    }
+    with store.writing() as session:
+        session.execute(EvaluationResult.__table__.insert(), [row])

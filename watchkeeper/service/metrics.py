@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from watchkeeper.config import WatchkeeperConfig
@@ -33,9 +33,9 @@ from watchkeeper.store.intake import (
 from watchkeeper.store.remediation import ActionStatus, RemediationAction
 from watchkeeper.store.schema import (
     Alert,
-    EvaluationResult,
     FlowRunOutbox,
     Incident,
+    LatestWindow,
     utcnow,
 )
 
@@ -167,41 +167,36 @@ HISTOGRAMS = {
 }
 
 
-def latest_results(session: Session) -> list[EvaluationResult]:
+@dataclass(frozen=True)
+class LatestResult:
+    kind: str
+    subject: str
+    model_version: str
+    metric: str
+    labels: dict[str, str]
+    value: float
+
+
+def latest_results(session: Session) -> list[LatestResult]:
     """Every result of the most recent window per (kind, subject, model_version)."""
-    latest = (
-        select(
-            EvaluationResult.kind,
-            EvaluationResult.subject,
-            EvaluationResult.model_version,
-            func.max(EvaluationResult.window_end).label("window_end"),
-        )
-        .group_by(EvaluationResult.kind, EvaluationResult.subject, EvaluationResult.model_version)
-        .subquery()
-    )
-    query = select(EvaluationResult).join(
-        latest,
-        and_(
-            EvaluationResult.kind == latest.c.kind,
-            EvaluationResult.subject == latest.c.subject,
-            EvaluationResult.model_version == latest.c.model_version,
-            EvaluationResult.window_end == latest.c.window_end,
-        ),
-    )
-    return list(session.scalars(query))
+    return [
+        LatestResult(row.kind, row.subject, row.model_version, r["metric"], r.get("labels") or {}, r["value"])
+        for row in session.scalars(select(LatestWindow))
+        for r in row.results
+    ]
 
 
 def evaluation_timestamps(session: Session) -> list[tuple[str, str, float]]:
-    """When each kind was last computed for each subject, in Unix seconds."""
+    """When each kind's latest window was computed for each subject, in Unix seconds."""
     rows = session.execute(
-        select(
-            EvaluationResult.kind, EvaluationResult.subject, func.max(EvaluationResult.computed_at)
-        ).group_by(EvaluationResult.kind, EvaluationResult.subject)
+        select(LatestWindow.kind, LatestWindow.subject, func.max(LatestWindow.computed_at)).group_by(
+            LatestWindow.kind, LatestWindow.subject
+        )
     )
     return [(kind, subject, at.timestamp()) for kind, subject, at in rows]
 
 
-def gauge_families(results: Iterable[EvaluationResult]) -> list[GaugeMetricFamily]:
+def gauge_families(results: Iterable[LatestResult]) -> list[GaugeMetricFamily]:
     families: dict[str, GaugeMetricFamily] = {}
     for result in results:
         gauge = GAUGES.get((result.kind, result.metric))

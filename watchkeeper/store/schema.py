@@ -169,6 +169,22 @@ class EvaluationResult(Base):
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
 
 
+class LatestWindow(Base):
+    """The most recent window's results of each (kind, subject, model_version): what `/metrics`
+    exports, read without scanning the history. Written with its window's results, replaced only by
+    a window that ends no earlier (a backfill of old windows leaves it alone)."""
+
+    __tablename__ = "latest_windows"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, doc="[{metric, labels, value}]")
+
+
 class AlertNotification(Base):
     """One Alertmanager webhook delivery, stored before the intake answers.
 
