@@ -427,7 +427,9 @@ def evaluate_drift_window(
 ) -> WindowDrift:
     """Drift of one window: results replace the window's earlier ones, with one snapshot and HTML report."""
     label = f"{window.start.isoformat()} to {window.end.isoformat()}"
-    current = prediction_frame(store, model.name, window.start, window.end)
+    current = prediction_frame(
+        store, model.name, window.start, window.end, at_most=model.windows.drift_sample_rows
+    )
     current = current[~current["error"]] if "error" in current else current
     base = {
         "model": model.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 
@@ -16,12 +17,21 @@ from watchkeeper.store.schema import Prediction
 LOG_FIELDS = ["request_id", "model_version", "timestamp", "prediction", "score", "error"]
 
 
-def prediction_frame(store: Store, model_name: str, start: datetime, end: datetime) -> pd.DataFrame:
+def prediction_frame(
+    store: Store, model_name: str, start: datetime, end: datetime, at_most: int | None = None
+) -> pd.DataFrame:
     """Predictions in [start, end): one column per feature as sent, plus the log's own fields.
 
     Feature columns keep the names the model service sent, so missing or unexpected features show
-    up in data quality instead of being dropped here.
+    up in data quality instead of being dropped here. With `at_most`, a window holding more rows
+    is read as a systematic sample of every k-th stored row (by id, so spread evenly over the
+    window and the same on every read): memory stays bounded however busy the model is.
     """
+    in_window = (
+        Prediction.model_name == model_name,
+        Prediction.timestamp >= start,
+        Prediction.timestamp < end,
+    )
     query = select(
         Prediction.request_id,
         Prediction.model_version,
@@ -30,8 +40,12 @@ def prediction_frame(store: Store, model_name: str, start: datetime, end: dateti
         Prediction.score,
         Prediction.error,
         Prediction.features,
-    ).where(Prediction.model_name == model_name, Prediction.timestamp >= start, Prediction.timestamp < end)
+    ).where(*in_window)
     with store.reading() as session:
+        if at_most is not None:
+            stored = session.scalar(select(func.count()).select_from(Prediction).where(*in_window)) or 0
+            if stored > at_most:
+                query = query.where(Prediction.id % math.ceil(stored / at_most) == 0)
         rows = session.execute(query).all()
     log = pd.DataFrame([row[:-1] for row in rows], columns=LOG_FIELDS)
     features = pd.DataFrame([row[-1] for row in rows], index=log.index)
