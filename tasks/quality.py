@@ -132,7 +132,9 @@ def evaluate_dataset(
     reference: pd.DataFrame,
     flow_run_id: str | None,
 ) -> QualityResult:
-    current = prediction_frame(store, model.name, window.start, window.end)
+    current = prediction_frame(
+        store, model.name, window.start, window.end, at_most=model.windows.quality_sample_rows
+    )
     columns = [ColumnSpec(f.name, f.type) for f in model.features]
     result = data_quality(current, reference, columns)
     pipeline = dataset.pipeline or ""

@@ -126,10 +126,17 @@ class Windows(Strict):
     drift: Duration = timedelta(hours=1)
     data_quality: Duration = timedelta(minutes=15)
     min_rows: int = Field(default=100, ge=1)
+    # Windows larger than these are read as a sample at the source, so memory stays bounded however
+    # busy the model; null reads every row.
     drift_sample_rows: int | None = Field(
-        default=None,
+        default=200_000,
         ge=1000,
         description="Test drift on a uniform sample of at most this many rows per side (large windows)",
+    )
+    quality_sample_rows: int | None = Field(
+        default=200_000,
+        ge=1000,
+        description="Check data quality on a sample of at most this many rows of a larger window",
     )
 
 
