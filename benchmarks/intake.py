@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,9 +27,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from watchkeeper.pgtemp import new_database, postgres_cluster  # noqa: E402
-from watchkeeper.stack import free_port, healthy  # noqa: E402
-
-WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
+from watchkeeper.stack import service_process  # noqa: E402
 
 
 def batch(writer: str, number: int, size: int) -> list[dict]:
@@ -80,26 +76,13 @@ def run_writers(url: str, writers: int, batches: int, size: int, tag: str) -> tu
 
 
 def measure(database_url: str, args: argparse.Namespace) -> dict:
-    port = free_port()
-    env = {**os.environ, "WATCHKEEPER_DATABASE_URL": database_url, "WATCHKEEPER_HOME": tempfile.mkdtemp()}
-    subprocess.run([WATCHKEEPER, "db", "upgrade"], env=env, check=True, capture_output=True)
-    service = subprocess.Popen(
-        [WATCHKEEPER, "serve", "--port", str(port), "--no-dispatch"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not healthy(f"{url}/healthz"):
-            if time.monotonic() > deadline or service.poll() is not None:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.2)
-        run_writers(url, 1, 3, args.batch_size, "warm-up")
+    with tempfile.TemporaryDirectory() as home, service_process(database_url, Path(home)) as service:
+        run_writers(service.url, 1, 3, args.batch_size, "warm-up")
         figures = {}
         for writers in (1, args.writers):
-            rate, latencies = run_writers(url, writers, args.batches, args.batch_size, f"run-{writers}")
+            rate, latencies = run_writers(
+                service.url, writers, args.batches, args.batch_size, f"run-{writers}"
+            )
             ordered = sorted(latencies)
             figures[writers] = {
                 "records_per_second": round(rate, 1),
@@ -107,9 +90,6 @@ def measure(database_url: str, args: argparse.Namespace) -> dict:
                 "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1),
             }
         return figures
-    finally:
-        service.terminate()
-        service.wait(timeout=30)
 
 
 def main() -> None:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,12 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.retention import apply_retention  # noqa: E402
 from watchkeeper.config import Retention  # noqa: E402
-from watchkeeper.stack import free_port, healthy  # noqa: E402
+from watchkeeper.stack import service_process  # noqa: E402
 from watchkeeper.store import Store  # noqa: E402
 from watchkeeper.store.intake import fold_tallies  # noqa: E402
 from watchkeeper.store.schema import EvaluationResult  # noqa: E402
 
-WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
 START = datetime(2026, 10, 1, tzinfo=UTC)
 BATCH = 500
 METRICS = ("request_count", "throughput_rps", "error_rate", "latency_p50", "latency_p95", "accuracy")
@@ -121,26 +118,11 @@ def rss_mb(pid: int) -> float:
 def run(args: argparse.Namespace, home: Path) -> dict:
     database = home / "watchkeeper.db"
     url = f"sqlite:///{database}"
-    port = free_port()
-    env = {**os.environ, "WATCHKEEPER_DATABASE_URL": url, "WATCHKEEPER_HOME": str(home)}
-    subprocess.run([WATCHKEEPER, "db", "upgrade"], env=env, check=True, capture_output=True)
-    service = subprocess.Popen(
-        [WATCHKEEPER, "serve", "--port", str(port), "--no-dispatch"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
     store = Store(url)
     retention = Retention(**{k: timedelta(days=args.retention_days) for k in Retention().ages()})
     sizes, memory, scrapes = [], [], []
     try:
-        deadline = time.monotonic() + 60
-        while not healthy(f"{base}/healthz"):
-            if time.monotonic() > deadline or service.poll() is not None:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.2)
-        with httpx.Client(base_url=base, timeout=120) as client:
+        with service_process(url, home) as service, httpx.Client(base_url=service.url, timeout=120) as client:
             for day in range(args.days):
                 predictions, feedback = day_records(day, args.per_day)
                 for path, records in (("/v1/predictions", predictions), ("/v1/feedback", feedback)):
@@ -165,8 +147,6 @@ def run(args: argparse.Namespace, home: Path) -> dict:
                     flush=True,
                 )
     finally:
-        service.terminate()
-        service.wait(timeout=30)
         store.dispose()
     ordered = sorted(scrapes)
     return {

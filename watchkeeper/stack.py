@@ -16,7 +16,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -370,3 +371,30 @@ class Stack:
         )
         names = [c.name for c in self.components()]
         return names + [n for n in recorded if n not in names]
+
+
+@contextmanager
+def service_process(database_url: str, home: Path, ready_within: float = 60.0) -> Iterator[subprocess.Popen]:
+    """`watchkeeper serve` without its dispatcher, in a process of its own on a free loopback port,
+    its store upgraded first; yields the process (its URL in `.url`) and stops it after."""
+    port = free_port()
+    env = {**os.environ, "WATCHKEEPER_DATABASE_URL": database_url, "WATCHKEEPER_HOME": str(home)}
+    watchkeeper = str(BIN / "watchkeeper")
+    subprocess.run([watchkeeper, "db", "upgrade"], env=env, check=True, capture_output=True)
+    service = subprocess.Popen(
+        [watchkeeper, "serve", "--port", str(port), "--no-dispatch"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    service.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    try:
+        deadline = time.monotonic() + ready_within
+        while not healthy(f"{service.url}/healthz"):  # type: ignore[attr-defined]
+            if time.monotonic() > deadline or service.poll() is not None:
+                raise RuntimeError("the service did not start")
+            time.sleep(0.2)
+        yield service
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
