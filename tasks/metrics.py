@@ -14,13 +14,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
 from sqlalchemy import and_, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from tasks.logs import first_prediction_time
 from watchkeeper.config import Model
 from watchkeeper.record_checks import class_name
-from watchkeeper.store import Store
+from watchkeeper.store import Store, insert_for
 from watchkeeper.store.intake import fold_tallies
 from watchkeeper.store.schema import EvaluationResult, Feedback, LatestWindow, Prediction, utcnow
 
@@ -222,7 +221,6 @@ def advance_latest(
 ) -> None:
     """Make this window the series' latest unless a later one is already there: one compare-and-set
     statement (INSERT ... ON CONFLICT DO UPDATE ... WHERE), so concurrent writers cannot regress it."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     row = {
         "kind": kind,
         "subject": subject,
@@ -232,7 +230,7 @@ def advance_latest(
         "computed_at": computed,
         "results": [{"metric": m.metric, "labels": m.labels, "value": m.value} for m in measurements],
     }
-    statement = insert(LatestWindow).values(row)
+    statement = insert_for(session)(LatestWindow).values(row)
     session.execute(
         statement.on_conflict_do_update(
             index_elements=["kind", "subject", "model_version"],

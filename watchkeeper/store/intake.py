@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from watchkeeper.config import Model
 from watchkeeper.record_checks import ReferenceProfile, class_name, record_failures
 from watchkeeper.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
-from watchkeeper.store import Store
+from watchkeeper.store import Store, insert_for
 from watchkeeper.store.schema import Feedback, PipelineRun, Prediction, Tally, utcnow
 
 # Keeps each IN (...) list well under SQLite's bound-parameter limit.
@@ -76,8 +75,7 @@ def _insert_new(session: Session, table: Table, rows: list[dict[str, Any]], key:
     no lookup before, no race with a concurrent writer. Returns the keys it inserted."""
     if not rows:
         return set()
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(table).on_conflict_do_nothing(index_elements=list(key))
+    statement = insert_for(session)(table).on_conflict_do_nothing(index_elements=list(key))
     return {tuple(row) for row in session.execute(statement.returning(*(table.c[k] for k in key)), rows)}
 
 
@@ -298,20 +296,11 @@ def _write_pipeline_runs(
     firsts: dict[tuple[str, str, str], PipelineRunRecord] = {}
     for record in records:
         firsts.setdefault((record.pipeline_name, record.run_id, record.stage), record)
-    existing = {
-        (pipeline, run_id, stage)
-        for (pipeline, run_id), stage in _lookup(
-            session, PipelineRun.pipeline_name, PipelineRun.run_id, PipelineRun.stage, {k[:2] for k in firsts}
-        )
-    }
     now = utcnow()
-    rows = [
-        {**r.model_dump(), "source": "intake", "received_at": now}
-        for key, r in firsts.items()
-        if key not in existing
-    ]
-    if rows:
-        session.execute(PipelineRun.__table__.insert(), rows)
+    candidates = [{**r.model_dump(), "source": "intake", "received_at": now} for r in firsts.values()]
+    key = ("pipeline_name", "run_id", "stage")
+    inserted = _insert_new(session, PipelineRun.__table__, candidates, key)
+    rows = [r for r in candidates if tuple(r[k] for k in key) in inserted]
     durations = ((r["pipeline_name"], r["stage"], r["duration_seconds"]) for r in rows)
     _add_to_histogram(session, PIPELINE_LATENCY, durations, buckets_for)
     return len(rows)
