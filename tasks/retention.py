@@ -45,11 +45,12 @@ from watchkeeper.store.schema import (
 REPORT_FILES = (("reports", "**/*.html"), ("evidently", "**/snapshots/*.json"))
 
 
-def _in_batches(
+def purge_rows(
     store: Store, table: Any, condition: ColumnElement[bool], batch_size: int, dependents: Sequence[Any] = ()
 ) -> int:
     """Delete the rows of `table` matching `condition`, `batch_size` per transaction, each with the
-    rows of `dependents` (tables with an `incident_id`) that refer to it; returns how many went."""
+    rows of `dependents` (tables with an `incident_id`) that refer to it; returns how many this pass
+    deleted (a concurrent pass deleting the same batch counts nothing twice)."""
     removed = 0
     while True:
         with store.writing() as session:
@@ -58,21 +59,15 @@ def _in_batches(
             if ids:
                 for dependent in dependents:
                     session.execute(delete(dependent).where(dependent.incident_id.in_(ids)))
-                session.execute(delete(table).where(table.id.in_(ids)))
-        removed += len(ids)
+                removed += session.execute(delete(table).where(table.id.in_(ids))).rowcount
         if len(ids) < batch_size:
             return removed
-
-
-def purge_rows(store: Store, table: Any, condition: ColumnElement[bool], batch_size: int) -> int:
-    """Delete the rows of `table` (which has an `id`) matching `condition`, a batch per transaction."""
-    return _in_batches(store, table, condition, batch_size)
 
 
 def purge_incidents(store: Store, cutoff: datetime, batch_size: int) -> int:
     """Delete incidents resolved before `cutoff`, with their members, events and decisions."""
     resolved = and_(Incident.status == "resolved", Incident.resolved_at < cutoff)
-    return _in_batches(
+    return purge_rows(
         store, Incident, resolved, batch_size, dependents=(RemediationAction, IncidentEvent, IncidentMember)
     )
 
