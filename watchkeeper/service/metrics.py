@@ -374,9 +374,10 @@ def operations_families(session: Session) -> list[Metric]:
     pending = GaugeMetricFamily(
         "watchkeeper_flow_runs_pending", "Flow runs recorded but not yet started in Prefect."
     )
-    pending.add_metric([], session.scalar(select(func.count()).where(FlowRunOutbox.state == "pending")) or 0)
-    owed = select(func.min(FlowRunOutbox.created_at)).where(FlowRunOutbox.state == "pending")
-    oldest = session.scalar(owed)
+    owed, oldest = session.execute(
+        select(func.count(), func.min(FlowRunOutbox.created_at)).where(FlowRunOutbox.state == "pending")
+    ).one()
+    pending.add_metric([], owed)
     age = GaugeMetricFamily(
         "watchkeeper_flow_runs_oldest_pending_age_seconds",
         "How long the oldest flow run the outbox owes has waited to be started in Prefect (0: none).",
