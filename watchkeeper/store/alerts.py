@@ -148,18 +148,15 @@ def parse_notification(payload: Any) -> tuple[WebhookNotification, dict[str, Any
         except BodyError as exc:
             rejected.append(_rejected(index, exc.field, exc.message, raw))
         except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[0]
-            field = ".".join(str(part) for part in (f"alerts[{index}]", *first["loc"]))
-            rejected.append(_rejected(index, field, first["msg"], raw))
+            rejected.append(_rejected(index, *_first_problem(exc, f"alerts[{index}]"), raw))
     try:
         check_value({key: payload[key] for key in _ENVELOPE_KEYS if key in payload})
         WebhookEnvelope.model_validate(envelope)
     except BodyError as exc:
         raise NotificationRefused(exc.message, exc.field, rejected) from exc
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(part) for part in first["loc"]) or None
-        raise NotificationRefused(first["msg"], field, rejected) from exc
+        field, reason = _first_problem(exc)
+        raise NotificationRefused(reason, field, rejected) from exc
     if not accepted:
         first = rejected[0]
         raise NotificationRefused(f"no alert is valid; the first: {first.reason}", first.field, rejected)
@@ -168,6 +165,12 @@ def parse_notification(payload: Any) -> tuple[WebhookNotification, dict[str, Any
 
 
 _ENVELOPE_KEYS = tuple(field.alias or name for name, field in WebhookEnvelope.model_fields.items())
+
+
+def _first_problem(exc: ValidationError, *prefix: str) -> tuple[str | None, str]:
+    """The first error's field path (under `prefix`) and message, without the input it refused."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    return ".".join(str(part) for part in (*prefix, *first["loc"])) or None, first["msg"]
 
 
 def _storable(key: str, value: Any) -> bool:
