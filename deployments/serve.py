@@ -1,14 +1,14 @@
-"""Serve Watchkeeper's flows as Prefect deployments, with schedules from the configuration.
+"""Watchkeeper's flows as Prefect deployments, with schedules from the configuration.
 
-Run by `watchkeeper up` as `python -m deployments.serve`; set PREFECT_RUNNER_POLL_FREQUENCY=1
-so that triggered runs start within about two seconds.
+Served by the warm executor (`watchkeeper executor`, started by `watchkeeper up`), which executes
+their runs in its own process.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from prefect import Flow, serve
+from prefect import Flow
 from prefect.client.schemas.schedules import IntervalSchedule
 from prefect.deployments.runner import RunnerDeployment
 
@@ -89,13 +89,3 @@ def build_deployments(settings: Settings) -> list[RunnerDeployment]:
         )
     )
     return deployments
-
-
-def main() -> None:
-    settings = Settings()
-    settings.open_store().upgrade()
-    serve(*build_deployments(settings), print_starting_message=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -33,6 +33,7 @@ from tasks.remediation import (
     time_out_approvals,
 )
 from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.runcontrol import waiting_for_people
 from watchkeeper.settings import Settings
 from watchkeeper.store import Store
 from watchkeeper.store.actions import automation_report
@@ -61,11 +62,12 @@ def _await_approval(store: Store, config: WatchkeeperConfig, decisions: Incident
         f"Playbook {playbook.name!r} wants to run {wanted}."
     )
     try:
-        answer = pause_flow_run(
-            wait_for_input=Approval.with_initial_data(description=description, approved=False),
-            timeout=int(playbook.approval_timeout.total_seconds()),
-            poll_interval=APPROVAL_POLL_SECONDS,
-        )
+        with waiting_for_people():
+            answer = pause_flow_run(
+                wait_for_input=Approval.with_initial_data(description=description, approved=False),
+                timeout=int(playbook.approval_timeout.total_seconds()),
+                poll_interval=APPROVAL_POLL_SECONDS,
+            )
     except FlowPauseTimeout:
         time_out_approvals(store, config, waiting, playbook.name, decisions.summary)
     else:

@@ -28,8 +28,16 @@ from sqlalchemy.orm import Session
 
 from tasks.incidents import lock_incidents
 from tasks.playbooks import COMMUNICATION, AlertFacts, Guards, maintenance, plan, select_playbook
-from watchkeeper.actions import ACTIONS, REVERTIBLE, ActionContext, ActionRefused, IncidentSummary
+from watchkeeper.actions import (
+    ACTIONS,
+    REVERTIBLE,
+    ActionContext,
+    ActionRefused,
+    IncidentSummary,
+    tls_context,
+)
 from watchkeeper.config import Playbook, WatchkeeperConfig
+from watchkeeper.runcontrol import uninterruptible
 from watchkeeper.store import Store
 from watchkeeper.store.actions import remediation_on
 from watchkeeper.store.remediation import (
@@ -303,6 +311,7 @@ def silence_check(alertmanager_url: str | None, alert: Alert | None, timeout: fl
             f"{alertmanager_url.rstrip('/')}/api/v2/alerts",
             params={"filter": f'alertname="{name}"'},
             timeout=timeout,
+            verify=tls_context(),
         )
         response.raise_for_status()
         listed = response.json()
@@ -431,10 +440,11 @@ def execute_action(
     A failure is recorded and raised, so that the Prefect task retries; the retry, presenting the
     same claimant, takes its own failed row back. Anyone else gets "not claimed" and does nothing.
     """
-    won = _claim_row(store, config, row_id, claimant, alertmanager_url)
-    if isinstance(won, Execution):
-        return won
-    return run_claimed(store, config, won, summary)
+    with uninterruptible():  # a cancellation waits until the target's answer is recorded
+        won = _claim_row(store, config, row_id, claimant, alertmanager_url)
+        if isinstance(won, Execution):
+            return won
+        return run_claimed(store, config, won, summary)
 
 
 @task(

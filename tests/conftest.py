@@ -86,6 +86,15 @@ def store(empty_store_url: str) -> Iterator[Store]:
 
 
 @pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A real Prefect server for the session (Prefect's test harness: ~12 s once)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="session")
 def example_config() -> WatchkeeperConfig:
     return load_config(DEFAULT_CONFIG)
 

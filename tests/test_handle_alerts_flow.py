@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +14,6 @@ import yaml
 from prefect import resume_flow_run
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import select
 
 from flows.handle_alerts import handle_alerts
@@ -27,12 +26,6 @@ from watchkeeper.service.app import resume_paused_run
 from watchkeeper.store import Store
 from watchkeeper.store.actions import list_actions
 from watchkeeper.store.remediation import RemediationAction
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 def flow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http: HttpRecorder, store: Store) -> Store:

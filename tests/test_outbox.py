@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -53,7 +52,7 @@ def test_a_failing_prefect_api_is_retried_with_backoff_then_the_run_is_recorded(
 
 def test_a_claimed_run_is_not_claimed_again_until_its_lease_expires(store: Store) -> None:
     store_notification(store, WebhookNotification.model_validate(NOTIFICATION), NOTIFICATION)
-    first, second = OutboxDispatcher(store), OutboxDispatcher(store)
+    first, second = OutboxDispatcher(store, str), OutboxDispatcher(store, str)
     assert len(first._claim()) == 1
     assert second._claim() == []
 
@@ -62,71 +61,62 @@ def test_a_claimed_run_is_not_claimed_again_until_its_lease_expires(store: Store
 def test_alerts_posted_while_prefect_is_down_start_one_run_once_it_is_back(
     tmp_path: Path, store: Store
 ) -> None:
+    """The service takes alerts with Prefect down; the executor, started meanwhile, waits for
+    Prefect, then creates the owed run once and executes it warm, in its own process."""
     prefect_port, service_port = free_port(), free_port()
     service_url = f"http://127.0.0.1:{service_port}"
+    prefect_api = f"http://127.0.0.1:{prefect_port}/api"
     env = {
         **os.environ,
         "WATCHKEEPER_HOME": str(tmp_path / "home"),
         "WATCHKEEPER_DATABASE_URL": store.url.render_as_string(hide_password=False),
         "WATCHKEEPER_API_TOKEN": TOKEN,
-        "WATCHKEEPER_OUTBOX_MAX_BACKOFF_SECONDS": "1",
-        "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+        "PREFECT_API_URL": prefect_api,
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
     }
-    serve = [str(BIN / "watchkeeper"), "serve", "--port", str(service_port)]
     headers = {"Authorization": f"Bearer {TOKEN}"}
-
-    service = Process(serve, tmp_path / "service-1.log", env)
+    service = Process(
+        [str(BIN / "watchkeeper"), "serve", "--port", str(service_port)], tmp_path / "service.log", env
+    )
+    executor = Process([str(BIN / "watchkeeper"), "executor"], tmp_path / "executor.log", env)
+    prefect = None
     try:
         wait_until(lambda: httpx.get(f"{service_url}/healthz").is_success, "the service")
         answers = [
             httpx.post(f"{service_url}/v1/alertmanager", json=NOTIFICATION, headers=headers) for _ in range(3)
         ]
         assert [a.status_code for a in answers] == [200, 200, 200]
-        wait_until(
-            lambda: outbox(store)[0].attempts >= 2 and outbox(store)[0].state == "pending",
-            "two failed attempts to reach Prefect",
-        )
+        wait_until(lambda: "cannot register the deployments yet" in executor.log.read_text(), "the executor")
         [row] = outbox(store)
-        assert row.state == "pending" and row.flow_run_id is None and "Connect" in row.last_error
-    finally:
-        service.stop()  # restarted below, while the run is still owed
+        assert row.state == "pending" and row.flow_run_id is None
 
-    prefect = Process(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-        tmp_path / "prefect.log",
-        env,
-    )
-    service = None
-    try:
-        wait_until(
-            lambda: httpx.get(f"http://127.0.0.1:{prefect_port}/api/health").is_success, "Prefect", timeout=90
+        prefect = Process(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+            tmp_path / "prefect.log",
+            env,
         )
-        subprocess.run(
-            [
-                str(BIN / "python"),
-                "-c",
-                "from flows.handle_alerts import handle_alerts as f; "
-                "f.to_deployment(name='handle-alerts').apply()",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        service = Process(serve, tmp_path / "service-2.log", env)
-        wait_until(lambda: outbox(store)[0].state == "dispatched", "the owed run to start", timeout=60)
+        wait_until(lambda: outbox(store)[0].state == "dispatched", "the owed run to start", timeout=180)
         assert httpx.post(f"{service_url}/v1/alertmanager", json=NOTIFICATION, headers=headers).json()[
             "duplicate"
         ]
-        runs = httpx.post(f"http://127.0.0.1:{prefect_port}/api/flow_runs/filter", json={}).json()
         [row] = outbox(store)
-        assert [r["id"] for r in runs] == [row.flow_run_id]
-        assert runs[0]["parameters"] == {"notification_id": row.notification_id}
-        assert runs[0]["idempotency_key"] == row.idempotency_key
+        run = wait_until(
+            lambda: (
+                httpx.get(f"{prefect_api}/flow_runs/{row.flow_run_id}").json()["state"]["type"] == "COMPLETED"
+                and httpx.get(f"{prefect_api}/flow_runs/{row.flow_run_id}").json()
+            ),
+            "the run to complete",
+        )
+        runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={}).json()
+        assert [r["id"] for r in runs if r["flow_id"] == run["flow_id"]] == [row.flow_run_id]
+        assert run["parameters"] == {"notification_id": row.notification_id}
+        assert run["idempotency_key"] == row.idempotency_key
+        assert run["run_count"] == 1
+        assert f"handle-alerts run {run['name']}: StateType.COMPLETED" in executor.log.read_text()
     finally:
-        if service is not None:
-            service.stop()
-        prefect.stop()
+        executor.stop()
+        service.stop()
+        if prefect is not None:
+            prefect.stop()

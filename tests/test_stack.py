@@ -75,7 +75,7 @@ def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
         assert {r.name for r in records} == {
             "prefect-server",
             "service",
-            "deployments",
+            "executor",
             "alertmanager",
             "prometheus",
         }

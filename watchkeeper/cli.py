@@ -86,20 +86,14 @@ def db_upgrade() -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind")] = 8765,
-    dispatch: Annotated[
-        bool, typer.Option(help="Start the Prefect runs owed to Alertmanager notifications")
-    ] = True,
     allow_unauthenticated: Annotated[
         bool,
         typer.Option(help="Bind beyond loopback even though a role has no credentials (not advised)"),
     ] = False,
 ) -> None:
     """Run the HTTP service (intake, health, /metrics, alerts, incidents) in the foreground."""
-    from datetime import timedelta
-
     import uvicorn
 
-    from watchkeeper.dispatcher import OutboxDispatcher
     from watchkeeper.service.app import create_app
 
     settings = state.settings
@@ -114,20 +108,19 @@ def serve(
             f"refusing to listen on {host} without credentials for every role: set {', '.join(missing)} "
             "(or WATCHKEEPER_API_TOKEN for all), or pass --allow-unauthenticated"
         )
-    config = load_monitoring()
-    store = open_store()
-    backoff = timedelta(seconds=settings.outbox_max_backoff_seconds)
     uvicorn.run(
-        create_app(
-            config,
-            store,
-            credentials,
-            dispatcher=OutboxDispatcher(store, max_backoff=backoff) if dispatch else None,
-        ),
-        host=host,
-        port=port,
-        log_level="info",
+        create_app(load_monitoring(), open_store(), credentials), host=host, port=port, log_level="info"
     )
+
+
+@app.command()
+def executor() -> None:
+    """Run the warm executor in the foreground: serves the deployments, starts the runs the intake
+    owes, and executes every run in place (see watchkeeper/executor.py). Without PREFECT_API_URL it
+    starts a Prefect server of its own on loopback and stops it when it stops."""
+    from watchkeeper.executor_process import run_executor
+
+    run_executor(state.settings, load_monitoring(), open_store())
 
 
 PortOption = Annotated[int, typer.Option(min=1, max=65535)]

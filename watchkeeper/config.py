@@ -536,6 +536,21 @@ class Intake(Strict):
     max_records: int = Field(default=100_000, gt=0)
 
 
+class ExecutorLanes(Strict):
+    """The warm executor's lanes: how many runs of each kind execute at once in its process.
+
+    Each lane has its own slots, so a long backfill or a slow drift evaluation never delays
+    handle-alerts. A run paused for an approval lends its slot while it waits and holds only a
+    thread (polling Prefect every second); at most `max_waiting` runs wait at once per lane, and
+    beyond that new runs stay `Scheduled` in Prefect until one is answered or times out.
+    """
+
+    alerts: int = Field(default=4, ge=1, description="handle-alerts runs at once")
+    scheduled: int = Field(default=2, ge=1, description="Scheduled evaluations and upkeep at once")
+    ad_hoc: int = Field(default=1, ge=1, description="Ad-hoc runs (backfill-drift) at once")
+    max_waiting: int = Field(default=32, ge=0, description="Runs paused for people, per lane")
+
+
 class WatchkeeperConfig(Strict):
     models: list[Model] = Field(min_length=1)
     datasets: list[Dataset] = Field(default_factory=list)
@@ -547,6 +562,7 @@ class WatchkeeperConfig(Strict):
     schedules: Schedules = Schedules()
     intake: Intake = Intake()
     retention: Retention = Retention()
+    executor: ExecutorLanes = ExecutorLanes()
 
     @model_validator(mode="after")
     def _cross_references(self) -> WatchkeeperConfig:

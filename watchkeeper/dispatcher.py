@@ -1,9 +1,9 @@
 """The outbox dispatcher: starts the Prefect runs the intake owes, once each, whatever fails.
 
-The intake writes a pending row in the same transaction as the alerts. The dispatcher claims due
-rows with a lease (so replicas and restarts do not dispatch the same row at the same time), calls
-`run_deployment(..., idempotency_key=..., timeout=0)`, and records the run. When the Prefect API is
-unreachable the row goes back to pending with an exponential backoff. Should the process die
+The intake writes a pending row in the same transaction as the alerts. The dispatcher (in the warm
+executor) claims due rows with a lease (so executors and restarts do not dispatch the same row at
+the same time), creates the run with the row's idempotency key, and records it. When the Prefect
+API is unreachable the row goes back to pending with an exponential backoff. Should the process die
 between Prefect creating the run and the row being marked, the next attempt presents the same
 idempotency key and Prefect answers with the run it already created: a run is never started twice.
 """
@@ -11,7 +11,6 @@ idempotency key and Prefect answers with the run it already created: a run is ne
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,31 +34,16 @@ class OwedRun:
     idempotency_key: str
 
 
-def start_prefect_run(run: OwedRun) -> str:
-    """Create the flow run through the Prefect API; returns its id."""
-    from prefect.deployments import run_deployment
-
-    flow_run = run_deployment(
-        run.deployment, parameters=run.parameters, idempotency_key=run.idempotency_key, timeout=0
-    )
-    return str(flow_run.id)
-
-
 class OutboxDispatcher:
     def __init__(
         self,
         store: Store,
-        start_run: Callable[[OwedRun], str] = start_prefect_run,
-        poll_seconds: float = 1.0,
+        start_run: Callable[[OwedRun], str],
         max_backoff: timedelta = timedelta(seconds=30),
     ) -> None:
         self.store = store
         self.start_run = start_run
-        self.poll_seconds = poll_seconds
         self.max_backoff = max_backoff
-        self.wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _claim(self) -> list[OwedRun]:
         now = utcnow()
@@ -120,22 +104,3 @@ class OutboxDispatcher:
                 self._record(run, flow_run_id, None)
                 started += 1
         return started
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.dispatch_due()
-            except Exception:  # noqa: BLE001 - the store may be briefly unavailable; keep the loop alive
-                log.exception("outbox dispatch failed; retrying")
-            self.wake.wait(self.poll_seconds)
-            self.wake.clear()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="outbox-dispatcher", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)

@@ -209,12 +209,12 @@ class Stack:
                 },
             ),
             Component(
-                "deployments",
-                [str(BIN / "python"), "-m", "deployments.serve"],
+                "executor",
+                [str(BIN / "watchkeeper"), "executor"],
                 health_url=None,
                 urls={},
-                env={"PREFECT_RUNNER_POLL_FREQUENCY": "1"},
                 readiness="deployments",
+                ready_timeout=120.0,
             ),
             Component(
                 "alertmanager",
@@ -375,14 +375,14 @@ class Stack:
 
 @contextmanager
 def service_process(database_url: str, home: Path, ready_within: float = 60.0) -> Iterator[subprocess.Popen]:
-    """`watchkeeper serve` without its dispatcher, in a process of its own on a free loopback port,
+    """`watchkeeper serve`, in a process of its own on a free loopback port,
     its store upgraded first; yields the process (its URL in `.url`) and stops it after."""
     port = free_port()
     env = {**os.environ, "WATCHKEEPER_DATABASE_URL": database_url, "WATCHKEEPER_HOME": str(home)}
     watchkeeper = str(BIN / "watchkeeper")
     subprocess.run([watchkeeper, "db", "upgrade"], env=env, check=True, capture_output=True)
     service = subprocess.Popen(
-        [watchkeeper, "serve", "--port", str(port), "--no-dispatch"],
+        [watchkeeper, "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

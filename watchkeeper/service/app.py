@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+import os
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Annotated, Any
 
@@ -22,7 +22,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tasks.logs import reference_frame
 from watchkeeper.bodies import MAX_INT, BodyError, decoded_text, parse_json, text_problem
 from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.dispatcher import OutboxDispatcher
 from watchkeeper.record_checks import ReferenceProfiles
 from watchkeeper.records import (
     BatchError,
@@ -96,7 +95,13 @@ IncidentId = Annotated[int, Path(ge=1, le=MAX_INT)]
 
 
 def resume_paused_run(run_id: str, run_input: dict[str, Any]) -> None:
-    """Resume a handle-alerts run paused for approval, through the Prefect API (PREFECT_API_URL)."""
+    """Resume a handle-alerts run paused for approval, through the Prefect API (PREFECT_API_URL).
+
+    Without PREFECT_API_URL, Prefect would start an ephemeral server of its own (which knows no
+    run); the approval is recorded in the store either way, and the paused run settles it when its
+    pause times out."""
+    if not os.environ.get("PREFECT_API_URL"):
+        raise RuntimeError("PREFECT_API_URL is not set: the paused run was not resumed")
     from prefect import resume_flow_run
 
     resume_flow_run(run_id, run_input=run_input)
@@ -200,22 +205,12 @@ def create_app(
     config: WatchkeeperConfig,
     store: Store,
     credentials: Credentials = NO_CREDENTIALS,
-    dispatcher: OutboxDispatcher | None = None,
     resume_run: Callable[[str, dict[str, Any]], None] = resume_paused_run,
 ) -> FastAPI:
     """Each role's credentials guard its endpoints: intake (predictions, feedback, pipeline runs),
-    the Alertmanager webhook, operators (reads, the kill switch, approvals). The `dispatcher`, when
-    given, runs beside the service and starts the Prefect runs the intake owes."""
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if dispatcher is not None:
-            dispatcher.start()
-        yield
-        if dispatcher is not None:
-            dispatcher.stop()
-
-    app = FastAPI(title="Watchkeeper", version="0.1.0", lifespan=lifespan)
+    the Alertmanager webhook, operators (reads, the kill switch, approvals). The Prefect runs the
+    intake owes are started by the warm executor (`watchkeeper executor`), not here."""
+    app = FastAPI(title="Watchkeeper", version="0.1.0")
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(SQLAlchemyError, store_down)
@@ -336,8 +331,6 @@ def create_app(
         except SQLAlchemyError as exc:
             return store_unavailable("the notification", exc)
         edge.alerts_rejected.inc(len(rejected))
-        if dispatcher is not None and stored.run_key is not None:
-            dispatcher.wake.set()
         return JSONResponse(stored.as_json())
 
     @app.get("/v1/alerts", dependencies=authorized, responses=read_errors)

@@ -320,3 +320,28 @@ class ControlFlag(Base):
     value: Mapped[Any] = mapped_column(JSON)
     changed_by: Mapped[str | None] = mapped_column(String(128))
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Executor(Base):
+    """A live warm executor: it proves it is alive by its heartbeat; its claims lapse without one."""
+
+    __tablename__ = "executors"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ExecutorClaim(Base):
+    """A Prefect flow run an executor took: written before it proposes `Pending`, removed when the
+    run ends. A run in `Pending` or `Running` with no claim of a live executor was stranded."""
+
+    __tablename__ = "executor_claims"
+    __table_args__ = (Index("ix_executor_claims_executor", "executor_id"),)
+
+    flow_run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    executor_id: Mapped[str] = mapped_column(String(64))
+    deployment: Mapped[str] = mapped_column(String(256))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
