@@ -73,7 +73,15 @@ def executor(prefect_api: None, store: Store) -> Iterator[WarmExecutor]:
 
     def start(lanes: ExecutorLanes | None = None) -> WarmExecutor:
         deployments = [f.to_deployment(name=name) for name, f in DEPLOYMENTS.items()]
-        warm = WarmExecutor(store, deployments, dict(DEPLOYMENTS), lanes, poll_seconds=0.25, sweep_seconds=1)
+        warm = WarmExecutor(
+            store,
+            deployments,
+            dict(DEPLOYMENTS),
+            lanes,
+            poll_seconds=0.5,
+            sweep_seconds=1,
+            cancel_poll_seconds=0.25,
+        )
         warm.start()
         assert warm.ready.wait(60)
         started.append(warm)

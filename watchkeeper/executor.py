@@ -25,9 +25,11 @@ It runs in a process of its own, never in the web service's, so a flow cannot ta
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -37,7 +39,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import certifi
 import httpx
+import prefect.context
 from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
@@ -54,7 +58,11 @@ from prefect.context import SyncClientContext
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import Abort
 from prefect.flow_engine import run_flow
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.settings import (
+    PREFECT_API_SSL_CERT_FILE,
+    PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+)
 from prefect.states import AwaitingRetry, Cancelled, Crashed, Pending, Scheduled
 from prefect.utilities.engine import propose_state_sync
 
@@ -90,10 +98,20 @@ class QuickRetryTransport(httpx.HTTPTransport):
         return super().handle_request(request)
 
 
+@functools.cache
+def _prefect_tls() -> ssl.SSLContext:
+    """The TLS context Prefect's client would build for every client, built once."""
+    if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
+        return httpx.create_ssl_context(verify=False)
+    return ssl.create_default_context(cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
+
+
 def prefect_client_context() -> SyncClientContext:
     """A Prefect client for this thread, which the flow engine and tasks also use (they take the
     context's client), retrying a 503 quickly."""
-    return SyncClientContext(httpx_settings={"transport": QuickRetryTransport(retries=3)})
+    tls = _prefect_tls()
+    transport = QuickRetryTransport(retries=3, verify=tls)
+    return SyncClientContext(httpx_settings={"transport": transport, "verify": tls})
 
 
 class Lane:
@@ -162,8 +180,9 @@ class WarmExecutor:
         flows: dict[str, Flow],
         lanes: ExecutorLanes | None = None,
         *,
-        poll_seconds: float = 1.0,
+        poll_seconds: float = 5.0,
         outbox_poll_seconds: float = 0.1,
+        cancel_poll_seconds: float = 1.0,
         sweep_seconds: float = 10.0,
         max_backoff: timedelta = timedelta(seconds=30),
     ) -> None:
@@ -178,6 +197,8 @@ class WarmExecutor:
         }
         self.dispatcher = OutboxDispatcher(store, self._start_owed, max_backoff=max_backoff)
         self.deployment_names: dict[UUID, str] = {}
+        self.poll_seconds = poll_seconds
+        self.upcoming: dict[UUID, FlowRun] = {}
         self.executing: dict[UUID, Executing] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -187,8 +208,9 @@ class WarmExecutor:
             Every(sweep_seconds, self.sweep),
             Every(outbox_poll_seconds, self.dispatcher.dispatch_due),
             Every(poll_seconds, self.poll_scheduled),
+            Every(outbox_poll_seconds, self.start_due),
             Every(ANNOUNCE_SECONDS, self.announce),
-            Every(poll_seconds, self.watch_cancellations),
+            Every(cancel_poll_seconds, self.watch_cancellations),
             Every(executions.HEARTBEAT.total_seconds(), lambda: executions.beat(store, self.id)),
         ]
         self.ready = threading.Event()
@@ -196,6 +218,14 @@ class WarmExecutor:
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Prefect's own heartbeat thread would hold each run up to a second at its end; the
+        # executor's heartbeat in the store is what tells a live run from a stranded one. Built once:
+        # copying Prefect's settings costs ~10 ms of CPU, and there is a run every few seconds.
+        context = prefect.context.get_settings_context()
+        self._run_settings = prefect.context.SettingsContext(
+            profile=context.profile,
+            settings=context.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        )
         gone = executions.register(self.store, self.id, socket.gethostname()[:255], os.getpid())
         if gone:
             log.info("executors no longer running on this host: %s", ", ".join(gone))
@@ -275,18 +305,27 @@ class WarmExecutor:
         raise LookupError(f"no deployment {qualified!r} is served by this executor")
 
     def poll_scheduled(self) -> None:
-        """Execute the runs due now: schedules, Quick Runs, retries from the UI. A read: the write
-        that marks the deployments as polled is `announce`'s, less often."""
+        """Learn the runs due before the next poll (schedules, Quick Runs, retries from the UI);
+        `start_due` starts each at its time. A read: the write that marks the deployments as polled
+        is `announce`'s, less often."""
+        horizon = datetime.now(UTC) + timedelta(seconds=self.poll_seconds)
         runs = self.client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 deployment_id=FlowRunFilterDeploymentId(any_=list(self.deployment_names)),
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=datetime.now(UTC)),
+                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=horizon),
             ),
             sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
         )
-        for run in runs:
-            self.try_execute(run)
+        self.upcoming = {run.id: run for run in runs}
+
+    def start_due(self) -> None:
+        now = datetime.now(UTC)
+        for run in list(self.upcoming.values()):
+            start = run.next_scheduled_start_time
+            if start is None or start <= now:
+                del self.upcoming[run.id]
+                self.try_execute(run)
 
     def announce(self) -> None:
         """Poll as a runner does, so that the UI shows the deployments as ready."""
@@ -352,10 +391,8 @@ class WarmExecutor:
         control = RunControl(threading.get_ident(), lend_slot=lane.lend, take_slot_back=lane.take_back)
         executing.control = control
         try:
-            # Prefect's own heartbeat thread would hold each run up to a second at its end; the
-            # executor's heartbeat in the store is what tells a live run from a stranded one.
             with (
-                temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+                self._run_settings.model_copy(),
                 prefect_client_context(),
                 controlled(control),
             ):

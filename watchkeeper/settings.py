@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -103,15 +104,39 @@ class Settings(BaseSettings):
 
     @cached_property
     def monitoring(self) -> WatchkeeperConfig:
-        return load_config(self.config, self.resolved_home)
+        """The configuration, parsed again only when its file changed (a warm process runs a flow
+        every few seconds, each reading its settings afresh)."""
+        path = Path(self.config)
+        try:
+            stat = path.stat()
+        except OSError:
+            return load_config(path, self.resolved_home)
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(self.resolved_home))
+        config = _CONFIGS.get(key)
+        if config is None:
+            config = load_config(path, self.resolved_home)
+            _CONFIGS.clear()
+            _CONFIGS[key] = config
+        return config
 
     def ensure_home(self) -> None:
         for folder in (self.resolved_home, self.logs_dir, self.run_dir, self.evidently_workspace):
             folder.mkdir(parents=True, exist_ok=True)
 
     def open_store(self) -> Store:
+        """The process's one store for this URL: the warm executor runs a flow every few seconds,
+        and an engine per run would each keep a pool of connections until collected."""
         self.ensure_home()
-        return Store(self.store_url)
+        with _STORES_LOCK:
+            store = _STORES.get(self.store_url)
+            if store is None:
+                store = _STORES[self.store_url] = Store(self.store_url)
+            return store
+
+
+_STORES: dict[str, Store] = {}
+_CONFIGS: dict[tuple[str, int, int, str], WatchkeeperConfig] = {}
+_STORES_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
