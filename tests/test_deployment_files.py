@@ -45,7 +45,7 @@ def containers() -> dict[str, dict]:
 
 def test_every_component_is_in_both_with_the_same_image() -> None:
     services, pods = compose(), containers()
-    for name in (*COMPONENTS, "watchkeeper-deployments"):
+    for name in (*COMPONENTS, "watchkeeper-executor"):
         assert services[name]["image"] == pods[name]["image"], name
 
 

@@ -96,6 +96,7 @@ def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
                 assert run.state is not None and run.state.is_completed(), (name, run.state)
         families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{service}/metrics").text)}
         assert set(families) >= EXPORTED, EXPORTED - set(families)
+        assert families["watchkeeper_executors_live"].samples[0].value == 1  # the stack's executor
         error_rates = {s.labels["pipeline_name"]: s.value for s in families["ai_pipeline_error_rate"].samples}
         assert error_rates["watchkeeper_metrics"] == 0.0  # its completed runs, read from the Prefect API
 

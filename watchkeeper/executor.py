@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -117,8 +117,7 @@ def prefect_client_context() -> SyncClientContext:
 class Lane:
     """`slots` runs executing at once, and at most `max_waiting` more paused for people."""
 
-    def __init__(self, name: str, slots: int, max_waiting: int) -> None:
-        self.name = name
+    def __init__(self, slots: int, max_waiting: int) -> None:
         self._slots = threading.Semaphore(slots)
         self._threads = threading.BoundedSemaphore(slots + max_waiting)
 
@@ -169,7 +168,6 @@ class Executing:
     deployment: str
     control: RunControl | None = None
     thread: threading.Thread | None = None
-    started: float = field(default_factory=time.monotonic)
 
 
 class WarmExecutor:
@@ -192,8 +190,7 @@ class WarmExecutor:
         self.flows = flows
         self.id = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lanes = {
-            name: Lane(name, getattr(lanes, name), lanes.max_waiting)
-            for name in ("alerts", "scheduled", "ad_hoc")
+            name: Lane(getattr(lanes, name), lanes.max_waiting) for name in ("alerts", "scheduled", "ad_hoc")
         }
         self.dispatcher = OutboxDispatcher(store, self._start_owed, max_backoff=max_backoff)
         self.deployment_names: dict[UUID, str] = {}
@@ -221,10 +218,10 @@ class WarmExecutor:
         # Prefect's own heartbeat thread would hold each run up to a second at its end; the
         # executor's heartbeat in the store is what tells a live run from a stranded one. Built once:
         # copying Prefect's settings costs ~10 ms of CPU, and there is a run every few seconds.
-        context = prefect.context.get_settings_context()
+        current = prefect.context.get_settings_context()
         self._run_settings = prefect.context.SettingsContext(
-            profile=context.profile,
-            settings=context.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+            profile=current.profile,
+            settings=current.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
         )
         gone = executions.register(self.store, self.id, socket.gethostname()[:255], os.getpid())
         if gone:
@@ -255,7 +252,7 @@ class WarmExecutor:
                     self._serve()
                 return
             except Exception as exc:  # noqa: BLE001 - the API is down: the owed runs wait in the outbox
-                log.warning("cannot register the deployments yet (%s); retrying", exc)
+                log.warning("cannot register the deployments yet, the Prefect API failed (%s); retrying", exc)
                 self._stop.wait(APPLY_RETRY_SECONDS)
 
     def _serve(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import os
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Annotated, Any
@@ -100,9 +99,11 @@ def resume_paused_run(run_id: str, run_input: dict[str, Any]) -> None:
     Without PREFECT_API_URL, Prefect would start an ephemeral server of its own (which knows no
     run); the approval is recorded in the store either way, and the paused run settles it when its
     pause times out."""
-    if not os.environ.get("PREFECT_API_URL"):
-        raise RuntimeError("PREFECT_API_URL is not set: the paused run was not resumed")
     from prefect import resume_flow_run
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise RuntimeError("PREFECT_API_URL is not set: the paused run was not resumed")
 
     resume_flow_run(run_id, run_input=run_input)
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.record_checks import ReferenceProfile, ReferenceProfiles
-from watchkeeper.store import Store
+from watchkeeper.store import Store, executions
 from watchkeeper.store.intake import (
     BUCKET,
     INFERENCE_LATENCY,
@@ -383,7 +383,14 @@ def operations_families(session: Session) -> list[Metric]:
         "How long the oldest flow run the outbox owes has waited to be started in Prefect (0: none).",
     )
     age.add_metric([], max((utcnow() - oldest).total_seconds(), 0.0) if oldest is not None else 0.0)
-    return [received, alerts, incidents, actions, failures, pending, age]
+    live, held = executions.liveness(session)
+    executors = GaugeMetricFamily(
+        "watchkeeper_executors_live", "Warm executors that heartbeated in the last 30 seconds."
+    )
+    executors.add_metric([], live)
+    executing = GaugeMetricFamily("watchkeeper_executor_runs", "Flow runs the live executors are executing.")
+    executing.add_metric([], held)
+    return [received, alerts, incidents, actions, failures, pending, age, executors, executing]
 
 
 class StoreCollector(Collector):

@@ -110,7 +110,7 @@ class Store:
     def upgrade(self, target: str = "head") -> str:
         """Apply every pending migration (up to `target`); returns the revision the store is at.
 
-        Replicas and the deployments process start together and each upgrades: the upgrade runs
+        Replicas and the executor start together and each upgrades: the upgrade runs
         under a lock (a transaction-scoped advisory lock on PostgreSQL, SQLite's write lock taken by
         `BEGIN IMMEDIATE`), so one applies the migrations and the others then find the store at head.
         """

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
 
 from watchkeeper.store import Store, insert_for
 from watchkeeper.store.schema import Executor, ExecutorClaim, utcnow
@@ -107,3 +108,13 @@ def held_by_the_living(store: Store, flow_run_ids: list[str]) -> set[str]:
                 )
             )
         )
+
+
+def liveness(session: Session) -> tuple[int, int]:
+    """(live executors, runs they hold): what `/metrics` exports."""
+    since = utcnow() - LAPSE
+    live = session.scalar(select(func.count()).select_from(Executor).where(Executor.heartbeat_at >= since))
+    held = session.scalar(
+        select(func.count()).select_from(ExecutorClaim).where(ExecutorClaim.executor_id.in_(_live_ids(since)))
+    )
+    return live or 0, held or 0
