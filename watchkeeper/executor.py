@@ -232,17 +232,20 @@ class WarmExecutor:
         )
         self._loop_thread.start()
 
-    def stop(self, grace_seconds: float = 10.0) -> None:
+    def stop(self, grace_seconds: float = 8.0) -> None:
         """Take no new run, let the running ones finish for `grace_seconds`, then retire: what is
-        still running is handed back by the next executor's sweep."""
+        still running is handed back by the next executor's sweep. Bounded, so that a stack's stop
+        (15 s before SIGKILL) finds the process gone."""
         self._stop.set()
-        if self._loop_thread is not None:
-            self._loop_thread.join(timeout=30)
         deadline = time.monotonic() + grace_seconds
-        for executing in list(self.executing.values()):
-            if executing.thread is not None:
-                executing.thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        executions.retire(self.store, self.id)
+        threads = [self._loop_thread] + [e.thread for e in list(self.executing.values())]
+        for thread in threads:
+            if thread is not None:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        try:
+            executions.retire(self.store, self.id)
+        except Exception:  # noqa: BLE001 - unretired, it is taken for dead once its heartbeat lapses
+            log.exception("could not retire executor %s", self.id)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

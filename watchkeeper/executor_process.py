@@ -26,6 +26,7 @@ from watchkeeper.store import Store
 log = logging.getLogger("watchkeeper.executor")
 PR_SET_PDEATHSIG = 1
 SERVER_START_SECONDS = 120.0
+SHUTDOWN_FLUSH_SECONDS = 4.0
 
 
 def _die_with_parent() -> None:
@@ -126,4 +127,22 @@ def run_executor(settings: Settings, config: WatchkeeperConfig, store: Store) ->
         stop.wait()
         log.info("stopping: no new runs; %d running get a grace period", len(warm.executing))
         warm.stop()
+        _flush_prefect(SHUTDOWN_FLUSH_SECONDS)
+    logging.shutdown()
     sys.stdout.flush()
+    sys.stderr.flush()
+    # Prefect drains its log and event queues at interpreter exit, retrying for minutes when its
+    # API is gone; they were flushed above for as long as a stop may take.
+    os._exit(0)
+
+
+def _flush_prefect(timeout: float) -> None:
+    """Send the logs and events of the last runs, for at most `timeout` seconds."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout / 2)
+        except Exception:  # noqa: BLE001 - what could not be sent by now is lost with the API
+            log.warning("could not flush Prefect's %s", worker.__name__)
