@@ -93,8 +93,11 @@ STEPS = (
 )
 
 
-def timeline(prefect_api: str, posted: dict[str, float], acted: dict[str, float]) -> dict[str, float]:
-    """Median seconds of each step, from the outbox rows, Prefect's state history and the stand-in."""
+def timeline(
+    prefect_api: str, posted: dict[str, float], acted: dict[str, float]
+) -> tuple[dict[str, float], list[str]]:
+    """Median seconds of each step, from the outbox rows, Prefect's state history and the stand-in;
+    and the final state of the run each POST owed."""
     from sqlalchemy import select
 
     from watchkeeper.settings import Settings
@@ -103,10 +106,12 @@ def timeline(prefect_api: str, posted: dict[str, float], acted: dict[str, float]
     with Settings().open_store().reading() as session:
         rows = [(row, _model_of(session, row)) for row in session.scalars(select(FlowRunOutbox))]
     steps: dict[str, list[float]] = {name: [] for name, _, _ in STEPS}
+    finals = []
     for row, model in rows:
         if model not in posted or row.flow_run_id is None:
             continue
         run = httpx.get(f"{prefect_api}/flow_runs/{row.flow_run_id}").json()
+        finals.append(run["state"]["type"])
         states = httpx.get(f"{prefect_api}/flow_run_states/", params={"flow_run_id": row.flow_run_id}).json()
         at = {"posted": posted[model], "owed": row.created_at.timestamp(), "acted": acted[model]}
         at["created"] = datetime.fromisoformat(run["created"]).timestamp()
@@ -115,7 +120,7 @@ def timeline(prefect_api: str, posted: dict[str, float], acted: dict[str, float]
         for name, start, end in STEPS:
             if start in at and end in at:
                 steps[name].append(at[end] - at[start])
-    return {name: round(statistics.median(values), 3) for name, values in steps.items() if values}
+    return {name: round(statistics.median(values), 3) for name, values in steps.items() if values}, finals
 
 
 def _model_of(session, row) -> str | None:  # noqa: ANN001
@@ -166,7 +171,7 @@ def main() -> None:
                 acted[f"bench-model-{run}"] = http.to(target)[0].at + wall
                 print(f"run {run + 1:>3}: {latencies[-1]:.2f} s", flush=True)
             time.sleep(2)  # the last run's Completed state
-            steps = timeline(f"http://127.0.0.1:{ports['prefect']}/api", posted, acted)
+            steps, finals = timeline(f"http://127.0.0.1:{ports['prefect']}/api", posted, acted)
         finally:
             cli("down")
     p95 = percentile(latencies, 0.95)
@@ -183,6 +188,8 @@ def main() -> None:
                 "max_seconds": round(max(latencies), 3),
                 "ratio_to_aim": round(p95 / AIM_SECONDS, 3),
                 "timeline_median_seconds": steps,
+                "handle_alerts_runs": len(finals),
+                "handle_alerts_runs_completed": finals.count("COMPLETED"),
             }
         )
     )
