@@ -114,7 +114,8 @@ def test_alerts_posted_while_prefect_is_down_start_one_run_once_it_is_back(
         assert run["parameters"] == {"notification_id": row.notification_id}
         assert run["idempotency_key"] == row.idempotency_key
         assert run["run_count"] == 1
-        assert f"handle-alerts run {run['name']}: StateType.COMPLETED" in executor.log.read_text()
+        executed_here = f"handle-alerts run {run['name']}: StateType.COMPLETED"  # once run_flow returned
+        wait_until(lambda: executed_here in executor.log.read_text(), "the executor to log the run")
     finally:
         executor.stop()
         service.stop()
