@@ -78,6 +78,7 @@ APPLY_RETRY_SECONDS = 2.0
 SLOW_DUTY_SECONDS = 0.5
 ANNOUNCE_SECONDS = 20.0  # Prefect shows a deployment "Not Ready" when nobody polled it for 60 s
 MAX_RUNS = 3  # a run found stranded after its third start stays Crashed: it may be what kills executors
+UNFINISHED_BY_ENGINE = {StateType.PENDING, StateType.RUNNING, StateType.CANCELLING}
 STRANDED_STATES = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
 
 
@@ -414,8 +415,8 @@ class WarmExecutor:
             with prefect_client_context() as context:
                 client = context.client
                 state = client.read_flow_run(executing.run.id).state
-                if state is None or state.is_final():
-                    return
+                if state is None or state.type not in UNFINISHED_BY_ENGINE:
+                    return  # ended, or already scheduled again (a Retry from the UI): not ours to end
                 if state.type == StateType.CANCELLING or (
                     executing.control and executing.control.cancel_requested
                 ):
