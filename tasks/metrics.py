@@ -5,7 +5,7 @@ The functions taking a DataFrame are plain logic; the tasks at the bottom wrap s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,34 +16,16 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from sqlalchemy import and_, delete, select
 from sqlalchemy.orm import Session
 
+from tasks.estimation import estimate_unlabelled
 from tasks.logs import first_prediction_time
+from tasks.measurements import Measurement, Window, is_positive
+from tasks.references import ModelReference
+from tasks.segments import segment_metrics
 from watchkeeper.config import Model
 from watchkeeper.record_checks import class_name
 from watchkeeper.store import Store, insert_for
 from watchkeeper.store.intake import fold_tallies
 from watchkeeper.store.schema import EvaluationResult, Feedback, LatestWindow, Prediction, utcnow
-
-
-@dataclass(frozen=True)
-class Measurement:
-    metric: str
-    value: float
-    labels: dict[str, str] = field(default_factory=dict)
-    details: dict[str, Any] | None = None
-
-    @property
-    def labels_key(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
-
-
-@dataclass(frozen=True)
-class Window:
-    start: datetime
-    end: datetime
-
-    @property
-    def seconds(self) -> float:
-        return (self.end - self.start).total_seconds()
 
 
 def traffic_metrics(log: pd.DataFrame, window: Window) -> list[Measurement]:
@@ -68,10 +50,6 @@ def traffic_metrics(log: pd.DataFrame, window: Window) -> list[Measurement]:
     return measurements
 
 
-def _is_positive(column: pd.Series, positive_class: object) -> pd.Series:
-    return column.map(class_name) == class_name(positive_class)
-
-
 def label_coverage(log: pd.DataFrame) -> float:
     served = log.loc[~log["error"]]
     return float(served["label"].notna().mean()) if len(served) else 0.0
@@ -88,8 +66,8 @@ def quality_metrics(log: pd.DataFrame, positive_class: object, min_coverage: flo
     labelled = log.loc[~log["error"] & log["label"].notna()]
     if coverage < min_coverage or labelled.empty:
         return measurements
-    y_true = _is_positive(labelled["label"], positive_class)
-    y_pred = _is_positive(labelled["prediction"], positive_class)
+    y_true = is_positive(labelled["label"], positive_class)
+    y_pred = is_positive(labelled["prediction"], positive_class)
     tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[False, True]).ravel()
     measurements += [
         Measurement("true_positives", float(tp)),
@@ -117,7 +95,7 @@ def business_metrics(
     if log.empty or label_coverage(log) < min_coverage:
         return []
     labelled = log.loc[~log["error"] & log["label"].notna()]
-    caught = _is_positive(labelled["prediction"], positive_class) & _is_positive(
+    caught = is_positive(labelled["prediction"], positive_class) & is_positive(
         labelled["label"], positive_class
     )
     value = float(labelled.loc[caught, "business_value"].fillna(0).sum())
@@ -129,6 +107,7 @@ LOG_COLUMNS = [
     "model_version",
     "timestamp",
     "prediction",
+    "score",
     "latency_seconds",
     "error",
     "label",
@@ -136,18 +115,24 @@ LOG_COLUMNS = [
 ]
 
 
-def read_window(store: Store, model_name: str, window: Window) -> pd.DataFrame:
-    """Predictions in [start, end) with their labels when they have arrived."""
+def read_window(
+    store: Store, model_name: str, window: Window, feature_columns: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Predictions in [start, end) with their labels when they have arrived, and the raw values of
+    `feature_columns` (segment columns) in columns of their names."""
+    features = [Prediction.features[name].label(f"feature_{i}") for i, name in enumerate(feature_columns)]
     query = (
         select(
             Prediction.request_id,
             Prediction.model_version,
             Prediction.timestamp,
             Prediction.prediction,
+            Prediction.score,
             Prediction.latency_seconds,
             Prediction.error,
             Feedback.label,
             Feedback.business_value,
+            *features,
         )
         .outerjoin(
             Feedback,
@@ -161,9 +146,10 @@ def read_window(store: Store, model_name: str, window: Window) -> pd.DataFrame:
     )
     with store.reading() as session:
         rows = session.execute(query).all()
-    frame = pd.DataFrame(rows, columns=LOG_COLUMNS)
+    frame = pd.DataFrame(rows, columns=[*LOG_COLUMNS, *feature_columns])
     frame["error"] = frame["error"].astype(bool)
-    frame[["latency_seconds", "business_value"]] = frame[["latency_seconds", "business_value"]].astype(float)
+    numbers = ["score", "latency_seconds", "business_value"]
+    frame[numbers] = frame[numbers].astype(float)
     return frame
 
 
@@ -265,31 +251,57 @@ def measure_traffic(store: Store, model: Model, window: Window) -> dict[str, lis
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def measure_quality(store: Store, model: Model, window: Window) -> dict[str, list[Measurement]]:
-    """Per model version: label coverage, quality once coverage allows, business impact."""
-    log = read_window(store, model.name, window)
-    return {
-        version: [
+def measure_quality(
+    store: Store, model: Model, window: Window, reference: ModelReference | None = None
+) -> dict[str, dict[str, list[Measurement]]]:
+    """Per kind and model version: label coverage, quality once coverage allows, business impact,
+    quality estimated for the predictions still without a label (with a calibrated reference), and
+    the model's segments."""
+    log = read_window(store, model.name, window, [s.column for s in model.segments])
+    calibration = reference.calibration if reference else None
+    measured: dict[str, dict[str, list[Measurement]]] = {"model_quality": {}}
+    if model.segments:
+        measured["model_segments"] = {}
+    for version, part in _per_version(log, model.version).items():
+        measured["model_quality"][version] = [
             *quality_metrics(part, model.positive_class, model.thresholds.min_label_coverage),
             *business_metrics(
                 part, model.positive_class, model.business_metric, model.thresholds.min_label_coverage
             ),
+            *(
+                estimate_unlabelled(part, calibration, model.positive_class, model.windows.min_rows)
+                if calibration
+                else []
+            ),
         ]
-        for version, part in _per_version(log, model.version).items()
-    }
+        if model.segments:
+            measured["model_segments"][version] = [
+                m
+                for segment in model.segments
+                for m in segment_metrics(
+                    part,
+                    segment,
+                    reference.segment_values.get(segment.column) if reference else None,
+                    model,
+                    window.seconds,
+                    reference.segment_positive_rates if reference else {},
+                )
+            ]
+    return measured
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def record_results(
     store: Store,
-    kind: str,
     model: Model,
     window: Window,
-    by_version: dict[str, list[Measurement]],
+    by_kind: dict[str, dict[str, list[Measurement]]],
     flow_run_id: str | None,
 ) -> int:
+    """Save each kind's results per model version; returns how many were saved."""
     return sum(
         save_results(store, kind, model.name, version, window, measurements, flow_run_id)
+        for kind, by_version in by_kind.items()
         for version, measurements in by_version.items()
     )
 

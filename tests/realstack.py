@@ -199,5 +199,5 @@ def post_labelled_predictions(
 def collect_quality(store: Store, model: Model, window: Window) -> float | None:
     """What collect-model-metrics does for quality, on an explicit window; returns the accuracy."""
     results = measure_quality.fn(store, model, window)
-    record_results.fn(store, "model_quality", model, window, results, None)
+    record_results.fn(store, model, window, results, None)
     return next((m.value for m in results.get(model.version, []) if m.metric == "accuracy"), None)

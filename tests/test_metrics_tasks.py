@@ -128,10 +128,10 @@ def test_measured_windows_round_trip_through_the_store_without_duplicates(
     assert as_dict(traffic["v2"])["request_count"] == 10
     # Both versions were first served a minute before the window's end: 10 in 60 s, not in 300 s.
     assert as_dict(traffic["v2"])["throughput_rps"] == pytest.approx(10 / 60)
-    assert as_dict(quality["v1"])["accuracy"] == 1.0
-    assert "accuracy" not in as_dict(quality["v2"])  # v2 has no labels yet
+    assert as_dict(quality["model_quality"]["v1"])["accuracy"] == 1.0
+    assert "accuracy" not in as_dict(quality["model_quality"]["v2"])  # v2 has no labels yet
     for _ in range(2):
-        record_results.fn(store, "model_quality", model, window, quality, None)
+        record_results.fn(store, model, window, quality, None)
     with store.reading() as session:
         rows = session.scalar(select(func.count()).select_from(EvaluationResult))
-    assert rows == sum(len(m) for m in quality.values())
+    assert rows == sum(len(m) for m in quality["model_quality"].values())

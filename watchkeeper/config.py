@@ -160,6 +160,26 @@ class Thresholds(Strict):
     min_throughput_rps: float = Field(
         default=10.0, ge=0, description="ModelThroughputLow fires below this (the seed's 10 rps)"
     )
+    max_latency_p95_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Latency limit the capacity trend warns about before p95 reaches it (the seed's 1 s)",
+    )
+    capacity_rps: float | None = Field(
+        default=None,
+        gt=0,
+        description="Throughput the model's serving can sustain; the capacity trend warns before it",
+    )
+    segment_accuracy_warning: float = Field(
+        default=0.85, ge=0, le=1, description="ModelSegmentAccuracyDegraded fires below this"
+    )
+    segment_positive_rate_shift: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="ModelSegmentPositiveRateShift fires when a segment's positive rate moves this far "
+        "from the reference's",
+    )
 
 
 def _increasing(buckets: tuple[float, ...]) -> tuple[float, ...]:
@@ -171,6 +191,22 @@ def _increasing(buckets: tuple[float, ...]) -> tuple[float, ...]:
 Buckets = Annotated[tuple[float, ...], AfterValidator(_increasing)]
 DEFAULT_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DEFAULT_PIPELINE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+OTHER_SEGMENT = "_other_"
+MISSING_SEGMENT = "_missing_"
+
+
+class Segment(Strict):
+    """A low-cardinality column (a merchant category) whose values are measured on their own.
+
+    Only the `max_values` values with the most traffic in the reference (in the window when the
+    reference lacks the column) get a label of their own; the rest are `_other_`, so the number
+    of exported series stays bounded whatever the column holds.
+    """
+
+    column: Name
+    max_values: int = Field(default=10, ge=1, le=50)
 
 
 class Model(Strict):
@@ -187,12 +223,22 @@ class Model(Strict):
     thresholds: Thresholds = Thresholds()
     latency_buckets: Buckets = DEFAULT_LATENCY_BUCKETS
     business_metric: str = Field(default="value_caught", pattern=NAME_PATTERN)
+    segments: list[Segment] = Field(default_factory=list)
 
     @field_validator("features")
     @classmethod
     def _unique_features(cls, features: list[Feature]) -> list[Feature]:
         _require_unique([f.name for f in features], "feature")
         return features
+
+    @model_validator(mode="after")
+    def _segments_are_features(self) -> Model:
+        names = {f.name for f in self.features}
+        _require_unique([s.column for s in self.segments], "segment column")
+        for segment in self.segments:
+            if segment.column not in names:
+                raise ValueError(f"segment column {segment.column!r} is not one of the model's features")
+        return self
 
 
 class Dataset(Strict):
@@ -505,6 +551,24 @@ class Schedules(Strict):
     pipeline_health: Duration = timedelta(minutes=1)
     reconcile_remediation: Duration = timedelta(minutes=1)
     retention: Duration = timedelta(hours=1)
+    model_report: Duration = timedelta(days=1)
+
+
+class Reports(Strict):
+    """The model report: each `schedules.model_report`, every model's last `period`, delivered to
+    `deliver_to` (notification targets: Slack gets a summary with the key figures, e-mail the HTML)."""
+
+    period: Duration = Field(default=timedelta(days=1), description="How far back each scheduled report looks")
+    first_after: Duration = Field(
+        default=timedelta(minutes=5), description="The first scheduled report, this long after start-up"
+    )
+    deliver_to: list[Name] = Field(default_factory=list)
+    evidently_ui_url: str | None = Field(
+        default=None, description="`evidently ui` address: drift snapshots are linked there"
+    )
+    public_url: str | None = Field(
+        default=None, description="Watchkeeper's address as readers reach it: reports link to /v1/reports"
+    )
 
 
 class Retention(Strict):
@@ -523,7 +587,8 @@ class Retention(Strict):
     )
     outbox: Duration = Field(default=timedelta(days=7), description="Flow runs already started in Prefect")
     reports: Duration = Field(
-        default=timedelta(days=30), description="HTML drift reports and Evidently snapshots"
+        default=timedelta(days=30),
+        description="Model reports, their deliveries, HTML drift reports and Evidently snapshots",
     )
     batch_size: int = Field(default=5000, ge=1)
 
@@ -563,6 +628,7 @@ class WatchkeeperConfig(Strict):
     intake: Intake = Intake()
     retention: Retention = Retention()
     executor: ExecutorLanes = ExecutorLanes()
+    reports: Reports = Reports()
 
     @model_validator(mode="after")
     def _cross_references(self) -> WatchkeeperConfig:
@@ -579,6 +645,9 @@ class WatchkeeperConfig(Strict):
                     raise ValueError(
                         f"playbook {playbook.name!r} notifies {name!r}, which is not under notifications"
                     )
+        for name in self.reports.deliver_to:
+            if name not in targets:
+                raise ValueError(f"reports.deliver_to names {name!r}, which is not under notifications")
         models = {m.name for m in self.models}
         pipelines = {p.name for p in self.pipelines}
         for d in self.datasets:

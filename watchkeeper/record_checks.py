@@ -25,7 +25,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import pandas as pd
 
@@ -35,6 +36,7 @@ LOG = logging.getLogger(__name__)
 UNEXPECTED_COLUMN = "_unexpected_"
 OTHER_CLASS = "_other_"
 MAX_REFERENCE_CLASSES = 20
+T = TypeVar("T")
 CHECKS = ("missing_column", "unexpected_column", "null", "type_mismatch", "out_of_range", "unseen_category")
 
 
@@ -150,24 +152,25 @@ def tally_failures(
     return checked, failures
 
 
-class ReferenceProfiles:
-    """Each configured model's reference profile, for the intake and `/metrics`.
+class ReferenceCache(Generic[T]):
+    """What is derived from each configured model's reference (a profile, a calibration), cached.
 
-    Loaded on first use, again when a file reference changes on disk, and at most every `ttl`
+    Derived on first use, again when a file reference changes on disk, and at most every `ttl`
     seconds otherwise (SQL and period references). A reference that cannot be read or is empty
-    gives no profile, so only the structural checks would apply, and is retried after `ttl`.
+    derives nothing (None), and is retried after `ttl`.
     """
 
     def __init__(
         self,
         config: WatchkeeperConfig,
         load: Callable[[Model], pd.DataFrame],
+        derive: Callable[[Model, pd.DataFrame], T | None],
         ttl: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config, self.load, self.ttl, self.clock = config, load, ttl, clock
+        self.config, self.load, self.derive, self.ttl, self.clock = config, load, derive, ttl, clock
         self.models = {m.name: m for m in config.models}
-        self._cached: dict[str, tuple[float, float | None, ReferenceProfile | None]] = {}
+        self._cached: dict[str, tuple[float, float | None, T | None]] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -180,7 +183,7 @@ class ReferenceProfiles:
         except OSError:
             return -1.0
 
-    def __call__(self, model_name: str) -> ReferenceProfile | None:
+    def __call__(self, model_name: str) -> T | None:
         model = self.models.get(model_name)
         if model is None or model.reference is None:
             return None
@@ -191,14 +194,27 @@ class ReferenceProfiles:
                 return cached[2]
             try:
                 frame = self.load(model)
-            except Exception as exc:  # noqa: BLE001 - a bad reference must not fail the intake
-                LOG.warning("reference of %s not readable for the intake's checks: %s", model_name, exc)
+            except Exception as exc:  # noqa: BLE001 - a bad reference must not fail its users
+                LOG.warning("reference of %s not readable: %s", model_name, exc)
                 frame = pd.DataFrame()
-            found = profile(self.config, model, frame) if not frame.empty else None
+            found = self.derive(model, frame) if not frame.empty else None
             self._cached[model_name] = (self.clock(), stamp, found)
             return found
 
-    def loaded(self) -> list[ReferenceProfile]:
-        """The profiles loaded so far (for `/metrics`, which must not read files on a scrape)."""
+    def loaded(self) -> list[T]:
+        """What was derived so far (for `/metrics`, which must not read files on a scrape)."""
         with self._lock:
             return [p for _, _, p in self._cached.values() if p is not None]
+
+
+class ReferenceProfiles(ReferenceCache[ReferenceProfile]):
+    """Each configured model's reference profile, for the intake and `/metrics`."""
+
+    def __init__(
+        self,
+        config: WatchkeeperConfig,
+        load: Callable[[Model], pd.DataFrame],
+        ttl: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(config, load, partial(profile, config), ttl, clock)

@@ -86,6 +86,61 @@ GAUGES: dict[tuple[str, str], Gauge] = {
         versioned=False,
         extra=("metric_type",),
     ),
+    ("model_quality", "estimated_accuracy"): Gauge(
+        "ai_model_estimated_accuracy_score",
+        "Accuracy estimated (CBPE) for the served predictions still without a label (0-1).",
+    ),
+    ("model_quality", "estimated_precision"): Gauge(
+        "ai_model_estimated_precision_score", "Precision estimated (CBPE) before labels arrive (0-1)."
+    ),
+    ("model_quality", "estimated_recall"): Gauge(
+        "ai_model_estimated_recall_score", "Recall estimated (CBPE) before labels arrive (0-1)."
+    ),
+    ("model_quality", "estimated_f1"): Gauge(
+        "ai_model_estimated_f1_score", "F1 estimated (CBPE) before labels arrive (0-1)."
+    ),
+    ("model_quality", "estimated_accuracy_standard_error"): Gauge(
+        "ai_model_estimated_accuracy_standard_error", "Standard error of the estimated accuracy."
+    ),
+    ("model_quality", "estimated_rows"): Gauge(
+        "ai_model_estimated_predictions",
+        "Served predictions in the quality window without a label yet (what the estimate covers).",
+    ),
+    ("model_segments", "segment_request_count"): Gauge(
+        "ai_model_segment_requests",
+        "Predictions per segment over the quality window.",
+        extra=("segment_column", "segment"),
+    ),
+    ("model_segments", "segment_throughput_rps"): Gauge(
+        "ai_model_segment_throughput_rps",
+        "Predictions per second per segment over the quality window.",
+        extra=("segment_column", "segment"),
+    ),
+    ("model_segments", "segment_positive_rate"): Gauge(
+        "ai_model_segment_positive_rate",
+        "Share of a segment's served predictions in the positive class.",
+        extra=("segment_column", "segment"),
+    ),
+    ("model_segments", "segment_reference_positive_rate"): Gauge(
+        "ai_model_segment_reference_positive_rate",
+        "Share of a segment's reference predictions in the positive class.",
+        extra=("segment_column", "segment"),
+    ),
+    ("model_segments", "segment_label_coverage_ratio"): Gauge(
+        "ai_model_segment_label_coverage_ratio",
+        "Share of a segment's served predictions that have a label.",
+        extra=("segment_column", "segment"),
+    ),
+    ("model_segments", "segment_labelled"): Gauge(
+        "ai_model_segment_labelled_predictions",
+        "A segment's labelled predictions in the quality window.",
+        extra=("segment_column", "segment"),
+    ),
+    ("model_segments", "segment_accuracy"): Gauge(
+        "ai_model_segment_accuracy_score",
+        "Accuracy of a segment's labelled predictions (published from 30 labels and the coverage floor).",
+        extra=("segment_column", "segment"),
+    ),
     ("model_traffic", "throughput_rps"): Gauge(
         "ai_model_inference_throughput_rps", "Predictions per second over the metrics window."
     ),
@@ -336,9 +391,32 @@ def threshold_families(config: WatchkeeperConfig) -> list[GaugeMetricFamily]:
         "Configured throughput floor: ModelThroughputLow fires below it (10 where no model sets it).",
         labels=["model_name", "model_version"],
     )
+    latency = GaugeMetricFamily(
+        "ai_model_latency_limit_seconds",
+        "Configured p95 latency limit: the capacity trend warns before p95 reaches it.",
+        labels=["model_name", "model_version"],
+    )
+    capacity = GaugeMetricFamily(
+        "ai_model_capacity_rps",
+        "Configured throughput the model's serving sustains: the capacity trend warns before it.",
+        labels=["model_name", "model_version"],
+    )
+    segment_limits = GaugeMetricFamily(
+        "ai_model_segment_limits",
+        "Configured segment thresholds: accuracy floor and allowed positive-rate shift.",
+        labels=["model_name", "model_version", "limit"],
+    )
     for model in config.models:
-        floor.add_metric([model.name, model.version], model.thresholds.min_throughput_rps)
-    return [floor]
+        key = [model.name, model.version]
+        thresholds = model.thresholds
+        floor.add_metric(key, thresholds.min_throughput_rps)
+        latency.add_metric(key, thresholds.max_latency_p95_seconds)
+        if thresholds.capacity_rps is not None:
+            capacity.add_metric(key, thresholds.capacity_rps)
+        if model.segments:
+            segment_limits.add_metric([*key, "accuracy_warning"], thresholds.segment_accuracy_warning)
+            segment_limits.add_metric([*key, "positive_rate_shift"], thresholds.segment_positive_rate_shift)
+    return [floor, latency, capacity, segment_limits]
 
 
 def operations_families(session: Session) -> list[Metric]:

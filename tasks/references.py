@@ -1,0 +1,50 @@
+"""What the collection flow derives from each model's reference, fitted once per reference version:
+the score calibration of performance estimation, and the segment values that keep labels."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import partial
+
+import pandas as pd
+
+from tasks.estimation import Calibration, fit_calibration
+from tasks.logs import reference_frame
+from tasks.segments import reference_positive_rates, reference_segments
+from watchkeeper.config import Model, WatchkeeperConfig
+from watchkeeper.record_checks import ReferenceCache
+from watchkeeper.store import Store
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    calibration: Calibration | None
+    segment_values: dict[str, list[str]] = field(default_factory=dict)
+    segment_positive_rates: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+def derive(model: Model, reference: pd.DataFrame) -> ModelReference:
+    kept = reference_segments(model, reference)
+    return ModelReference(
+        calibration=fit_calibration(reference, model.score_column, model.label_column, model.positive_class),
+        segment_values=kept,
+        segment_positive_rates=reference_positive_rates(model, reference, kept),
+    )
+
+
+_lock = threading.Lock()
+_caches: dict[tuple[int, int], tuple[WatchkeeperConfig, Store, ReferenceCache[ModelReference]]] = {}
+
+
+def model_reference(store: Store, config: WatchkeeperConfig, model: Model) -> ModelReference | None:
+    """The model's derived reference, from a cache that lives as long as the process (the warm
+    executor's), so a collection every 15 s reads and fits the reference only when it changes."""
+    key = (id(config), id(store))
+    with _lock:
+        cached = _caches.get(key)
+        if cached is None:
+            _caches.clear()  # a new configuration or store: the old derivations are stale
+            derived = ReferenceCache(config, partial(reference_frame, store), derive)
+            cached = _caches[key] = (config, store, derived)
+    return cached[2](model.name)
