@@ -17,6 +17,7 @@ from flows.collect_model_metrics import collect_model_metrics
 from flows.evaluate_data_quality import evaluate_data_quality
 from flows.evaluate_drift import evaluate_drift
 from flows.handle_alerts import handle_alerts
+from flows.model_report import model_report
 from flows.pipeline_health import pipeline_health
 from flows.reconcile_remediation import reconcile_remediation
 from flows.retention import retention
@@ -33,6 +34,7 @@ FLOWS: dict[str, Flow] = {
         handle_alerts,
         reconcile_remediation,
         retention,
+        model_report,
     )
 }
 DEPLOYMENT_NAMES = tuple(FLOWS)
@@ -74,6 +76,18 @@ def build_deployments(settings: Settings) -> list[RunnerDeployment]:
         )
         for flow, (interval, description) in scheduled.items()
     ]
+    reports = settings.monitoring.reports
+    deployments.append(
+        model_report.to_deployment(
+            name=model_report.name,
+            schedule=IntervalSchedule(
+                interval=schedules.model_report, anchor_date=datetime.now(UTC) + reports.first_after
+            ),
+            concurrency_limit=1,
+            description="Each model's report of the last period: quality, traffic, value, drift, incidents.",
+            tags=["watchkeeper", "scheduled"],
+        )
+    )
     deployments.append(
         backfill_drift.to_deployment(
             name=backfill_drift.name,

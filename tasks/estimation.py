@@ -40,6 +40,8 @@ class Calibration:
     rows: int
 
     def probability(self, scores: np.ndarray) -> np.ndarray:
+        if len(scores) == 0:
+            return np.array([], dtype=float)
         return np.clip(self.isotonic.predict(scores.astype(float)), 0.0, 1.0)
 
 

@@ -75,3 +75,15 @@ def add_drift_snapshot(path: Path, model: Model, snapshot: Snapshot, replaces: s
         if replaces and replaces in {str(run_id) for run_id in workspace.list_runs(project.id)}:
             workspace.delete_run(project.id, replaces)
         return str(workspace.add_run(project.id, snapshot).id)
+
+
+def project_id(path: Path, model_name: str) -> str | None:
+    """The id of the model's project in the workspace, for links to its snapshots; None before its
+    first drift evaluation."""
+    if not path.exists():
+        return None
+    with _WORKSPACE_LOCK:
+        for project in Workspace.create(str(path)).list_projects():
+            if project.name == model_name:
+                return str(project.id)
+    return None

@@ -5,6 +5,7 @@ The functions taking a DataFrame are plain logic; the tasks at the bottom wrap s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
-from sqlalchemy import and_, delete, select
+from sqlalchemy import and_, case, delete, func, select
 from sqlalchemy.orm import Session
 
 from tasks.estimation import estimate_unlabelled
@@ -116,10 +117,15 @@ LOG_COLUMNS = [
 
 
 def read_window(
-    store: Store, model_name: str, window: Window, feature_columns: Sequence[str] = ()
+    store: Store,
+    model_name: str,
+    window: Window,
+    feature_columns: Sequence[str] = (),
+    at_most: int | None = None,
 ) -> pd.DataFrame:
     """Predictions in [start, end) with their labels when they have arrived, and the raw values of
-    `feature_columns` (segment columns) in columns of their names."""
+    `feature_columns` (segment columns) in columns of their names. With `at_most`, a window holding
+    more rows is read as a systematic sample (every k-th stored row, as `prediction_frame` does)."""
     features = [Prediction.features[name].label(f"feature_{i}") for i, name in enumerate(feature_columns)]
     query = (
         select(
@@ -145,12 +151,28 @@ def read_window(
         )
     )
     with store.reading() as session:
+        if at_most is not None:
+            stored = count_predictions(session, model_name, window)[0]
+            if stored > at_most:
+                query = query.where(Prediction.id % math.ceil(stored / at_most) == 0)
         rows = session.execute(query).all()
     frame = pd.DataFrame(rows, columns=[*LOG_COLUMNS, *feature_columns])
     frame["error"] = frame["error"].astype(bool)
     numbers = ["score", "latency_seconds", "business_value"]
     frame[numbers] = frame[numbers].astype(float)
     return frame
+
+
+def count_predictions(session: Session, model_name: str, window: Window) -> tuple[int, int]:
+    """Predictions and failed predictions stored in [start, end), counted by the database."""
+    stored, failed = session.execute(
+        select(func.count(), func.coalesce(func.sum(case((Prediction.error, 1), else_=0)), 0)).where(
+            Prediction.model_name == model_name,
+            Prediction.timestamp >= window.start,
+            Prediction.timestamp < window.end,
+        )
+    ).one()
+    return int(stored), int(failed)
 
 
 def save_results(

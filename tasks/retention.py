@@ -12,7 +12,8 @@ What goes, oldest first, and what stays:
 - alerts (by `starts_at`) that no remaining incident or decision refers to, then notifications
   (by `received_at`) that no remaining alert or owed run refers to; owed runs are kept until
   dispatched (by `created_at`);
-- HTML drift reports and Evidently snapshots under the home (by modification time).
+- model reports and their delivery records (by the end of their period), HTML drift reports and
+  Evidently snapshots under the home (by modification time).
 Counters are tallies, folded by collect-model-metrics, so they do not grow with history.
 """
 
@@ -37,8 +38,10 @@ from watchkeeper.store.schema import (
     Incident,
     IncidentEvent,
     IncidentMember,
+    ModelReport,
     PipelineRun,
     Prediction,
+    ReportDelivery,
 )
 
 # Files a retention pass removes under the home, by folder and pattern.
@@ -111,6 +114,8 @@ def apply_retention(store: Store, retention: Retention, home: Path, now: datetim
         ("feedback", Feedback, Feedback.timestamp < cutoff["feedback"]),
         ("pipeline_runs", PipelineRun, PipelineRun.started_at < cutoff["pipeline_runs"]),
         ("evaluation_results", EvaluationResult, EvaluationResult.window_end < cutoff["evaluation_results"]),
+        ("model_reports", ModelReport, ModelReport.period_end < cutoff["reports"]),
+        ("report_deliveries", ReportDelivery, ReportDelivery.period_end < cutoff["reports"]),
     ]
     removed = {kind: purge_rows(store, table, old, retention.batch_size) for kind, table, old in by_age}
     removed["incidents"] = purge_incidents(store, cutoff["incidents"], retention.batch_size)
@@ -126,7 +131,13 @@ def apply_retention(store: Store, retention: Retention, home: Path, now: datetim
 
 
 def retention_markdown(removed: dict[str, int], retention: Retention) -> str:
-    ages = {**retention.ages(), "notifications": retention.alerts, "report_files": retention.reports}
+    ages = {
+        **retention.ages(),
+        "notifications": retention.alerts,
+        "report_files": retention.reports,
+        "model_reports": retention.reports,
+        "report_deliveries": retention.reports,
+    }
     lines = ["# Retention", "", "| kind | kept for | removed |", "| --- | --- | --- |"]
     lines += [f"| {kind} | {ages[kind]} | {count:,} |" for kind, count in removed.items()]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from tasks.retention import apply_retention, retention_markdown
 from watchkeeper.config import Retention
 from watchkeeper.store import Store
 from watchkeeper.store.remediation import RemediationAction
+from watchkeeper.store.reports import ReportPeriod, claim_delivery, save_report
 from watchkeeper.store.schema import (
     Alert,
     AlertNotification,
@@ -178,6 +179,10 @@ def test_retention_removes_the_old_in_batches_and_keeps_what_is_referred_to(
         path.write_text("x")
     for path in (old_report, snapshot):
         os.utime(path, (OLD.timestamp(), OLD.timestamp()))
+    for end in (OLD, NOW):
+        period = ReportPeriod("m", end - timedelta(days=1), end)
+        save_report(store, period, {}, "# report", "<html></html>", None)
+        claim_delivery(store, period, "slack", "run")
 
     removed = apply_retention(store, AGES, tmp_path, NOW)
 
@@ -191,6 +196,8 @@ def test_retention_removes_the_old_in_batches_and_keeps_what_is_referred_to(
         "alerts": 2,  # the resolved incident's member and the lonely one; the open incident's stays
         "notifications": 1,  # the unreferenced one; the other still has the open incident's alert
         "report_files": 2,
+        "model_reports": 1,  # the report of the old period, with its delivery record
+        "report_deliveries": 1,
     }
     assert counts(store) == {
         "predictions": 1,

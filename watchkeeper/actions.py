@@ -268,18 +268,57 @@ def _send(target: NotificationTarget, context: ActionContext, resolved: bool) ->
 
 
 def _email(target: NotificationTarget, context: ActionContext, text: str) -> dict[str, Any]:
+    send_email(target, text[:200], text, context.secret(target.secret), context.timeout)
+    return {"sent": "email", "to": target.to}
+
+
+def send_email(
+    target: NotificationTarget,
+    subject: str,
+    text: str,
+    password: str | None,
+    timeout: float,
+    attachment: tuple[str, str] | None = None,
+) -> None:
+    """Mail `text` to the target's recipients through its SMTP server (`url`, smtp://user@host:port),
+    with an optional (file name, HTML) attachment."""
     where = urlsplit(target.url or "smtp://127.0.0.1:25")
     message = EmailMessage()
-    message["Subject"] = text[:200]
+    message["Subject"] = subject
     message["From"] = f"watchkeeper@{where.hostname or 'localhost'}"
     message["To"] = ", ".join(target.to)
     message.set_content(text)
-    with smtplib.SMTP(where.hostname or "127.0.0.1", where.port or 25, timeout=context.timeout) as smtp:
-        password = context.secret(target.secret)
+    if attachment is not None:
+        name, content = attachment
+        message.add_attachment(content, subtype="html", filename=name)
+    with smtplib.SMTP(where.hostname or "127.0.0.1", where.port or 25, timeout=timeout) as smtp:
         if where.username and password:
             smtp.login(where.username, password)
         smtp.send_message(message)
-    return {"sent": "email", "to": target.to}
+
+
+def send_report(
+    target: NotificationTarget, subject: str, text: str, html: str, filename: str, timeout: float
+) -> dict[str, Any]:
+    """A model report to a notification target: Slack and webhooks get the summary (which carries
+    the key figures itself), e-mail the summary with the HTML attached. PagerDuty pages incidents,
+    never reports: refused."""
+    secret = resolve_secret(target.secret) if target.secret is not None else None
+    if target.kind == "email":
+        send_email(target, subject, text, secret, timeout, (filename, html))
+        return {"sent": "email", "to": target.to}
+    if target.kind == "pagerduty":
+        raise ActionRefused("PagerDuty pages incidents; a report is not sent there")
+    url = (secret if target.kind == "slack" else None) or target.url
+    token = secret if target.kind == "webhook" else None
+    if not url:
+        raise ActionFailed(f"{target.name} has no URL")
+    response = httpx.post(
+        url, json={"text": text}, headers=_bearer(token), timeout=timeout, verify=tls_context()
+    )
+    if response.status_code >= 400:
+        raise ActionFailed(f"POST {target.name} answered {response.status_code}: {response.text[:200]}")
+    return {"sent": target.kind, "status_code": response.status_code}
 
 
 def notify(inputs: dict[str, Any], _plan: dict[str, Any], context: ActionContext) -> dict[str, Any]:

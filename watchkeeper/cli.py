@@ -885,6 +885,52 @@ def actions(
     console.print(table)
 
 
+@app.command("model-report")
+def model_report_command(
+    model: Annotated[str, typer.Argument(help="Configured model name")],
+    start: Annotated[
+        datetime | None, typer.Option(help="Start of the period, ISO-8601 (UTC unless an offset is given)")
+    ] = None,
+    end: Annotated[datetime | None, typer.Option(help="End of the period (default: now)")] = None,
+    html: Annotated[Path | None, typer.Option(help="Also write the HTML report to this file")] = None,
+    deliver: Annotated[
+        bool, typer.Option(help="Send it to reports.deliver_to (each target once per period)")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """The model report for a period (the model-report flow, run here and recorded in Prefect): kept
+    in the store, listed by GET /v1/reports; the default period is reports.period up to now."""
+    from flows.model_report import model_report
+    from watchkeeper.store.reports import get_report, report_html
+
+    config = load_monitoring()
+    if config.model(model) is None:
+        raise _fail(f"model {model!r} is not configured")
+    start, end = (t if t is None or t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))
+    end = end or datetime.now(UTC).replace(microsecond=0)
+    start = start or end - config.reports.period
+    if end <= start:
+        raise _fail(f"--end ({end.isoformat()}) must be after --start ({start.isoformat()})")
+    store = open_store()
+    report_id = model_report(model=model, start=start, end=end, deliver=deliver)[model]
+    listed = get_report(store, report_id)
+    assert listed is not None
+    if html is not None:
+        html.write_text(report_html(store, report_id) or "")
+    if as_json:
+        print(json.dumps(listed, indent=2, default=str))
+        return
+    console.print(f"report {report_id} of {model}, {start.isoformat()} to {end.isoformat()}")
+    from tasks.report_render import headline
+
+    table = Table("figure", "value")
+    for name, value in headline(listed["summary"]):
+        table.add_row(name, value)
+    console.print(table)
+    if html is not None:
+        console.print(f"HTML: {html}")
+
+
 @app.command()
 def report(
     hours: Annotated[int, typer.Option(min=1, help="Period to cover")] = 24,

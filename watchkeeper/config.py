@@ -558,7 +558,9 @@ class Reports(Strict):
     """The model report: each `schedules.model_report`, every model's last `period`, delivered to
     `deliver_to` (notification targets: Slack gets a summary with the key figures, e-mail the HTML)."""
 
-    period: Duration = Field(default=timedelta(days=1), description="How far back each scheduled report looks")
+    period: Duration = Field(
+        default=timedelta(days=1), description="How far back each scheduled report looks"
+    )
     first_after: Duration = Field(
         default=timedelta(minutes=5), description="The first scheduled report, this long after start-up"
     )
@@ -645,9 +647,12 @@ class WatchkeeperConfig(Strict):
                     raise ValueError(
                         f"playbook {playbook.name!r} notifies {name!r}, which is not under notifications"
                     )
+        kinds = {n.name: n.kind for n in self.notifications}
         for name in self.reports.deliver_to:
             if name not in targets:
                 raise ValueError(f"reports.deliver_to names {name!r}, which is not under notifications")
+            if kinds[name] == "pagerduty":
+                raise ValueError(f"reports.deliver_to names {name!r}: PagerDuty pages incidents, not reports")
         models = {m.name for m in self.models}
         pipelines = {p.name for p in self.pipelines}
         for d in self.datasets:

@@ -73,7 +73,9 @@ from watchkeeper.store import Store, executions
 
 log = logging.getLogger(__name__)
 
-LANE_OF = {"handle-alerts": "alerts", "backfill-drift": "ad_hoc"}  # every other deployment: "scheduled"
+# Every other deployment runs in "scheduled". Reports read a day of predictions: they wait with the
+# backfills rather than hold a slot the 15-second collection needs.
+LANE_OF = {"handle-alerts": "alerts", "backfill-drift": "ad_hoc", "model-report": "ad_hoc"}
 APPLY_RETRY_SECONDS = 2.0
 SLOW_DUTY_SECONDS = 0.5
 ANNOUNCE_SECONDS = 20.0  # Prefect shows a deployment "Not Ready" when nobody polled it for 60 s

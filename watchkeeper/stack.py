@@ -167,6 +167,7 @@ class Stack:
             "WATCHKEEPER_CONFIG": str(self.settings.config.resolve()),
             "PREFECT_API_URL": self.prefect_api_url,
             "WATCHKEEPER_ALERTMANAGER_URL": f"http://127.0.0.1:{self.ports.alertmanager}",
+            "WATCHKEEPER_URL": self.service_url,
             "PREFECT_HOME": str(self.settings.resolved_home / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             # Prefect's own history (the 15-second schedules make ~5,800 flow runs a day) is vacuumed

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.logs import reference_frame
 from watchkeeper.bodies import MAX_INT, BodyError, decoded_text, parse_json, text_problem
-from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.config import NAME_PATTERN, WatchkeeperConfig
 from watchkeeper.record_checks import ReferenceProfiles
 from watchkeeper.records import (
     BatchError,
@@ -58,6 +58,7 @@ from watchkeeper.store.incidents import (
 )
 from watchkeeper.store.intake import StoredBatch, store_feedback, store_pipeline_runs, store_predictions
 from watchkeeper.store.paging import CursorError, Page
+from watchkeeper.store.reports import list_reports, report_html
 
 
 class RemediationSwitch(BaseModel):
@@ -91,6 +92,8 @@ def paged(name: str, read: Callable[[], Page[dict[str, Any]]]) -> JSONResponse:
 
 # Row ids are 64-bit: a larger one is refused as a 422, not sent to the store to overflow there.
 IncidentId = Annotated[int, Path(ge=1, le=MAX_INT)]
+ReportId = Annotated[int, Path(ge=1, le=MAX_INT)]
+ModelName = Annotated[str | None, Query(alias="model", pattern=NAME_PATTERN, description="Only this model's")]
 
 
 def resume_paused_run(run_id: str, run_input: dict[str, Any]) -> None:
@@ -375,6 +378,29 @@ def create_app(
     def get_report(hours: Annotated[int, Query(ge=1, le=24 * 30)] = 24) -> JSONResponse:
         """The automation report: success rate, breakdown by action, recent actions."""
         return JSONResponse(automation_report(store, hours))
+
+    @app.get("/v1/reports", dependencies=authorized, responses=read_errors)
+    def get_reports(
+        model_name: ModelName = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        cursor: Cursor = None,
+    ) -> JSONResponse:
+        """Model reports, newest period first, each with its key figures; `GET /v1/reports/{id}`
+        serves one as HTML. `next_cursor` fetches the next page."""
+        return paged("reports", lambda: list_reports(store, model_name, limit, cursor))
+
+    @app.get(
+        "/v1/reports/{report_id}",
+        dependencies=authorized,
+        response_class=HTMLResponse,
+        responses=errors(401, 404, 422, 503),
+    )
+    def get_model_report(report_id: ReportId) -> Response:
+        """One model report: a self-contained HTML page with its charts (plotly.js inlined)."""
+        page = report_html(store, report_id)
+        if page is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": f"no report {report_id}"})
+        return HTMLResponse(page, headers={"X-Content-Type-Options": "nosniff"})
 
     @app.get("/v1/remediation", dependencies=authorized, responses=read_errors)
     def get_remediation() -> JSONResponse:

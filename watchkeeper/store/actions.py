@@ -121,3 +121,14 @@ def automation_report(store: Store, hours: int = 24) -> dict[str, Any]:
             "by_action": {action: dict(counts) for action, counts in sorted(by_action.items())},
             "recent": [action_json(r) for r in rows[-10:][::-1]],
         }
+
+
+def actions_of_incidents(store: Store, incident_ids: list[int]) -> list[dict[str, Any]]:
+    """The remediation decisions of these incidents, in the order they were made."""
+    with store.reading() as session:
+        rows = session.scalars(
+            select(RemediationAction)
+            .where(RemediationAction.incident_id.in_(incident_ids))
+            .order_by(RemediationAction.id)
+        ).all()
+        return [action_json(r) for r in rows]

@@ -119,3 +119,33 @@ def incident_detail(store: Store, incident_id: int) -> dict[str, Any] | None:
         detail["ranking"] = row.ranking
         detail["timeline"] = [{"at": iso(e.at), "kind": e.kind, "detail": e.detail} for e in events]
         return detail
+
+
+def incidents_of_model(store: Store, model_name: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """Incidents with an alert about `model_name` that were open at some time in [start, end), oldest
+    first, each with its first alert's start and its alert names."""
+    with store.reading() as session:
+        rows = session.execute(
+            select(Incident, func.min(Alert.starts_at), func.count())
+            .join(IncidentMember, IncidentMember.incident_id == Incident.id)
+            .join(Alert, Alert.id == IncidentMember.alert_id)
+            .where(
+                Alert.model_name == model_name,
+                Incident.opened_at < end,
+                (Incident.resolved_at.is_(None)) | (Incident.resolved_at >= start),
+            )
+            .group_by(Incident.id)
+            .order_by(Incident.opened_at, Incident.id)
+        ).all()
+        names = session.execute(
+            select(IncidentMember.incident_id, Alert.alertname)
+            .join(Alert, Alert.id == IncidentMember.alert_id)
+            .where(IncidentMember.incident_id.in_([row[0].id for row in rows]))
+        ).all()
+        found = []
+        for incident, first_alert_at, _ in rows:
+            detail = _incident_json(incident, sum(1 for i, _ in names if i == incident.id))
+            detail["first_alert_at"] = iso(first_alert_at)
+            detail["alertnames"] = sorted({n for i, n in names if i == incident.id})
+            found.append(detail)
+        return found

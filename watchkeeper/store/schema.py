@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -345,3 +346,45 @@ class ExecutorClaim(Base):
     executor_id: Mapped[str] = mapped_column(String(64))
     deployment: Mapped[str] = mapped_column(String(256))
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelReport(Base):
+    """One model's report for one period: its figures (`summary`), markdown and HTML (gzipped, with
+    plotly.js inlined). A re-run for the same period replaces the content and keeps the id."""
+
+    __tablename__ = "model_reports"
+    __table_args__ = (
+        UniqueConstraint("model_name", "period_start", "period_end", name="uq_model_reports_period"),
+        Index("ix_model_reports_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    markdown: Mapped[str] = mapped_column(Text)
+    html_gzip: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ReportDelivery(Base):
+    """A report sent to one notification target: claimed before the send, so a re-run or a second
+    run of the same period never sends it twice (see `watchkeeper.store.reports`)."""
+
+    __tablename__ = "report_deliveries"
+    __table_args__ = (
+        UniqueConstraint("model_name", "period_start", "period_end", "target", name="uq_report_delivery"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    target: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    claimed_by: Mapped[str] = mapped_column(String(128))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    detail: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,434 @@
+"""The model report's figures for one period, against the previous period of the same length.
+
+Everything here returns plain JSON-able data (the report's `summary`, kept with it in the store);
+`tasks/report_render.py` turns it into markdown, HTML and a Slack summary.
+
+- Quality from the period's labelled predictions, with 95% intervals from a bootstrap of the
+  confusion counts (multinomial, fixed seed, so a re-run gives the same figures).
+- Quality estimated (CBPE, `tasks/estimation.py`) for the predictions still without a label.
+- Traffic counted by the database; latency percentiles, quality and business value from the
+  period's rows, read as a systematic sample above `SAMPLE_ROWS` (the report says when).
+- Incidents: time to detect is from the first alert's start (Prometheus) to the incident's
+  opening; time to resolve from the first alert's start to the incident's resolution.
+- Capacity: a least-squares line through the period's collected p95 latency and throughput; when
+  it reaches the model's configured limit, if it rises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+
+from tasks.estimation import Calibration, estimate_confusion
+from tasks.measurements import Window, is_positive
+from tasks.metrics import count_predictions, read_window
+from tasks.segments import segment_metrics
+from watchkeeper.config import Model, WatchkeeperConfig
+from watchkeeper.store import Store
+from watchkeeper.store.actions import actions_of_incidents
+from watchkeeper.store.incidents import incidents_of_model
+from watchkeeper.store.schema import EvaluationResult
+
+SAMPLE_ROWS = 200_000
+BOOTSTRAP_DRAWS = 1000
+CHART_BINS = 48
+
+
+@dataclass(frozen=True)
+class Period:
+    start: datetime
+    end: datetime
+
+    @property
+    def previous(self) -> Period:
+        return Period(self.start - (self.end - self.start), self.start)
+
+    @property
+    def window(self) -> Window:
+        return Window(self.start, self.end)
+
+
+def confusion(log: pd.DataFrame, positive_class: object) -> tuple[int, int, int, int]:
+    """(tp, fp, tn, fn) of the served, labelled predictions."""
+    labelled = log.loc[~log["error"] & log["label"].notna()]
+    truth = is_positive(labelled["label"], positive_class)
+    predicted = is_positive(labelled["prediction"], positive_class)
+    return (
+        int((truth & predicted).sum()),
+        int((~truth & predicted).sum()),
+        int((~truth & ~predicted).sum()),
+        int((truth & ~predicted).sum()),
+    )
+
+
+def scores(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
+    n = tp + fp + tn + fn
+    return {
+        "accuracy": (tp + tn) / n if n else 0.0,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+    }
+
+
+def with_intervals(tp: int, fp: int, tn: int, fn: int) -> dict[str, dict[str, float]]:
+    """Each score with the 2.5% and 97.5% percentiles of a multinomial bootstrap of the counts."""
+    n = tp + fp + tn + fn
+    point = scores(tp, fp, tn, fn)
+    draws = np.random.default_rng(0).multinomial(n, np.array([tp, fp, tn, fn]) / n, size=BOOTSTRAP_DRAWS)
+    sampled = [scores(*row) for row in draws]
+    return {
+        name: {
+            "value": round(value, 4),
+            "low": round(float(np.percentile([s[name] for s in sampled], 2.5)), 4),
+            "high": round(float(np.percentile([s[name] for s in sampled], 97.5)), 4),
+        }
+        for name, value in point.items()
+    }
+
+
+def quality_summary(log: pd.DataFrame, model: Model) -> dict[str, Any]:
+    served = int((~log["error"]).sum())
+    tp, fp, tn, fn = confusion(log, model.positive_class)
+    labelled = tp + fp + tn + fn
+    summary: dict[str, Any] = {
+        "served": served,
+        "labelled": labelled,
+        "label_coverage": round(labelled / served, 4) if served else 0.0,
+        "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+    }
+    if labelled:
+        summary["scores"] = with_intervals(tp, fp, tn, fn)
+    return summary
+
+
+def estimated_summary(
+    log: pd.DataFrame, model: Model, calibration: Calibration | None
+) -> dict[str, Any] | None:
+    """CBPE for the period's served predictions that still have no label."""
+    if calibration is None:
+        return None
+    waiting = log.loc[~log["error"] & log["label"].isna() & log["score"].notna()]
+    estimate = estimate_confusion(
+        calibration.probability(waiting["score"].to_numpy(dtype=float)),
+        is_positive(waiting["prediction"], model.positive_class).to_numpy(),
+    )
+    if estimate is None:
+        return {"rows": 0}
+    return {
+        "rows": estimate.rows,
+        **{
+            k: round(v, 4)
+            for k, v in scores(
+                estimate.true_positives,
+                estimate.false_positives,
+                estimate.true_negatives,
+                estimate.false_negatives,
+            ).items()
+        },
+        "accuracy_standard_error": round(estimate.accuracy_standard_error, 4),
+    }
+
+
+def traffic_summary(log: pd.DataFrame, counted: tuple[int, int], period: Period) -> dict[str, Any]:
+    requests, errors = counted
+    latency = log["latency_seconds"].dropna()
+    summary: dict[str, Any] = {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": round(errors / requests, 4) if requests else 0.0,
+        "throughput_rps": round(requests / period.window.seconds, 3),
+    }
+    if len(latency):
+        for q in (50, 95, 99):
+            summary[f"latency_p{q}_seconds"] = round(float(latency.quantile(q / 100)), 4)
+    return summary
+
+
+def business_summary(log: pd.DataFrame, model: Model, scale: float) -> dict[str, Any]:
+    """Value of correct positive decisions (fraud caught, loans approved well) and the detection rate,
+    scaled up from a sample by `scale`."""
+    labelled = log.loc[~log["error"] & log["label"].notna()]
+    truth = is_positive(labelled["label"], model.positive_class)
+    caught = truth & is_positive(labelled["prediction"], model.positive_class)
+    return {
+        "metric": model.business_metric,
+        "value": round(float(labelled.loc[caught, "business_value"].fillna(0).sum()) * scale, 2),
+        "missed_value": round(
+            float(labelled.loc[truth & ~caught, "business_value"].fillna(0).sum()) * scale, 2
+        ),
+        "detection_rate": round(float(caught.sum() / truth.sum()), 4) if truth.sum() else None,
+    }
+
+
+def segment_movement(
+    current: pd.DataFrame, previous: pd.DataFrame, model: Model, kept: dict[str, list[str]], period: Period
+) -> list[dict[str, Any]]:
+    """Each segment's figures now and in the previous period, ranked by how far they moved: the
+    larger of the change in accuracy and in positive rate."""
+    rows = []
+    for segment in model.segments:
+        values = kept.get(segment.column)
+        now = _by_segment(segment_metrics(current, segment, values, model, period.window.seconds, {}))
+        before = _by_segment(segment_metrics(previous, segment, values, model, period.window.seconds, {}))
+        for name, figures in now.items():
+            earlier = before.get(name, {})
+            moves = [
+                abs(figures[m] - earlier[m])
+                for m in ("segment_accuracy", "segment_positive_rate")
+                if m in figures and m in earlier
+            ]
+            rows.append(
+                {
+                    "column": segment.column,
+                    "segment": name,
+                    "requests": int(figures.get("segment_request_count", 0)),
+                    "positive_rate": _rounded(figures.get("segment_positive_rate")),
+                    "previous_positive_rate": _rounded(earlier.get("segment_positive_rate")),
+                    "accuracy": _rounded(figures.get("segment_accuracy")),
+                    "previous_accuracy": _rounded(earlier.get("segment_accuracy")),
+                    "moved": round(max(moves), 4) if moves else None,
+                }
+            )
+    return sorted(rows, key=lambda r: (-(r["moved"] or 0.0), -r["requests"]))
+
+
+def _by_segment(measurements: list) -> dict[str, dict[str, float]]:
+    found: dict[str, dict[str, float]] = {}
+    for m in measurements:
+        found.setdefault(m.labels["segment"], {})[m.metric] = m.value
+    return found
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _series(
+    store: Store, kind: str, subject: str, metric: str, period: Period
+) -> list[tuple[datetime, float, dict]]:
+    with store.reading() as session:
+        rows = session.execute(
+            select(
+                EvaluationResult.window_end,
+                EvaluationResult.value,
+                EvaluationResult.details,
+                EvaluationResult.labels,
+            )
+            .where(
+                EvaluationResult.kind == kind,
+                EvaluationResult.subject == subject,
+                EvaluationResult.metric == metric,
+                EvaluationResult.window_end > period.start,
+                EvaluationResult.window_end <= period.end,
+            )
+            .order_by(EvaluationResult.window_end)
+        ).all()
+    return [(end, value, {**(details or {}), **(labels or {})}) for end, value, details, labels in rows]
+
+
+def drift_summary(
+    store: Store, model: Model, period: Period, evidently_project: str | None, ui_url: str | None
+) -> dict[str, Any]:
+    """The period's drift evaluations: share of drifted features, which drifted, and each snapshot."""
+    shares = _series(store, "drift", model.name, "drift_share", period)
+    drifted = _series(store, "drift", model.name, "drift_detected", period)
+    windows = []
+    for end, share, details in shares:
+        features = sorted(
+            d["feature_name"] for e, v, d in drifted if e == end and v >= 1 and "feature_name" in d
+        )
+        snapshot = details.get("snapshot_id")
+        link = (
+            f"{ui_url.rstrip('/')}/projects/{evidently_project}/reports/{snapshot}"
+            if ui_url and evidently_project and snapshot
+            else None
+        )
+        windows.append(
+            {
+                "window_end": end.isoformat(),
+                "drift_share": round(share, 4),
+                "drifted": features,
+                "snapshot_id": snapshot,
+                "html": details.get("html"),
+                "link": link,
+            }
+        )
+    return {
+        "evaluations": len(windows),
+        "max_share": max((w["drift_share"] for w in windows), default=None),
+        "windows_with_drift": sum(1 for w in windows if w["drifted"]),
+        "windows": windows,
+    }
+
+
+def data_quality_summary(
+    store: Store, config: WatchkeeperConfig, model: Model, period: Period
+) -> list[dict[str, Any]]:
+    found = []
+    for dataset in (d for d in config.datasets if d.model == model.name):
+        series = _series(store, "data_quality", dataset.name, "quality_score", period)
+        if series:
+            worst = min(series, key=lambda s: s[1])
+            found.append(
+                {
+                    "dataset": dataset.name,
+                    "evaluations": len(series),
+                    "min_score": round(worst[1], 4),
+                    "min_at": worst[0].isoformat(),
+                    "mean_score": round(float(np.mean([s[1] for s in series])), 4),
+                }
+            )
+    return found
+
+
+def incident_summary(
+    store: Store, model: Model, period: Period
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model's incidents in the period with time to detect and resolve, and their remediation."""
+    incidents = incidents_of_model(store, model.name, period.start, period.end)
+    for incident in incidents:
+        first = datetime.fromisoformat(incident["first_alert_at"])
+        opened = datetime.fromisoformat(incident["opened_at"])
+        resolved = incident["resolved_at"] and datetime.fromisoformat(incident["resolved_at"])
+        incident["time_to_detect_seconds"] = round(max(0.0, (opened - first).total_seconds()), 1)
+        incident["time_to_resolve_seconds"] = (
+            round((resolved - first).total_seconds(), 1) if resolved else None
+        )
+    actions = [
+        {
+            k: a[k]
+            for k in (
+                "incident_id",
+                "playbook",
+                "action",
+                "target",
+                "decision",
+                "status",
+                "decided_at",
+                "reason",
+            )
+        }
+        for a in actions_of_incidents(store, [i["id"] for i in incidents])
+    ]
+    return incidents, actions
+
+
+def trend_to_limit(
+    points: list[tuple[datetime, float]], limit: float | None, now: datetime
+) -> dict[str, Any] | None:
+    """The least-squares line through `points`: its slope per hour, and when it reaches `limit`."""
+    if len(points) < 3:
+        return None
+    hours = np.array([(t - now).total_seconds() / 3600 for t, _ in points])
+    values = np.array([v for _, v in points])
+    slope, intercept = np.polyfit(hours, values, 1)
+    found: dict[str, Any] = {
+        "current": round(float(values[-1]), 4),
+        "slope_per_hour": round(float(slope), 6),
+        "limit": limit,
+        "reaches_limit_at": None,
+    }
+    if limit is not None and slope > 0 and intercept < limit:
+        found["reaches_limit_at"] = (now + timedelta(hours=float((limit - intercept) / slope))).isoformat()
+    elif limit is not None and intercept >= limit:
+        found["reaches_limit_at"] = now.isoformat()
+    return found
+
+
+def capacity_summary(store: Store, model: Model, period: Period) -> dict[str, Any]:
+    thresholds = model.thresholds
+    latency = [
+        (t, v) for t, v, _ in _series(store, "model_traffic", model.name, "latency_p95_seconds", period)
+    ]
+    traffic = [(t, v) for t, v, _ in _series(store, "model_traffic", model.name, "throughput_rps", period)]
+    return {
+        "latency_p95_seconds": trend_to_limit(latency, thresholds.max_latency_p95_seconds, period.end),
+        "throughput_rps": trend_to_limit(traffic, thresholds.capacity_rps, period.end),
+    }
+
+
+def time_series(
+    log: pd.DataFrame, model: Model, period: Period, calibration: Calibration | None
+) -> dict[str, list]:
+    """Per time bin: requests, error rate, latency p50/p95, realised accuracy and, for the same
+    predictions taken as unlabelled, the CBPE estimate (how well the estimate tracks reality)."""
+    edges = pd.date_range(period.start, period.end, periods=CHART_BINS + 1)
+    bins = pd.cut(pd.to_datetime(log["timestamp"], utc=True), edges, right=False, labels=edges[:-1])
+    series: dict[str, list] = {
+        k: [] for k in ("at", "requests", "error_rate", "p50", "p95", "accuracy", "estimated_accuracy")
+    }
+    for start, part in log.groupby(bins, observed=True):
+        served = part.loc[~part["error"]]
+        tp, fp, tn, fn = confusion(part, model.positive_class)
+        estimate = None
+        if calibration is not None and served["score"].notna().any():
+            scored = served.loc[served["score"].notna()]
+            estimate = estimate_confusion(
+                calibration.probability(scored["score"].to_numpy(dtype=float)),
+                is_positive(scored["prediction"], model.positive_class).to_numpy(),
+            )
+        series["at"].append(pd.Timestamp(start).isoformat())
+        series["requests"].append(len(part))
+        series["error_rate"].append(float(part["error"].mean()) if len(part) else 0.0)
+        series["p50"].append(_quantile(part["latency_seconds"], 0.5))
+        series["p95"].append(_quantile(part["latency_seconds"], 0.95))
+        series["accuracy"].append((tp + tn) / (tp + fp + tn + fn) if tp + fp + tn + fn else None)
+        series["estimated_accuracy"].append(estimate.accuracy if estimate else None)
+    return series
+
+
+def _quantile(values: pd.Series, q: float) -> float | None:
+    present = values.dropna()
+    return float(present.quantile(q)) if len(present) else None
+
+
+def gather_report(
+    store: Store,
+    config: WatchkeeperConfig,
+    model: Model,
+    period: Period,
+    calibration: Calibration | None,
+    segment_values: dict[str, list[str]],
+    evidently_project: str | None = None,
+) -> dict[str, Any]:
+    """Every figure of the model's report for `period` (see the module's docstring)."""
+    columns = [s.column for s in model.segments]
+    current = read_window(store, model.name, period.window, columns, at_most=SAMPLE_ROWS)
+    previous = read_window(store, model.name, period.previous.window, columns, at_most=SAMPLE_ROWS)
+    with store.reading() as session:
+        counted = count_predictions(session, model.name, period.window)
+        counted_before = count_predictions(session, model.name, period.previous.window)
+    scale = counted[0] / len(current) if len(current) else 1.0
+    incidents, actions = incident_summary(store, model, period)
+    return {
+        "model": model.name,
+        "versions": sorted(set(current["model_version"])) or [model.version],
+        "period": {"start": period.start.isoformat(), "end": period.end.isoformat()},
+        "previous_period": {
+            "start": period.previous.start.isoformat(),
+            "end": period.previous.end.isoformat(),
+        },
+        "sampled_rows": len(current) if len(current) < counted[0] else None,
+        "quality": quality_summary(current, model),
+        "previous_quality": quality_summary(previous, model),
+        "estimated": estimated_summary(current, model, calibration),
+        "traffic": traffic_summary(current, counted, period),
+        "previous_traffic": traffic_summary(previous, counted_before, period.previous),
+        "business": business_summary(current, model, scale),
+        "previous_business": business_summary(
+            previous, model, counted_before[0] / len(previous) if len(previous) else 1.0
+        ),
+        "drift": drift_summary(store, model, period, evidently_project, config.reports.evidently_ui_url),
+        "data_quality": data_quality_summary(store, config, model, period),
+        "incidents": incidents,
+        "remediation": actions,
+        "segments": segment_movement(current, previous, model, segment_values, period),
+        "capacity": capacity_summary(store, model, period),
+        "series": time_series(current, model, period, calibration),
+    }
