@@ -44,7 +44,9 @@ def main() -> None:
         args.clean_minutes,
     )
     home = Path(tempfile.mkdtemp(prefix="watchkeeper-detect-"))
-    ports = {name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager")}
+    ports = {
+        name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
+    }
     result = Drill(options, home, lambda message: print(message, flush=True)).run(ports)
     for fault, row in result["faults"].items():
         print(

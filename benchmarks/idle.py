@@ -92,7 +92,10 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=300, help="seconds measured")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        ports = {name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager")}
+        ports = {
+            name: free_port()
+            for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
+        }
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
         env["WATCHKEEPER_HOME"] = f"{folder}/home"
         prefect_api = f"http://127.0.0.1:{ports['prefect']}/api"

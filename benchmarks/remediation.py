@@ -141,7 +141,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder, HttpRecorder() as http:
-        ports = {name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager")}
+        ports = {
+            name: free_port()
+            for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
+        }
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
         env |= {"WATCHKEEPER_HOME": f"{folder}/home", "WATCHKEEPER_CONFIG": str(config(Path(folder), http))}
         os.environ.update({k: env[k] for k in ("WATCHKEEPER_HOME", "WATCHKEEPER_CONFIG")})

@@ -63,7 +63,9 @@ def test_alertmanager_to_remediation_with_an_approval_from_the_cli(
     kube, http, smtp = standins
     remediation_config(tmp_path, kube, http, smtp)
     http.delay["/breaker/credit_approval/open"] = 1.5
-    ports = {name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager")}
+    ports = {
+        name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "WATCHKEEPER_"))}
     env |= {
         "WATCHKEEPER_HOME": str(tmp_path / "home"),

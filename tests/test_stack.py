@@ -57,7 +57,9 @@ def prometheus_has(url: str, query: str) -> bool:
 
 
 def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager")}
+    ports = {
+        name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["WATCHKEEPER_HOME"] = str(tmp_path)
     options = [f"--{name}-port={port}" for name, port in ports.items()]

@@ -140,9 +140,10 @@ def _stack(
     service_port: int,
     prometheus_port: int,
     alertmanager_port: int,
+    notifications_port: int,
     demo_traffic: bool = False,
 ) -> Stack:
-    ports = Ports(prefect_port, service_port, prometheus_port, alertmanager_port)
+    ports = Ports(prefect_port, service_port, prometheus_port, alertmanager_port, notifications_port)
     return Stack(state.settings, ports, demo_traffic=demo_traffic)
 
 
@@ -157,10 +158,13 @@ def up(
     service_port: PortOption = 8765,
     prometheus_port: PortOption = 9090,
     alertmanager_port: PortOption = 9093,
+    notifications_port: PortOption = 9601,
 ) -> None:
     """Start whatever of the local stack is not already running, on loopback."""
     load_monitoring()
-    stack = _stack(prefect_port, service_port, prometheus_port, alertmanager_port, demo_traffic)
+    stack = _stack(
+        prefect_port, service_port, prometheus_port, alertmanager_port, notifications_port, demo_traffic
+    )
     open_store().upgrade()
     try:
         stack.up(_report)
@@ -174,6 +178,20 @@ def up(
             console.print(f"{label:<18} {url}")
     console.print(f"{'Prefect API':<18} {stack.prefect_api_url}")
     console.print(f"\nlogs in {state.settings.logs_dir}; stop with 'watchkeeper down'")
+
+
+@app.command("notification-sink")
+def notification_sink(
+    port: PortOption = 9601,
+    log: Annotated[Path, typer.Option(help="Append every message received to this JSON-lines file")] = Path(
+        "notifications.jsonl"
+    ),
+) -> None:
+    """The local stack's stand-in for Slack and PagerDuty: answers as they do, keeps what it gets
+    (GET /messages shows the last 100). For demos and tests on loopback, never production."""
+    from watchkeeper.notification_sink import NotificationSink
+
+    NotificationSink(port, log).serve_forever()
 
 
 @app.command()
@@ -578,7 +596,9 @@ def drill(
     folder = home or Path(tempfile.mkdtemp(prefix="watchkeeper-drill-"))
     log = (lambda _m: None) if as_json else (lambda m: errors.print(m, highlight=False))
     log(f"drill home {folder}: {len(wanted)} faults and a clean model, {clean_minutes:g} clean minutes")
-    ports = {name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager")}
+    ports = {
+        name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
+    }
     try:
         result = Drill(options, folder, log).run(ports)
     except RuntimeError as exc:

@@ -40,6 +40,7 @@ class Ports:
     service: int = 8765
     prometheus: int = 9090
     alertmanager: int = 9093
+    notifications: int = 9601
 
 
 @dataclass
@@ -161,6 +162,10 @@ class Stack:
     def service_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.service}"
 
+    @property
+    def notifications_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.notifications}"
+
     def _base_env(self) -> dict[str, str]:
         return {
             "WATCHKEEPER_HOME": str(self.settings.resolved_home),
@@ -168,6 +173,13 @@ class Stack:
             "PREFECT_API_URL": self.prefect_api_url,
             "WATCHKEEPER_ALERTMANAGER_URL": f"http://127.0.0.1:{self.ports.alertmanager}",
             "WATCHKEEPER_URL": self.service_url,
+            # The notification sink stands in for Slack and PagerDuty unless real ones are named.
+            "WATCHKEEPER_SLACK_WEBHOOK_URL": os.environ.get(
+                "WATCHKEEPER_SLACK_WEBHOOK_URL", f"{self.notifications_url}/slack/watchkeeper-demo"
+            ),
+            "WATCHKEEPER_PAGERDUTY_ROUTING_KEY": os.environ.get(
+                "WATCHKEEPER_PAGERDUTY_ROUTING_KEY", "watchkeeper-demo-routing-key"
+            ),
             "PREFECT_HOME": str(self.settings.resolved_home / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             # Prefect's own history (the 15-second schedules make ~5,800 flow runs a day) is vacuumed
@@ -200,6 +212,19 @@ class Stack:
                 )
             )
         components += [
+            Component(
+                "notification-sink",
+                [
+                    str(BIN / "watchkeeper"),
+                    "notification-sink",
+                    "--port",
+                    str(ports.notifications),
+                    "--log",
+                    str(home / "notifications.jsonl"),
+                ],
+                health_url=f"{self.notifications_url}/healthz",
+                urls={"Notifications (Slack, PagerDuty stand-in)": f"{self.notifications_url}/messages"},
+            ),
             Component(
                 "service",
                 [str(BIN / "watchkeeper"), "serve", "--host", "127.0.0.1", "--port", str(ports.service)],
