@@ -256,6 +256,13 @@ def _per_version(log: pd.DataFrame, default_version: str) -> dict[str, pd.DataFr
     return {version: log[log["model_version"] == version] for version in versions}
 
 
+def served_window(store: Store, model_name: str, version: str, window: Window) -> Window:
+    """The part of `window` since the version's first prediction: rates of a model (or version)
+    that started inside the window are not diluted by the time before it served."""
+    since = first_prediction_time(store, model_name, version)
+    return Window(max(window.start, since), window.end) if since and since < window.end else window
+
+
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def measure_traffic(store: Store, model: Model, window: Window) -> dict[str, list[Measurement]]:
     """Per model version: request count, throughput, errors, latency and prediction mix.
@@ -264,12 +271,10 @@ def measure_traffic(store: Store, model: Model, window: Window) -> dict[str, lis
     so a model that just started (or a new version) does not read as low traffic.
     """
     log = read_window(store, model.name, window)
-    measured = {}
-    for version, part in _per_version(log, model.version).items():
-        since = first_prediction_time(store, model.name, version)
-        served = Window(max(window.start, since), window.end) if since and since < window.end else window
-        measured[version] = traffic_metrics(part, served)
-    return measured
+    return {
+        version: traffic_metrics(part, served_window(store, model.name, version, window))
+        for version, part in _per_version(log, model.version).items()
+    }
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -305,7 +310,7 @@ def measure_quality(
                     segment,
                     reference.segment_values.get(segment.column) if reference else None,
                     model,
-                    window.seconds,
+                    served_window(store, model.name, version, window).seconds,
                     reference.segment_positive_rates if reference else {},
                 )
             ]

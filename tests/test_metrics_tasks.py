@@ -134,4 +134,4 @@ def test_measured_windows_round_trip_through_the_store_without_duplicates(
         record_results.fn(store, model, window, quality, None)
     with store.reading() as session:
         rows = session.scalar(select(func.count()).select_from(EvaluationResult))
-    assert rows == sum(len(m) for m in quality["model_quality"].values())
+    assert rows == sum(len(m) for by_version in quality.values() for m in by_version.values())
