@@ -161,7 +161,7 @@ def _capacity_line(summary: Summary) -> str:
     ):
         trend = summary["capacity"].get(name)
         if trend is None:
-            parts.append(f"{label}: too few measurements for a trend")
+            parts.append(f"{label}: under 30 minutes of measurements, no trend yet")
             continue
         if trend["limit"] is None:
             reach = "no limit configured"

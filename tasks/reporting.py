@@ -37,6 +37,7 @@ from watchkeeper.store.schema import EvaluationResult
 SAMPLE_ROWS = 200_000
 BOOTSTRAP_DRAWS = 1000
 CHART_BINS = 48
+MIN_TREND_SPAN = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -322,8 +323,9 @@ def incident_summary(
 def trend_to_limit(
     points: list[tuple[datetime, float]], limit: float | None, now: datetime
 ) -> dict[str, Any] | None:
-    """The least-squares line through `points`: its slope per hour, and when it reaches `limit`."""
-    if len(points) < 3:
+    """The least-squares line through `points`: its slope per hour, and when it reaches `limit`.
+    None below `MIN_TREND_SPAN` of history: minutes of start-up measurements make wild lines."""
+    if len(points) < 3 or points[-1][0] - points[0][0] < MIN_TREND_SPAN:
         return None
     hours = np.array([(t - now).total_seconds() / 3600 for t, _ in points])
     values = np.array([v for _, v in points])
@@ -358,8 +360,11 @@ def time_series(
 ) -> dict[str, list]:
     """Per time bin: requests, error rate, latency p50/p95, realised accuracy and, for the same
     predictions taken as unlabelled, the CBPE estimate (how well the estimate tracks reality)."""
-    edges = pd.date_range(period.start, period.end, periods=CHART_BINS + 1)
-    bins = pd.cut(pd.to_datetime(log["timestamp"], utc=True), edges, right=False, labels=edges[:-1])
+    times = pd.to_datetime(log["timestamp"], utc=True)
+    # From the period's first prediction: a model that started late still gets readable bins.
+    first = max(pd.Timestamp(period.start), times.min()) if len(times) else pd.Timestamp(period.start)
+    edges = pd.date_range(first, period.end, periods=CHART_BINS + 1)
+    bins = pd.cut(times, edges, right=False, labels=edges[:-1])
     series: dict[str, list] = {
         k: [] for k in ("at", "requests", "error_rate", "p50", "p95", "accuracy", "estimated_accuracy")
     }

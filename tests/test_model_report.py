@@ -4,7 +4,7 @@ its API, and the flow on a real Prefect server (artifact)."""
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -295,3 +295,17 @@ def test_the_flow_keeps_an_artifact_on_prefect(
     assert report_html(store, ids["credit_approval"]) is not None
     with pytest.raises(ValueError, match="not a configured model"):
         model_report.fn(model="nope")
+
+
+def test_the_capacity_line_needs_half_an_hour_and_names_when_the_limit_is_reached() -> None:
+    from tasks.reporting import trend_to_limit
+
+    now = utcnow()
+    rising = [(now - timedelta(minutes=60 - m), 0.2 + 0.01 * m) for m in range(0, 61, 5)]
+    trend = trend_to_limit(rising, 1.0, now)
+    assert trend is not None and trend["slope_per_hour"] == pytest.approx(0.6)
+    reached = datetime.fromisoformat(trend["reaches_limit_at"])
+    assert reached - now == pytest.approx(timedelta(hours=0.2 / 0.6), abs=timedelta(minutes=1))
+    assert trend_to_limit(rising[-5:], 1.0, now) is None  # 20 minutes of history
+    falling = [(t, 1.0 - v) for t, v in rising]
+    assert trend_to_limit(falling, 1.0, now)["reaches_limit_at"] is None
