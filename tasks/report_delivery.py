@@ -69,17 +69,13 @@ def produce_report(
     return BuiltReport(report_id, key, summary, text, page, link)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, task_run_name="report-{model.name}")
-def build_model_report(
-    store: Store,
-    config: WatchkeeperConfig,
-    model: Model,
-    period: Period,
-    home: Path,
-    base_url: str | None,
-    flow_run_id: str | None,
-) -> BuiltReport:
-    return produce_report(store, config, model, period, home, base_url, flow_run_id)
+build_model_report = task(
+    produce_report,
+    retries=2,
+    retry_delay_seconds=5,
+    cache_policy=NO_CACHE,
+    task_run_name="report-{model.name}",
+)
 
 
 def deliver(store: Store, config: WatchkeeperConfig, built: BuiltReport, claimant: str) -> dict[str, str]:

@@ -125,6 +125,25 @@ def _incident_rows(summary: Summary, base_url: str | None) -> list[list[str]]:
     return rows
 
 
+REMEDIATION_HEADER = ["incident", "playbook", "action", "target", "decision", "status", "at"]
+INCIDENT_HEADER = ["incident", "title", "severity", "opened", "to detect", "to resolve", "root cause"]
+
+
+def _remediation_rows(summary: Summary) -> list[list[str]]:
+    return [
+        [
+            f"#{a['incident_id']}",
+            a["playbook"],
+            a["action"],
+            a["target"],
+            a["decision"],
+            a["status"],
+            _when(a["decided_at"]),
+        ]
+        for a in summary["remediation"]
+    ]
+
+
 SEGMENT_HEADER = [
     "column",
     "segment",
@@ -235,7 +254,7 @@ def markdown(summary: Summary, base_url: str | None = None) -> str:
         "",
         "## Incidents",
         _table(
-            ["incident", "title", "severity", "opened", "to detect", "to resolve", "root cause"],
+            INCIDENT_HEADER,
             _incident_rows(summary, base_url),
         )
         if summary["incidents"]
@@ -243,19 +262,8 @@ def markdown(summary: Summary, base_url: str | None = None) -> str:
         "",
         "## Remediation",
         _table(
-            ["incident", "playbook", "action", "target", "decision", "status", "at"],
-            [
-                [
-                    f"#{a['incident_id']}",
-                    a["playbook"],
-                    a["action"],
-                    a["target"],
-                    a["decision"],
-                    a["status"],
-                    _when(a["decided_at"]),
-                ]
-                for a in summary["remediation"]
-            ],
+            REMEDIATION_HEADER,
+            _remediation_rows(summary),
         )
         if summary["remediation"]
         else "No remediation.",
@@ -396,26 +404,15 @@ def html_report(summary: Summary, base_url: str | None = None) -> str:
     parts += [
         "<h2>Incidents</h2>",
         _html_table(
-            ["incident", "title", "severity", "opened", "to detect", "to resolve", "root cause"],
+            INCIDENT_HEADER,
             _incident_rows(summary, None),
         )
         if summary["incidents"]
         else "<p>No incident.</p>",
         "<h2>Remediation</h2>",
         _html_table(
-            ["incident", "playbook", "action", "target", "decision", "status", "at"],
-            [
-                [
-                    f"#{a['incident_id']}",
-                    a["playbook"],
-                    a["action"],
-                    a["target"],
-                    a["decision"],
-                    a["status"],
-                    _when(a["decided_at"]),
-                ]
-                for a in summary["remediation"]
-            ],
+            REMEDIATION_HEADER,
+            _remediation_rows(summary),
         )
         if summary["remediation"]
         else "<p>No remediation.</p>",
