@@ -82,10 +82,19 @@ def seed(store: Store) -> None:
             "label_coverage_ratio",
         ],
         "model_traffic": ["throughput_rps", "error_rate"],
+        "model_segments": [],
     }
+    segment = {"segment_column": "car", "segment": "7"}
     extra = {
-        "model_quality": [Measurement("business_impact", 10.0, {"metric_type": "loan_value_approved"})],
+        "model_quality": [
+            Measurement("business_impact", 10.0, {"metric_type": "loan_value_approved"}),
+            Measurement("estimated_accuracy", 0.88),
+        ],
         "model_traffic": [Measurement("prediction_share", 1.0, {"prediction_class": "1"})],
+        "model_segments": [
+            Measurement(name, 0.5, segment)
+            for name in ("segment_positive_rate", "segment_reference_positive_rate", "segment_accuracy")
+        ],
     }
     for kind, names in metrics.items():
         measurements = [Measurement(n, 0.9) for n in names] + extra[kind]
