@@ -30,7 +30,7 @@ from river.datasets import synth
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from tasks.estimation import estimate_confusion, fit_calibration
-from tasks.reporting import scores
+from tasks.measurements import scores
 from watchkeeper.demo import CATEGORICAL, FEATURES, DemoTraffic, Injections
 
 Source = tuple[pd.DataFrame, Callable[[int, bool], pd.DataFrame]]

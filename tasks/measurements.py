@@ -34,4 +34,34 @@ class Window:
 
 
 def is_positive(column: pd.Series, positive_class: object) -> pd.Series:
-    return column.map(class_name) == class_name(positive_class)
+    """Which values name the positive class (1, 1.0 and "1" alike); each distinct value's class
+    name is computed once."""
+    target = class_name(positive_class)
+    try:
+        names = {value: class_name(value) for value in column.dropna().unique()}
+    except TypeError:  # unhashable values (lists from a JSON column): one by one
+        return column.map(class_name) == target
+    return column.map(names) == target
+
+
+def confusion(log: pd.DataFrame, positive_class: object) -> tuple[int, int, int, int]:
+    """(tp, fp, tn, fn) of the served, labelled predictions."""
+    labelled = log.loc[~log["error"] & log["label"].notna()]
+    truth = is_positive(labelled["label"], positive_class)
+    predicted = is_positive(labelled["prediction"], positive_class)
+    return (
+        int((truth & predicted).sum()),
+        int((~truth & predicted).sum()),
+        int((~truth & ~predicted).sum()),
+        int((truth & ~predicted).sum()),
+    )
+
+
+def scores(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
+    n = tp + fp + tn + fn
+    return {
+        "accuracy": (tp + tn) / n if n else 0.0,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+    }

@@ -5,6 +5,7 @@ The functions taking a DataFrame are plain logic; the tasks at the bottom wrap s
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from datetime import datetime
@@ -13,13 +14,12 @@ from typing import Any
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
-from sqlalchemy import and_, case, delete, func, select
+from sqlalchemy import String, and_, case, cast, delete, func, select
 from sqlalchemy.orm import Session
 
 from tasks.estimation import estimate_unlabelled
 from tasks.logs import first_prediction_time
-from tasks.measurements import Measurement, Window, is_positive
+from tasks.measurements import Measurement, Window, confusion, is_positive, scores
 from tasks.references import ModelReference
 from tasks.segments import segment_metrics
 from watchkeeper.config import Model
@@ -67,18 +67,13 @@ def quality_metrics(log: pd.DataFrame, positive_class: object, min_coverage: flo
     labelled = log.loc[~log["error"] & log["label"].notna()]
     if coverage < min_coverage or labelled.empty:
         return measurements
-    y_true = is_positive(labelled["label"], positive_class)
-    y_pred = is_positive(labelled["prediction"], positive_class)
-    tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[False, True]).ravel()
+    tp, fp, tn, fn = confusion(labelled, positive_class)
     measurements += [
         Measurement("true_positives", float(tp)),
         Measurement("false_positives", float(fp)),
         Measurement("true_negatives", float(tn)),
         Measurement("false_negatives", float(fn)),
-        Measurement("accuracy", float(accuracy_score(y_true, y_pred))),
-        Measurement("precision", float(precision_score(y_true, y_pred, zero_division=0))),
-        Measurement("recall", float(recall_score(y_true, y_pred, zero_division=0))),
-        Measurement("f1", float(f1_score(y_true, y_pred, zero_division=0))),
+        *(Measurement(name, value) for name, value in scores(tp, fp, tn, fn).items()),
         Measurement("false_positive_rate", float(fp / (fp + tn)) if fp + tn else 0.0),
     ]
     return measurements
@@ -116,6 +111,17 @@ LOG_COLUMNS = [
 ]
 
 
+def json_class_names(texts: pd.Series) -> pd.Series:
+    """JSON texts as class names, each distinct text decoded once: a window's predictions, labels
+    and segment values take a handful of values, and decoding every row's JSON cost most of a
+    collection's CPU. JSON null and SQL NULL are None."""
+    names = {}
+    for text in texts.dropna().unique():
+        value = json.loads(text)
+        names[text] = None if value is None else class_name(value)
+    return texts.map(names).astype(object).where(texts.notna(), None)
+
+
 def read_window(
     store: Store,
     model_name: str,
@@ -123,20 +129,24 @@ def read_window(
     feature_columns: Sequence[str] = (),
     at_most: int | None = None,
 ) -> pd.DataFrame:
-    """Predictions in [start, end) with their labels when they have arrived, and the raw values of
-    `feature_columns` (segment columns) in columns of their names. With `at_most`, a window holding
+    """Predictions in [start, end) with their labels when they have arrived, and the values of
+    `feature_columns` (segment columns) in columns of their names. Prediction, label and those
+    features come as class names (`class_name`; None when absent). With `at_most`, a window holding
     more rows is read as a systematic sample (every k-th stored row, as `prediction_frame` does)."""
-    features = [Prediction.features[name].label(f"feature_{i}") for i, name in enumerate(feature_columns)]
+    features = [
+        cast(Prediction.features[name], String).label(f"feature_{i}")
+        for i, name in enumerate(feature_columns)
+    ]
     query = (
         select(
             Prediction.request_id,
             Prediction.model_version,
             Prediction.timestamp,
-            Prediction.prediction,
+            cast(Prediction.prediction, String),
             Prediction.score,
             Prediction.latency_seconds,
             Prediction.error,
-            Feedback.label,
+            cast(Feedback.label, String),
             Feedback.business_value,
             *features,
         )
@@ -157,6 +167,8 @@ def read_window(
                 query = query.where(Prediction.id % math.ceil(stored / at_most) == 0)
         rows = session.execute(query).all()
     frame = pd.DataFrame(rows, columns=[*LOG_COLUMNS, *feature_columns])
+    for column in ["prediction", "label", *feature_columns]:
+        frame[column] = json_class_names(frame[column])
     frame["error"] = frame["error"].astype(bool)
     numbers = ["score", "latency_seconds", "business_value"]
     frame[numbers] = frame[numbers].astype(float)

@@ -25,7 +25,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from tasks.estimation import Calibration, estimate_confusion
-from tasks.measurements import Window, is_positive
+from tasks.measurements import Window, confusion, is_positive, scores
 from tasks.metrics import count_predictions, read_window
 from tasks.segments import segment_metrics
 from watchkeeper.config import Model, WatchkeeperConfig
@@ -52,29 +52,6 @@ class Period:
     @property
     def window(self) -> Window:
         return Window(self.start, self.end)
-
-
-def confusion(log: pd.DataFrame, positive_class: object) -> tuple[int, int, int, int]:
-    """(tp, fp, tn, fn) of the served, labelled predictions."""
-    labelled = log.loc[~log["error"] & log["label"].notna()]
-    truth = is_positive(labelled["label"], positive_class)
-    predicted = is_positive(labelled["prediction"], positive_class)
-    return (
-        int((truth & predicted).sum()),
-        int((~truth & predicted).sum()),
-        int((~truth & ~predicted).sum()),
-        int((truth & ~predicted).sum()),
-    )
-
-
-def scores(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
-    n = tp + fp + tn + fn
-    return {
-        "accuracy": (tp + tn) / n if n else 0.0,
-        "precision": tp / (tp + fp) if tp + fp else 0.0,
-        "recall": tp / (tp + fn) if tp + fn else 0.0,
-        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-    }
 
 
 def with_intervals(tp: int, fp: int, tn: int, fn: int) -> dict[str, dict[str, float]]:

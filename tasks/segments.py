@@ -22,11 +22,20 @@ MIN_SEGMENT_LABELS = 30  # a segment's accuracy on fewer labels is noise, not ne
 MAX_SEGMENT_NAME = 64  # label values stay short whatever a sender puts in the column
 
 
+def segment_name(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING_SEGMENT
+    return class_name(value)[:MAX_SEGMENT_NAME]
+
+
 def segment_names(values: pd.Series) -> pd.Series:
-    """Raw column values as label values: `_missing_` for absent ones, numbers as their class names."""
-    return values.map(
-        lambda v: MISSING_SEGMENT if v is None or (isinstance(v, float) and math.isnan(v)) else class_name(v)
-    )
+    """Column values as label values: `_missing_` for absent ones, numbers as their class names,
+    at most 64 characters; each distinct value named once."""
+    try:
+        names = {value: segment_name(value) for value in values.dropna().unique()}
+    except TypeError:  # unhashable values (lists from a JSON column): one by one
+        return values.map(segment_name)
+    return values.map(names).where(values.notna(), MISSING_SEGMENT)
 
 
 def top_values(values: pd.Series, at_most: int) -> list[str]:
@@ -81,29 +90,39 @@ def segment_metrics(
     if log.empty or segment.column not in log:
         return []
     values = kept if kept is not None else top_values(log[segment.column], segment.max_values)
-    names = bounded(log[segment.column], values)
+    served = ~log["error"]
+    labelled = served & log["label"].notna()
+    predicted = is_positive(log["prediction"], model.positive_class)
+    counts = (
+        pd.DataFrame(
+            {
+                "requests": 1,
+                "served": served,
+                "labelled": labelled,
+                "positive": served & predicted,
+                "right": labelled & (predicted == is_positive(log["label"], model.positive_class)),
+            }
+        )
+        .groupby(bounded(log[segment.column], values).to_numpy())
+        .sum()
+    )
     measurements = []
-    for name, part in log.groupby(names):
+    for name, row in counts.iterrows():
         labels = {"segment_column": segment.column, "segment": str(name)}
-        served = part.loc[~part["error"]]
-        labelled = served.loc[served["label"].notna()]
-        found = [
-            Measurement("segment_request_count", float(len(part)), labels),
-            Measurement("segment_throughput_rps", len(part) / window_seconds, labels),
-            Measurement("segment_labelled", float(len(labelled)), labels),
+        measurements += [
+            Measurement("segment_request_count", float(row["requests"]), labels),
+            Measurement("segment_throughput_rps", row["requests"] / window_seconds, labels),
+            Measurement("segment_labelled", float(row["labelled"]), labels),
         ]
-        if len(served):
-            positive = is_positive(served["prediction"], model.positive_class)
-            found.append(Measurement("segment_positive_rate", float(positive.mean()), labels))
-            found.append(Measurement("segment_label_coverage_ratio", len(labelled) / len(served), labels))
+        if row["served"]:
+            measurements += [
+                Measurement("segment_positive_rate", row["positive"] / row["served"], labels),
+                Measurement("segment_label_coverage_ratio", row["labelled"] / row["served"], labels),
+            ]
         reference_rate = reference_rates.get((segment.column, str(name)))
         if reference_rate is not None:
-            found.append(Measurement("segment_reference_positive_rate", reference_rate, labels))
-        coverage = len(labelled) / len(served) if len(served) else 0.0
-        if len(labelled) >= MIN_SEGMENT_LABELS and coverage >= model.thresholds.min_label_coverage:
-            right = is_positive(labelled["prediction"], model.positive_class) == is_positive(
-                labelled["label"], model.positive_class
-            )
-            found.append(Measurement("segment_accuracy", float(right.mean()), labels))
-        measurements += found
+            measurements.append(Measurement("segment_reference_positive_rate", reference_rate, labels))
+        coverage = row["labelled"] / row["served"] if row["served"] else 0.0
+        if row["labelled"] >= MIN_SEGMENT_LABELS and coverage >= model.thresholds.min_label_coverage:
+            measurements.append(Measurement("segment_accuracy", row["right"] / row["labelled"], labels))
     return measurements
