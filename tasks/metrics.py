@@ -268,6 +268,18 @@ def _per_version(log: pd.DataFrame, default_version: str) -> dict[str, pd.DataFr
     return {version: log[log["model_version"] == version] for version in versions}
 
 
+def positive_rates(log: pd.DataFrame, model: Model, reference: ModelReference | None) -> list[Measurement]:
+    """The model's share of positive predictions and the reference's: the segments' rules compare a
+    segment's shift with the whole model's, so a whole-model shift is not paged once per segment."""
+    served = log.loc[~log["error"], "prediction"]
+    found = []
+    if len(served):
+        found.append(Measurement("positive_rate", float(is_positive(served, model.positive_class).mean())))
+    if reference is not None and reference.positive_rate is not None:
+        found.append(Measurement("reference_positive_rate", reference.positive_rate))
+    return found
+
+
 def served_window(store: Store, model_name: str, version: str, window: Window) -> Window:
     """The part of `window` since the version's first prediction: rates of a model (or version)
     that started inside the window are not diluted by the time before it served."""
@@ -314,7 +326,7 @@ def measure_quality(
             ),
         ]
         if model.segments:
-            measured["model_segments"][version] = [
+            measured["model_segments"][version] = positive_rates(part, model, reference) + [
                 m
                 for segment in model.segments
                 for m in segment_metrics(

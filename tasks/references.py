@@ -11,6 +11,7 @@ import pandas as pd
 
 from tasks.estimation import Calibration, fit_calibration
 from tasks.logs import reference_frame
+from tasks.measurements import is_positive
 from tasks.segments import reference_positive_rates, reference_segments
 from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.record_checks import ReferenceCache
@@ -22,6 +23,7 @@ class ModelReference:
     calibration: Calibration | None
     segment_values: dict[str, list[str]] = field(default_factory=dict)
     segment_positive_rates: dict[tuple[str, str], float] = field(default_factory=dict)
+    positive_rate: float | None = None
 
 
 def derive(model: Model, reference: pd.DataFrame) -> ModelReference:
@@ -30,6 +32,11 @@ def derive(model: Model, reference: pd.DataFrame) -> ModelReference:
         calibration=fit_calibration(reference, model.score_column, model.label_column, model.positive_class),
         segment_values=kept,
         segment_positive_rates=reference_positive_rates(model, reference, kept),
+        positive_rate=(
+            float(is_positive(reference[model.prediction_column], model.positive_class).mean())
+            if model.prediction_column in reference
+            else None
+        ),
     )
 
 

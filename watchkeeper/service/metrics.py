@@ -106,6 +106,13 @@ GAUGES: dict[tuple[str, str], Gauge] = {
         "ai_model_estimated_predictions",
         "Served predictions in the quality window without a label yet (what the estimate covers).",
     ),
+    ("model_segments", "positive_rate"): Gauge(
+        "ai_model_positive_rate",
+        "Share of served predictions in the positive class over the quality window (models with segments).",
+    ),
+    ("model_segments", "reference_positive_rate"): Gauge(
+        "ai_model_reference_positive_rate", "Share of the reference's predictions in the positive class."
+    ),
     ("model_segments", "segment_request_count"): Gauge(
         "ai_model_segment_requests",
         "Predictions per segment over the quality window.",

@@ -10,6 +10,7 @@ one period never send twice. A send that failed may be claimed again (compare-an
 from __future__ import annotations
 
 import gzip
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -36,6 +37,17 @@ class ReportPeriod:
     end: datetime
 
 
+def finite(value: Any) -> Any:
+    """The summary with NaN and infinities as None: PostgreSQL's JSON refuses them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
 def save_report(
     store: Store,
     period: ReportPeriod,
@@ -51,7 +63,7 @@ def save_report(
         "period_end": period.end,
         "created_at": utcnow(),
         "flow_run_id": flow_run_id,
-        "summary": summary,
+        "summary": finite(summary),
         "markdown": markdown,
         "html_gzip": gzip.compress(html.encode(), compresslevel=6),
     }
