@@ -118,6 +118,7 @@ def _incident_rows(summary: Summary, base_url: str | None) -> list[list[str]]:
                 i["severity"] or "–",
                 _when(i["opened_at"]),
                 _duration(i["time_to_detect_seconds"]),
+                _duration(i["time_to_act_seconds"]) if i["time_to_act_seconds"] is not None else "–",
                 _duration(i["time_to_resolve_seconds"]),
                 f"{cause.get('alertname', '–')} on {cause.get('subject', '–')}",
             ]
@@ -126,7 +127,16 @@ def _incident_rows(summary: Summary, base_url: str | None) -> list[list[str]]:
 
 
 REMEDIATION_HEADER = ["incident", "playbook", "action", "target", "decision", "status", "at"]
-INCIDENT_HEADER = ["incident", "title", "severity", "opened", "to detect", "to resolve", "root cause"]
+INCIDENT_HEADER = [
+    "incident",
+    "title",
+    "severity",
+    "opened",
+    "to detect",
+    "to act",
+    "to resolve",
+    "root cause",
+]
 
 
 def _remediation_rows(summary: Summary) -> list[list[str]]:

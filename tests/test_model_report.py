@@ -31,7 +31,7 @@ from watchkeeper.store import Store
 from watchkeeper.store.intake import store_feedback
 from watchkeeper.store.remediation import RemediationAction
 from watchkeeper.store.reports import ReportPeriod, claim_delivery, list_reports, report_html
-from watchkeeper.store.schema import Incident, ModelReport, ReportDelivery, utcnow
+from watchkeeper.store.schema import Alert, Incident, ModelReport, ReportDelivery, utcnow
 
 HOSTILE = "</script><script>alert(1)</script>"
 TOKEN = "operator-secret"
@@ -144,13 +144,8 @@ def reported(store: Store, tmp_path: Path) -> tuple[Store, WatchkeeperConfig, Pe
     )
     correlate_pending_alerts(store, config)
     with store.writing() as session:
-        session.execute(
-            update(Incident).values(
-                status="resolved",
-                opened_at=first + timedelta(seconds=40),
-                resolved_at=first + timedelta(minutes=12),
-            )
-        )
+        session.execute(update(Alert).values(received_at=first + timedelta(seconds=40)))
+        session.execute(update(Incident).values(status="resolved", resolved_at=first + timedelta(minutes=12)))
         session.add(
             RemediationAction(
                 idempotency_key="k1",
@@ -162,6 +157,7 @@ def reported(store: Store, tmp_path: Path) -> tuple[Store, WatchkeeperConfig, Pe
                 reason="matched",
                 inputs={},
                 status="succeeded",
+                decided_at=first + timedelta(seconds=65),
             )
         )
     return store, config, period
@@ -179,6 +175,7 @@ def test_a_report_sets_the_period_against_the_previous_one(reported: tuple, tmp_
     assert summary["quality"]["label_coverage"] == 0.5
     [incident] = summary["incidents"]
     assert incident["time_to_detect_seconds"] == 40 and incident["time_to_resolve_seconds"] == 720
+    assert incident["time_to_act_seconds"] == 65
     assert [a["action"] for a in summary["remediation"]] == ["fallback_model"]
     assert summary["drift"]["windows"][0]["drifted"] == ["salary"]
     # The reference's top three values keep their labels; the hostile value is among the rest.

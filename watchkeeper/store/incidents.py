@@ -121,16 +121,22 @@ def incident_detail(store: Store, incident_id: int) -> dict[str, Any] | None:
         return detail
 
 
-def incidents_of_model(store: Store, model_name: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
-    """Incidents with an alert about `model_name` that were open at some time in [start, end), oldest
-    first, each with its first alert's start and its alert names."""
+def incidents_of_model(
+    store: Store, model_name: str, pipelines: list[str], start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """Incidents with an alert about `model_name` or one of its `pipelines` that were open at some
+    time in [start, end), oldest first, each with its first alert's start and arrival and its alert
+    names."""
+    about = Alert.model_name == model_name
+    if pipelines:
+        about = about | Alert.pipeline_name.in_(pipelines)
     with store.reading() as session:
         rows = session.execute(
-            select(Incident, func.min(Alert.starts_at), func.count())
+            select(Incident, func.min(Alert.starts_at), func.min(Alert.received_at))
             .join(IncidentMember, IncidentMember.incident_id == Incident.id)
             .join(Alert, Alert.id == IncidentMember.alert_id)
             .where(
-                Alert.model_name == model_name,
+                about,
                 Incident.opened_at < end,
                 (Incident.resolved_at.is_(None)) | (Incident.resolved_at >= start),
             )
@@ -143,9 +149,10 @@ def incidents_of_model(store: Store, model_name: str, start: datetime, end: date
             .where(IncidentMember.incident_id.in_([row[0].id for row in rows]))
         ).all()
         found = []
-        for incident, first_alert_at, _ in rows:
+        for incident, first_alert_at, first_received_at in rows:
             detail = _incident_json(incident, sum(1 for i, _ in names if i == incident.id))
             detail["first_alert_at"] = iso(first_alert_at)
+            detail["first_received_at"] = iso(first_received_at)
             detail["alertnames"] = sorted({n for i, n in names if i == incident.id})
             found.append(detail)
         return found
