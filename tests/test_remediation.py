@@ -57,6 +57,7 @@ def remediation_config(
             "to": ["oncall@example.com"],
         },
     ]
+    data.pop("reports")  # it names the example's Slack target
     fallback = {
         "action": "fallback_model",
         "url": f"{http.url}/router/activate_fallback",
