@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from deployments.serve import FLOWS
 from tests.conftest import free_port
 from tests.realstack import wait_until
 from tests.test_alert_intake import NOTIFICATION
@@ -61,7 +62,9 @@ def test_the_prefect_server_an_executor_started_dies_with_it_even_under_kill_9(
         )
     try:
         wait_until(
-            lambda: "serving 8 deployments" in log.read_text(), "the executor and its server", timeout=240
+            lambda: f"serving {len(FLOWS)} deployments" in log.read_text(),
+            "the executor and its server",
+            timeout=240,
         )
         [server] = children(executor.pid)
         assert b"prefect" in Path(f"/proc/{server}/cmdline").read_bytes()
