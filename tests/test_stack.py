@@ -76,6 +76,7 @@ def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
         assert httpx.get(f"{service}/healthz").json()["status"] == "ok"
         assert {r.name for r in records} == {
             "prefect-server",
+            "notification-sink",
             "service",
             "executor",
             "alertmanager",
@@ -86,7 +87,7 @@ def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
         assert "collect-model-metrics" in {d["name"] for d in deployments}
 
         again = cli("up", *options)  # starts nothing twice
-        assert again.returncode == 0 and again.stdout.count("already running") == 5
+        assert again.returncode == 0 and again.stdout.count("already running") == len(records)
 
         traffic = cli(
             "demo-traffic", "--url", service, "--count", "1500", "--rate", "0", "--train-size", "500"
