@@ -180,16 +180,3 @@ def record_delivery(
             )
             .values(status=status, finished_at=utcnow(), detail=detail[:2000])
         )
-
-
-def deliveries(store: Store, period: ReportPeriod) -> dict[str, str]:
-    """Target -> delivery status of the period's report."""
-    with store.reading() as session:
-        rows = session.execute(
-            select(ReportDelivery.target, ReportDelivery.status).where(
-                ReportDelivery.model_name == period.model_name,
-                ReportDelivery.period_start == period.start,
-                ReportDelivery.period_end == period.end,
-            )
-        ).all()
-    return dict(rows)  # type: ignore[arg-type]
