@@ -326,6 +326,7 @@ def measure_quality(
             ),
         ]
         if model.segments:
+            served_seconds = served_window(store, model.name, version, window).seconds
             measured["model_segments"][version] = positive_rates(part, model, reference) + [
                 m
                 for segment in model.segments
@@ -334,7 +335,7 @@ def measure_quality(
                     segment,
                     reference.segment_values.get(segment.column) if reference else None,
                     model,
-                    served_window(store, model.name, version, window).seconds,
+                    served_seconds,
                     reference.segment_positive_rates if reference else {},
                 )
             ]
