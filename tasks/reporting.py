@@ -251,7 +251,7 @@ def data_quality_summary(
     store: Store, config: WatchkeeperConfig, model: Model, period: Period
 ) -> list[dict[str, Any]]:
     found = []
-    for dataset in (d for d in config.datasets if d.model == model.name):
+    for dataset in config.datasets_of(model.name):
         series = _series(store, "data_quality", dataset.name, "quality_score", period)
         if series:
             worst = min(series, key=lambda s: s[1])
@@ -272,7 +272,7 @@ def incident_summary(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The incidents of the model (and of its datasets' pipelines) in the period, with time to
     detect, act and resolve, and their remediation."""
-    pipelines = sorted({d.pipeline for d in config.datasets if d.model == model.name and d.pipeline})
+    pipelines = sorted({d.pipeline for d in config.datasets_of(model.name) if d.pipeline})
     incidents = incidents_of_model(store, model.name, pipelines, period.start, period.end)
     actions = actions_of_incidents(store, [i["id"] for i in incidents])
     for incident in incidents:

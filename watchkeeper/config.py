@@ -681,6 +681,10 @@ class WatchkeeperConfig(Strict):
     def model(self, name: str) -> Model | None:
         return self.models_by_name.get(name)
 
+    def datasets_of(self, model_name: str) -> list[Dataset]:
+        """The datasets whose records `model_name` serves (its data quality, its pipelines)."""
+        return [d for d in self.datasets if d.model == model_name]
+
 
 def _require_unique(names: list[str], what: str) -> None:
     seen: set[str] = set()
