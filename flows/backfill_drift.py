@@ -9,12 +9,12 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import AwareDatetime
 
 from tasks.drift import evaluate_drift_window, load_reference
 from tasks.metrics import Window
 from watchkeeper.config import Duration
 from watchkeeper.settings import Settings
+from watchkeeper.times import UtcTime
 
 
 def backfill_windows(start: datetime, end: datetime, window: Duration, step: Duration) -> list[Window]:
@@ -32,7 +32,7 @@ def backfill_windows(start: datetime, end: datetime, window: Duration, step: Dur
 
 @flow(name="backfill-drift", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
 def backfill_drift(
-    model: str, start: AwareDatetime, end: AwareDatetime, window: Duration, step: Duration
+    model: str, start: UtcTime, end: UtcTime, window: Duration, step: Duration
 ) -> dict[str, object]:
     settings = Settings()
     configured = settings.monitoring.model(model)

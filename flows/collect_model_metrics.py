@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 from tasks.metrics import Window, compact_tallies, measure_quality, measure_traffic, record_results
 from tasks.references import model_reference
 from watchkeeper.settings import Settings
-from watchkeeper.store.schema import utcnow
+from watchkeeper.times import utcnow
 
 
 @flow(name="collect-model-metrics", log_prints=True)

@@ -9,7 +9,7 @@ from tasks.drift import load_reference
 from tasks.metrics import Window
 from tasks.quality import evaluate_dataset
 from watchkeeper.settings import Settings
-from watchkeeper.store.schema import utcnow
+from watchkeeper.times import utcnow
 
 
 @flow(name="evaluate-data-quality", log_prints=True)

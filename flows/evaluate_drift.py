@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 from tasks.drift import evaluate_drift_window, load_reference
 from tasks.metrics import Window
 from watchkeeper.settings import Settings
-from watchkeeper.store.schema import utcnow
+from watchkeeper.times import utcnow
 
 
 @flow(name="evaluate-drift", log_prints=True)

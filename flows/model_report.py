@@ -10,17 +10,17 @@ from datetime import datetime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
-from pydantic import AwareDatetime
 
 from tasks.report_delivery import build_model_report, deliver_model_report
 from tasks.reporting import Period
 from watchkeeper.settings import Settings
-from watchkeeper.store.schema import utcnow
+from watchkeeper.times import UtcTime, as_utc, utcnow
 
 
 def period_end(scheduled: datetime | None) -> datetime:
-    """The run's scheduled time to the minute: every attempt of one scheduled run reports one period."""
-    return (scheduled or utcnow()).replace(second=0, microsecond=0)
+    """The run's scheduled time (Prefect's, a pendulum time) to the minute: every attempt of one
+    scheduled run reports one period."""
+    return as_utc(scheduled or utcnow()).replace(second=0, microsecond=0)
 
 
 def artifact_key(model_name: str) -> str:
@@ -30,8 +30,8 @@ def artifact_key(model_name: str) -> str:
 @flow(name="model-report", log_prints=True)
 def model_report(
     model: str | None = None,
-    start: AwareDatetime | None = None,
-    end: AwareDatetime | None = None,
+    start: UtcTime | None = None,
+    end: UtcTime | None = None,
     deliver: bool = True,
 ) -> dict[str, int]:
     """Reports of `model` (every configured model when unset) for [start, end); returns their ids."""

@@ -8,7 +8,7 @@ from prefect.runtime import flow_run
 from tasks.metrics import Window
 from tasks.pipelines import evaluate_pipeline
 from watchkeeper.settings import Settings
-from watchkeeper.store.schema import utcnow
+from watchkeeper.times import utcnow
 
 
 @flow(name="pipeline-health", log_prints=True)

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks.retention import apply_retention, retention_markdown
 from watchkeeper.settings import Settings
-from watchkeeper.store.schema import utcnow
+from watchkeeper.times import utcnow
 
 
 @flow(name="retention", log_prints=True)

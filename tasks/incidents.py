@@ -28,7 +28,8 @@ from tasks.correlation import (
 )
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.store import Store
-from watchkeeper.store.schema import Alert, Incident, IncidentEvent, IncidentMember, utcnow
+from watchkeeper.store.schema import Alert, Incident, IncidentEvent, IncidentMember
+from watchkeeper.times import utcnow
 
 # Arbitrary constant naming the correlation lock on PostgreSQL.
 CORRELATION_LOCK = 7_246_001

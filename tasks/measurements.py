@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from watchkeeper.record_checks import class_name
+from watchkeeper.times import as_utc
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class Measurement:
 class Window:
     start: datetime
     end: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", as_utc(self.start))
+        object.__setattr__(self, "end", as_utc(self.end))
 
     @property
     def seconds(self) -> float:

@@ -26,7 +26,8 @@ from watchkeeper.config import Model
 from watchkeeper.record_checks import class_name
 from watchkeeper.store import Store, insert_for
 from watchkeeper.store.intake import fold_tallies
-from watchkeeper.store.schema import EvaluationResult, Feedback, LatestWindow, Prediction, utcnow
+from watchkeeper.store.schema import EvaluationResult, Feedback, LatestWindow, Prediction
+from watchkeeper.times import utcnow
 
 
 def traffic_metrics(log: pd.DataFrame, window: Window) -> list[Measurement]:

@@ -60,7 +60,8 @@ from watchkeeper.store.remediation import (
     take_over,
     unclaimed,
 )
-from watchkeeper.store.schema import Alert, Incident, IncidentEvent, utcnow
+from watchkeeper.store.schema import Alert, Incident, IncidentEvent
+from watchkeeper.times import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -43,17 +43,12 @@ MIN_TREND_SPAN = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
-class Period:
-    start: datetime
-    end: datetime
+class Period(Window):
+    """A report's period: a window that knows the one before it."""
 
     @property
     def previous(self) -> Period:
         return Period(self.start - (self.end - self.start), self.start)
-
-    @property
-    def window(self) -> Window:
-        return Window(self.start, self.end)
 
 
 def with_intervals(tp: int, fp: int, tn: int, fn: int) -> dict[str, dict[str, float]]:
@@ -122,7 +117,7 @@ def traffic_summary(log: pd.DataFrame, counted: tuple[int, int], period: Period)
         "requests": requests,
         "errors": errors,
         "error_rate": round(errors / requests, 4) if requests else 0.0,
-        "throughput_rps": round(requests / period.window.seconds, 3),
+        "throughput_rps": round(requests / period.seconds, 3),
     }
     if len(latency):
         for q in (50, 95, 99):
@@ -154,8 +149,8 @@ def segment_movement(
     rows = []
     for segment in model.segments:
         values = kept.get(segment.column)
-        now = _by_segment(segment_metrics(current, segment, values, model, period.window.seconds, {}))
-        before = _by_segment(segment_metrics(previous, segment, values, model, period.window.seconds, {}))
+        now = _by_segment(segment_metrics(current, segment, values, model, period.seconds, {}))
+        before = _by_segment(segment_metrics(previous, segment, values, model, period.seconds, {}))
         for name, figures in now.items():
             earlier = before.get(name, {})
             moves = [
@@ -375,11 +370,11 @@ def gather_report(
 ) -> dict[str, Any]:
     """Every figure of the model's report for `period` (see the module's docstring)."""
     columns = [s.column for s in model.segments]
-    current = read_window(store, model.name, period.window, columns, at_most=SAMPLE_ROWS)
-    previous = read_window(store, model.name, period.previous.window, columns, at_most=SAMPLE_ROWS)
+    current = read_window(store, model.name, period, columns, at_most=SAMPLE_ROWS)
+    previous = read_window(store, model.name, period.previous, columns, at_most=SAMPLE_ROWS)
     with store.reading() as session:
-        counted = count_predictions(session, model.name, period.window)
-        counted_before = count_predictions(session, model.name, period.previous.window)
+        counted = count_predictions(session, model.name, period)
+        counted_before = count_predictions(session, model.name, period.previous)
     scale = counted[0] / len(current) if len(current) else 1.0
     incidents, actions = incident_summary(store, config, model, period)
     return {

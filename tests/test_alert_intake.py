@@ -5,15 +5,17 @@ from __future__ import annotations
 import base64
 import copy
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
+from tasks.incidents import correlate_pending_alerts
 from tests.conftest import LiveService, alertmanager_only
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.store import Store
-from watchkeeper.store.schema import Alert, AlertNotification, FlowRunOutbox
+from watchkeeper.store.schema import Alert, AlertNotification, FlowRunOutbox, Incident
 
 TOKEN = "webhook-s3cret"
 NOTIFICATION = {
@@ -158,3 +160,24 @@ def test_a_body_over_the_limit_gets_413(example_config: WatchkeeperConfig, store
     with LiveService(small, store, credentials=alertmanager_only(TOKEN)) as live:
         assert post(live, NOTIFICATION).status_code == 413
     assert counts(store) == (0, 0, 0)
+
+
+def test_times_with_offsets_are_their_utc_instants_through_to_the_incident(
+    webhook: LiveService, store: Store, example_config: WatchkeeperConfig
+) -> None:
+    """startsAt and endsAt as a sender in +02:00 writes them: the same alert as its `Z` twin, and the
+    incident opens and resolves at the UTC instants (what handle-alerts correlates)."""
+    post(webhook, NOTIFICATION)
+    shifted = copy.deepcopy(NOTIFICATION)
+    shifted["alerts"][0]["startsAt"] = "2026-11-26T11:00:00+02:00"
+    assert post(webhook, shifted).json()["new_alerts"] == 0
+    correlate_pending_alerts(store, example_config)
+    shifted["status"] = "resolved"
+    shifted["alerts"][0].update(status="resolved", endsAt="2026-11-26T11:20:00.5+02:00")
+    assert post(webhook, shifted).json()["resolved_alerts"] == 1
+    correlate_pending_alerts(store, example_config)
+    with store.reading() as session:
+        incident = session.scalars(select(Incident)).one()
+        alert = session.scalars(select(Alert)).one()
+    assert incident.opened_at == alert.starts_at == datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+    assert incident.resolved_at == alert.ends_at == datetime(2026, 11, 26, 9, 20, 0, 500000, tzinfo=UTC)

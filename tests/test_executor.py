@@ -22,7 +22,8 @@ from watchkeeper.config import ExecutorLanes
 from watchkeeper.executor import WarmExecutor
 from watchkeeper.runcontrol import uninterruptible, waiting_for_people
 from watchkeeper.store import Store, executions
-from watchkeeper.store.schema import Executor, FlowRunOutbox, utcnow
+from watchkeeper.store.schema import Executor, FlowRunOutbox
+from watchkeeper.times import utcnow
 
 CALLS: Counter[str] = Counter()
 GATES: dict[str, threading.Event] = {}

@@ -24,6 +24,7 @@ from tasks.retention import apply_retention
 from tests.conftest import LiveService, save_predictions
 from tests.standins import HttpRecorder, SmtpStandIn
 from tests.test_incidents import notify
+from tests.timepaths import assert_bins_match, prediction_bodies, times_before, written
 from watchkeeper.config import WatchkeeperConfig, load_config
 from watchkeeper.records import FeedbackRecord, PredictionRecord
 from watchkeeper.settings import DEFAULT_CONFIG
@@ -31,7 +32,8 @@ from watchkeeper.store import Store
 from watchkeeper.store.intake import store_feedback
 from watchkeeper.store.remediation import RemediationAction
 from watchkeeper.store.reports import ReportPeriod, claim_delivery, list_reports, report_html
-from watchkeeper.store.schema import Alert, Incident, ModelReport, ReportDelivery, utcnow
+from watchkeeper.store.schema import Alert, Incident, ModelReport, ReportDelivery
+from watchkeeper.times import utcnow
 
 HOSTILE = "</script><script>alert(1)</script>"
 TOKEN = "operator-secret"
@@ -306,3 +308,26 @@ def test_the_capacity_line_needs_half_an_hour_and_names_when_the_limit_is_reache
     assert trend_to_limit(rising[-5:], 1.0, now) is None  # 20 minutes of history
     falling = [(t, 1.0 - v) for t, v in rising]
     assert trend_to_limit(falling, 1.0, now)["reaches_limit_at"] is None
+
+
+def test_a_report_over_predictions_posted_with_offsets_bins_each_at_its_utc_time(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None
+) -> None:
+    """The real paths: predictions POSTed over HTTP with `Z`, `+00:00`, `+02:00` and `-05:30`, and the
+    flow's period given as Prefect passes parameters (text it validates itself), in two offsets."""
+    config_path = report_config(tmp_path)
+    end = utcnow().replace(second=0, microsecond=0) - timedelta(hours=3)
+    times = times_before(end)
+    outside = [end, end + timedelta(hours=2)]  # after the period: not counted
+    with LiveService(load_config(config_path), store) as service:
+        posted = httpx.post(f"{service.url}/v1/predictions", json=prediction_bodies(times + outside, "tz"))
+    assert posted.status_code == 200, posted.text
+    monkeypatch.setenv("WATCHKEEPER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WATCHKEEPER_DATABASE_URL", store.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("WATCHKEEPER_CONFIG", str(config_path))
+    start = written(end - timedelta(hours=1), timedelta(hours=2))
+    ids = model_report(model="credit_approval", start=start, end=written(end, "Z"), deliver=False)
+    [listed] = list_reports(store, "credit_approval").items
+    assert listed["id"] == ids["credit_approval"]
+    assert listed["period_start"] == (end - timedelta(hours=1)).isoformat()
+    assert_bins_match(listed["summary"], times + outside, end)

@@ -40,7 +40,8 @@ from watchkeeper.store.remediation import (
     claim,
     transition,
 )
-from watchkeeper.store.schema import IncidentEvent, utcnow
+from watchkeeper.store.schema import IncidentEvent
+from watchkeeper.times import utcnow
 
 
 def latency_incident(store: Store, config: WatchkeeperConfig, fp: str = "lat", minutes: int = 0) -> int:

@@ -22,6 +22,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime
 
+from watchkeeper.times import as_utc
+
 # Deeper than any record, alert or feature map Watchkeeper takes; bounds the work of every walk.
 MAX_DEPTH = 32
 MAX_INT = 2**63 - 1
@@ -142,7 +144,7 @@ def _in_range(moment: datetime) -> datetime:
 
 def utc_in_range(moment: datetime) -> datetime:
     try:
-        return _in_range(moment.astimezone(UTC))
+        return _in_range(as_utc(moment))
     except OverflowError as exc:
         raise ValueError("the time cannot be converted to UTC (year 1 or 9999 with an offset)") from exc
 

@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,6 +27,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from watchkeeper.times import UtcTime
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -113,7 +114,7 @@ class PeriodReference(Strict):
     """A fixed period of this model's own prediction log; from its first prediction when `start` is unset."""
 
     kind: Literal["period"]
-    start: AwareDatetime | None = None
+    start: UtcTime | None = None
     duration: Duration
 
 
@@ -504,8 +505,8 @@ class MaintenanceWindow(Strict):
     """No remediation while it lasts: from `start` to `end`, once, or again every `every`."""
 
     name: Name
-    start: AwareDatetime
-    end: AwareDatetime
+    start: UtcTime
+    end: UtcTime
     every: Duration | None = Field(default=None, description="Repeat period, e.g. 7d for a weekly window")
     labels: dict[str, str] = Field(
         default_factory=dict, description="Only alerts with these label values; all alerts when empty"

@@ -18,7 +18,8 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 
 from watchkeeper.store import Store
-from watchkeeper.store.schema import FlowRunOutbox, utcnow
+from watchkeeper.store.schema import FlowRunOutbox
+from watchkeeper.times import utcnow
 
 log = logging.getLogger(__name__)
 

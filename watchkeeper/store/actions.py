@@ -14,7 +14,8 @@ from watchkeeper.store import Store, paging
 from watchkeeper.store.incidents import iso
 from watchkeeper.store.paging import Page
 from watchkeeper.store.remediation import ActionStatus, RemediationAction, settle_approval
-from watchkeeper.store.schema import ControlFlag, utcnow
+from watchkeeper.store.schema import ControlFlag
+from watchkeeper.times import utcnow
 
 FINISHED = (ActionStatus.SUCCEEDED, ActionStatus.FAILED, ActionStatus.OUTCOME_UNKNOWN)
 KILL_SWITCH = "remediation_enabled"

@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from watchkeeper.bodies import BodyError, Timestamp, check_value, utc_in_range
 from watchkeeper.store import Store
-from watchkeeper.store.schema import Alert, AlertNotification, FlowRunOutbox, utcnow
+from watchkeeper.store.schema import Alert, AlertNotification, FlowRunOutbox
+from watchkeeper.times import utcnow
 
 HANDLE_ALERTS = "handle-alerts/handle-alerts"
 # Alertmanager marks "no end time" with the zero time.

@@ -16,7 +16,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from watchkeeper.store import Store, insert_for
-from watchkeeper.store.schema import Executor, ExecutorClaim, utcnow
+from watchkeeper.store.schema import Executor, ExecutorClaim
+from watchkeeper.times import utcnow
 
 # An executor heartbeats every HEARTBEAT; one silent for LAPSE is taken for dead.
 HEARTBEAT = timedelta(seconds=5)

@@ -16,7 +16,8 @@ from watchkeeper.config import Model
 from watchkeeper.record_checks import ReferenceProfile, class_name, record_failures
 from watchkeeper.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
 from watchkeeper.store import Store, insert_for
-from watchkeeper.store.schema import Feedback, PipelineRun, Prediction, Tally, utcnow
+from watchkeeper.store.schema import Feedback, PipelineRun, Prediction, Tally
+from watchkeeper.times import utcnow
 
 # Keeps each IN (...) list well under SQLite's bound-parameter limit.
 LOOKUP_CHUNK = 500

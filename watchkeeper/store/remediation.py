@@ -30,7 +30,8 @@ from typing import Any
 from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from watchkeeper.store.schema import Base, BigId, UTCDateTime, utcnow
+from watchkeeper.store.schema import Base, BigId, UTCDateTime
+from watchkeeper.times import utcnow
 
 
 class ActionStatus(StrEnum):

@@ -21,7 +21,8 @@ from sqlalchemy import select, update
 from watchkeeper.store import Store, insert_for, paging
 from watchkeeper.store.incidents import iso
 from watchkeeper.store.paging import Page
-from watchkeeper.store.schema import ModelReport, ReportDelivery, utcnow
+from watchkeeper.store.schema import ModelReport, ReportDelivery
+from watchkeeper.times import utcnow
 
 
 class DeliveryStatus(StrEnum):
