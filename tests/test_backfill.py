@@ -1,19 +1,22 @@
-"""backfill-drift on a real (test harness) Prefect API: one result and one snapshot per window."""
+"""backfill-drift on a real (test harness) Prefect API: one result and one snapshot per window; the
+`watchkeeper backfill` command with its times parsed by Typer, and its failure said."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import Result
 from evidently.ui.workspace import Workspace
-from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
 from flows.backfill_drift import backfill_drift, backfill_windows
 from tests.conftest import save_predictions
+from watchkeeper.cli import app
 from watchkeeper.demo import DemoTraffic, Injections
 from watchkeeper.records import PredictionRecord
 from watchkeeper.settings import DEFAULT_CONFIG
@@ -22,12 +25,6 @@ from watchkeeper.store.schema import EvaluationResult
 
 START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 PER_HOUR = 1500  # above 1,000 rows Evidently picks distance-based methods, steadier than p-values
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 @pytest.fixture
@@ -97,3 +94,32 @@ def test_a_backfill_run_twice_leaves_one_result_per_window(
     }
     assert list(results_per_window(store).values()) == [1, 1, 1]
     assert len(snapshot_ids(home / "evidently", "credit_approval")) == 3
+
+
+def backfill_command(*args: str) -> Result:
+    """`watchkeeper backfill` as Typer parses it, in this process (on the test harness's Prefect)."""
+    return CliRunner().invoke(app, ["backfill", "credit_approval", *args])
+
+
+def test_the_command_takes_times_with_offsets_as_their_utc_instants(prefect_api: None, home: Path) -> None:
+    # 03:00 at +02:00 is 01:00 UTC: three windows of an hour, the last one drifted.
+    ran = backfill_command(
+        "--start", "2026-11-20T03:00:00+02:00", "--end", "2026-11-20T04:00:00Z", "--window", "1h", "--json"
+    )
+    assert ran.exit_code == 0, ran.output
+    summary = json.loads(ran.stdout)
+    assert summary["windows"] == 3
+    assert summary["drifted_features_by_window"] == {"2026-11-20T03:00:00+00:00": ["age", "salary"]}
+    naive = backfill_command("--start", "2026-11-20T03:00:00", "--end", "2026-11-20T04:00:00", "--json")
+    assert json.loads(naive.stdout)["windows"] == 1  # without an offset: UTC
+    bad = backfill_command("--start", "20 Nov", "--end", "2026-11-20T04:00:00Z")
+    assert bad.exit_code == 2 and "expected an ISO-8601 time" in bad.output
+
+
+def test_a_failing_backfill_says_why(prefect_api: None, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = yaml.safe_load((home / "watchkeeper.yaml").read_text())
+    config["models"][0]["reference"] = {"kind": "sql", "query": "SELECT * FROM no_such_table"}
+    (home / "watchkeeper.yaml").write_text(yaml.safe_dump(config))
+    ran = backfill_command("--start", "2026-11-20T01:00:00Z", "--end", "2026-11-20T02:00:00Z")
+    assert ran.exit_code == 1
+    assert "the drift backfill failed" in ran.stderr and "no_such_table" in ran.stderr

@@ -1,4 +1,7 @@
-"""Demo traffic: the classifier, the injections, and posting to a real service."""
+"""Demo traffic: the classifier, the injections, its reference file, and posting to a real service."""
+
+import threading
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -6,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import LiveService
-from watchkeeper.demo import DemoTraffic, Injections, run_demo_traffic
+from watchkeeper.demo import DemoTraffic, Injections, run_demo_traffic, write_reference
 
 
 def accuracy(events) -> float:  # noqa: ANN001
@@ -122,16 +125,47 @@ def test_the_held_back_reference_follows_training_is_labelled_and_scored_and_mov
     assert accuracy(held.next_batch(500)) < 0.8
 
 
-def test_demo_traffic_writes_the_configured_file_reference(tmp_path, service: LiveService) -> None:  # noqa: ANN001
+def test_demo_traffic_writes_the_reference_once_and_a_second_generator_keeps_it(
+    tmp_path: Path, service: LiveService
+) -> None:
     from tests.test_cli import run
 
-    result = run(
-        "demo-traffic",
-        *("--count", "20", "--rate", "0", "--train-size", "300", "--reference-rows", "250"),
-        *("--url", service.url),
-        home=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
+    def demo(*args: str) -> str:
+        result = run(
+            "demo-traffic",
+            *("--count", "20", "--rate", "0", "--train-size", "300", "--url", service.url, *args),
+            home=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        return " ".join(result.stdout.split())
+
     written = tmp_path / "reference" / "credit_approval.parquet"
-    assert f"wrote 250 held-back labelled rows to {written}" in " ".join(result.stdout.split())
-    assert len(pd.read_parquet(written)) == 250
+    assert f"wrote 250 held-back labelled rows to {written}" in demo("--reference-rows", "250")
+    first = written.read_bytes()
+    assert f"kept the existing reference {written}" in demo("--reference-rows", "300", "--seed", "8")
+    assert written.read_bytes() == first and len(pd.read_parquet(written)) == 250
+    assert f"wrote 300 held-back labelled rows to {written}" in demo(
+        "--reference-rows", "300", "--replace-reference"
+    )
+    assert len(pd.read_parquet(written)) == 300
+    assert not list(written.parent.glob(".*partial"))
+
+
+def test_of_generators_starting_at_once_one_writes_the_reference(tmp_path: Path) -> None:
+    path = tmp_path / "reference" / "model.parquet"
+    barrier = threading.Barrier(8)
+    wrote: dict[int, bool] = {}
+
+    def write(i: int) -> None:
+        frame = pd.DataFrame({"writer": [i] * 100})
+        barrier.wait()
+        wrote[i] = write_reference(frame, path)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    [winner] = [i for i, won in wrote.items() if won]
+    assert set(pd.read_parquet(path)["writer"]) == {winner}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.parquet"]

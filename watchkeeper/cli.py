@@ -7,7 +7,7 @@ import ipaddress
 import json
 import sys
 import tempfile
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,8 +19,9 @@ from rich.table import Table
 
 from watchkeeper.config import ConfigError, WatchkeeperConfig
 from watchkeeper.settings import Settings
-from watchkeeper.stack import Ports, Stack, free_port, healthy
+from watchkeeper.stack import Ports, Stack, free_port, healthy, recorded_on_local_stack
 from watchkeeper.store import Store
+from watchkeeper.times import cli_time, utcnow
 
 app = typer.Typer(
     no_args_is_help=True, help="Watchkeeper: watches AI models in production and acts on what it sees."
@@ -282,14 +283,18 @@ def demo_traffic(
             min=0, help="Labelled rows held back from training and written as the model's file reference"
         ),
     ] = 5000,
+    replace_reference: Annotated[
+        bool, typer.Option(help="Overwrite an existing reference file (by default it is kept)")
+    ] = False,
 ) -> None:
     """Train a classifier on river's Agrawal credit stream and post its predictions and labels.
 
-    When the model's configured reference is a file, a labelled slice of the stream that the
-    classifier was not trained on is written there first, so drift compares production with
-    known-good data from the first window."""
+    When the model's configured reference is a file that does not exist yet, a labelled slice of the
+    stream that the classifier was not trained on is written there first, so drift compares
+    production with known-good data from the first window. An existing file is kept (a second
+    generator beside a running stack leaves its reference alone) unless --replace-reference."""
     from watchkeeper.config import FileReference
-    from watchkeeper.demo import DemoTraffic, Injections, run_demo_traffic
+    from watchkeeper.demo import DemoTraffic, Injections, run_demo_traffic, write_reference
 
     injections = Injections(
         concept_drift_at=concept_drift_at,
@@ -319,12 +324,10 @@ def demo_traffic(
     traffic = DemoTraffic(
         model_name=model, train_size=train_size, seed=seed, injections=injections, reference_size=held_back
     )
-    if held_back:
-        reference.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = reference.path.with_name(f".{reference.path.name}.partial")
-        traffic.reference.to_parquet(partial, index=False)
-        partial.replace(reference.path)  # readers never see half a file
+    if held_back and write_reference(traffic.reference, reference.path, replace_reference):
         console.print(f"wrote {held_back} held-back labelled rows to {reference.path}")
+    elif held_back:
+        console.print(f"kept the existing reference {reference.path} (--replace-reference writes a new one)")
     sent = run_demo_traffic(
         traffic,
         url=url,
@@ -337,6 +340,11 @@ def demo_traffic(
         pipeline=pipeline or None,
     )
     console.print(f"sent {sent.predictions} predictions and {sent.feedback} labels to {url}")
+
+
+def TimeOption(help: str) -> Any:  # noqa: N802, A002 (used as typer.Option is)
+    """A time option: ISO 8601 with `Z` or an offset, UTC when it has none, as one UTC `datetime`."""
+    return typer.Option(parser=cli_time, metavar="TIME", help=help)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -428,7 +436,8 @@ def run_flow(
     from prefect.exceptions import ParameterTypeError
 
     try:
-        summary = flows[flow_name](**params)  # type: ignore[operator]
+        with recorded_on_local_stack(state.settings):
+            summary = flows[flow_name](**params)  # type: ignore[operator]
     except (ParameterTypeError, TypeError, ValueError) as exc:
         raise _fail(f"{flow_name}: {exc}") from exc
     if as_json:
@@ -440,8 +449,10 @@ def run_flow(
 @app.command()
 def backfill(
     model: Annotated[str, typer.Argument(help="Configured model name")],
-    start: Annotated[datetime, typer.Option(help="Start of the range (UTC unless an offset is given)")],
-    end: Annotated[datetime, typer.Option(help="End of the range")],
+    start: Annotated[
+        datetime, TimeOption(help="Start of the range, ISO 8601 (UTC unless an offset is given)")
+    ],
+    end: Annotated[datetime, TimeOption(help="End of the range")],
     window: Annotated[str, typer.Option(help="Window length, e.g. 30m")] = "1h",
     step: Annotated[str, typer.Option(help="Distance between window starts, e.g. 30m")] = "1h",
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -457,7 +468,6 @@ def backfill(
     config = load_monitoring()
     if config.model(model) is None:
         raise _fail(f"model {model!r} is not configured")
-    start, end = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))
     try:
         windows = backfill_windows(start, end, parse_duration(window), parse_duration(step))
     except ValueError as exc:
@@ -466,13 +476,16 @@ def backfill(
 
     def run() -> None:
         try:
-            outcome["summary"] = backfill_drift(model=model, start=start, end=end, window=window, step=step)
-        except Exception as exc:  # reported below, on the main thread
+            with recorded_on_local_stack(state.settings):
+                outcome["summary"] = backfill_drift(
+                    model=model, start=start, end=end, window=window, step=step
+                )
+        except Exception as exc:  # printed on the main thread once the progress bar is done
             outcome["error"] = exc
 
     worker = threading.Thread(target=run, daemon=True)
     store = open_store()
-    started = datetime.now(UTC)
+    started = utcnow()
     with Progress(console=console, disable=as_json) as progress:
         bar = progress.add_task(f"drift backfill of {model}", total=len(windows))
         worker.start()
@@ -481,6 +494,8 @@ def backfill(
             progress.update(bar, completed=_windows_done(store, model, started))
         progress.update(bar, completed=_windows_done(store, model, started))
     if "summary" not in outcome:
+        failure = outcome.get("error")
+        errors.print(f"[red]error:[/red] the drift backfill failed: {failure}", highlight=False)
         raise typer.Exit(1)
     print(json.dumps(outcome["summary"], indent=2, default=str)) if as_json else console.print(
         outcome["summary"]
@@ -748,7 +763,6 @@ def playbooks_test(
     """Which playbook the alert selects and what each action would do and why, without acting."""
     from tasks.playbooks import AlertFacts, plan, select_playbook
     from tasks.remediation import load_guards
-    from watchkeeper.store.schema import utcnow
 
     config = load_monitoring()
     try:
@@ -909,9 +923,9 @@ def actions(
 def model_report_command(
     model: Annotated[str, typer.Argument(help="Configured model name")],
     start: Annotated[
-        datetime | None, typer.Option(help="Start of the period, ISO-8601 (UTC unless an offset is given)")
+        datetime | None, TimeOption(help="Start of the period, ISO 8601 (UTC unless an offset is given)")
     ] = None,
-    end: Annotated[datetime | None, typer.Option(help="End of the period (default: now)")] = None,
+    end: Annotated[datetime | None, TimeOption(help="End of the period (default: now)")] = None,
     html: Annotated[Path | None, typer.Option(help="Also write the HTML report to this file")] = None,
     deliver: Annotated[
         bool, typer.Option(help="Send it to reports.deliver_to (each target once per period)")
@@ -926,13 +940,13 @@ def model_report_command(
     config = load_monitoring()
     if config.model(model) is None:
         raise _fail(f"model {model!r} is not configured")
-    start, end = (t if t is None or t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))
-    end = end or datetime.now(UTC).replace(microsecond=0)
+    end = end or utcnow().replace(microsecond=0)
     start = start or end - config.reports.period
     if end <= start:
         raise _fail(f"--end ({end.isoformat()}) must be after --start ({start.isoformat()})")
     store = open_store()
-    report_id = model_report(model=model, start=start, end=end, deliver=deliver)[model]
+    with recorded_on_local_stack(state.settings):
+        report_id = model_report(model=model, start=start, end=end, deliver=deliver)[model]
     listed = get_report(store, report_id)
     assert listed is not None
     if html is not None:

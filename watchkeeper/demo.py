@@ -12,12 +12,15 @@ count predictions after the training part.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -259,6 +262,28 @@ class DemoTraffic:
             "business_value": event.business_value,
             "timestamp": timestamp.isoformat(),
         }
+
+
+def write_reference(reference: pd.DataFrame, path: Path, replace: bool = False) -> bool:
+    """Write the demo's held-back rows as the model's file reference; True when written. An existing
+    file is kept unless `replace`: a second generator beside a running stack must not change the
+    drift reference under it. Written whole (a temp file, then a link or rename), so a reader never
+    sees half a file, and of two generators starting at once only one creates it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not replace:
+        return False
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    reference.to_parquet(partial, index=False)
+    try:
+        if replace:
+            partial.replace(path)
+            return True
+        os.link(partial, path)  # fails if another writer got there first
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @dataclass

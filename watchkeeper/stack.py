@@ -147,6 +147,22 @@ def healthy(url: str | None, timeout: float = 2.0) -> bool:
         return False
 
 
+@contextmanager
+def recorded_on_local_stack(settings: Settings) -> Iterator[str | None]:
+    """Flows that a command runs in its own process are recorded on the local stack's Prefect server
+    (seen in its UI) when that server is running and PREFECT_API_URL is unset; otherwise Prefect
+    would start a throwaway server of its own. Yields the API used, None for Prefect's default."""
+    record = PidRecord.load(settings.run_dir / "prefect-server.json")
+    ui = record.urls.get("Prefect UI") if record is not None and record.alive() else None
+    if os.environ.get("PREFECT_API_URL") or ui is None:
+        yield os.environ.get("PREFECT_API_URL")
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: f"{ui}/api"}):
+        yield f"{ui}/api"
+
+
 class Stack:
     def __init__(self, settings: Settings, ports: Ports = Ports(), demo_traffic: bool = False) -> None:
         self.settings = settings
