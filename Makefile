@@ -6,14 +6,25 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Exact versions of every dependency, made by `make lock` (uv pip compile): what the tests ran on is
+# what installs. .venv is brought to it whenever it or pyproject.toml changes.
+LOCK := requirements.lock
+LOCK_FLAGS ?= --upgrade
 
-.PHONY: up down status test lint system-packages clean
+.PHONY: up down status test lint lock system-packages clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Refresh the lock (LOCK_FLAGS= keeps the current pins and only adds what pyproject.toml gained),
+# install it, and run the suite on it before committing it.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 $(LOCK_FLAGS) --quiet \
+	  --output-file $(LOCK)
+	$(MAKE) test
 
 system-packages:
 	@missing=""; \
