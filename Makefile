@@ -53,16 +53,22 @@ status: $(STAMP)
 # else in the other; the stack session's output follows the other's. Each has its own PostgreSQL.
 STACK_LOG := $(VENV)/pytest-stack.log
 
-test: $(STAMP) system-packages
-	$(BIN)/ruff check .
+test: lint system-packages
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m stack > $(STACK_LOG) 2>&1 & stack=$$!; \
 	$(BIN)/python -m pytest -q -m "not stack"; rest=$$?; \
 	wait $$stack; stacked=$$?; echo "--- stack tests"; cat $(STACK_LOG); \
 	test $$rest -eq 0 && test $$stacked -eq 0
 
+# Style, formatting, the layers' import contracts (.importlinter) and dead code (vulture; names only
+# frameworks use are in vulture_allowlist.py).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/vulture watchkeeper tasks flows deployments benchmarks vulture_allowlist.py \
+	  --exclude watchkeeper/store/migrations --min-confidence 60 \
+	  --ignore-decorators "@*.command,@*.callback,@*.get,@*.post,@*.put,@*.exception_handler,@*.middleware,@field_validator,@model_validator,@flow,@task" \
+	  --ignore-names "model_config,do_GET,do_POST,log_message,collect"
 
 clean:
 	rm -rf $(VENV) .watchkeeper .pytest_cache .ruff_cache

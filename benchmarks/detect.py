@@ -2,7 +2,7 @@
 
 Every fault the demo can inject runs on a model of its own, side by side, with a clean model
 beside them, through `watchkeeper up` (Prefect-scheduled flows, Prometheus with the shipped rules,
-Alertmanager with the shipped routes, the webhook and handle-alerts). See watchkeeper/drill.py.
+Alertmanager with the shipped routes, the webhook and handle-alerts). See watchkeeper/evaluation/drill.py.
 
 Baseline: the seed's promise of detection under 2 minutes (120 s) for critical failures;
 `ratio_to_seed_promise` = the median over the critical classes of the seconds from injection to
@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watchkeeper.drill import FAULTS, Drill, DrillOptions  # noqa: E402
-from watchkeeper.stack import free_port  # noqa: E402
+from watchkeeper.evaluation.drill import FAULTS, Drill, DrillOptions  # noqa: E402
+from watchkeeper.runtime.host import free_port  # noqa: E402
 
 SEED_PROMISE_SECONDS = 120.0
 

@@ -31,7 +31,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from tasks.estimation import estimate_confusion, fit_calibration
 from tasks.measurements import scores
-from watchkeeper.demo import CATEGORICAL, FEATURES, DemoTraffic, Injections
+from watchkeeper.local.demo import CATEGORICAL, FEATURES, DemoTraffic, Injections
 
 Source = tuple[pd.DataFrame, Callable[[int, bool], pd.DataFrame]]
 
@@ -118,12 +118,7 @@ def run_scenario(
                 "window": index,
                 "after_injection": after,
                 "realised": realised(frame),
-                "estimated": scores(
-                    estimate.true_positives,
-                    estimate.false_positives,
-                    estimate.true_negatives,
-                    estimate.false_negatives,
-                ),
+                "estimated": estimate.scores(),
             }
         )
     judged = [r for r in rows if r["after_injection"]] or rows

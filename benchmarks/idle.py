@@ -31,7 +31,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watchkeeper.stack import PidRecord, free_port  # noqa: E402
+from watchkeeper.local.stack import PidRecord  # noqa: E402
+from watchkeeper.runtime.host import free_port  # noqa: E402
 
 AIM_CORES = 0.1
 WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")

@@ -26,8 +26,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watchkeeper.pgtemp import new_database, postgres_cluster  # noqa: E402
-from watchkeeper.stack import service_process  # noqa: E402
+from watchkeeper.local.pgtemp import new_database, postgres_cluster  # noqa: E402
+from watchkeeper.local.stack import service_process  # noqa: E402
 
 
 def batch(writer: str, number: int, size: int) -> list[dict]:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.retention import apply_retention  # noqa: E402
 from watchkeeper.config import Retention  # noqa: E402
-from watchkeeper.stack import service_process  # noqa: E402
+from watchkeeper.local.stack import service_process  # noqa: E402
 from watchkeeper.store import Store  # noqa: E402
 from watchkeeper.store.intake import fold_tallies  # noqa: E402
 from watchkeeper.store.schema import EvaluationResult  # noqa: E402

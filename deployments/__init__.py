@@ -1,0 +1,1 @@
+"""The flows as Prefect deployments, with their schedules from the configuration."""

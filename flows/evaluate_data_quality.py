@@ -18,19 +18,18 @@ def evaluate_data_quality(datasets: list[str] | None = None) -> dict[str, dict[s
     config = settings.monitoring
     store = settings.open_store()
     end = utcnow()
-    references = {}
     summary: dict[str, dict[str, float]] = {}
-    for dataset in config.datasets:
-        model = config.model(dataset.model) if dataset.model else None
-        if (datasets and dataset.name not in datasets) or model is None or model.reference is None:
+    for model in config.models:
+        wanted = [d for d in config.datasets_of(model.name) if not datasets or d.name in datasets]
+        if not wanted or model.reference is None:
             continue
-        if model.name not in references:
-            references[model.name] = load_reference(store, model)
-        if references[model.name].empty:
-            print(f"{dataset.name}: {model.name}'s reference has no rows yet; nothing to check against")
-            continue
-        window = Window(end - model.windows.data_quality, end)
-        result = evaluate_dataset(store, dataset, model, window, references[model.name], flow_run.id)
-        summary[dataset.name] = {"score": result.score, "rows": result.rows}
-        print(f"{dataset.name}: quality score {result.score:.3f} over {result.rows} rows")
+        reference = load_reference(store, model)
+        for dataset in wanted:
+            if reference.empty:
+                print(f"{dataset.name}: {model.name}'s reference has no rows yet; nothing to check against")
+                continue
+            window = Window(end - model.windows.data_quality, end)
+            result = evaluate_dataset(store, dataset, model, window, reference, flow_run.id)
+            summary[dataset.name] = {"score": result.score, "rows": result.rows}
+            print(f"{dataset.name}: quality score {result.score:.3f} over {result.rows} rows")
     return summary

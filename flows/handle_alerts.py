@@ -21,19 +21,19 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 
 from tasks.incidents import correlate_alerts
-from tasks.remediation import (
+from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.remediation.decisions import (
     ActionRow,
     IncidentDecisions,
     handle_incident,
     owed_incidents,
-    report_markdown,
     rows_of,
-    run_action,
     runnable,
-    time_out_approvals,
 )
-from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.runcontrol import waiting_for_people
+from watchkeeper.remediation.execution import run_action
+from watchkeeper.remediation.reconciler import time_out_approvals
+from watchkeeper.remediation.report import report_markdown
+from watchkeeper.runtime.control import waiting_for_people
 from watchkeeper.settings import Settings
 from watchkeeper.store import Store
 from watchkeeper.store.actions import automation_report

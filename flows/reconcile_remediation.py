@@ -14,7 +14,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from tasks.remediation import reconcile, report_markdown
+from watchkeeper.remediation.reconciler import reconcile
+from watchkeeper.remediation.report import report_markdown
 from watchkeeper.settings import Settings
 from watchkeeper.store.actions import automation_report
 

@@ -53,7 +53,6 @@ _WORD = re.compile(r"[a-z][a-z_]{2,}")
 _VECTORIZER = HashingVectorizer(
     n_features=2**18, analyzer=lambda tokens: tokens, alternate_sign=False, norm="l2"
 )
-SEVERITY_STRENGTH = {"critical": 3.0, "page": 3.0, "error": 2.0, "warning": 1.5, "info": 1.0}
 
 
 @dataclass(frozen=True)
@@ -586,7 +585,3 @@ def _calls_per_request(dependency: AlertEvent, caller: AlertEvent) -> float:
     if dependency.traffic and caller.traffic:
         return dependency.traffic / caller.traffic
     return 1.0
-
-
-def severity_strength(severity: str | None) -> float:
-    return SEVERITY_STRENGTH.get((severity or "").lower(), 1.0)

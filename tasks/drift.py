@@ -12,6 +12,7 @@ windows, counts the drifted share and keeps the results.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,13 @@ from evidently.metrics import ValueDrift
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from scipy.stats import chi2_contingency
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tasks.evidently_workspace import add_drift_snapshot
 from tasks.logs import prediction_frame, reference_frame
 from tasks.metrics import Measurement, Window, save_results
 from watchkeeper.config import DEFAULT_DRIFT_P_VALUE, Model
+from watchkeeper.markdown import table
 from watchkeeper.store import Store
 from watchkeeper.store.schema import EvaluationResult
 
@@ -347,18 +349,23 @@ def summary_markdown(model_name: str, window: str, result: DriftResult, report_p
         f"(share {result.share:.2f}, dataset drift at {result.drift_share_threshold:.2f}: "
         f"{'yes' if result.dataset_drift else 'no'}).**",
         "",
-        "| column | method | score | adjusted p-value | threshold | drifted |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
     shown = [*result.columns, *([result.prediction] if result.prediction else [])]
-    lines += [
-        f"| {c.column} | {c.method} | {c.score:.4g} | "
-        f"{'-' if c.adjusted_p_value is None else f'{c.adjusted_p_value:.4g}'} | {c.threshold:.4g} | "
-        f"{'yes' if c.drifted else 'no'} |"
+    rows = [
+        [
+            c.column,
+            c.method,
+            f"{c.score:.4g}",
+            "-" if c.adjusted_p_value is None else f"{c.adjusted_p_value:.4g}",
+            f"{c.threshold:.4g}",
+            "yes" if c.drifted else "no",
+        ]
         for c in shown
     ]
-    lines += [f"| {name} | - | - | - | - | skipped: {why} |" for name, why in result.skipped.items()]
+    rows += [[name, "-", "-", "-", "-", f"skipped: {why}"] for name, why in result.skipped.items()]
+    header = ["column", "method", "score", "adjusted p-value", "threshold", "drifted"]
     lines += [
+        table(header, rows),
         "",
         "P-value tests (lower is more drift) are judged on their p-values adjusted by Benjamini-Hochberg "
         "across the model's features; distances (higher is more drift) on the score.",
@@ -410,6 +417,20 @@ def _previous_snapshot(store: Store, model_name: str, window: Window) -> str | N
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def drift_windows_since(store: Store, model: str, since: datetime) -> int:
+    """Drift windows of `model` evaluated since `since` (a backfill's progress)."""
+    with store.reading() as session:
+        counted = session.scalar(
+            select(func.count()).where(
+                EvaluationResult.kind == "drift",
+                EvaluationResult.subject == model,
+                EvaluationResult.metric == "current_rows",
+                EvaluationResult.computed_at >= since,
+            )
+        )
+    return counted or 0
+
+
 def load_reference(store: Store, model: Model) -> pd.DataFrame:
     return reference_frame(store, model)
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 
-from tasks.measurements import Measurement, is_positive
+from tasks.measurements import Measurement, awaiting_label, is_positive, scores
 
 MIN_REFERENCE_ROWS = 100  # fewer labelled reference rows calibrate nothing worth exporting
 
@@ -74,32 +74,14 @@ class Estimate:
     false_negatives: float
     accuracy_standard_error: float
 
-    @property
-    def accuracy(self) -> float:
-        return (self.true_positives + self.true_negatives) / self.rows
-
-    @property
-    def precision(self) -> float:
-        predicted = self.true_positives + self.false_positives
-        return self.true_positives / predicted if predicted else 0.0
-
-    @property
-    def recall(self) -> float:
-        actual = self.true_positives + self.false_negatives
-        return self.true_positives / actual if actual else 0.0
-
-    @property
-    def f1(self) -> float:
-        denominator = 2 * self.true_positives + self.false_positives + self.false_negatives
-        return 2 * self.true_positives / denominator if denominator else 0.0
+    def scores(self) -> dict[str, float]:
+        """Accuracy, precision, recall and F1 of the expected confusion matrix."""
+        return scores(self.true_positives, self.false_positives, self.true_negatives, self.false_negatives)
 
     def measurements(self) -> list[Measurement]:
         return [
             Measurement("estimated_rows", float(self.rows)),
-            Measurement("estimated_accuracy", self.accuracy),
-            Measurement("estimated_precision", self.precision),
-            Measurement("estimated_recall", self.recall),
-            Measurement("estimated_f1", self.f1),
+            *(Measurement(f"estimated_{name}", value) for name, value in self.scores().items()),
             Measurement("estimated_accuracy_standard_error", self.accuracy_standard_error),
         ]
 
@@ -126,7 +108,7 @@ def estimate_unlabelled(
     log: pd.DataFrame, calibration: Calibration, positive_class: object, min_rows: int
 ) -> list[Measurement]:
     """CBPE over the served predictions of `log` that have a score and no label yet."""
-    waiting = log.loc[~log["error"] & log["label"].isna() & log["score"].notna()]
+    waiting = awaiting_label(log)
     if len(waiting) < min_rows:
         return [Measurement("estimated_rows", float(len(waiting)))]
     probability = calibration.probability(waiting["score"].to_numpy(dtype=float))

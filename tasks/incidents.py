@@ -24,17 +24,23 @@ from tasks.correlation import (
     Correlator,
     IncidentState,
     rank_root_causes,
-    severity_strength,
 )
 from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.severity import highest, level
 from watchkeeper.store import Store
-from watchkeeper.store.schema import Alert, Incident, IncidentEvent, IncidentMember
+from watchkeeper.store.schema import (
+    Alert,
+    AlertStatus,
+    Incident,
+    IncidentEvent,
+    IncidentMember,
+    IncidentStatus,
+)
 from watchkeeper.times import utcnow
 
 # Arbitrary constant naming the correlation lock on PostgreSQL.
 CORRELATION_LOCK = 7_246_001
 MAX_ALERTS_PER_RUN = 10_000
-SEVERITY_ORDER = {"info": 0, "warning": 1, "error": 2, "critical": 3, "page": 4}
 
 
 def topology_service(config: WatchkeeperConfig, labels: dict[str, str]) -> str | None:
@@ -56,7 +62,7 @@ def alert_event(config: WatchkeeperConfig, alert: Alert) -> AlertEvent:
         starts_at=alert.starts_at,
         labels=alert.labels,
         annotations=alert.annotations,
-        strength=severity_strength(alert.severity),
+        strength=level(alert.severity).strength,
     )
 
 
@@ -84,7 +90,7 @@ def _active_incidents(
     rows = session.scalars(
         select(Incident).where(
             Incident.last_alert_at >= since,
-            or_(Incident.status == "open", Incident.resolved_at >= since),
+            or_(Incident.status == IncidentStatus.OPEN, Incident.resolved_at >= since),
         )
     ).all()
     incidents = {row.id: row for row in rows}
@@ -102,7 +108,7 @@ def _active_incidents(
             id=row.id,
             first_at=row.opened_at,
             last_at=row.last_alert_at,
-            resolved_at=row.resolved_at if row.status == "resolved" else None,
+            resolved_at=row.resolved_at if row.status == IncidentStatus.RESOLVED else None,
             members=members[row.id],
         )
         for row in rows
@@ -111,7 +117,9 @@ def _active_incidents(
 
 
 def _open_incident(session: Session, incidents: dict[int, Incident], alert: AlertEvent) -> int:
-    row = Incident(status="open", title=alert.name, opened_at=alert.starts_at, last_alert_at=alert.starts_at)
+    row = Incident(
+        status=IncidentStatus.OPEN, title=alert.name, opened_at=alert.starts_at, last_alert_at=alert.starts_at
+    )
     session.add(row)
     session.flush()
     incidents[row.id] = row
@@ -142,7 +150,7 @@ def _describe(
     row.last_alert_at = state.last_at
     row.opened_at = min(row.opened_at, state.first_at)
     known = [severities[m.id] for m in state.members if severities.get(m.id)]
-    row.severity = max(known, key=lambda s: SEVERITY_ORDER.get(s, 0)) if known else None
+    row.severity = highest(known)
     others = len(state.members) - 1
     row.title = f"{top.alertname} on {top.subject}" + (f" (+{others} alerts)" if others else "")
 
@@ -197,8 +205,8 @@ def _correlate(session: Session, config: WatchkeeperConfig, rules: CorrelationRu
     for incident_id in sorted(touched):
         row = incidents[incident_id]
         row.revision = Incident.revision + 1
-        if row.status == "resolved":
-            row.status, row.resolved_at = "open", None
+        if row.status == IncidentStatus.RESOLVED:
+            row.status, row.resolved_at = IncidentStatus.OPEN, None
             session.add(IncidentEvent(incident_id=incident_id, kind="reopened", detail={}))
             outcome.reopened.append(incident_id)
         _describe(session, row, correlator.incidents[incident_id], rules, severities)
@@ -213,9 +221,11 @@ def _resolve_quiet_incidents(session: Session, outcome: CorrelationOutcome) -> N
     firing_member = (
         select(IncidentMember.alert_id)
         .join(Alert, Alert.id == IncidentMember.alert_id)
-        .where(IncidentMember.incident_id == Incident.id, Alert.status == "firing")
+        .where(IncidentMember.incident_id == Incident.id, Alert.status == AlertStatus.FIRING)
     )
-    for row in session.scalars(select(Incident).where(Incident.status == "open", ~exists(firing_member))):
+    for row in session.scalars(
+        select(Incident).where(Incident.status == IncidentStatus.OPEN, ~exists(firing_member))
+    ):
         ends = session.scalars(
             select(Alert)
             .join(IncidentMember, IncidentMember.alert_id == Alert.id)
@@ -223,7 +233,7 @@ def _resolve_quiet_incidents(session: Session, outcome: CorrelationOutcome) -> N
         ).all()
         if not ends:
             continue
-        row.status = "resolved"
+        row.status = IncidentStatus.RESOLVED
         row.revision = Incident.revision + 1
         row.resolved_at = max(a.ends_at or a.resolved_at or utcnow() for a in ends)
         session.add(IncidentEvent(incident_id=row.id, kind="resolved", detail={"alerts": len(ends)}))

@@ -19,11 +19,11 @@ from sqlalchemy.orm import Session
 
 from tasks.estimation import estimate_unlabelled
 from tasks.logs import first_prediction_time
-from tasks.measurements import Measurement, Window, confusion, is_positive, scores
+from tasks.measurements import Measurement, Window, confusion, is_positive, labelled_rows, scores
 from tasks.references import ModelReference
 from tasks.segments import segment_metrics
 from watchkeeper.config import Model
-from watchkeeper.record_checks import class_name
+from watchkeeper.intake.checks import class_name
 from watchkeeper.store import Store, insert_for
 from watchkeeper.store.intake import fold_tallies
 from watchkeeper.store.schema import EvaluationResult, Feedback, LatestWindow, Prediction
@@ -65,7 +65,7 @@ def quality_metrics(log: pd.DataFrame, positive_class: object, min_coverage: flo
     """
     coverage = label_coverage(log)
     measurements = [Measurement("label_coverage_ratio", coverage)]
-    labelled = log.loc[~log["error"] & log["label"].notna()]
+    labelled = labelled_rows(log)
     if coverage < min_coverage or labelled.empty:
         return measurements
     tp, fp, tn, fn = confusion(labelled, positive_class)
@@ -91,7 +91,7 @@ def business_metrics(
     """
     if log.empty or label_coverage(log) < min_coverage:
         return []
-    labelled = log.loc[~log["error"] & log["label"].notna()]
+    labelled = labelled_rows(log)
     caught = is_positive(labelled["prediction"], positive_class) & is_positive(
         labelled["label"], positive_class
     )

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from tasks.metrics import Measurement, Window, save_results
 from watchkeeper.config import Pipeline
-from watchkeeper.records import PipelineRunRecord
+from watchkeeper.intake.records import PipelineRunRecord
 from watchkeeper.store import Store
 from watchkeeper.store.intake import store_pipeline_runs
 from watchkeeper.store.schema import PipelineRun

@@ -31,7 +31,7 @@ from tasks.drift import ColumnSpec
 from tasks.logs import LOG_FIELDS, prediction_frame
 from tasks.metrics import Measurement, Window, save_results
 from watchkeeper.config import Dataset, Model
-from watchkeeper.record_checks import is_number
+from watchkeeper.intake.checks import is_number
 from watchkeeper.store import Store
 
 

@@ -14,7 +14,7 @@ from tasks.logs import reference_frame
 from tasks.measurements import is_positive
 from tasks.segments import reference_positive_rates, reference_segments
 from watchkeeper.config import Model, WatchkeeperConfig
-from watchkeeper.record_checks import ReferenceCache
+from watchkeeper.intake.checks import ReferenceCache
 from watchkeeper.store import Store
 
 

@@ -13,8 +13,9 @@ from tasks.evidently_workspace import project_id
 from tasks.references import model_reference
 from tasks.report_render import html_report, markdown, slack_text, title
 from tasks.reporting import Period, gather_report
-from watchkeeper.actions import ActionRefused, send_report
 from watchkeeper.config import Model, WatchkeeperConfig
+from watchkeeper.notifications.calls import CallRefused
+from watchkeeper.notifications.senders import send_report
 from watchkeeper.store import Store
 from watchkeeper.store.reports import (
     DeliveryStatus,
@@ -94,7 +95,7 @@ def deliver(store: Store, config: WatchkeeperConfig, built: BuiltReport, claiman
             result = send_report(
                 targets[name], title(built.summary), text, built.html, filename, SEND_TIMEOUT_SECONDS
             )
-        except ActionRefused as exc:
+        except CallRefused as exc:
             record_delivery(store, built.period, name, claimant, DeliveryStatus.FAILED, str(exc))
             outcomes[name] = f"refused: {exc}"
         except Exception as exc:  # noqa: BLE001 - recorded, then raised below for a retry

@@ -12,6 +12,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from watchkeeper.markdown import table
+
 Summary = dict[str, Any]
 
 
@@ -82,12 +84,6 @@ def headline(summary: Summary) -> list[tuple[str, str]]:
         ),
     ]
     return figures
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _quality_rows(summary: Summary) -> list[list[str]]:
@@ -210,7 +206,7 @@ def markdown(summary: Summary, base_url: str | None = None) -> str:
     lines = [
         f"# {title(summary)}",
         "",
-        _table(["figure", "value"], [list(f) for f in headline(summary)]),
+        table(["figure", "value"], [list(f) for f in headline(summary)]),
         "",
         "## Quality",
         f"{quality['labelled']:,} labelled of {quality['served']:,} served predictions "
@@ -218,12 +214,12 @@ def markdown(summary: Summary, base_url: str | None = None) -> str:
         f"FP {confusion['fp']:,}, TN {confusion['tn']:,}, FN {confusion['fn']:,}. "
         "Estimated: CBPE on the calibrated scores of the predictions still without a label.",
         "",
-        _table(
+        table(
             ["score", "this period", "95% interval", "previous period", "estimated"], _quality_rows(summary)
         ),
         "",
         "## Traffic",
-        _table(
+        table(
             ["", "requests", "throughput rps", "error rate", "p50 s", "p95 s", "p99 s"],
             [
                 [
@@ -245,7 +241,7 @@ def markdown(summary: Summary, base_url: str | None = None) -> str:
         f"**Capacity:** {_capacity_line(summary)}.",
         "",
         "## Business impact",
-        _table(
+        table(
             ["", summary["business"]["metric"], "missed", "detection rate"],
             [
                 [which, f"{b['value']:,.2f}", f"{b['missed_value']:,.2f}", _pct(b["detection_rate"])]
@@ -257,13 +253,13 @@ def markdown(summary: Summary, base_url: str | None = None) -> str:
         ),
         "",
         "## Segments, by how far they moved",
-        _table(SEGMENT_HEADER, _segment_rows(summary)) if summary["segments"] else "No segments configured.",
+        table(SEGMENT_HEADER, _segment_rows(summary)) if summary["segments"] else "No segments configured.",
         "",
         "## Drift and data quality",
         _drift_text(summary),
         "",
         "## Incidents",
-        _table(
+        table(
             INCIDENT_HEADER,
             _incident_rows(summary, base_url),
         )
@@ -271,7 +267,7 @@ def markdown(summary: Summary, base_url: str | None = None) -> str:
         else "No incident.",
         "",
         "## Remediation",
-        _table(
+        table(
             REMEDIATION_HEADER,
             _remediation_rows(summary),
         )

@@ -27,7 +27,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from tasks.estimation import Calibration, estimate_confusion
-from tasks.measurements import Window, confusion, is_positive, scores
+from tasks.measurements import Window, awaiting_label, confusion, is_positive, labelled_rows, scores
 from tasks.metrics import count_predictions, read_window
 from tasks.segments import segment_metrics
 from watchkeeper.config import Model, WatchkeeperConfig
@@ -88,7 +88,7 @@ def estimated_summary(
     """CBPE for the period's served predictions that still have no label."""
     if calibration is None:
         return None
-    waiting = log.loc[~log["error"] & log["label"].isna() & log["score"].notna()]
+    waiting = awaiting_label(log)
     estimate = estimate_confusion(
         calibration.probability(waiting["score"].to_numpy(dtype=float)),
         is_positive(waiting["prediction"], model.positive_class).to_numpy(),
@@ -97,15 +97,7 @@ def estimated_summary(
         return {"rows": 0}
     return {
         "rows": estimate.rows,
-        **{
-            k: round(v, 4)
-            for k, v in scores(
-                estimate.true_positives,
-                estimate.false_positives,
-                estimate.true_negatives,
-                estimate.false_negatives,
-            ).items()
-        },
+        **{k: round(v, 4) for k, v in estimate.scores().items()},
         "accuracy_standard_error": round(estimate.accuracy_standard_error, 4),
     }
 
@@ -128,7 +120,7 @@ def traffic_summary(log: pd.DataFrame, counted: tuple[int, int], period: Period)
 def business_summary(log: pd.DataFrame, model: Model, scale: float) -> dict[str, Any]:
     """Value of correct positive decisions (fraud caught, loans approved well) and the detection rate,
     scaled up from a sample by `scale`."""
-    labelled = log.loc[~log["error"] & log["label"].notna()]
+    labelled = labelled_rows(log)
     truth = is_positive(labelled["label"], model.positive_class)
     caught = truth & is_positive(labelled["prediction"], model.positive_class)
     return {
@@ -350,7 +342,7 @@ def time_series(
         series["p50"].append(_quantile(part["latency_seconds"], 0.5))
         series["p95"].append(_quantile(part["latency_seconds"], 0.95))
         series["accuracy"].append((tp + tn) / (tp + fp + tn + fn) if tp + fp + tn + fn else None)
-        series["estimated_accuracy"].append(estimate.accuracy if estimate else None)
+        series["estimated_accuracy"].append(estimate.scores()["accuracy"] if estimate else None)
     return series
 
 

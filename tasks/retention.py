@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, exists, select
 
 from watchkeeper.config import Retention
+from watchkeeper.markdown import table
 from watchkeeper.store import Store
 from watchkeeper.store.remediation import RemediationAction
 from watchkeeper.store.schema import (
@@ -38,6 +39,7 @@ from watchkeeper.store.schema import (
     Incident,
     IncidentEvent,
     IncidentMember,
+    IncidentStatus,
     ModelReport,
     PipelineRun,
     Prediction,
@@ -69,7 +71,7 @@ def purge_rows(
 
 def purge_incidents(store: Store, cutoff: datetime, batch_size: int) -> int:
     """Delete incidents resolved before `cutoff`, with their members, events and decisions."""
-    resolved = and_(Incident.status == "resolved", Incident.resolved_at < cutoff)
+    resolved = and_(Incident.status == IncidentStatus.RESOLVED, Incident.resolved_at < cutoff)
     return purge_rows(
         store, Incident, resolved, batch_size, dependents=(RemediationAction, IncidentEvent, IncidentMember)
     )
@@ -117,15 +119,15 @@ def apply_retention(store: Store, retention: Retention, home: Path, now: datetim
         ("model_reports", ModelReport, ModelReport.period_end < cutoff["reports"]),
         ("report_deliveries", ReportDelivery, ReportDelivery.period_end < cutoff["reports"]),
     ]
-    removed = {kind: purge_rows(store, table, old, retention.batch_size) for kind, table, old in by_age}
+    removed = {kind: purge_rows(store, entity, old, retention.batch_size) for kind, entity, old in by_age}
     removed["incidents"] = purge_incidents(store, cutoff["incidents"], retention.batch_size)
     referenced_last = [
         ("outbox", FlowRunOutbox, and_(dispatched, FlowRunOutbox.created_at < cutoff["outbox"])),
         ("alerts", Alert, _unreferenced_alert(cutoff["alerts"])),
         ("notifications", AlertNotification, _unreferenced_notification(cutoff["alerts"])),
     ]
-    for kind, table, old in referenced_last:
-        removed[kind] = purge_rows(store, table, old, retention.batch_size)
+    for kind, entity, old in referenced_last:
+        removed[kind] = purge_rows(store, entity, old, retention.batch_size)
     removed["report_files"] = purge_files(home, cutoff["reports"])
     return removed
 
@@ -138,6 +140,5 @@ def retention_markdown(removed: dict[str, int], retention: Retention) -> str:
         "model_reports": retention.reports,
         "report_deliveries": retention.reports,
     }
-    lines = ["# Retention", "", "| kind | kept for | removed |", "| --- | --- | --- |"]
-    lines += [f"| {kind} | {ages[kind]} | {count:,} |" for kind, count in removed.items()]
-    return "\n".join(lines)
+    rows = [[kind, ages[kind], f"{count:,}"] for kind, count in removed.items()]
+    return "# Retention\n\n" + table(["kind", "kept for", "removed"], rows)

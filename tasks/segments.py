@@ -14,9 +14,9 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from tasks.measurements import Measurement, is_positive
+from tasks.measurements import Measurement, is_labelled, is_positive
 from watchkeeper.config import MISSING_SEGMENT, OTHER_SEGMENT, Model, Segment
-from watchkeeper.record_checks import class_name
+from watchkeeper.intake.checks import class_name
 
 MIN_SEGMENT_LABELS = 30  # a segment's accuracy on fewer labels is noise, not news
 MAX_SEGMENT_NAME = 64  # label values stay short whatever a sender puts in the column
@@ -91,7 +91,7 @@ def segment_metrics(
         return []
     values = kept if kept is not None else top_values(log[segment.column], segment.max_values)
     served = ~log["error"]
-    labelled = served & log["label"].notna()
+    labelled = is_labelled(log)
     predicted = is_positive(log["prediction"], model.positive_class)
     counts = (
         pd.DataFrame(

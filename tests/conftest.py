@@ -10,10 +10,10 @@ import pytest
 import uvicorn
 
 from watchkeeper.config import DEFAULT_LATENCY_BUCKETS, WatchkeeperConfig, load_config
-from watchkeeper.pgtemp import PostgresMissing, new_database, postgres_cluster
+from watchkeeper.local.pgtemp import PostgresMissing, new_database, postgres_cluster
+from watchkeeper.runtime.host import free_port
 from watchkeeper.service.app import create_app
 from watchkeeper.settings import DEFAULT_CONFIG, Credentials, Role
-from watchkeeper.stack import free_port
 from watchkeeper.store import Store
 from watchkeeper.store.intake import StoredBatch, store_predictions
 

@@ -24,7 +24,7 @@ import yaml
 from tasks.metrics import Window, measure_quality, record_results
 from tests.conftest import free_port
 from watchkeeper.config import Model
-from watchkeeper.stack import render_alertmanager_config, render_prometheus_config
+from watchkeeper.local.stack import render_alertmanager_config, render_prometheus_config
 from watchkeeper.store import Store
 
 

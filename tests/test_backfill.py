@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from flows.backfill_drift import backfill_drift, backfill_windows
 from tests.conftest import save_predictions
 from watchkeeper.cli import app
-from watchkeeper.demo import DemoTraffic, Injections
-from watchkeeper.records import PredictionRecord
+from watchkeeper.intake.records import PredictionRecord
+from watchkeeper.local.demo import DemoTraffic, Injections
 from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
 from watchkeeper.store.schema import EvaluationResult

@@ -63,7 +63,7 @@ def test_db_upgrade_migrates_the_configured_database(empty_store_url: str, tmp_p
 
 
 def demo_file(path: Path, covariate_drift: bool, seed: int) -> Path:
-    from watchkeeper.demo import DemoTraffic, Injections
+    from watchkeeper.local.demo import DemoTraffic, Injections
 
     injections = Injections(covariate_drift_at=0) if covariate_drift else Injections()
     events = DemoTraffic(train_size=200, seed=seed, injections=injections).next_batch(1500)

@@ -15,9 +15,10 @@ from sqlalchemy import text
 
 from tests.realstack import wait_until
 from tests.test_alert_intake import NOTIFICATION
-from watchkeeper.dispatcher import OutboxDispatcher, OwedRun
+from watchkeeper.runtime.dispatcher import OutboxDispatcher
 from watchkeeper.store import Store
 from watchkeeper.store.alerts import WebhookNotification, store_notification
+from watchkeeper.store.outbox import OwedRun
 
 WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
 

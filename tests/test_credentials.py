@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.remediation import handle_incident
 from tests.conftest import LiveService, free_port
 from tests.test_incidents import alert
 from tests.test_remediation import incident_for, remediation_config, secrets  # noqa: F401 - autouse
 from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.remediation.decisions import handle_incident
 from watchkeeper.settings import Settings
 from watchkeeper.store import Store
 from watchkeeper.store.actions import list_actions

@@ -15,8 +15,8 @@ from tasks.metrics import Measurement, Window, save_results
 from tests.conftest import BACK_ENDS, LiveService, save_predictions, store_url
 from tests.realstack import AlertingStack, WebhookRecorder
 from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
-from watchkeeper.stack import INFRA
+from watchkeeper.intake.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
+from watchkeeper.local.stack import INFRA
 from watchkeeper.store import Store
 from watchkeeper.store.intake import store_feedback, store_pipeline_runs
 

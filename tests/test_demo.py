@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import LiveService
-from watchkeeper.demo import DemoTraffic, Injections, run_demo_traffic, write_reference
+from watchkeeper.local.demo import DemoTraffic, Injections, run_demo_traffic, write_reference
 
 
 def accuracy(events) -> float:  # noqa: ANN001

@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from watchkeeper.stack import INFRA, Ports
+from watchkeeper.local.stack import INFRA, Ports
 
 COMPONENTS = ("postgres", "prefect-server", "watchkeeper", "prometheus", "alertmanager", "grafana")
 DEFAULT_PORTS = {

@@ -16,7 +16,7 @@ from tasks.drift import (
 )
 from tasks.metrics import quality_metrics
 from watchkeeper.config import DEFAULT_DRIFT_P_VALUE
-from watchkeeper.demo import CATEGORICAL, FEATURES, DemoEvent, DemoTraffic, Injections
+from watchkeeper.local.demo import CATEGORICAL, FEATURES, DemoEvent, DemoTraffic, Injections
 
 RNG = np.random.default_rng(20261126)
 

@@ -9,8 +9,8 @@ import yaml
 from tasks.incidents import correlate_pending_alerts
 from tests.test_incidents import alert, notify
 from watchkeeper.config import WatchkeeperConfig, load_config
-from watchkeeper.demo import DemoTraffic
-from watchkeeper.drill import FAULTS, Drill, DrillOptions, Subject, drill_config, owner
+from watchkeeper.evaluation.drill import FAULTS, Drill, DrillOptions, Subject, drill_config, owner
+from watchkeeper.local.demo import DemoTraffic
 from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
 

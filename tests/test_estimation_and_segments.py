@@ -13,7 +13,7 @@ from tasks.references import derive
 from tasks.segments import bounded, segment_metrics, top_values
 from tests.conftest import save_predictions
 from watchkeeper.config import OTHER_SEGMENT, Segment, WatchkeeperConfig
-from watchkeeper.records import FeedbackRecord, PredictionRecord
+from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.service.metrics import latest_results
 from watchkeeper.store import Store
 from watchkeeper.store.intake import store_feedback

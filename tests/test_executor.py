@@ -19,8 +19,8 @@ from prefect.utilities.engine import propose_state_sync
 
 from tests.realstack import wait_until
 from watchkeeper.config import ExecutorLanes
-from watchkeeper.executor import WarmExecutor
-from watchkeeper.runcontrol import uninterruptible, waiting_for_people
+from watchkeeper.runtime.control import uninterruptible, waiting_for_people
+from watchkeeper.runtime.executor import WarmExecutor
 from watchkeeper.store import Store, executions
 from watchkeeper.store.schema import Executor, FlowRunOutbox
 from watchkeeper.times import utcnow

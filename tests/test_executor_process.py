@@ -15,6 +15,7 @@ from deployments.serve import FLOWS
 from tests.conftest import free_port
 from tests.realstack import wait_until
 from tests.test_alert_intake import NOTIFICATION
+from watchkeeper.runtime.host import start_ticks
 from watchkeeper.store import Store
 
 BIN = Path(sys.executable).parent
@@ -31,14 +32,6 @@ def children(pid: int) -> list[int]:
             if int(stat[1]) == pid and stat[0] != "Z":
                 found.append(int(entry.name))
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def environment(tmp_path: Path, store: Store) -> dict[str, str]:
@@ -71,7 +64,7 @@ def test_the_prefect_server_an_executor_started_dies_with_it_even_under_kill_9(
     finally:
         executor.send_signal(signal.SIGKILL)
         executor.wait()
-    wait_until(lambda: not alive(server), "the Prefect server to stop", timeout=30)
+    wait_until(lambda: start_ticks(server) is None, "the Prefect server to stop", timeout=30)
 
 
 def test_the_service_starts_no_prefect_server(tmp_path: Path, store: Store) -> None:

@@ -28,9 +28,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import LiveService
-from watchkeeper.bodies import MAX_DEPTH, BodyError, check_value, decoded_text, parse_json
 from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.records import BatchError, PredictionRecord, parse_batch
+from watchkeeper.intake.bodies import MAX_DEPTH, BodyError, check_value, decoded_text, parse_json
+from watchkeeper.intake.records import BatchError, PredictionRecord, parse_batch
 from watchkeeper.store import Store
 from watchkeeper.store.alerts import NotificationRefused, parse_notification
 

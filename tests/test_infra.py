@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from watchkeeper.stack import INFRA, render_alertmanager_config, render_prometheus_config
+from watchkeeper.local.stack import INFRA, render_alertmanager_config, render_prometheus_config
 
 RULES = INFRA / "prometheus" / "rules" / "watchkeeper-alerts.yml"
 ALERTMANAGER = INFRA / "alertmanager" / "alertmanager.yml"

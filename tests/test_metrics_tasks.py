@@ -19,7 +19,7 @@ from tasks.metrics import (
 )
 from tests.conftest import save_predictions
 from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.records import FeedbackRecord, PredictionRecord
+from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.store import Store
 from watchkeeper.store.intake import store_feedback
 from watchkeeper.store.schema import EvaluationResult

@@ -26,7 +26,7 @@ from tests.standins import HttpRecorder, SmtpStandIn
 from tests.test_incidents import notify
 from tests.timepaths import assert_bins_match, prediction_bodies, times_before, written
 from watchkeeper.config import WatchkeeperConfig, load_config
-from watchkeeper.records import FeedbackRecord, PredictionRecord
+from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
 from watchkeeper.store.intake import store_feedback

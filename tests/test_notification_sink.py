@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import free_port
-from watchkeeper.notification_sink import NotificationSink
+from watchkeeper.local.notification_sink import NotificationSink
 
 
 def test_the_sink_answers_like_slack_and_pagerduty_and_masks_the_routing_key(tmp_path: Path) -> None:

@@ -14,10 +14,11 @@ from sqlalchemy import select
 from tests.conftest import free_port
 from tests.realstack import Process, wait_until
 from tests.test_alert_intake import NOTIFICATION
-from watchkeeper.dispatcher import OutboxDispatcher, OwedRun
+from watchkeeper.runtime.dispatcher import CLAIM_BATCH, LEASE, OutboxDispatcher
 from watchkeeper.store import Store
 from watchkeeper.store.alerts import WebhookNotification, store_notification
-from watchkeeper.store.schema import FlowRunOutbox
+from watchkeeper.store.outbox import OwedRun, claim_due, record_failed, record_started
+from watchkeeper.store.schema import FlowRunOutbox, OutboxState
 
 BIN = Path(sys.executable).parent
 TOKEN = "outbox-test-token"
@@ -52,9 +53,23 @@ def test_a_failing_prefect_api_is_retried_with_backoff_then_the_run_is_recorded(
 
 def test_a_claimed_run_is_not_claimed_again_until_its_lease_expires(store: Store) -> None:
     store_notification(store, WebhookNotification.model_validate(NOTIFICATION), NOTIFICATION)
-    first, second = OutboxDispatcher(store, str), OutboxDispatcher(store, str)
-    assert len(first._claim()) == 1
-    assert second._claim() == []
+    assert len(claim_due(store, LEASE, CLAIM_BATCH)) == 1
+    assert claim_due(store, LEASE, CLAIM_BATCH) == []
+
+
+def test_an_outcome_is_recorded_only_while_its_claim_holds_the_lease(store: Store) -> None:
+    """A dispatcher whose lease ran out while Prefect answered slowly records nothing: the one that
+    took the row over records it (compare-and-set on the lease, never read-then-write)."""
+    store_notification(store, WebhookNotification.model_validate(NOTIFICATION), NOTIFICATION)
+    [slow] = claim_due(store, timedelta(0), CLAIM_BATCH)  # its lease runs out at once
+    [fast] = claim_due(store, LEASE, CLAIM_BATCH)
+    assert (fast.id, fast.attempts) == (slow.id, 2)
+    assert not record_failed(store, slow, "TimeoutError", timedelta(seconds=30))
+    assert record_started(store, fast, "run-of-fast")
+    assert not record_started(store, slow, "run-of-slow")
+    with store.reading() as session:
+        row = session.get(FlowRunOutbox, fast.id)
+        assert (row.state, row.flow_run_id, row.last_error) == (OutboxState.DISPATCHED, "run-of-fast", None)
 
 
 @pytest.mark.stack

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tests.test_cli import run
-from watchkeeper.petshop import evaluate
+from watchkeeper.evaluation.petshop import evaluate
 
 NODES = ["Front", "Api", "Db", "Cache", "Api_client"]
 # Front calls Api and Cache; Api calls Db; Api_client (an observer) calls Api.

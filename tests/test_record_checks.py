@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from tests.conftest import LiveService
 from watchkeeper.config import FileReference, WatchkeeperConfig
-from watchkeeper.record_checks import ReferenceProfiles, profile, record_failures
+from watchkeeper.intake.checks import ReferenceProfiles, profile, record_failures
 from watchkeeper.store import Store
 from watchkeeper.store.intake import fold_tallies, tally_totals
 from watchkeeper.store.schema import Tally

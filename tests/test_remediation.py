@@ -15,13 +15,14 @@ from kubernetes.client.exceptions import ApiException
 from sqlalchemy import select
 
 from tasks.incidents import correlate_pending_alerts
-from tasks.playbooks import AlertFacts, Guards, plan
-from tasks.remediation import decide, execute_action, handle_incident
 from tests.conftest import LiveService
 from tests.standins import Failure, HttpRecorder, KubernetesStandIn, SmtpStandIn
 from tests.test_cli import run
 from tests.test_incidents import alert, notify
 from watchkeeper.config import WatchkeeperConfig, load_config
+from watchkeeper.remediation.decisions import handle_incident
+from watchkeeper.remediation.execution import execute_action
+from watchkeeper.remediation.playbooks import AlertFacts, Guards, plan
 from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
 from watchkeeper.store.actions import set_remediation
@@ -332,7 +333,7 @@ def test_scale_respects_the_ceiling_and_the_cooldown_and_mail_and_slack_go_out(
         "ModelInferenceLatencyHigh", timedelta(minutes=40), model_name="credit_approval", fp="second"
     )
     second = incident_for(store, config, later)
-    decisions = decide(store, config, second, None)
+    decisions = handle_incident(store, config, second, None)
     assert decisions.rows[0].decision == "skip" and "cooldown" in decisions.rows[0].reason
     age_the_audit_trail(store, timedelta(hours=1))
     third = incident_for(
@@ -369,7 +370,7 @@ def test_kubernetes_failures_are_recorded_and_the_retry_succeeds(
             model_name="credit_approval",
         ),
     )
-    decisions = decide(store, config, incident_id, None)
+    decisions = handle_incident(store, config, incident_id, None)
     restart, fallback, hook = decisions.rows
     kube.failures.extend([Failure(500), Failure(409), Failure(0, delay=3)])
     for expected in (ApiException, ApiException, Exception):
@@ -415,7 +416,7 @@ def test_the_kill_switch_and_cooldowns_survive_a_restart_of_the_service(
     incident_id = incident_for(
         restarted, config, alert("ModelInferenceLatencyHigh", timedelta(0), model_name="credit_approval")
     )
-    decisions = decide(restarted, config, incident_id, None)
+    decisions = handle_incident(restarted, config, incident_id, None)
     assert [(r.action, r.decision) for r in decisions.rows] == [
         ("scale", "skip"),
         ("invalidate_cache", "skip"),
@@ -441,5 +442,7 @@ def test_the_kill_switch_and_cooldowns_survive_a_restart_of_the_service(
         "ModelInferenceLatencyHigh", timedelta(minutes=60), model_name="credit_approval", fp="again"
     )
     after_restart = Store(store.url.render_as_string(hide_password=False))
-    [scale, *_] = decide(after_restart, config, incident_for(after_restart, config, again), None).rows
+    [scale, *_] = handle_incident(
+        after_restart, config, incident_for(after_restart, config, again), None
+    ).rows
     assert scale.decision == "skip" and scale.reason.startswith("cooldown: ran at")

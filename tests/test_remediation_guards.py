@@ -13,13 +13,14 @@ import httpx
 import pytest
 import yaml
 
-from tasks.playbooks import AlertFacts, Guards, plan, render_url
-from tasks.remediation import execute_action, handle_incident
 from tests.conftest import free_port
 from tests.realstack import Process, wait_until
 from tests.test_incidents import alert
 from tests.test_remediation import incident_for, remediation_config, secrets  # noqa: F401 - autouse
 from watchkeeper.config import ConfigError, MaintenanceWindow, load_config
+from watchkeeper.remediation.decisions import handle_incident
+from watchkeeper.remediation.execution import execute_action
+from watchkeeper.remediation.playbooks import AlertFacts, Guards, plan, render_url
 from watchkeeper.store import Store
 from watchkeeper.store.remediation import RemediationAction
 

@@ -16,19 +16,13 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from tasks.incidents import correlate_pending_alerts
-from tasks.remediation import (
-    execute_action,
-    handle_incident,
-    owed_incidents,
-    reconcile,
-    run_claimed,
-    stale_after,
-    time_out_approvals,
-)
 from tests.conftest import REPO
 from tests.test_incidents import alert, notify
 from tests.test_remediation import incident_for, remediation_config, secrets  # noqa: F401 - autouse
 from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.remediation.decisions import handle_incident, owed_incidents
+from watchkeeper.remediation.execution import execute_action, run_claimed
+from watchkeeper.remediation.reconciler import reconcile, stale_after, time_out_approvals
 from watchkeeper.store import Store
 from watchkeeper.store.actions import answer_approval
 from watchkeeper.store.remediation import (
@@ -239,7 +233,8 @@ def test_an_approval_and_a_timeout_racing_settle_once_and_escalate_at_most_once(
 
 KILLED_RUN = """
 import os, sys
-from tasks.remediation import execute_action, handle_incident
+from watchkeeper.remediation.execution import execute_action
+from watchkeeper.remediation.decisions import handle_incident
 from watchkeeper.config import load_config
 from watchkeeper.store import Store
 

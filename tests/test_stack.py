@@ -13,7 +13,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
-from watchkeeper.stack import PidRecord
+from watchkeeper.local.stack import PidRecord
 
 WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
 pytestmark = pytest.mark.stack

@@ -8,10 +8,10 @@ from sqlalchemy import func, inspect, select, text
 from tasks.logs import prediction_frame
 from tasks.metrics import Measurement, Window, save_results
 from tests.conftest import save_predictions
-from watchkeeper.records import FeedbackRecord, PredictionRecord
+from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.service.metrics import histogram_families, latest_results
 from watchkeeper.store import Store
-from watchkeeper.store.intake import IntakeTotal, intake_counts, intake_totals, store_feedback, tally_totals
+from watchkeeper.store.intake import IntakeTotal, intake_counts, store_feedback, tally_totals
 from watchkeeper.store.schema import EvaluationResult, Feedback, Prediction
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -39,7 +39,8 @@ def feedback(request_id: str, label: int = 1) -> FeedbackRecord:
 
 def totals(store: Store) -> dict[tuple[str, str, str], int]:
     with store.reading() as session:
-        return {(r.kind, r.model_name, r.model_version): r.total for r in intake_totals(session)}
+        counts = intake_counts(tally_totals(session))
+    return {(r.kind, r.model_name, r.model_version): r.total for r in counts}
 
 
 def test_migrations_create_every_table_and_reach_head(store: Store) -> None:

@@ -19,10 +19,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.logs import reference_frame
-from watchkeeper.bodies import MAX_INT, BodyError, decoded_text, parse_json, text_problem
 from watchkeeper.config import NAME_PATTERN, WatchkeeperConfig
-from watchkeeper.record_checks import ReferenceProfiles
-from watchkeeper.records import (
+from watchkeeper.intake.bodies import MAX_INT, BodyError, decoded_text, parse_json, text_problem
+from watchkeeper.intake.checks import ReferenceProfiles
+from watchkeeper.intake.records import (
     BatchError,
     BatchTooLarge,
     FeedbackRecord,
@@ -50,8 +50,6 @@ from watchkeeper.store.alerts import (
     store_notification,
 )
 from watchkeeper.store.incidents import (
-    AlertStatus,
-    IncidentStatus,
     incident_detail,
     list_alerts,
     list_incidents,
@@ -59,6 +57,7 @@ from watchkeeper.store.incidents import (
 from watchkeeper.store.intake import StoredBatch, store_feedback, store_pipeline_runs, store_predictions
 from watchkeeper.store.paging import CursorError, Page
 from watchkeeper.store.reports import list_reports, report_html
+from watchkeeper.store.schema import AlertStatus, IncidentStatus
 
 
 class RemediationSwitch(BaseModel):
@@ -121,7 +120,7 @@ def runbook_section(name: str) -> str | None:
 
 
 async def read_body_text(request: Request, limit: int) -> str:
-    """The request body as text (see `watchkeeper.bodies.decoded_text`), refusing before reading it
+    """The request body as text (see `watchkeeper.intake.bodies.decoded_text`), refusing before reading it
     all when it is larger than `limit` bytes."""
     too_large = BodyError(f"the body is larger than {limit} bytes", status=413)
     declared = request.headers.get("content-length")

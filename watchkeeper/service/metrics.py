@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.record_checks import ReferenceProfile, ReferenceProfiles
+from watchkeeper.intake.checks import ReferenceProfile, ReferenceProfiles
 from watchkeeper.store import Store, executions
 from watchkeeper.store.intake import (
     BUCKET,

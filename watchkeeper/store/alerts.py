@@ -23,9 +23,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from watchkeeper.bodies import BodyError, Timestamp, check_value, utc_in_range
+from watchkeeper.intake.bodies import BodyError, Timestamp, check_value, utc_in_range
 from watchkeeper.store import Store
-from watchkeeper.store.schema import Alert, AlertNotification, FlowRunOutbox
+from watchkeeper.store.schema import Alert, AlertNotification, AlertStatus, FlowRunOutbox
 from watchkeeper.times import utcnow
 
 HANDLE_ALERTS = "handle-alerts/handle-alerts"
@@ -43,7 +43,7 @@ class WebhookModel(BaseModel):
 
 
 class WebhookAlert(WebhookModel):
-    status: Literal["firing", "resolved"]
+    status: AlertStatus
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
     starts_at: Timestamp = Field(alias="startsAt")
@@ -82,7 +82,7 @@ class WebhookEnvelope(WebhookModel):
     version: Literal["4", "1"]
     group_key: str = Field(alias="groupKey", min_length=1)
     truncated_alerts: int = Field(default=0, alias="truncatedAlerts", ge=0)
-    status: Literal["firing", "resolved"]
+    status: AlertStatus
     receiver: str = Field(max_length=256)
     group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
     common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
@@ -259,12 +259,12 @@ def _write(
                 generator_url=incoming.generator_url,
                 first_notification_id=row.id,
                 received_at=now,
-                resolved_at=now if incoming.status == "resolved" else None,
+                resolved_at=now if incoming.status == AlertStatus.RESOLVED else None,
             )
             session.add(stored)
-            new += incoming.status == "firing"
-        elif stored.status == "firing" and incoming.status == "resolved":
-            stored.status, stored.ends_at, stored.resolved_at = "resolved", incoming.ends_at, now
+            new += incoming.status == AlertStatus.FIRING
+        elif stored.status == AlertStatus.FIRING and incoming.status == AlertStatus.RESOLVED:
+            stored.status, stored.ends_at, stored.resolved_at = AlertStatus.RESOLVED, incoming.ends_at, now
             resolved += 1
     run_key = None
     if new or resolved:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import func, select
 
 from watchkeeper.store import Store, paging
 from watchkeeper.store.paging import Page
-from watchkeeper.store.schema import Alert, Incident, IncidentEvent, IncidentMember
-
-AlertStatus = Literal["firing", "resolved"]
-IncidentStatus = Literal["open", "resolved"]
+from watchkeeper.store.schema import (
+    Alert,
+    AlertStatus,
+    Incident,
+    IncidentEvent,
+    IncidentMember,
+    IncidentStatus,
+)
 
 
 def iso(value: datetime | None) -> str | None:

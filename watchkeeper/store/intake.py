@@ -13,8 +13,8 @@ from sqlalchemy import Table, delete, func, select
 from sqlalchemy.orm import Session
 
 from watchkeeper.config import Model
-from watchkeeper.record_checks import ReferenceProfile, class_name, record_failures
-from watchkeeper.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
+from watchkeeper.intake.checks import ReferenceProfile, class_name, record_failures
+from watchkeeper.intake.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
 from watchkeeper.store import Store, insert_for
 from watchkeeper.store.schema import Feedback, PipelineRun, Prediction, Tally
 from watchkeeper.times import utcnow
@@ -372,7 +372,3 @@ def intake_counts(tallies: Iterable[tuple[str, str, str, str, float]]) -> list[I
         for family, subject, variant, _detail, total in tallies
         if family.startswith(COUNT)
     )
-
-
-def intake_totals(session: Session) -> list[IntakeTotal]:
-    return intake_counts(tally_totals(session))

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, and_, or_
 
-from watchkeeper.bodies import MAX_INT, MIN_INT, utc_in_range
+from watchkeeper.intake.bodies import MAX_INT, MIN_INT, utc_in_range
 
 T = TypeVar("T")
 

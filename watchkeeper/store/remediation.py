@@ -87,6 +87,8 @@ RESERVING = (
     S.FAILED,
     S.OUTCOME_UNKNOWN,
 )
+# A follow-up row (undo, resolve the page, comment on the ticket) is keyed by its action's key and this.
+REVERT_SUFFIX = "/resolved"
 STATUS_LENGTH = max(len(s.value) for s in ActionStatus)
 DECISION_LENGTH = max(len(d.value) for d in Decision)
 

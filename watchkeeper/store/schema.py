@@ -7,6 +7,7 @@ returned timezone-aware.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -47,6 +48,29 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     pass
+
+
+class AlertStatus(StrEnum):
+    """An alert fires until Alertmanager says it resolved (`store/alerts.py` records that)."""
+
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class IncidentStatus(StrEnum):
+    """An incident opens with its first alert, resolves when none of its alerts fires, and reopens
+    when a related alert fires within the quiet period (`tasks/incidents.py`)."""
+
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class OutboxState(StrEnum):
+    """A run the intake owes: pending, dispatching under a lease, dispatched (`store/outbox.py`)."""
+
+    PENDING = "pending"
+    DISPATCHING = "dispatching"
+    DISPATCHED = "dispatched"
 
 
 class Prediction(Base):
@@ -243,7 +267,7 @@ class FlowRunOutbox(Base):
     deployment: Mapped[str] = mapped_column(String(256))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     notification_id: Mapped[int | None] = mapped_column(ForeignKey("alert_notifications.id"))
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -257,7 +281,7 @@ class Incident(Base):
     __table_args__ = (Index("ix_incidents_status_last", "status", "last_alert_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    status: Mapped[str] = mapped_column(String(16), default="open")
+    status: Mapped[str] = mapped_column(String(16), default=IncidentStatus.OPEN)
     title: Mapped[str] = mapped_column(Text)
     severity: Mapped[str | None] = mapped_column(String(32))
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,6 +1,6 @@
 """`watchkeeper executor`: the warm executor as a process, and the Prefect server it may start.
 
-Kept apart from `watchkeeper.executor` because Prefect reads `PREFECT_API_URL` when it is first
+Kept apart from `watchkeeper.runtime.executor` because Prefect reads `PREFECT_API_URL` when it is first
 imported: a Prefect server of our own must be running, and the variable set, before that import.
 """
 
@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.runtime.host import BIN, free_port, healthy
 from watchkeeper.settings import Settings
-from watchkeeper.stack import BIN, free_port, healthy
 from watchkeeper.store import Store
 
-log = logging.getLogger("watchkeeper.executor")
+log = logging.getLogger("watchkeeper.runtime.executor")
 PR_SET_PDEATHSIG = 1
 SERVER_START_SECONDS = 120.0
 SHUTDOWN_FLUSH_SECONDS = 4.0
@@ -110,7 +110,7 @@ def run_executor(settings: Settings, config: WatchkeeperConfig, store: Store) ->
         from datetime import timedelta
 
         from deployments.serve import FLOWS, build_deployments
-        from watchkeeper.executor import WarmExecutor
+        from watchkeeper.runtime.executor import WarmExecutor
 
         warm = WarmExecutor(
             store,

@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from watchkeeper.actions import refused_host
 from watchkeeper.config import (
     FallbackAction,
     HttpAction,
@@ -36,7 +35,9 @@ from watchkeeper.config import (
     SecretRef,
     TicketAction,
 )
+from watchkeeper.notifications.calls import refused_host
 from watchkeeper.store.remediation import Decision
+from watchkeeper.store.schema import AlertStatus
 
 COMMUNICATION = frozenset({"notify", "ticket"})
 KUBERNETES_LABEL_VALUE = re.compile(r"^(?=.{0,63}$)(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -64,7 +65,7 @@ class AlertFacts:
 
 @dataclass(frozen=True)
 class Guards:
-    """What the store says about earlier actions; see `tasks.remediation.load_guards`."""
+    """What the store says about earlier actions; see `watchkeeper.remediation.guards.load_guards`."""
 
     remediation_on: bool = True
     last_run: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
@@ -225,7 +226,7 @@ def maintenance(
 
 def plan(playbook: Playbook, alert: AlertFacts, guards: Guards, now: datetime) -> list[PlannedAction]:
     """Every action of the playbook with its decision and the reason for it."""
-    if alert.status != "firing":
+    if alert.status != AlertStatus.FIRING:
         return []
     budget = guards.max_per_hour - guards.runs_last_hour
     in_maintenance = maintenance(guards.maintenance_windows, alert.labels, now)

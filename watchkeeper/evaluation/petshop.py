@@ -61,7 +61,6 @@ from tasks.correlation import (
 )
 from watchkeeper.config import Correlation, Topology
 
-SPLITS = ("train", "test")
 CUTS = (0.5, 0.6, 0.7, 0.8, 0.9)
 WINDOW_ROWS = 5
 ANALYSED_ROW = 2
@@ -84,10 +83,6 @@ class Detector:
 
     threshold: float = 2.0
     held_rows: int = 2
-
-    def scores(self, baseline: pd.DataFrame, window: pd.DataFrame, metric: str) -> pd.DataFrame:
-        """Harmful-direction robust z-scores of the window, per node (columns) and row."""
-        return self._changes(baseline, window, metric)[1]
 
     @staticmethod
     def _changes(

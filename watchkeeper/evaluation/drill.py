@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 from sqlalchemy import select
 
-from watchkeeper.demo import DemoTraffic, Injections, run_demo_traffic
+from watchkeeper.local.demo import DemoTraffic, Injections, run_demo_traffic
 from watchkeeper.settings import DEFAULT_CONFIG, REPO_ROOT, Settings
 from watchkeeper.store import Store
 from watchkeeper.store.remediation import RemediationAction

@@ -7,13 +7,13 @@ The executor
 
 - registers the deployments (with their schedules) and serves them: it polls Prefect for their
   `Scheduled` runs, which covers the schedules, Quick Runs and retries from the UI;
-- starts the runs the intake owes (the outbox; `watchkeeper.dispatcher`) with their idempotency
+- starts the runs the intake owes (the outbox; `watchkeeper.runtime.dispatcher`) with their idempotency
   keys, and executes each at once;
 - takes each run by a claim in the store and then by proposing `Pending` (Prefect refuses a second
   `Pending`, so two executors never both run it), and calls `prefect.flow_engine.run_flow` in a
   thread of the run's lane;
 - watches its runs for `Cancelling` (a cancellation from the UI) and stops them
-  (`watchkeeper.runcontrol`), ending them `Cancelled`;
+  (`watchkeeper.runtime.control`), ending them `Cancelled`;
 - heartbeats, and hands back the runs of executors that stopped heartbeating: a run never started
   goes back to `Scheduled`; one left `Running` is marked `Crashed` and scheduled again (every
   Watchkeeper flow is idempotent: claims and compare-and-set make a second run harmless), at most
@@ -67,8 +67,8 @@ from prefect.states import AwaitingRetry, Cancelled, Crashed, Pending, Scheduled
 from prefect.utilities.engine import propose_state_sync
 
 from watchkeeper.config import ExecutorLanes
-from watchkeeper.dispatcher import OutboxDispatcher, OwedRun
-from watchkeeper.runcontrol import RunCancelled, RunControl, controlled
+from watchkeeper.runtime.control import RunCancelled, RunControl, controlled
+from watchkeeper.runtime.dispatcher import OutboxDispatcher, OwedRun
 from watchkeeper.store import Store, executions
 
 log = logging.getLogger(__name__)

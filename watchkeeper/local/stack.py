@@ -12,9 +12,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,10 +24,10 @@ from typing import Literal
 import httpx
 import yaml
 
+from watchkeeper.runtime.host import BIN, free_port, healthy, start_ticks
 from watchkeeper.settings import REPO_ROOT, Settings
 
 INFRA = REPO_ROOT / "infra"
-BIN = Path(sys.executable).parent
 STOP_GRACE_SECONDS = 15.0
 PREFECT_HISTORY = timedelta(days=7)
 
@@ -57,13 +55,6 @@ class Component:
     @property
     def available(self) -> bool:
         return shutil.which(self.argv[0]) is not None or Path(self.argv[0]).exists()
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now (the OS's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def render_prometheus_config(out_dir: Path, service: str, prometheus: str, alertmanager: str) -> Path:
@@ -108,16 +99,6 @@ def render_alertmanager_config(out_dir: Path, webhook_url: str, token: str | Non
     return out
 
 
-def _proc_start_ticks(pid: int) -> int | None:
-    """The kernel's start time of `pid` (field 22 of /proc/PID/stat), None when it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else int(fields[19])
-
-
 @dataclass(frozen=True)
 class PidRecord:
     name: str
@@ -128,7 +109,7 @@ class PidRecord:
     health_url: str | None
 
     def alive(self) -> bool:
-        return _proc_start_ticks(self.pid) == self.start_ticks
+        return start_ticks(self.pid) == self.start_ticks
 
     @classmethod
     def load(cls, path: Path) -> PidRecord | None:
@@ -136,15 +117,6 @@ class PidRecord:
             return cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             return None
-
-
-def healthy(url: str | None, timeout: float = 2.0) -> bool:
-    if url is None:
-        return False
-    try:
-        return httpx.get(url, timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @contextmanager
@@ -327,7 +299,7 @@ class Stack:
             start_new_session=True,
         )
         log.close()
-        ticks = _proc_start_ticks(process.pid)
+        ticks = start_ticks(process.pid)
         record = PidRecord(
             component.name, process.pid, ticks or 0, component.argv, component.urls, component.health_url
         )

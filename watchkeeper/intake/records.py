@@ -19,8 +19,8 @@ from pydantic import (
     field_validator,
 )
 
-from watchkeeper.bodies import BodyError, Timestamp, check_value, parse_json
 from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.intake.bodies import BodyError, Timestamp, check_value, parse_json
 
 JsonScalar = str | int | float | bool
 # Bounds that keep sums finite in the store and in /metrics however long the service runs.
@@ -103,7 +103,7 @@ class BatchTooLarge(BatchError):
 
 def decode_batch(text: str, content_type: str | None) -> list[Any]:
     """A JSON array, or NDJSON when the body is not an array (or says application/x-ndjson); every
-    record checked for what the store cannot keep (`watchkeeper.bodies.check_value`)."""
+    record checked for what the store cannot keep (`watchkeeper.intake.bodies.check_value`)."""
     stripped = text.lstrip()
     if not stripped:
         raise BatchError("the body is empty: expected a JSON array or NDJSON records")

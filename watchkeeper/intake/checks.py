@@ -22,8 +22,7 @@ import math
 import numbers
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -37,7 +36,6 @@ UNEXPECTED_COLUMN = "_unexpected_"
 OTHER_CLASS = "_other_"
 MAX_REFERENCE_CLASSES = 20
 T = TypeVar("T")
-CHECKS = ("missing_column", "unexpected_column", "null", "type_mismatch", "out_of_range", "unseen_category")
 
 
 def class_name(value: object) -> str:
@@ -82,10 +80,8 @@ class ReferenceProfile:
 
 def dataset_of(config: WatchkeeperConfig, model: str) -> tuple[str, str]:
     """The (dataset, pipeline) a model's records belong to; the model's own name when none is configured."""
-    for dataset in config.datasets:
-        if dataset.model == model:
-            return dataset.name, dataset.pipeline or ""
-    return model, ""
+    datasets = config.datasets_of(model)
+    return (datasets[0].name, datasets[0].pipeline or "") if datasets else (model, "")
 
 
 def _column_profile(kind: str, reference: pd.Series | None) -> ColumnProfile:
@@ -139,17 +135,6 @@ def record_failures(profile: ReferenceProfile, features: Mapping[str, Any]) -> l
     if any(name not in profile.columns for name in features):
         failures.append(("unexpected_column", UNEXPECTED_COLUMN))
     return failures
-
-
-def tally_failures(
-    profile: ReferenceProfile, records: Iterable[Mapping[str, Any]]
-) -> tuple[int, Counter[tuple[str, str]]]:
-    """Records checked, and failures per (check, column), over `records`' feature maps."""
-    checked, failures = 0, Counter[tuple[str, str]]()
-    for features in records:
-        checked += 1
-        failures.update(record_failures(profile, features))
-    return checked, failures
 
 
 class ReferenceCache(Generic[T]):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from watchkeeper.stack import free_port
+from watchkeeper.runtime.host import free_port
 
 
 class PostgresMissing(RuntimeError):
