@@ -18,13 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import exists, or_, select, text
 from sqlalchemy.orm import Session
 
-from tasks.correlation import (
-    AlertEvent,
-    CorrelationRules,
-    Correlator,
-    IncidentState,
-    rank_root_causes,
-)
+from tasks.correlation import AlertEvent, CorrelationRules, Correlator, IncidentState, rank_root_causes
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.severity import highest, level
 from watchkeeper.store import Store

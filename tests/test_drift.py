@@ -7,13 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tasks.drift import (
-    ColumnSpec,
-    benjamini_hochberg,
-    compute_drift,
-    infer_columns,
-    two_sample_chi_square,
-)
+from tasks.drift import ColumnSpec, benjamini_hochberg, compute_drift, infer_columns, two_sample_chi_square
 from tasks.metrics import quality_metrics
 from watchkeeper.config import DEFAULT_DRIFT_P_VALUE
 from watchkeeper.local.demo import CATEGORICAL, FEATURES, DemoEvent, DemoTraffic, Injections

@@ -11,12 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from watchkeeper.cli.app import (
-    app,
-    console,
-    errors,
-    fail,
-)
+from watchkeeper.cli.app import app, console, errors, fail
 from watchkeeper.runtime.host import free_port
 
 

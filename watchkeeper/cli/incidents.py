@@ -8,14 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from watchkeeper.cli.app import (
-    JsonOption,
-    LimitOption,
-    app,
-    console,
-    fail,
-    open_store,
-)
+from watchkeeper.cli.app import JsonOption, LimitOption, app, console, fail, open_store
 from watchkeeper.store.schema import AlertStatus, IncidentStatus
 
 

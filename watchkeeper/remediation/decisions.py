@@ -23,11 +23,7 @@ from watchkeeper.config import Playbook, WatchkeeperConfig
 from watchkeeper.notifications.senders import IncidentSummary
 from watchkeeper.remediation.actions import REVERTIBLE
 from watchkeeper.remediation.guards import load_guards
-from watchkeeper.remediation.playbooks import (
-    AlertFacts,
-    plan,
-    select_playbook,
-)
+from watchkeeper.remediation.playbooks import AlertFacts, plan, select_playbook
 from watchkeeper.store import Store
 from watchkeeper.store.remediation import (
     CLAIMABLE,

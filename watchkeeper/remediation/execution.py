@@ -21,10 +21,7 @@ from watchkeeper.remediation.actions import ACTIONS, REVERTIBLE
 from watchkeeper.remediation.actions.kind import ActionContext
 from watchkeeper.remediation.alertmanager import SilenceCheck, silence_check
 from watchkeeper.remediation.decisions import ActionRow
-from watchkeeper.remediation.playbooks import (
-    COMMUNICATION,
-    maintenance,
-)
+from watchkeeper.remediation.playbooks import COMMUNICATION, maintenance
 from watchkeeper.runtime.control import uninterruptible
 from watchkeeper.store import Store
 from watchkeeper.store.actions import remediation_on

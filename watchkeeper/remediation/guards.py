@@ -10,17 +10,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.remediation.playbooks import (
-    COMMUNICATION,
-    Guards,
-)
+from watchkeeper.remediation.playbooks import COMMUNICATION, Guards
 from watchkeeper.store.actions import remediation_on
-from watchkeeper.store.remediation import (
-    RESERVING,
-    REVERT_SUFFIX,
-    Decision,
-    RemediationAction,
-)
+from watchkeeper.store.remediation import RESERVING, REVERT_SUFFIX, Decision, RemediationAction
 
 
 def load_guards(session: Session, config: WatchkeeperConfig, now: datetime) -> Guards:

@@ -49,11 +49,7 @@ from watchkeeper.store.alerts import (
     parse_notification,
     store_notification,
 )
-from watchkeeper.store.incidents import (
-    incident_detail,
-    list_alerts,
-    list_incidents,
-)
+from watchkeeper.store.incidents import incident_detail, list_alerts, list_incidents
 from watchkeeper.store.intake import StoredBatch, store_feedback, store_pipeline_runs, store_predictions
 from watchkeeper.store.paging import CursorError, Page
 from watchkeeper.store.reports import list_reports, report_html

@@ -31,13 +31,7 @@ from watchkeeper.store.intake import (
     tally_totals,
 )
 from watchkeeper.store.remediation import ActionStatus, RemediationAction
-from watchkeeper.store.schema import (
-    Alert,
-    FlowRunOutbox,
-    Incident,
-    LatestWindow,
-    utcnow,
-)
+from watchkeeper.store.schema import Alert, FlowRunOutbox, Incident, LatestWindow, utcnow
 
 INTAKE_FAMILIES = {
     "predictions": ("watchkeeper_predictions", "Prediction records stored by the intake."),
