@@ -69,7 +69,7 @@ def open_store() -> Store:
 PortOption = Annotated[int, typer.Option(min=1, max=65535)]
 
 
-def TimeOption(help: str) -> Any:  # noqa: N802, A002 (used as typer.Option is)
+def TimeOption(help: str) -> Any:  # noqa: N802 - named and called as typer.Option is
     """A time option: ISO 8601 with `Z` or an offset, UTC when it has none, as one UTC `datetime`."""
     return typer.Option(parser=cli_time, metavar="TIME", help=help)
 
