@@ -20,7 +20,8 @@ from tests.test_remediation import incident_for, remediation_config, secrets  # 
 from watchkeeper.config import ConfigError, MaintenanceWindow, load_config
 from watchkeeper.remediation.decisions import handle_incident
 from watchkeeper.remediation.execution import execute_action
-from watchkeeper.remediation.playbooks import AlertFacts, Guards, plan, render_url
+from watchkeeper.remediation.playbooks import AlertFacts, Guards, plan
+from watchkeeper.remediation.templates import render_url
 from watchkeeper.store import Store
 from watchkeeper.store.remediation import RemediationAction
 

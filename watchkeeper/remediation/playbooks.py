@@ -15,36 +15,22 @@ The decision for each action, first match wins:
 
 from __future__ import annotations
 
-import re
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 from watchkeeper.config import (
-    FallbackAction,
-    HttpAction,
     MaintenanceWindow,
-    NotifyAction,
     Playbook,
     PlaybookAction,
-    RestartAction,
-    ScaleAction,
-    SecretRef,
-    TicketAction,
 )
-from watchkeeper.notifications.calls import refused_host
+from watchkeeper.remediation.actions import ACTIONS
+from watchkeeper.remediation.templates import MissingPlaceholder
 from watchkeeper.store.remediation import Decision
 from watchkeeper.store.schema import AlertStatus
 
 COMMUNICATION = frozenset({"notify", "ticket"})
-KUBERNETES_LABEL_VALUE = re.compile(r"^(?=.{0,63}$)(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-# A Kubernetes object name (DNS-1123 subdomain), checked after placeholders are filled in.
-KUBERNETES_NAME = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
 
 
 @dataclass(frozen=True)
@@ -93,52 +79,6 @@ class PlannedAction:
         }
 
 
-class MissingPlaceholder(KeyError):
-    pass
-
-
-class UnsafeTarget(LookupError):
-    """A rendered target the action must not reach: a bad Kubernetes name, a host not allowed."""
-
-
-class _Strict(dict):
-    def __missing__(self, key: str) -> str:
-        raise MissingPlaceholder(key)
-
-
-def render(value: Any, context: Mapping[str, str]) -> Any:
-    """Fill {placeholders} in strings, recursively through dicts and lists."""
-    if isinstance(value, str):
-        return string.Formatter().vformat(value, (), _Strict(context))
-    if isinstance(value, dict):
-        return {k: render(v, context) for k, v in value.items()}
-    if isinstance(value, list):
-        return [render(v, context) for v in value]
-    return value
-
-
-def render_url(template: str, context: Mapping[str, str]) -> str:
-    """Fill {placeholders} in a URL with each value percent-encoded as one path segment, so that a
-    label value can neither add path segments nor change the host, query or fragment."""
-    encoded = {k: quote(str(v), safe="") for k, v in context.items()}
-    return string.Formatter().vformat(template, (), _Strict(encoded))
-
-
-def kubernetes_name(template: str, context: Mapping[str, str]) -> str:
-    name = render(template, context)
-    if not KUBERNETES_NAME.match(name):
-        raise UnsafeTarget(f"{name!r} is not a valid Kubernetes name")
-    return name
-
-
-def allowed_url(template: str, context: Mapping[str, str], hosts: list[str]) -> str:
-    url = render_url(template, context)
-    refusal = refused_host(url, hosts)
-    if refusal is not None:
-        raise UnsafeTarget(refusal)
-    return url
-
-
 def matches(playbook: Playbook, alert: AlertFacts) -> bool:
     match = playbook.match
     return (
@@ -153,64 +93,9 @@ def select_playbook(playbooks: list[Playbook], alert: AlertFacts) -> Playbook | 
 
 
 def target_and_inputs(spec: PlaybookAction, alert: AlertFacts) -> tuple[str, dict[str, Any]]:
-    """The action's target in words and its rendered parameters; raises MissingPlaceholder."""
-    context = alert.context
-    if isinstance(spec, ScaleAction | RestartAction):
-        deployment = kubernetes_name(spec.deployment, context)
-        inputs = spec.model_dump(mode="json", exclude={"action"}) | {"deployment": deployment}
-        return f"deployment/{spec.namespace}/{deployment}", inputs
-    if isinstance(spec, FallbackAction):
-        model = context.get("model_name")
-        if model is None:
-            raise MissingPlaceholder("model_name")
-        stable = spec.stable_models.get(model)
-        if stable is None:
-            raise LookupError(f"no stable model is configured for {model!r}")
-        context = {**context, "stable_model": stable}
-        hosts = spec.hosts_for(spec.url)
-        inputs = {
-            "model": model,
-            "stable_model": stable,
-            "via": spec.via,
-            "url": allowed_url(spec.url, context, hosts) if spec.url else None,
-            "allowed_hosts": hosts if spec.url else None,
-            "body": render(spec.body, context),
-            "namespace": spec.namespace,
-            "service": spec.service,
-            "selector_label": spec.selector_label,
-            "revert_on_resolve": spec.revert_on_resolve,
-            "idempotent": spec.idempotent,
-            "secret": _reference(spec.secret),
-        }
-        if spec.via == "service" and not KUBERNETES_LABEL_VALUE.match(stable):
-            raise UnsafeTarget(f"{stable!r} is not a valid Kubernetes label value")
-        return f"model/{model}", inputs
-    if isinstance(spec, HttpAction):
-        hosts = spec.hosts_for(spec.url)
-        url = allowed_url(spec.url, context, hosts)
-        inputs = {
-            "url": url,
-            "allowed_hosts": hosts,
-            "method": spec.method,
-            "body": render(spec.body, context),
-        }
-        return url, inputs | {"idempotent": spec.idempotent, "secret": _reference(spec.secret)}
-    if isinstance(spec, NotifyAction):
-        return f"notify/{spec.target}", {"target": spec.target}
-    if isinstance(spec, TicketAction):
-        return f"ticket/{spec.project}", {
-            "url": spec.url,
-            "allowed_hosts": spec.hosts_for(spec.url),
-            "project": spec.project,
-            "issue_type": spec.issue_type,
-            "secret": _reference(spec.secret),
-        }
-    raise TypeError(f"unknown action {spec!r}")
-
-
-def _reference(ref: SecretRef | None) -> dict[str, str] | None:
-    """Where the action's credential lives, by name, for the action to resolve when it runs."""
-    return ref.model_dump(exclude_none=True) if ref is not None else None
+    """The action's target in words and its rendered parameters (each action prepares its own);
+    raises MissingPlaceholder or UnsafeTarget."""
+    return ACTIONS[spec.action].prepare(spec, alert.context)
 
 
 def maintenance(

@@ -2,8 +2,11 @@
 
 One module per action (or per family of actions sharing one call), each declaring
 `ACTIONS = {config name: ActionKind(...)}`; this package gathers them, so adding an action is one
-module here and its inputs in the config schema (`watchkeeper.config`). An `ActionKind`
+module here and its playbook entry in the config schema (`watchkeeper.config`). An `ActionKind`
 (`kind.py`) has:
+- `prepare(spec, context) -> (target, inputs)`: the playbook's entry filled in from the alert's
+  labels (`templates.py`: placeholders that cannot change a URL's host or path, Kubernetes names
+  checked, hosts allowed, secrets by reference), what the decision records;
 - `plan(inputs, context) -> plan`: what to do, computed once before the first call and recorded
   (scale reads the replicas and decides "set 4"), so that a retry or a re-send after a crash sets
   the same 4 instead of adding again to a world it already changed;

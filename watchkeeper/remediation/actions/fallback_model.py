@@ -3,9 +3,48 @@ back to the model when the incident resolves, if the playbook says so."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from watchkeeper.config import FallbackAction
 from watchkeeper.remediation.actions.kind import ActionContext, ActionKind, declared
+from watchkeeper.remediation.templates import (
+    KUBERNETES_LABEL_VALUE,
+    MissingPlaceholder,
+    UnsafeTarget,
+    allowed_url,
+    render,
+    secret_reference,
+)
+
+
+def prepare(spec: FallbackAction, context: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    """The alert's model and its configured stable model, by Service selector or routing endpoint."""
+    model = context.get("model_name")
+    if model is None:
+        raise MissingPlaceholder("model_name")
+    stable = spec.stable_models.get(model)
+    if stable is None:
+        raise LookupError(f"no stable model is configured for {model!r}")
+    context = {**context, "stable_model": stable}
+    hosts = spec.hosts_for(spec.url)
+    inputs = {
+        "model": model,
+        "stable_model": stable,
+        "via": spec.via,
+        "url": allowed_url(spec.url, context, hosts) if spec.url else None,
+        "allowed_hosts": hosts if spec.url else None,
+        "body": render(spec.body, context),
+        "namespace": spec.namespace,
+        "service": spec.service,
+        "selector_label": spec.selector_label,
+        "revert_on_resolve": spec.revert_on_resolve,
+        "idempotent": spec.idempotent,
+        "secret": secret_reference(spec.secret),
+    }
+    if spec.via == "service" and not KUBERNETES_LABEL_VALUE.match(stable):
+        raise UnsafeTarget(f"{stable!r} is not a valid Kubernetes label value")
+    return f"model/{model}", inputs
 
 
 def _point_service(inputs: dict[str, Any], context: ActionContext, model: str) -> dict[str, Any]:
@@ -37,4 +76,4 @@ def revert_fallback(inputs: dict[str, Any], result: dict[str, Any], context: Act
     return {"status_code": response.status_code, "routed_to": inputs["model"]}
 
 
-ACTIONS = {"fallback_model": ActionKind(fallback_model, revert=revert_fallback, idempotent=declared)}
+ACTIONS = {"fallback_model": ActionKind(prepare, fallback_model, revert=revert_fallback, idempotent=declared)}

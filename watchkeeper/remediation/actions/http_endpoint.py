@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from watchkeeper.config import HttpAction
 from watchkeeper.remediation.actions.kind import ActionContext, ActionKind, declared
+from watchkeeper.remediation.templates import allowed_url, render, secret_reference
+
+
+def prepare(spec: HttpAction, context: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    """The endpoint's URL filled in (only to an allowed host), its method and body."""
+    hosts = spec.hosts_for(spec.url)
+    url = allowed_url(spec.url, context, hosts)
+    inputs = {
+        "url": url,
+        "allowed_hosts": hosts,
+        "method": spec.method,
+        "body": render(spec.body, context),
+    }
+    return url, inputs | {"idempotent": spec.idempotent, "secret": secret_reference(spec.secret)}
 
 
 def http_endpoint(inputs: dict[str, Any], _plan: dict[str, Any], context: ActionContext) -> dict[str, Any]:
@@ -13,6 +29,6 @@ def http_endpoint(inputs: dict[str, Any], _plan: dict[str, Any], context: Action
 
 
 ACTIONS = {
-    "circuit_breaker": ActionKind(http_endpoint, idempotent=declared),
-    "invalidate_cache": ActionKind(http_endpoint, idempotent=declared),
+    "circuit_breaker": ActionKind(prepare, http_endpoint, idempotent=declared),
+    "invalidate_cache": ActionKind(prepare, http_endpoint, idempotent=declared),
 }

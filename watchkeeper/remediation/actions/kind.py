@@ -3,7 +3,7 @@ an action runs with."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -48,6 +48,7 @@ class ActionContext:
         )
 
 
+Prepare = Callable[[Any, Mapping[str, str]], tuple[str, dict[str, Any]]]
 Plan = Callable[[dict[str, Any], ActionContext], dict[str, Any]]
 Execute = Callable[[dict[str, Any], dict[str, Any], ActionContext], dict[str, Any]]
 Revert = Callable[[dict[str, Any], dict[str, Any], ActionContext], dict[str, Any]]
@@ -73,6 +74,7 @@ def declared(inputs: dict[str, Any], _context: ActionContext) -> bool:
 
 @dataclass(frozen=True)
 class ActionKind:
+    prepare: Prepare
     execute: Execute
     plan: Plan = no_plan
     revert: Revert | None = None

@@ -3,10 +3,16 @@ resolves, PagerDuty's page is resolved and the other targets are told."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from watchkeeper.config import NotifyAction
 from watchkeeper.notifications.senders import send_incident
 from watchkeeper.remediation.actions.kind import ActionContext, ActionKind
+
+
+def prepare(spec: NotifyAction, _context: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    return f"notify/{spec.target}", {"target": spec.target}
 
 
 def notify(inputs: dict[str, Any], _plan: dict[str, Any], context: ActionContext) -> dict[str, Any]:
@@ -25,4 +31,4 @@ def pagerduty(inputs: dict[str, Any], context: ActionContext) -> bool:
     return context.target(inputs["target"]).kind == "pagerduty"
 
 
-ACTIONS = {"notify": ActionKind(notify, revert=notify_resolved, idempotent=pagerduty)}
+ACTIONS = {"notify": ActionKind(prepare, notify, revert=notify_resolved, idempotent=pagerduty)}

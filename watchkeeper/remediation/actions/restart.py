@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from watchkeeper.remediation.actions.kind import ActionContext, ActionKind, always
+from watchkeeper.remediation.templates import prepare_deployment
 from watchkeeper.times import utcnow
 
 
@@ -24,4 +25,4 @@ def restart(inputs: dict[str, Any], plan: dict[str, Any], context: ActionContext
     return {"restarted_at": at}
 
 
-ACTIONS = {"restart": ActionKind(restart, plan=plan_restart, idempotent=always)}
+ACTIONS = {"restart": ActionKind(prepare_deployment, restart, plan=plan_restart, idempotent=always)}

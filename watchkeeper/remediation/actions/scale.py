@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from watchkeeper.remediation.actions.kind import ActionContext, ActionKind, always
+from watchkeeper.remediation.templates import prepare_deployment
 
 
 def plan_scale(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
@@ -45,4 +46,4 @@ def scale(inputs: dict[str, Any], plan: dict[str, Any], context: ActionContext) 
     return {"changed": True, "previous_replicas": current, "replicas": desired}
 
 
-ACTIONS = {"scale": ActionKind(scale, plan=plan_scale, idempotent=always)}
+ACTIONS = {"scale": ActionKind(prepare_deployment, scale, plan=plan_scale, idempotent=always)}

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from watchkeeper.config import TicketAction
 from watchkeeper.notifications.calls import CallFailed
 from watchkeeper.remediation.actions.kind import ActionContext, ActionKind
+from watchkeeper.remediation.templates import secret_reference
+
+
+def prepare(spec: TicketAction, _context: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    return f"ticket/{spec.project}", {
+        "url": spec.url,
+        "allowed_hosts": spec.hosts_for(spec.url),
+        "project": spec.project,
+        "issue_type": spec.issue_type,
+        "secret": secret_reference(spec.secret),
+    }
 
 
 def ticket(inputs: dict[str, Any], _plan: dict[str, Any], context: ActionContext) -> dict[str, Any]:
@@ -32,4 +45,4 @@ def comment_ticket(inputs: dict[str, Any], result: dict[str, Any], context: Acti
     return {"commented": result["ticket_id"]}
 
 
-ACTIONS = {"ticket": ActionKind(ticket, revert=comment_ticket)}
+ACTIONS = {"ticket": ActionKind(prepare, ticket, revert=comment_ticket)}
