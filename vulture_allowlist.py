@@ -14,6 +14,7 @@ accuracy_critical
 factor
 pipeline_runs
 evaluation_results
+aggregates
 outbox
 ad_hoc
 # Store columns written by the ORM and read by SQL, the API or the migrations.

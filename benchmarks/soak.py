@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tasks.retention import apply_retention  # noqa: E402
 from watchkeeper.config import Retention  # noqa: E402
 from watchkeeper.local.stack import service_process  # noqa: E402
+from watchkeeper.settings import Settings  # noqa: E402
 from watchkeeper.store import Store  # noqa: E402
 from watchkeeper.store.intake import fold_tallies  # noqa: E402
 from watchkeeper.store.schema import EvaluationResult  # noqa: E402
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace, home: Path) -> dict:
     url = f"sqlite:///{database}"
     store = Store(url)
     retention = Retention(**{k: timedelta(days=args.retention_days) for k in Retention().ages()})
+    config = Settings(home=home).monitoring.model_copy(update={"retention": retention})
     sizes, memory, scrapes = [], [], []
     try:
         with service_process(url, home) as service, httpx.Client(base_url=service.url, timeout=120) as client:
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace, home: Path) -> dict:
                 evaluations(store, day)
                 fold_tallies(store)
                 if not args.no_retention:
-                    apply_retention(store, retention, home, START + timedelta(days=day + 1))
+                    apply_retention(store, config, home, START + timedelta(days=day + 1))
                 day_scrapes = []
                 for _ in range(20):
                     began = time.perf_counter()

@@ -13,10 +13,10 @@ from watchkeeper.times import utcnow
 @flow(name="retention", log_prints=True)
 def retention() -> dict[str, int]:
     settings = Settings()
-    ages = settings.monitoring.retention
-    removed = apply_retention(settings.open_store(), ages, settings.resolved_home, utcnow())
+    config = settings.monitoring
+    removed = apply_retention(settings.open_store(), config, settings.resolved_home, utcnow())
     create_markdown_artifact(
-        retention_markdown(removed, ages), key="retention", description="What retention removed"
+        retention_markdown(removed, config), key="retention", description="What retention removed"
     )
     print(", ".join(f"{kind}: {count}" for kind, count in removed.items()))
     return removed

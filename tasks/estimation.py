@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 
-from tasks.measurements import Measurement, awaiting_label, is_positive, scores
+from tasks.measurements import Measurement, is_positive, scores
 
 MIN_REFERENCE_ROWS = 100  # fewer labelled reference rows calibrate nothing worth exporting
 
@@ -86,31 +86,23 @@ class Estimate:
         ]
 
 
-def estimate_confusion(probability: np.ndarray, predicted_positive: np.ndarray) -> Estimate | None:
-    """The expected confusion matrix of predictions whose positive-label probability is known."""
-    n = len(probability)
-    if n == 0:
+def estimate_confusion(
+    probability: np.ndarray, predicted_positive: np.ndarray, weights: np.ndarray | None = None
+) -> Estimate | None:
+    """The expected confusion matrix of predictions whose positive-label probability is known;
+    `weights` counts how many predictions each entry stands for (a score bin's), one by default."""
+    n = np.ones(len(probability)) if weights is None else weights.astype(float)
+    rows = float(n.sum())
+    if rows <= 0:
         return None
     p = probability.astype(float)
     predicted = predicted_positive.astype(bool)
     right = np.where(predicted, p, 1.0 - p)
     return Estimate(
-        rows=n,
-        true_positives=float(p[predicted].sum()),
-        false_positives=float((1.0 - p[predicted]).sum()),
-        true_negatives=float((1.0 - p[~predicted]).sum()),
-        false_negatives=float(p[~predicted].sum()),
-        accuracy_standard_error=math.sqrt(float((right * (1.0 - right)).sum())) / n,
+        rows=round(rows),
+        true_positives=float((n * p)[predicted].sum()),
+        false_positives=float((n * (1.0 - p))[predicted].sum()),
+        true_negatives=float((n * (1.0 - p))[~predicted].sum()),
+        false_negatives=float((n * p)[~predicted].sum()),
+        accuracy_standard_error=math.sqrt(float((n * right * (1.0 - right)).sum())) / rows,
     )
-
-
-def estimate_unlabelled(
-    log: pd.DataFrame, calibration: Calibration, positive_class: object, min_rows: int
-) -> list[Measurement]:
-    """CBPE over the served predictions of `log` that have a score and no label yet."""
-    waiting = awaiting_label(log)
-    if len(waiting) < min_rows:
-        return [Measurement("estimated_rows", float(len(waiting)))]
-    probability = calibration.probability(waiting["score"].to_numpy(dtype=float))
-    estimate = estimate_confusion(probability, is_positive(waiting["prediction"], positive_class).to_numpy())
-    return estimate.measurements() if estimate else []

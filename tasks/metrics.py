@@ -1,14 +1,13 @@
-"""Model metrics over a window of the prediction log: traffic, errors, latency and quality.
-
-The functions taking a DataFrame are plain logic; the tasks at the bottom wrap store I/O.
-"""
+"""Model metrics over a window: traffic, errors, latency and quality from the sums of the window's
+buckets (`tasks/window_totals.py`), and how results are saved. `read_window` reads the raw rows
+kept (`intake.raw_predictions`) for reports."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -17,87 +16,25 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import String, and_, case, cast, delete, func, select
 from sqlalchemy.orm import Session
 
-from tasks.estimation import estimate_unlabelled
-from tasks.logs import first_prediction_time
-from tasks.measurements import Measurement, Window, confusion, is_positive, labelled_rows, scores
+from tasks.measurements import Measurement, Window
 from tasks.references import ModelReference
-from tasks.segments import segment_metrics
+from tasks.window_totals import (
+    VersionTotals,
+    business_metrics,
+    estimate_unlabelled,
+    positive_rates,
+    quality_metrics,
+    segment_metrics,
+    traffic_metrics,
+)
 from watchkeeper.config import Model
+from watchkeeper.intake.aggregates import bucket_start
 from watchkeeper.intake.checks import class_name
 from watchkeeper.store import Store, insert_for
-from watchkeeper.store.intake import fold_tallies
+from watchkeeper.store.buckets import first_buckets, fold_model_tallies, window_totals
+from watchkeeper.store.intake import IntakeRules, fold_tallies, join_waiting_labels
 from watchkeeper.store.schema import EvaluationResult, Feedback, LatestWindow, Prediction
 from watchkeeper.times import utcnow
-
-
-def traffic_metrics(log: pd.DataFrame, window: Window) -> list[Measurement]:
-    """Request count, throughput, error rate and the prediction mix of one window."""
-    count = len(log)
-    measurements = [
-        Measurement("request_count", float(count)),
-        Measurement("throughput_rps", count / window.seconds),
-        Measurement("error_rate", float(log["error"].mean()) if count else 0.0),
-    ]
-    if "latency_seconds" in log and log["latency_seconds"].notna().any():
-        latency = log["latency_seconds"].dropna()
-        measurements += [
-            Measurement("latency_p50_seconds", float(latency.quantile(0.5))),
-            Measurement("latency_p95_seconds", float(latency.quantile(0.95))),
-        ]
-    served = log.loc[~log["error"], "prediction"].dropna()
-    for predicted_class, n in served.map(class_name).value_counts().items():
-        measurements.append(
-            Measurement("prediction_share", n / len(served), {"prediction_class": str(predicted_class)})
-        )
-    return measurements
-
-
-def label_coverage(log: pd.DataFrame) -> float:
-    served = log.loc[~log["error"]]
-    return float(served["label"].notna().mean()) if len(served) else 0.0
-
-
-def quality_metrics(log: pd.DataFrame, positive_class: object, min_coverage: float) -> list[Measurement]:
-    """Confusion counts and scores from served predictions that have a label.
-
-    Below `min_coverage` only the coverage is reported: quality measured on the few labels that
-    arrived first would be biased toward whatever gets labelled fastest.
-    """
-    coverage = label_coverage(log)
-    measurements = [Measurement("label_coverage_ratio", coverage)]
-    labelled = labelled_rows(log)
-    if coverage < min_coverage or labelled.empty:
-        return measurements
-    tp, fp, tn, fn = confusion(labelled, positive_class)
-    measurements += [
-        Measurement("true_positives", float(tp)),
-        Measurement("false_positives", float(fp)),
-        Measurement("true_negatives", float(tn)),
-        Measurement("false_negatives", float(fn)),
-        *(Measurement(name, value) for name, value in scores(tp, fp, tn, fn).items()),
-        Measurement("false_positive_rate", float(fp / (fp + tn)) if fp + tn else 0.0),
-    ]
-    return measurements
-
-
-def business_metrics(
-    log: pd.DataFrame, positive_class: object, metric_type: str, min_coverage: float = 0.0
-) -> list[Measurement]:
-    """The business value of correct positive decisions among labelled predictions (e.g. fraud caught).
-
-    Not published below `min_coverage`, as quality is not: a window whose labels have not arrived
-    yet (a fresh model, labels a day late) would read as no value at all and page
-    BusinessImpactCritical.
-    """
-    if log.empty or label_coverage(log) < min_coverage:
-        return []
-    labelled = labelled_rows(log)
-    caught = is_positive(labelled["prediction"], positive_class) & is_positive(
-        labelled["label"], positive_class
-    )
-    value = float(labelled.loc[caught, "business_value"].fillna(0).sum())
-    return [Measurement("business_impact", value, {"metric_type": metric_type})]
-
 
 LOG_COLUMNS = [
     "request_id",
@@ -264,42 +201,38 @@ def advance_latest(
     )
 
 
-def _per_version(log: pd.DataFrame, default_version: str) -> dict[str, pd.DataFrame]:
-    versions = sorted(set(log["model_version"])) or [default_version]
-    return {version: log[log["model_version"] == version] for version in versions}
+def bucket_window(end: datetime, length: timedelta, bucket_seconds: int) -> Window:
+    """The window of `length` before `end`, its start moved back to a bucket's start: a window is a
+    sum of whole buckets, and its rates divide by the time those buckets cover."""
+    return Window(bucket_start(end - length, bucket_seconds), end)
 
 
-def positive_rates(log: pd.DataFrame, model: Model, reference: ModelReference | None) -> list[Measurement]:
-    """The model's share of positive predictions and the reference's: the segments' rules compare a
-    segment's shift with the whole model's, so a whole-model shift is not paged once per segment."""
-    served = log.loc[~log["error"], "prediction"]
-    found = []
-    if len(served):
-        found.append(Measurement("positive_rate", float(is_positive(served, model.positive_class).mean())))
-    if reference is not None and reference.positive_rate is not None:
-        found.append(Measurement("reference_positive_rate", reference.positive_rate))
-    return found
-
-
-def served_window(store: Store, model_name: str, version: str, window: Window) -> Window:
-    """The part of `window` since the version's first prediction: rates of a model (or version)
+def _by_version(
+    store: Store, model: Model, window: Window
+) -> tuple[dict[str, VersionTotals], dict[str, Window]]:
+    """Each version's totals over the window (the configured version's, empty, when none served),
+    and the part of the window since each version's first bucket: rates of a model (or version)
     that started inside the window are not diluted by the time before it served."""
-    since = first_prediction_time(store, model_name, version)
-    return Window(max(window.start, since), window.end) if since and since < window.end else window
+    with store.reading() as session:
+        totals = window_totals(session, model.name, window.start, window.end)
+        firsts = first_buckets(session, model.name)
+    by_version = {version: VersionTotals(t) for version, t in sorted(totals.items())} or {
+        model.version: VersionTotals()
+    }
+    served = {
+        version: Window(max(window.start, firsts[version]), window.end)
+        if version in firsts and firsts[version] < window.end
+        else window
+        for version in by_version
+    }
+    return by_version, served
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def measure_traffic(store: Store, model: Model, window: Window) -> dict[str, list[Measurement]]:
-    """Per model version: request count, throughput, errors, latency and prediction mix.
-
-    A version first served inside the window has its throughput counted from its first prediction,
-    so a model that just started (or a new version) does not read as low traffic.
-    """
-    log = read_window(store, model.name, window)
-    return {
-        version: traffic_metrics(part, served_window(store, model.name, version, window))
-        for version, part in _per_version(log, model.version).items()
-    }
+    """Per model version: request count, throughput, errors, latency and prediction mix."""
+    by_version, served = _by_version(store, model, window)
+    return {version: traffic_metrics(totals, served[version]) for version, totals in by_version.items()}
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -309,34 +242,34 @@ def measure_quality(
     """Per kind and model version: label coverage, quality once coverage allows, business impact,
     quality estimated for the predictions still without a label (with a calibrated reference), and
     the model's segments."""
-    log = read_window(store, model.name, window, [s.column for s in model.segments])
+    by_version, served = _by_version(store, model, window)
     calibration = reference.calibration if reference else None
+    coverage = model.thresholds.min_label_coverage
     measured: dict[str, dict[str, list[Measurement]]] = {"model_quality": {}}
     if model.segments:
         measured["model_segments"] = {}
-    for version, part in _per_version(log, model.version).items():
+    for version, totals in by_version.items():
         measured["model_quality"][version] = [
-            *quality_metrics(part, model.positive_class, model.thresholds.min_label_coverage),
-            *business_metrics(
-                part, model.positive_class, model.business_metric, model.thresholds.min_label_coverage
-            ),
+            *quality_metrics(totals, model.positive_class, coverage),
+            *business_metrics(totals, model.positive_class, model.business_metric, coverage),
             *(
-                estimate_unlabelled(part, calibration, model.positive_class, model.windows.min_rows)
+                estimate_unlabelled(totals, calibration, model.positive_class, model.windows.min_rows)
                 if calibration
                 else []
             ),
         ]
         if model.segments:
-            served_seconds = served_window(store, model.name, version, window).seconds
-            measured["model_segments"][version] = positive_rates(part, model, reference) + [
+            measured["model_segments"][version] = positive_rates(
+                totals, model, reference.positive_rate if reference else None
+            ) + [
                 m
                 for segment in model.segments
                 for m in segment_metrics(
-                    part,
+                    totals,
                     segment,
                     reference.segment_values.get(segment.column) if reference else None,
                     model,
-                    served_seconds,
+                    served[version].seconds,
                     reference.segment_positive_rates if reference else {},
                 )
             ]
@@ -361,5 +294,12 @@ def record_results(
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def compact_tallies(store: Store) -> int:
-    """Fold the intake's appended tally rows into one row per series, so scrapes stay cheap."""
-    return fold_tallies(store)
+    """Fold the intake's appended tally rows into one row per series, so scrapes and windows stay
+    cheap."""
+    return fold_tallies(store) + fold_model_tallies(store)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def join_labels(store: Store, rules: IntakeRules) -> int:
+    """Count the labels that arrived before their predictions, now that the predictions are here."""
+    return join_waiting_labels(store, rules)

@@ -14,7 +14,7 @@ from tasks.logs import reference_frame
 from tasks.measurements import is_positive
 from tasks.segments import reference_positive_rates, reference_segments
 from watchkeeper.config import Model, WatchkeeperConfig
-from watchkeeper.intake.checks import ReferenceCache
+from watchkeeper.intake.checks import ReferenceCache, ReferenceProfiles
 from watchkeeper.store import Store
 
 
@@ -42,6 +42,22 @@ def derive(model: Model, reference: pd.DataFrame) -> ModelReference:
 
 _lock = threading.Lock()
 _caches: dict[tuple[int, int], tuple[WatchkeeperConfig, Store, ReferenceCache[ModelReference]]] = {}
+_profiles: dict[tuple[int, int], tuple[WatchkeeperConfig, Store, ReferenceProfiles]] = {}
+
+
+def reference_profiles(store: Store, config: WatchkeeperConfig) -> ReferenceProfiles:
+    """The models' reference profiles, as the intake has them, cached as long as the process."""
+    key = (id(config), id(store))
+    with _lock:
+        cached = _profiles.get(key)
+        if cached is None:
+            _profiles.clear()
+            cached = _profiles[key] = (
+                config,
+                store,
+                ReferenceProfiles(config, partial(reference_frame, store)),
+            )
+    return cached[2]
 
 
 def model_reference(store: Store, config: WatchkeeperConfig, model: Model) -> ModelReference | None:

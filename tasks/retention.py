@@ -5,8 +5,10 @@ the intake and the flows never wait long behind a purge, and a purge stopped hal
 timeout) has removed whole batches and resumes where it left off next time.
 
 What goes, oldest first, and what stays:
-- predictions and feedback (by `timestamp`, when it happened), pipeline runs (by `started_at`) and
-  evaluation results (by `window_end`);
+- predictions and feedback (by `timestamp`, when it happened), pipeline runs (by `started_at`),
+  the intake's aggregates (by `bucket_start`) and evaluation results (by `window_end`);
+- prediction keys once both the dedupe window and their model's label horizon have passed, and
+  labels still waiting for their prediction after the longest label horizon (by `received_at`);
 - resolved incidents (by `resolved_at`) with their members, timeline and remediation decisions;
   open incidents stay whatever their age;
 - alerts (by `starts_at`) that no remaining incident or decision refers to, then notifications
@@ -24,9 +26,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, select
+from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, tuple_
 
-from watchkeeper.config import Retention
+from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.markdown import table
 from watchkeeper.store import Store
 from watchkeeper.store.remediation import RemediationAction
@@ -41,9 +43,12 @@ from watchkeeper.store.schema import (
     IncidentMember,
     IncidentStatus,
     ModelReport,
+    ModelTally,
     PipelineRun,
     Prediction,
+    PredictionKey,
     ReportDelivery,
+    WaitingLabel,
 )
 
 # Files a retention pass removes under the home, by folder and pattern.
@@ -67,6 +72,37 @@ def purge_rows(
                 removed += session.execute(delete(table).where(table.id.in_(ids))).rowcount
         if len(ids) < batch_size:
             return removed
+
+
+def purge_by_request(store: Store, table: Any, condition: ColumnElement[bool], batch_size: int) -> int:
+    """`purge_rows` for the tables keyed by (model_name, request_id)."""
+    removed = 0
+    key = tuple_(table.model_name, table.request_id)
+    while True:
+        with store.writing() as session:
+            found = session.execute(
+                select(table.model_name, table.request_id).where(condition).limit(batch_size)
+            )
+            keys = [tuple(row) for row in found]
+            if keys:
+                removed += session.execute(delete(table).where(key.in_(keys))).rowcount
+        if len(keys) < batch_size:
+            return removed
+
+
+def expired_keys(config: WatchkeeperConfig, now: datetime) -> ColumnElement[bool]:
+    """Keys past both the dedupe window and their model's label horizon (the longest horizon for
+    models no longer configured)."""
+    dedupe = config.intake.dedupe_window
+    horizons = {m.name: max(dedupe, m.windows.label_horizon) for m in config.models}
+    longest = max(horizons.values())
+    return or_(
+        *(
+            and_(PredictionKey.model_name == name, PredictionKey.received_at < now - horizon)
+            for name, horizon in horizons.items()
+        ),
+        and_(PredictionKey.model_name.not_in(list(horizons)), PredictionKey.received_at < now - longest),
+    )
 
 
 def purge_incidents(store: Store, cutoff: datetime, batch_size: int) -> int:
@@ -106,8 +142,9 @@ def purge_files(home: Path, cutoff: datetime) -> int:
     return removed
 
 
-def apply_retention(store: Store, retention: Retention, home: Path, now: datetime) -> dict[str, int]:
+def apply_retention(store: Store, config: WatchkeeperConfig, home: Path, now: datetime) -> dict[str, int]:
     """One retention pass; returns how many rows (or files) of each kind it removed, in order."""
+    retention = config.retention
     ages = retention.ages()
     cutoff = {kind: now - age for kind, age in ages.items()}
     dispatched = FlowRunOutbox.state == "dispatched"
@@ -115,11 +152,19 @@ def apply_retention(store: Store, retention: Retention, home: Path, now: datetim
         ("predictions", Prediction, Prediction.timestamp < cutoff["predictions"]),
         ("feedback", Feedback, Feedback.timestamp < cutoff["feedback"]),
         ("pipeline_runs", PipelineRun, PipelineRun.started_at < cutoff["pipeline_runs"]),
+        ("aggregates", ModelTally, ModelTally.bucket_start < cutoff["aggregates"]),
         ("evaluation_results", EvaluationResult, EvaluationResult.window_end < cutoff["evaluation_results"]),
         ("model_reports", ModelReport, ModelReport.period_end < cutoff["reports"]),
         ("report_deliveries", ReportDelivery, ReportDelivery.period_end < cutoff["reports"]),
     ]
     removed = {kind: purge_rows(store, entity, old, retention.batch_size) for kind, entity, old in by_age}
+    removed["prediction_keys"] = purge_by_request(
+        store, PredictionKey, expired_keys(config, now), retention.batch_size
+    )
+    longest = max(max(config.intake.dedupe_window, m.windows.label_horizon) for m in config.models)
+    removed["waiting_labels"] = purge_by_request(
+        store, WaitingLabel, WaitingLabel.received_at < now - longest, retention.batch_size
+    )
     removed["incidents"] = purge_incidents(store, cutoff["incidents"], retention.batch_size)
     referenced_last = [
         ("outbox", FlowRunOutbox, and_(dispatched, FlowRunOutbox.created_at < cutoff["outbox"])),
@@ -132,9 +177,13 @@ def apply_retention(store: Store, retention: Retention, home: Path, now: datetim
     return removed
 
 
-def retention_markdown(removed: dict[str, int], retention: Retention) -> str:
+def retention_markdown(removed: dict[str, int], config: WatchkeeperConfig) -> str:
+    retention = config.retention
+    horizon = max(m.windows.label_horizon for m in config.models)
     ages = {
         **retention.ages(),
+        "prediction_keys": f"{config.intake.dedupe_window} (dedupe), up to {horizon} (label horizon)",
+        "waiting_labels": f"up to {horizon} (label horizon)",
         "notifications": retention.alerts,
         "report_files": retention.reports,
         "model_reports": retention.reports,

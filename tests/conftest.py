@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from watchkeeper.config import DEFAULT_LATENCY_BUCKETS, WatchkeeperConfig, load_config
+from watchkeeper.config import WatchkeeperConfig, load_config
 from watchkeeper.local.pgtemp import PostgresMissing, new_database, postgres_cluster
 from watchkeeper.runtime.host import free_port
 from watchkeeper.service.app import create_app
@@ -151,8 +151,8 @@ def service(example_config: WatchkeeperConfig, store: Store) -> Iterator[LiveSer
 
 
 def save_predictions(store: Store, records: list) -> StoredBatch:
-    """store_predictions with the default latency buckets for every model."""
-    return store_predictions(store, records, latency_buckets=lambda _model: DEFAULT_LATENCY_BUCKETS)
+    """store_predictions with the default rules: default latency buckets, every raw row kept."""
+    return store_predictions(store, records)
 
 
 @pytest.fixture

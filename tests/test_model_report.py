@@ -204,7 +204,7 @@ def test_a_rerun_of_the_period_replaces_the_report_under_the_same_id(reported: t
     page = list_reports(store, limit=1)
     assert page.items[0]["period_end"] == later.end.isoformat() and page.next_cursor is not None
     removed = apply_retention(
-        store, config.retention, tmp_path, later.end + config.retention.reports + timedelta(hours=2)
+        store, config, tmp_path, later.end + config.retention.reports + timedelta(hours=2)
     )
     assert removed["model_reports"] == 2
 

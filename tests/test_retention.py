@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
 
 from tasks.retention import apply_retention, retention_markdown
-from watchkeeper.config import Retention
+from watchkeeper.config import Retention, WatchkeeperConfig
 from watchkeeper.store import Store
 from watchkeeper.store.remediation import RemediationAction
 from watchkeeper.store.reports import ReportPeriod, claim_delivery, save_report
@@ -22,8 +22,11 @@ from watchkeeper.store.schema import (
     Incident,
     IncidentEvent,
     IncidentMember,
+    ModelTally,
     PipelineRun,
     Prediction,
+    PredictionKey,
+    WaitingLabel,
     utcnow,
 )
 
@@ -75,6 +78,18 @@ def _incident(session, status: str, at, alert: Alert) -> Incident:  # noqa: ANN0
     return row
 
 
+def key(request_id: str, at: datetime, model: str = "m") -> PredictionKey:
+    return PredictionKey(
+        model_name=model,
+        request_id=request_id,
+        model_version="v1",
+        bucket_start=at,
+        predicted="1",
+        labelled=False,
+        received_at=at,
+    )
+
+
 def seed(store: Store) -> None:
     with store.writing() as session:
         for index, at in enumerate((OLD, OLD, OLD, RECENT)):
@@ -92,6 +107,19 @@ def seed(store: Store) -> None:
             )
             session.add(
                 Feedback(model_name="m", request_id=f"r{index}", label=1, timestamp=at, received_at=at)
+            )
+            session.add(key(f"r{index}", at))
+            session.add(WaitingLabel(model_name="m", request_id=f"w{index}", label=1, received_at=at))
+            session.add(
+                ModelTally(
+                    model_name="m",
+                    model_version="v1",
+                    bucket_start=at,
+                    measure="class",
+                    detail=str(index),
+                    total=1.0,
+                    folded=True,
+                )
             )
             session.add(
                 PipelineRun(
@@ -155,6 +183,9 @@ def counts(store: Store) -> dict[str, int]:
         "predictions": Prediction,
         "feedback": Feedback,
         "pipeline_runs": PipelineRun,
+        "aggregates": ModelTally,
+        "prediction_keys": PredictionKey,
+        "waiting_labels": WaitingLabel,
         "evaluation_results": EvaluationResult,
         "incidents": Incident,
         "alerts": Alert,
@@ -168,8 +199,9 @@ def counts(store: Store) -> dict[str, int]:
 
 
 def test_retention_removes_the_old_in_batches_and_keeps_what_is_referred_to(
-    store: Store, tmp_path: Path
+    store: Store, example_config: WatchkeeperConfig, tmp_path: Path
 ) -> None:
+    config = example_config.model_copy(update={"retention": AGES})
     seed(store)
     old_report = tmp_path / "reports" / "m" / "drift-old.html"
     new_report = tmp_path / "reports" / "m" / "drift-new.html"
@@ -184,25 +216,31 @@ def test_retention_removes_the_old_in_batches_and_keeps_what_is_referred_to(
         save_report(store, period, {}, "# report", "<html></html>", None)
         claim_delivery(store, period, "slack", "run")
 
-    removed = apply_retention(store, AGES, tmp_path, NOW)
+    removed = apply_retention(store, config, tmp_path, NOW)
 
     assert removed == {
         "predictions": 3,
         "feedback": 3,
         "pipeline_runs": 3,
+        "aggregates": 3,
         "evaluation_results": 3,
+        "model_reports": 1,  # the report of the old period, with its delivery record
+        "report_deliveries": 1,
+        "prediction_keys": 3,
+        "waiting_labels": 3,
         "incidents": 1,
         "outbox": 1,
         "alerts": 2,  # the resolved incident's member and the lonely one; the open incident's stays
         "notifications": 1,  # the unreferenced one; the other still has the open incident's alert
         "report_files": 2,
-        "model_reports": 1,  # the report of the old period, with its delivery record
-        "report_deliveries": 1,
     }
     assert counts(store) == {
         "predictions": 1,
         "feedback": 1,
         "pipeline_runs": 1,
+        "aggregates": 1,
+        "prediction_keys": 1,
+        "waiting_labels": 1,
         "evaluation_results": 1,
         "incidents": 1,
         "alerts": 1,
@@ -212,5 +250,22 @@ def test_retention_removes_the_old_in_batches_and_keeps_what_is_referred_to(
         "events": 1,
     }
     assert new_report.exists() and not old_report.exists() and not snapshot.exists()
-    assert set(apply_retention(store, AGES, tmp_path, NOW).values()) == {0}
-    assert "| predictions | 30 days, 0:00:00 | 3 |" in retention_markdown(removed, AGES)
+    assert set(apply_retention(store, config, tmp_path, NOW).values()) == {0}
+    assert "| predictions | 30 days, 0:00:00 | 3 |" in retention_markdown(removed, config)
+
+
+def test_a_key_stays_for_the_longer_of_the_dedupe_window_and_its_models_label_horizon(
+    store: Store, example_config: WatchkeeperConfig, tmp_path: Path
+) -> None:
+    model = example_config.models[0]
+    short = model.model_copy(
+        update={"windows": model.windows.model_copy(update={"label_horizon": timedelta(minutes=30)})}
+    )
+    config = example_config.model_copy(update={"models": [short]})
+    with store.writing() as session:
+        for minutes in (20, 50, 70):  # the dedupe window (1 h) outlasts the 30 min horizon
+            session.add(key(f"r{minutes}", NOW - timedelta(minutes=minutes), model.name))
+    assert apply_retention(store, config, tmp_path, NOW)["prediction_keys"] == 1
+    with store.reading() as session:
+        kept = set(session.scalars(select(PredictionKey.request_id)))
+    assert kept == {"r20", "r50"}

@@ -127,6 +127,10 @@ class Windows(Strict):
     drift: Duration = timedelta(hours=1)
     data_quality: Duration = timedelta(minutes=15)
     min_rows: int = Field(default=100, ge=1)
+    label_horizon: Duration = Field(
+        default=timedelta(days=1),
+        description="How long a prediction waits for its label; a later label counts nowhere",
+    )
     # Windows larger than these are read as a sample at the source, so memory stays bounded however
     # busy the model; null reads every row.
     drift_sample_rows: int | None = Field(
@@ -581,6 +585,9 @@ class Retention(Strict):
     predictions: Duration = timedelta(days=30)
     feedback: Duration = timedelta(days=30)
     pipeline_runs: Duration = timedelta(days=30)
+    aggregates: Duration = Field(
+        default=timedelta(days=30), description="The intake's per-bucket aggregates of each model"
+    )
     evaluation_results: Duration = timedelta(days=90)
     incidents: Duration = Field(
         default=timedelta(days=90), description="Resolved incidents, their timeline and actions"
@@ -599,9 +606,45 @@ class Retention(Strict):
         return self.model_dump(exclude={"batch_size"})
 
 
+def _raw_fraction(value: Any) -> Any:
+    """`all`, `none`, a share such as `1%`, or a number in [0, 1]."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in {"all", "none"}:
+            return 1.0 if text == "all" else 0.0
+        if text.endswith("%"):
+            try:
+                return float(text[:-1]) / 100
+            except ValueError:
+                return value
+    return value
+
+
 class Intake(Strict):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_records: int = Field(default=100_000, gt=0)
+    bucket: Duration = Field(
+        default=timedelta(minutes=1),
+        description="Time bucket of the aggregates kept as records arrive; windows are sums of buckets",
+    )
+    raw_predictions: Annotated[float, BeforeValidator(_raw_fraction)] = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Raw prediction rows kept: all, none, or a share (1%) chosen by request id",
+    )
+    dedupe_window: Duration = Field(
+        default=timedelta(hours=1),
+        description="A re-sent request id within this long of the first is never counted twice",
+    )
+
+    @field_validator("bucket")
+    @classmethod
+    def _whole_seconds_dividing_a_day(cls, bucket: timedelta) -> timedelta:
+        seconds = bucket.total_seconds()
+        if seconds < 1 or not seconds.is_integer() or 86_400 % int(seconds):
+            raise ValueError("expected whole seconds that divide a day (10s, 1m, 5m, 1h)")
+        return bucket
 
 
 class ExecutorLanes(Strict):

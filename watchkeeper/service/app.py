@@ -50,7 +50,13 @@ from watchkeeper.store.alerts import (
     store_notification,
 )
 from watchkeeper.store.incidents import incident_detail, list_alerts, list_incidents
-from watchkeeper.store.intake import StoredBatch, store_feedback, store_pipeline_runs, store_predictions
+from watchkeeper.store.intake import (
+    IntakeRules,
+    StoredBatch,
+    store_feedback,
+    store_pipeline_runs,
+    store_predictions,
+)
 from watchkeeper.store.paging import CursorError, Page
 from watchkeeper.store.reports import list_reports, report_html
 from watchkeeper.store.schema import AlertStatus, IncidentStatus
@@ -232,8 +238,7 @@ def create_app(
     authorized = [Depends(operator)]
     head = store.head_revision()
 
-    models = {m.name: m for m in config.models}
-    latency_buckets = {m.name: m.latency_buckets for m in config.models}.__getitem__
+    rules = IntakeRules.of(config, profiles)
     pipeline_buckets = {p.name: p.latency_buckets for p in config.pipelines}.__getitem__
 
     async def intake(
@@ -283,7 +288,7 @@ def create_app(
         return await intake(
             request,
             PredictionRecord,
-            partial(store_predictions, latency_buckets=latency_buckets, profile_for=profiles),
+            partial(store_predictions, rules=rules),
         )
 
     @app.post(
@@ -294,7 +299,7 @@ def create_app(
     )
     async def post_feedback(request: Request) -> JSONResponse:
         """Store a batch of delayed ground-truth labels (JSON array or NDJSON), whole or not at all."""
-        return await intake(request, FeedbackRecord, partial(store_feedback, model_for=models.get))
+        return await intake(request, FeedbackRecord, partial(store_feedback, rules=rules))
 
     @app.post(
         "/v1/pipeline-runs",

@@ -9,14 +9,23 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Table, and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from watchkeeper.config import Model
+from watchkeeper.config import DEFAULT_LATENCY_BUCKETS, Model, WatchkeeperConfig
+from watchkeeper.intake.aggregates import BucketTotals, Served, in_sample, outcome_class, served
 from watchkeeper.intake.checks import ReferenceProfile, class_name, record_failures
 from watchkeeper.intake.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
 from watchkeeper.store import Store, insert_for
-from watchkeeper.store.schema import Feedback, PipelineRun, Prediction, Tally
+from watchkeeper.store.schema import (
+    Feedback,
+    ModelTally,
+    PipelineRun,
+    Prediction,
+    PredictionKey,
+    Tally,
+    WaitingLabel,
+)
 from watchkeeper.times import utcnow
 
 # Keeps each IN (...) list well under SQLite's bound-parameter limit.
@@ -48,27 +57,6 @@ def _first_per_request(records: Iterable[Any]) -> dict[tuple[str, str], Any]:
     for record in records:
         firsts.setdefault((record.model_name, record.request_id), record)
     return firsts
-
-
-def _lookup(
-    session: Session, group: Any, ident: Any, value: Any, keys: Iterable[tuple[str, str]]
-) -> list[tuple[tuple[str, str], Any]]:
-    """`value` for each stored row whose (`group`, `ident`) is among `keys`, e.g. (model_name, request_id).
-
-    `value` may be a tuple of columns; each found value is then a row of them.
-    """
-    values = value if isinstance(value, tuple) else (value,)
-    by_group: dict[str, list[str]] = {}
-    for group_value, ident_value in keys:
-        by_group.setdefault(group_value, []).append(ident_value)
-    found: list[tuple[tuple[str, str], Any]] = []
-    for group_value, idents in by_group.items():
-        for chunk in _chunks(idents):
-            rows = session.execute(select(ident, *values).where(group == group_value, ident.in_(chunk)))
-            found.extend(
-                ((group_value, row[0]), row[1:] if isinstance(value, tuple) else row[1]) for row in rows
-            )
-    return found
 
 
 def _insert_new(session: Session, table: Table, rows: list[dict[str, Any]], key: Sequence[str]) -> set[tuple]:
@@ -129,7 +117,7 @@ def fold_tallies(store: Store) -> int:
 
 def _tally_predictions(
     session: Session,
-    rows: Sequence[dict[str, Any]],
+    records: Sequence[PredictionRecord],
     profile_for: Callable[[str], ReferenceProfile | None],
 ) -> None:
     """Errors and classes per model version; record checks per dataset (data quality's fast path)."""
@@ -137,16 +125,16 @@ def _tally_predictions(
     classes: Counter[tuple[str, str, str]] = Counter()
     checked: Counter[tuple[str, str, str]] = Counter()
     failures: Counter[tuple[str, str, str]] = Counter()
-    for row in rows:
-        model, version = row["model_name"], row["model_version"]
-        errors[(model, version, "")] += bool(row["error"])
+    for record in records:
+        model, version = record.model_name, record.model_version
+        errors[(model, version, "")] += bool(record.error)
         reference = profile_for(model)
         if reference is None:
             continue
-        if not row["error"] and row["prediction"] is not None:
-            classes[(model, version, reference.prediction_class(row["prediction"]))] += 1
+        if not record.error and record.prediction is not None:
+            classes[(model, version, reference.prediction_class(record.prediction))] += 1
         checked[(reference.dataset, "", "")] += 1
-        for check, column in record_failures(reference, row["features"]):
+        for check, column in record_failures(reference, record.features):
             failures[(reference.dataset, check, column)] += 1
     _append_tallies(session, "prediction_errors", errors)
     _append_tallies(session, "predictions_by_class", classes)
@@ -156,25 +144,24 @@ def _tally_predictions(
 
 def _tally_labels(
     session: Session,
-    labelled: Iterable[tuple[FeedbackRecord, str, Any]],
+    labelled: Iterable[tuple[str, str, str, str, float | None]],
     model_for: Callable[[str], Model | None],
 ) -> None:
     """Per model version: labelled predictions and misclassified ones; per model: the business value
-    of correct positive decisions, as `ai_business_impact_score` counts it."""
+    of correct positive decisions, as `ai_business_impact_score` counts it. `labelled` holds
+    (model, version, predicted class, actual class, business value)."""
     counted: Counter[tuple[str, str, str]] = Counter()
     missed: Counter[tuple[str, str, str]] = Counter()
     value: Counter[tuple[str, str, str]] = Counter()
-    for record, version, prediction in labelled:
-        model = model_for(record.model_name)
+    for model_name, version, predicted, actual, business_value in labelled:
+        model = model_for(model_name)
         if model is None:
             continue
-        key = (record.model_name, version, "")
+        key = (model_name, version, "")
         counted[key] += 1
-        predicted, actual = class_name(prediction), class_name(record.label)
         missed[key] += predicted != actual
-        positive = class_name(model.positive_class)
-        if predicted == actual == positive and record.business_value is not None:
-            value[(record.model_name, "", model.business_metric)] += record.business_value
+        if predicted == actual == class_name(model.positive_class) and business_value is not None:
+            value[(model_name, "", model.business_metric)] += business_value
     _append_tallies(session, "labelled", counted)
     _append_tallies(session, "misclassified", missed)
     _append_tallies(session, "business_value", value)
@@ -218,14 +205,60 @@ def _add_to_histogram(
     _append_tallies(session, SUM + family, sums, keep_zeros=True)
 
 
+def not_configured(_model: str) -> None:
+    """No reference profile, no configured model: the intake stores and counts, and checks nothing."""
+    return None
+
+
+@dataclass(frozen=True)
+class IntakeRules:
+    """What the intake needs to know of the configuration to store and count a batch."""
+
+    latency_buckets: Callable[[str], Sequence[float]] = lambda _model: DEFAULT_LATENCY_BUCKETS
+    profile_for: Callable[[str], ReferenceProfile | None] = not_configured
+    model_for: Callable[[str], Model | None] = not_configured
+    bucket_seconds: int = 60
+    raw_fraction: float = 1.0
+
+    @classmethod
+    def of(
+        cls, config: WatchkeeperConfig, profile_for: Callable[[str], ReferenceProfile | None]
+    ) -> IntakeRules:
+        models = {m.name: m for m in config.models}
+        return cls(
+            latency_buckets=lambda name: models[name].latency_buckets,
+            profile_for=profile_for,
+            model_for=models.get,
+            bucket_seconds=int(config.intake.bucket.total_seconds()),
+            raw_fraction=config.intake.raw_predictions,
+        )
+
+
+DEFAULT_RULES = IntakeRules()
+
+
 def _write_predictions(
     session: Session,
     records: Sequence[PredictionRecord],
-    buckets_for: Callable[[str], Sequence[float]],
+    rules: IntakeRules,
     profile_for: Callable[[str], ReferenceProfile | None],
 ) -> int:
+    """New request ids become keys (a re-sent one is a duplicate), their aggregates are added to
+    their buckets, and the sampled share of them is kept as raw rows."""
     now = utcnow()
-    candidates = [
+    firsts = _first_per_request(records)
+    facts = {
+        key: served(r, rules.bucket_seconds, profile_for(r.model_name), rules.model_for(r.model_name))
+        for key, r in firsts.items()
+    }
+    inserted = _insert_new(
+        session,
+        PredictionKey.__table__,
+        [f.key_row(now) for f in facts.values()],
+        ("model_name", "request_id"),
+    )
+    new = [firsts[key] for key in firsts if key in inserted]
+    raw = [
         {
             "model_name": r.model_name,
             "model_version": r.model_version,
@@ -238,57 +271,175 @@ def _write_predictions(
             "error": r.error,
             "received_at": now,
         }
-        for r in _first_per_request(records).values()
+        for r in new
+        if in_sample(r.request_id, rules.raw_fraction)
     ]
-    inserted = _insert_new(session, Prediction.__table__, candidates, ("model_name", "request_id"))
-    rows = [r for r in candidates if (r["model_name"], r["request_id"]) in inserted]
-    _add_to_counts(session, "predictions", Counter((r["model_name"], r["model_version"]) for r in rows))
-    latencies = ((r["model_name"], r["model_version"], r["latency_seconds"]) for r in rows)
+    _insert_new(session, Prediction.__table__, raw, ("model_name", "request_id"))
+    buckets = BucketTotals()
+    for r in new:
+        buckets.prediction(facts[(r.model_name, r.request_id)], r.latency_seconds)
+    _append_bucket_totals(session, buckets)
+    _add_to_counts(session, "predictions", Counter((r.model_name, r.model_version) for r in new))
+    latencies = ((r.model_name, r.model_version, r.latency_seconds) for r in new)
     _add_to_histogram(
-        session, INFERENCE_LATENCY, ((m, v, x) for m, v, x in latencies if x is not None), buckets_for
+        session,
+        INFERENCE_LATENCY,
+        ((m, v, x) for m, v, x in latencies if x is not None),
+        rules.latency_buckets,
     )
-    _tally_predictions(session, rows, profile_for)
-    return len(rows)
+    _tally_predictions(session, new, profile_for)
+    return len(new)
+
+
+def _append_bucket_totals(session: Session, buckets: BucketTotals) -> None:
+    rows = buckets.rows()
+    if rows:
+        session.execute(ModelTally.__table__.insert(), rows)
+
+
+def _claim_keys(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Served]:
+    """Mark the keys' predictions labelled (compare-and-set: only those not labelled yet) and
+    return what their labels' join needs."""
+    claimed: dict[tuple[str, str], Served] = {}
+    table = PredictionKey.__table__
+    for model, chunk in _by_model(keys):
+        rows = session.execute(
+            update(table)
+            .where(table.c.model_name == model, table.c.request_id.in_(chunk), table.c.labelled.is_(False))
+            .values(labelled=True)
+            .returning(*table.c)
+        ).mappings()
+        for row in rows:
+            claimed[(row["model_name"], row["request_id"])] = Served.from_key_row(row)
+    return claimed
+
+
+def _by_model(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[str, Sequence[str]]]:
+    """Request ids grouped by model, in chunks an IN (...) list can hold."""
+    by_model: dict[str, list[str]] = {}
+    for model, request_id in keys:
+        by_model.setdefault(model, []).append(request_id)
+    for model, ids in by_model.items():
+        for chunk in _chunks(ids):
+            yield model, chunk
+
+
+def _known_keys(session: Session, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    table = PredictionKey.__table__
+    found: set[tuple[str, str]] = set()
+    for model, chunk in _by_model(keys):
+        rows = session.execute(
+            select(table.c.request_id).where(table.c.model_name == model, table.c.request_id.in_(chunk))
+        )
+        found.update((model, request_id) for (request_id,) in rows)
+    return found
+
+
+def _count_labels(
+    session: Session,
+    joined: Iterable[tuple[FeedbackRecord, Served]],
+    rules: IntakeRules,
+    profile_for: Callable[[str], ReferenceProfile | None],
+) -> None:
+    """A joined label's aggregates, in its prediction's bucket, and its Prometheus tallies."""
+    buckets = BucketTotals()
+    outcomes = []
+    for record, facts in joined:
+        actual = outcome_class(record.label, profile_for(record.model_name))
+        buckets.label(facts, actual, record.business_value)
+        if facts.predicted is not None:
+            outcomes.append(
+                (record.model_name, facts.model_version, facts.predicted, actual, record.business_value)
+            )
+    _append_bucket_totals(session, buckets)
+    _tally_labels(session, outcomes, rules.model_for)
 
 
 def _write_feedback(
-    session: Session, records: Sequence[FeedbackRecord], model_for: Callable[[str], Model | None]
+    session: Session,
+    records: Sequence[FeedbackRecord],
+    rules: IntakeRules,
+    profile_for: Callable[[str], ReferenceProfile | None],
 ) -> int:
+    """A label joins its prediction's key once (compare-and-set); one whose prediction has not
+    arrived waits (`waiting_labels`) for the collection to join it. A label of a key already
+    labelled, or already waiting, is a duplicate."""
     firsts = _first_per_request(records)
     now = utcnow()
-    candidates = [
-        {
-            "model_name": record.model_name,
-            "request_id": record.request_id,
-            "label": record.label,
-            "business_value": record.business_value,
-            "timestamp": record.timestamp or now,
-            "received_at": now,
-        }
-        for record in firsts.values()
-    ]
-    inserted = _insert_new(session, Feedback.__table__, candidates, ("model_name", "request_id"))
-    new_keys = [key for key in firsts if key in inserted]
-    served = dict(
-        _lookup(
-            session,
-            Prediction.model_name,
-            Prediction.request_id,
-            (Prediction.model_version, Prediction.prediction, Prediction.error),
-            new_keys,
-        )
+    claimed = _claim_keys(session, list(firsts))
+    missing = [key for key in firsts if key not in claimed]
+    unknown = [key for key in missing if key not in _known_keys(session, missing)] if missing else []
+    waiting = _insert_new(
+        session,
+        WaitingLabel.__table__,
+        [
+            {
+                "model_name": key[0],
+                "request_id": key[1],
+                "label": firsts[key].label,
+                "business_value": firsts[key].business_value,
+                "received_at": now,
+            }
+            for key in unknown
+        ],
+        ("model_name", "request_id"),
     )
-    versions = {key: version for key, (version, _, _) in served.items()}
-    _add_to_counts(
-        session, "feedback", Counter((key[0], versions.get(key, UNKNOWN_VERSION)) for key in new_keys)
+    _insert_new(
+        session,
+        Feedback.__table__,
+        [
+            {
+                "model_name": r.model_name,
+                "request_id": r.request_id,
+                "label": r.label,
+                "business_value": r.business_value,
+                "timestamp": r.timestamp or now,
+                "received_at": now,
+            }
+            for key, r in firsts.items()
+            if (key in claimed or key in waiting) and in_sample(r.request_id, rules.raw_fraction)
+        ],
+        ("model_name", "request_id"),
     )
-    labelled = (
-        (firsts[key], version, prediction)
-        for key, (version, prediction, error) in served.items()
-        if not error and prediction is not None
-    )
-    _tally_labels(session, labelled, model_for)
-    return len(new_keys)
+    _count_labels(session, ((firsts[key], facts) for key, facts in claimed.items()), rules, profile_for)
+    versions = Counter((key[0], facts.model_version) for key, facts in claimed.items())
+    versions.update((key[0], UNKNOWN_VERSION) for key in waiting)
+    _add_to_counts(session, "feedback", versions)
+    return len(claimed) + len(waiting)
+
+
+def join_waiting_labels(store: Store, rules: IntakeRules, limit: int = 10_000) -> int:
+    """Join labels that arrived before their prediction to the keys that have arrived since; each
+    is claimed by deleting it, so concurrent joins never count one twice. Returns how many."""
+    waiting, keys = WaitingLabel.__table__, PredictionKey.__table__
+    with store.reading() as session:
+        found = session.execute(
+            select(waiting.c.model_name, waiting.c.request_id)
+            .join(
+                keys,
+                and_(keys.c.model_name == waiting.c.model_name, keys.c.request_id == waiting.c.request_id),
+            )
+            .where(keys.c.labelled.is_(False))
+            .limit(limit)
+        ).all()
+    if not found:
+        return 0
+    profiles = {name: rules.profile_for(name) for name in {model for model, _ in found}}
+    with store.writing() as session:
+        labels: dict[tuple[str, str], FeedbackRecord] = {}
+        for model, chunk in _by_model(found):
+            rows = session.execute(
+                delete(waiting)
+                .where(waiting.c.model_name == model, waiting.c.request_id.in_(chunk))
+                .returning(waiting.c.request_id, waiting.c.label, waiting.c.business_value)
+            )
+            for request_id, label, value in rows:
+                labels[(model, request_id)] = FeedbackRecord(
+                    model_name=model, request_id=request_id, label=label, business_value=value
+                )
+        claimed = _claim_keys(session, list(labels))
+        _count_labels(session, ((labels[key], facts) for key, facts in claimed.items()), rules, profiles.get)
+        return len(claimed)
 
 
 def _write_pipeline_runs(
@@ -315,34 +466,23 @@ def _store(
     )
 
 
-def not_configured(_model: str) -> None:
-    """No reference profile, no configured model: the intake stores and counts, and checks nothing."""
-    return None
-
-
 def store_predictions(
-    store: Store,
-    records: Sequence[PredictionRecord],
-    latency_buckets: Callable[[str], Sequence[float]],
-    profile_for: Callable[[str], ReferenceProfile | None] = not_configured,
+    store: Store, records: Sequence[PredictionRecord], rules: IntakeRules = DEFAULT_RULES
 ) -> StoredBatch:
-    """`latency_buckets(model_name)` gives the model's inference latency histogram bounds;
-    `profile_for(model_name)` its reference profile, which the records are checked against."""
+    """Store a batch whole or not at all; its records are checked against their model's reference."""
     # Resolved once per model, before the transaction: no reference is read, nor its file stat'ed,
     # per record or while the batch holds its write lock.
-    profiles = {name: profile_for(name) for name in {r.model_name for r in records}}
+    profiles = {name: rules.profile_for(name) for name in {r.model_name for r in records}}
     return _store(
-        store,
-        records,
-        lambda session, batch: _write_predictions(session, batch, latency_buckets, profiles.get),
+        store, records, lambda session, batch: _write_predictions(session, batch, rules, profiles.get)
     )
 
 
 def store_feedback(
-    store: Store, records: Sequence[FeedbackRecord], model_for: Callable[[str], Model | None] = not_configured
+    store: Store, records: Sequence[FeedbackRecord], rules: IntakeRules = DEFAULT_RULES
 ) -> StoredBatch:
-    """`model_for(model_name)`: the configured model, whose labelled outcomes are tallied."""
-    return _store(store, records, lambda session, batch: _write_feedback(session, batch, model_for))
+    profiles = {name: rules.profile_for(name) for name in {r.model_name for r in records}}
+    return _store(store, records, lambda session, batch: _write_feedback(session, batch, rules, profiles.get))
 
 
 def store_pipeline_runs(

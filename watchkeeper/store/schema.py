@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -130,6 +131,73 @@ class Tally(Base):
     variant: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str] = mapped_column(String(128))
     total: Mapped[float] = mapped_column(Float)
+
+
+class ModelTally(Base):
+    """Aggregates of a model version's records in one time bucket (`watchkeeper.intake.aggregates`).
+
+    The intake appends unfolded rows, one per batch and series, so no two writers share a row; the
+    collection folds them into the series' one folded row (`store/buckets.py`), and a window is the
+    sum of its buckets' rows, folded or not.
+    """
+
+    __tablename__ = "model_tallies"
+    __table_args__ = (
+        Index("ix_model_tallies_window", "model_name", "bucket_start"),
+        Index("ix_model_tallies_version", "model_name", "model_version", "bucket_start"),
+        Index(
+            "uq_model_tallies_folded",
+            "model_name",
+            "model_version",
+            "bucket_start",
+            "measure",
+            "detail",
+            unique=True,
+            sqlite_where=text("folded"),
+            postgresql_where=text("folded"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    bucket_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    measure: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(String(300))
+    total: Mapped[float] = mapped_column(Float)
+    folded: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class PredictionKey(Base):
+    """A prediction's request id, kept `intake.dedupe_window` so a re-sent batch counts once, and
+    what its label's join needs until the label arrives or `windows.label_horizon` passes."""
+
+    __tablename__ = "prediction_keys"
+    __table_args__ = (Index("ix_prediction_keys_received", "received_at"),)
+
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    bucket_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    predicted: Mapped[str | None] = mapped_column(String(64), doc="class; null when it failed")
+    score_bin: Mapped[str | None] = mapped_column(String(32))
+    segments: Mapped[list[list[str]] | None] = mapped_column(JSON)
+    labelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WaitingLabel(Base):
+    """A label whose prediction is not (yet) among the keys: joined by the collection when it
+    arrives, dropped after the label horizon."""
+
+    __tablename__ = "waiting_labels"
+    __table_args__ = (Index("ix_waiting_labels_received", "received_at"),)
+
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    label: Mapped[Any] = mapped_column(JSON)
+    business_value: Mapped[float | None] = mapped_column(Float)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class PipelineRun(Base):

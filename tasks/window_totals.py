@@ -1,0 +1,260 @@
+"""A model version's metrics from the sums of a window's buckets (`watchkeeper.intake.aggregates`).
+
+Plain logic over totals: a window of a model serving 10,000 predictions a second costs what one of
+a model serving one does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tasks.estimation import Calibration, estimate_confusion
+from tasks.measurements import Measurement, Window, scores
+from tasks.segments import MIN_SEGMENT_LABELS
+from watchkeeper.config import MISSING_SEGMENT, OTHER_SEGMENT, Model, Segment
+from watchkeeper.intake.aggregates import (
+    AWAITING,
+    CLASS,
+    ERRORS,
+    LATENCY,
+    OUTCOME,
+    REQUESTS,
+    SEGMENT_CLASS,
+    SEGMENT_OUTCOME,
+    SEGMENT_REQUESTS,
+    VALUE,
+    ZERO_LATENCY,
+    detail,
+    latency_at,
+    parts,
+)
+from watchkeeper.intake.checks import class_name
+
+
+def _latency_order(index: str) -> float:
+    return -float("inf") if index == ZERO_LATENCY else float(index)
+
+
+@dataclass(frozen=True)
+class VersionTotals:
+    """measure -> detail -> total, for one model version over one window."""
+
+    totals: Mapping[str, Counter[str]] = field(default_factory=dict)
+
+    def measure(self, name: str) -> Counter[str]:
+        return self.totals.get(name, Counter())
+
+    def total(self, name: str) -> float:
+        return float(sum(self.measure(name).values()))
+
+    @property
+    def requests(self) -> float:
+        return self.total(REQUESTS)
+
+    @property
+    def served(self) -> float:
+        return self.requests - self.total(ERRORS)
+
+    @property
+    def labelled(self) -> float:
+        return self.total(OUTCOME)
+
+    def latency_quantile(self, q: float) -> float | None:
+        """The sketch's q-quantile (rank q * (n - 1), as pandas' default), within 1 % of the true one."""
+        sketch = self.measure(LATENCY)
+        count = sum(sketch.values())
+        if count <= 0:
+            return None
+        rank, seen = q * (count - 1), 0.0
+        for index in sorted(sketch, key=_latency_order):
+            seen += sketch[index]
+            if seen > rank:
+                return latency_at(index)
+        return latency_at(max(sketch, key=_latency_order))
+
+    def confusion(self, positive_class: object) -> tuple[float, float, float, float]:
+        """(tp, fp, tn, fn) of the labelled served predictions."""
+        positive = class_name(positive_class)
+        tp = fp = tn = fn = 0.0
+        for text, n in self.measure(OUTCOME).items():
+            predicted, actual = parts(text)
+            if predicted == positive:
+                tp, fp = (tp + n, fp) if actual == positive else (tp, fp + n)
+            else:
+                fn, tn = (fn + n, tn) if actual == positive else (fn, tn + n)
+        return tp, fp, tn, fn
+
+
+def traffic_metrics(totals: VersionTotals, window: Window) -> list[Measurement]:
+    """Request count, throughput, error rate, latency quantiles and the prediction mix."""
+    requests = totals.requests
+    measurements = [
+        Measurement("request_count", requests),
+        Measurement("throughput_rps", requests / window.seconds),
+        Measurement("error_rate", totals.total(ERRORS) / requests if requests else 0.0),
+    ]
+    p50, p95 = totals.latency_quantile(0.5), totals.latency_quantile(0.95)
+    if p50 is not None and p95 is not None:
+        measurements += [Measurement("latency_p50_seconds", p50), Measurement("latency_p95_seconds", p95)]
+    classes = totals.measure(CLASS)
+    served = sum(classes.values())
+    for predicted_class, n in sorted(classes.items()):
+        if n > 0:
+            measurements.append(
+                Measurement("prediction_share", n / served, {"prediction_class": predicted_class})
+            )
+    return measurements
+
+
+def label_coverage(totals: VersionTotals) -> float:
+    return totals.labelled / totals.served if totals.served > 0 else 0.0
+
+
+def quality_metrics(totals: VersionTotals, positive_class: object, min_coverage: float) -> list[Measurement]:
+    """Confusion counts and scores of the served predictions that have a label.
+
+    Below `min_coverage` only the coverage is reported: quality measured on the few labels that
+    arrived first would be biased toward whatever gets labelled fastest.
+    """
+    coverage = label_coverage(totals)
+    measurements = [Measurement("label_coverage_ratio", coverage)]
+    if coverage < min_coverage or totals.labelled <= 0:
+        return measurements
+    tp, fp, tn, fn = totals.confusion(positive_class)
+    return [
+        *measurements,
+        Measurement("true_positives", tp),
+        Measurement("false_positives", fp),
+        Measurement("true_negatives", tn),
+        Measurement("false_negatives", fn),
+        *(Measurement(name, value) for name, value in scores(tp, fp, tn, fn).items()),
+        Measurement("false_positive_rate", fp / (fp + tn) if fp + tn else 0.0),
+    ]
+
+
+def business_metrics(
+    totals: VersionTotals, positive_class: object, metric_type: str, min_coverage: float = 0.0
+) -> list[Measurement]:
+    """The business value of correct positive decisions among labelled predictions (e.g. fraud caught).
+
+    Not published below `min_coverage`, as quality is not: a window whose labels have not arrived
+    yet would read as no value at all and page BusinessImpactCritical.
+    """
+    if totals.requests <= 0 or label_coverage(totals) < min_coverage:
+        return []
+    positive = class_name(positive_class)
+    caught = totals.measure(VALUE).get(detail(positive, positive), 0.0)
+    return [Measurement("business_impact", float(caught), {"metric_type": metric_type})]
+
+
+def estimate_unlabelled(
+    totals: VersionTotals, calibration: Calibration, positive_class: object, min_rows: int
+) -> list[Measurement]:
+    """CBPE over the served, scored predictions still without a label, by their score bins."""
+    awaiting = [(parts(text), n) for text, n in totals.measure(AWAITING).items() if n > 0]
+    rows = sum(n for _, n in awaiting)
+    if rows < min_rows:
+        return [Measurement("estimated_rows", float(rows))]
+    positive = class_name(positive_class)
+    probability = calibration.probability(np.array([float(score) for (_, score), _ in awaiting]))
+    predicted = np.array([predicted == positive for (predicted, _), _ in awaiting])
+    weights = np.array([n for _, n in awaiting], dtype=float)
+    estimate = estimate_confusion(probability, predicted, weights)
+    return estimate.measurements() if estimate else []
+
+
+def positive_rates(totals: VersionTotals, model: Model, reference_rate: float | None) -> list[Measurement]:
+    """The model's share of positive predictions and the reference's: the segments' rules compare a
+    segment's shift with the whole model's, so a whole-model shift is not paged once per segment."""
+    classes = totals.measure(CLASS)
+    served = sum(classes.values())
+    found = []
+    if served > 0:
+        found.append(
+            Measurement("positive_rate", classes.get(class_name(model.positive_class), 0.0) / served)
+        )
+    if reference_rate is not None:
+        found.append(Measurement("reference_positive_rate", reference_rate))
+    return found
+
+
+@dataclass
+class _SegmentCounts:
+    requests: float = 0.0
+    served: float = 0.0
+    positive: float = 0.0
+    labelled: float = 0.0
+    right: float = 0.0
+
+
+def _top_values(requests: Counter[str], column: str, at_most: int) -> list[str]:
+    """The `at_most` values with the most traffic in the window (ties by name, so the choice is stable)."""
+    counts = Counter(
+        {value: n for (col, value), n in ((parts(t), n) for t, n in requests.items()) if col == column}
+    )
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [name for name, _ in ranked if name != MISSING_SEGMENT][:at_most]
+
+
+def segment_metrics(
+    totals: VersionTotals,
+    segment: Segment,
+    kept: list[str] | None,
+    model: Model,
+    window_seconds: float,
+    reference_rates: Mapping[tuple[str, str], float],
+) -> list[Measurement]:
+    """Traffic, positive rate, label coverage and (with enough labels) accuracy per segment value.
+
+    Each column keeps labels of its own for at most `max_values` values (the reference's most
+    frequent, else the window's); every other value is `_other_`.
+    """
+    requests = totals.measure(SEGMENT_REQUESTS)
+    values = set(kept if kept is not None else _top_values(requests, segment.column, segment.max_values))
+    values.add(MISSING_SEGMENT)
+    positive = class_name(model.positive_class)
+    counts: dict[str, _SegmentCounts] = {}
+
+    def of(value: str) -> _SegmentCounts:
+        return counts.setdefault(value if value in values else OTHER_SEGMENT, _SegmentCounts())
+
+    for text, n in requests.items():
+        column, value = parts(text)
+        if column == segment.column:
+            of(value).requests += n
+    for text, n in totals.measure(SEGMENT_CLASS).items():
+        column, value, predicted = parts(text)
+        if column == segment.column:
+            of(value).served += n
+            of(value).positive += n if predicted == positive else 0.0
+    for text, n in totals.measure(SEGMENT_OUTCOME).items():
+        column, value, predicted, actual = parts(text)
+        if column == segment.column:
+            of(value).labelled += n
+            of(value).right += n if (predicted == positive) == (actual == positive) else 0.0
+    measurements = []
+    for name, row in sorted(counts.items()):
+        if row.requests <= 0:
+            continue
+        labels = {"segment_column": segment.column, "segment": name}
+        measurements += [
+            Measurement("segment_request_count", row.requests, labels),
+            Measurement("segment_throughput_rps", row.requests / window_seconds, labels),
+            Measurement("segment_labelled", row.labelled, labels),
+        ]
+        if row.served > 0:
+            measurements += [
+                Measurement("segment_positive_rate", row.positive / row.served, labels),
+                Measurement("segment_label_coverage_ratio", row.labelled / row.served, labels),
+            ]
+        reference_rate = reference_rates.get((segment.column, name))
+        if reference_rate is not None:
+            measurements.append(Measurement("segment_reference_positive_rate", reference_rate, labels))
+        coverage = row.labelled / row.served if row.served > 0 else 0.0
+        if row.labelled >= MIN_SEGMENT_LABELS and coverage >= model.thresholds.min_label_coverage:
+            measurements.append(Measurement("segment_accuracy", row.right / row.labelled, labels))
+    return measurements

@@ -1,0 +1,166 @@
+"""The aggregates the intake keeps as records arrive: counted once whatever the order, the retries,
+the raw-row setting or the folds, and what windows sum to."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from tasks.measurements import Window
+from tasks.metrics import bucket_window, measure_quality, measure_traffic
+from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.intake.aggregates import bucket_start, in_sample, latency_at, latency_index
+from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
+from watchkeeper.store import Store
+from watchkeeper.store.buckets import fold_model_tallies, window_totals
+from watchkeeper.store.intake import IntakeRules, join_waiting_labels, store_feedback, store_predictions
+from watchkeeper.store.schema import Feedback, Prediction, PredictionKey, WaitingLabel
+
+END = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+MODEL = "credit_approval"
+
+
+def predictions(ids: range, minutes_ago: float = 1.0) -> list[PredictionRecord]:
+    return [
+        PredictionRecord(
+            model_name=MODEL,
+            model_version="v1",
+            request_id=f"r{i}",
+            timestamp=(END - timedelta(minutes=minutes_ago)).isoformat(),
+            features={"salary": 1.0},
+            prediction=i % 2,
+            score=0.9 if i % 2 else 0.1,
+            latency_seconds=0.01 * (1 + i % 7),
+        )
+        for i in ids
+    ]
+
+
+def labels(ids: range) -> list[FeedbackRecord]:
+    return [FeedbackRecord(model_name=MODEL, request_id=f"r{i}", label=1, business_value=10.0) for i in ids]
+
+
+def quality(store: Store, config: WatchkeeperConfig) -> dict[str, float]:
+    window = bucket_window(END, timedelta(minutes=30), 60)
+    found = measure_quality.fn(store, config.models[0], window)["model_quality"]["v1"]
+    return {m.metric: m.value for m in found if not m.labels}
+
+
+def rows(store: Store, entity: type) -> int:
+    with store.reading() as session:
+        return session.scalar(select(func.count()).select_from(entity)) or 0
+
+
+def test_a_label_before_its_prediction_waits_and_counts_once_when_joined(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    early = store_feedback(store, labels(range(10)))
+    assert (early.stored, rows(store, WaitingLabel)) == (10, 10)
+    assert store_feedback(store, labels(range(10))).duplicates == 10  # re-sent while waiting
+    store_predictions(store, predictions(range(20)))
+    assert quality(store, example_config)["label_coverage_ratio"] == 0.0  # not joined yet
+    rules = IntakeRules()
+    assert join_waiting_labels(store, rules) == 10
+    assert join_waiting_labels(store, rules) == 0
+    got = quality(store, example_config)
+    assert got["label_coverage_ratio"] == 0.5
+    assert got["true_positives"] == 5 and got["false_negatives"] == 5
+    assert rows(store, WaitingLabel) == 0
+    assert store_feedback(store, labels(range(10))).duplicates == 10  # re-sent after the join
+
+
+def test_concurrent_joins_of_the_same_waiting_labels_count_each_once(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    store_feedback(store, labels(range(200)))
+    store_predictions(store, predictions(range(200)))
+    joined: list[int] = []
+    start = threading.Barrier(4)
+
+    def join() -> None:
+        start.wait()
+        joined.append(join_waiting_labels(store, IntakeRules()))
+
+    threads = [threading.Thread(target=join) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(joined) == 200
+    assert quality(store, example_config)["label_coverage_ratio"] == 1.0
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25])
+def test_without_every_raw_row_the_counts_and_the_dedupe_hold(
+    store: Store, example_config: WatchkeeperConfig, fraction: float
+) -> None:
+    rules = IntakeRules(raw_fraction=fraction)
+    first = store_predictions(store, predictions(range(1000)), rules)
+    again = store_predictions(store, predictions(range(500, 1500)), rules)
+    assert (first.stored, again.stored, again.duplicates) == (1000, 500, 500)
+    store_feedback(store, labels(range(0, 1500, 2)), rules)
+    kept = sum(in_sample(f"r{i}", fraction) for i in range(1500))
+    assert rows(store, Prediction) == kept and rows(store, PredictionKey) == 1500
+    assert rows(store, Feedback) == sum(in_sample(f"r{i}", fraction) for i in range(0, 1500, 2))
+    assert 0.15 * 1500 < kept < 0.35 * 1500 if fraction else kept == 0
+    window = bucket_window(END, timedelta(minutes=5), 60)
+    traffic = {m.metric: m.value for m in measure_traffic.fn(store, example_config.models[0], window)["v1"]}
+    assert traffic["request_count"] == 1500
+    assert quality(store, example_config)["label_coverage_ratio"] == 0.5
+
+
+def test_folding_keeps_every_window_sum_and_concurrent_folds_count_once(store: Store) -> None:
+    for start in range(0, 3000, 300):  # ten batches over three buckets
+        store_predictions(store, predictions(range(start, start + 300), minutes_ago=1 + start // 1000))
+    store_feedback(store, labels(range(0, 3000, 3)))
+    span = (END - timedelta(hours=1), END)
+    with store.reading() as session:
+        before = window_totals(session, MODEL, *span)
+    folded: list[int] = []
+    start = threading.Barrier(3)
+
+    def fold() -> None:
+        start.wait()
+        folded.append(fold_model_tallies(store))
+
+    threads = [threading.Thread(target=fold) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(folded) > 0
+    store_predictions(store, predictions(range(3000, 3100)))  # appended after the fold
+    fold_model_tallies(store)
+    with store.reading() as session:
+        after = window_totals(session, MODEL, *span)
+    assert after["v1"]["requests"][""] == before["v1"]["requests"][""] + 100 == 3100
+    assert after["v1"]["outcome"] == before["v1"]["outcome"]
+
+
+def test_a_window_is_the_sum_of_the_buckets_that_start_in_it(store: Store) -> None:
+    store_predictions(store, predictions(range(10), minutes_ago=0.5))  # in the bucket of 09:59
+    store_predictions(store, predictions(range(10, 30), minutes_ago=6))  # 09:54
+    window = Window(bucket_start(END - timedelta(minutes=5), 60), END)
+    assert window.start == END - timedelta(minutes=5)
+    with store.reading() as session:
+        assert window_totals(session, MODEL, window.start, window.end)["v1"]["requests"][""] == 10
+        assert (
+            window_totals(session, MODEL, window.start - timedelta(minutes=1), window.end)["v1"]["requests"][
+                ""
+            ]
+            == 30
+        )
+
+
+@pytest.mark.parametrize("seconds", [0.0, 1e-6, 0.0123, 0.5, 1.0, 7.5, 2_592_000.0])
+def test_a_latency_sketch_bucket_stands_for_its_values_within_one_percent(seconds: float) -> None:
+    assert latency_at(latency_index(seconds)) == pytest.approx(seconds, rel=0.01, abs=1e-12)
+
+
+def test_raw_rows_are_chosen_by_request_id_so_every_replica_and_the_label_agree() -> None:
+    chosen = [i for i in range(100_000) if in_sample(f"req-{i}", 0.01)]
+    assert 850 < len(chosen) < 1150
+    assert chosen == [i for i in range(100_000) if in_sample(f"req-{i}", 0.01)]

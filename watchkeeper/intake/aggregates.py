@@ -1,0 +1,222 @@
+"""What the intake adds up as records arrive, per model, version and time bucket.
+
+A collection cycle sums a window's buckets instead of re-reading its raw rows, so its cost depends
+on the number of models and buckets, not on traffic. Each measure is additive:
+
+- `requests`, `errors`: predictions and failed ones;
+- `latency`: a log-bucketed sketch of inference latency (detail: the sketch index), whose
+  quantiles are within `LATENCY_ACCURACY` of the true value (DDSketch's relative-error buckets);
+- `class`: served predictions per predicted class;
+- `outcome`, `value`: labelled served predictions per (predicted, actual) class pair, and the
+  business value of each pair (the confusion matrix, for any number of classes);
+- `awaiting`: served, scored predictions still without a label, per (predicted class, score bin):
+  what performance is estimated on (CBPE). A label takes its prediction out again;
+- `segment_requests`, `segment_class`, `segment_outcome`: the same per segment column value.
+
+A label counts in the bucket of its prediction's time, so a window's quality is that of the
+predictions served in it, as when it was computed from the joined rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from watchkeeper.config import MISSING_SEGMENT, OTHER_SEGMENT, Model
+from watchkeeper.intake.checks import OTHER_CLASS, ReferenceProfile, class_name
+
+REQUESTS, ERRORS, LATENCY = "requests", "errors", "latency"
+CLASS, OUTCOME, VALUE, AWAITING = "class", "outcome", "value", "awaiting"
+SEGMENT_REQUESTS, SEGMENT_CLASS, SEGMENT_OUTCOME = "segment_requests", "segment_class", "segment_outcome"
+SEPARATOR = "\x1f"  # between the parts of a detail; never inside a name (see `name_of`)
+MAX_NAME = 64  # class and segment names stay short whatever a sender puts in them
+LATENCY_ACCURACY = 0.01
+_GAMMA = (1 + LATENCY_ACCURACY) / (1 - LATENCY_ACCURACY)
+_LOG_GAMMA = math.log(_GAMMA)
+ZERO_LATENCY = "zero"  # not an index: 1 s is index 0
+_SAMPLE_SPACE = 2**64
+
+
+def bucket_start(timestamp: datetime, seconds: int) -> datetime:
+    """The start of the bucket holding `timestamp` (UTC, buckets aligned to the epoch)."""
+    epoch = int(timestamp.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % seconds, UTC)
+
+
+def latency_index(seconds: float) -> str:
+    """The sketch bucket of a latency: i such that gamma^(i-1) < seconds <= gamma^i."""
+    if seconds <= 0:
+        return ZERO_LATENCY
+    return str(math.ceil(math.log(seconds) / _LOG_GAMMA))
+
+
+def latency_at(index: str) -> float:
+    """The value a sketch bucket stands for: within LATENCY_ACCURACY of every latency in it."""
+    if index == ZERO_LATENCY:
+        return 0.0
+    return 2 * _GAMMA ** int(index) / (_GAMMA + 1)
+
+
+def score_bin(score: float) -> str:
+    """Scores in [0, 1] to the nearest 0.01; others to two significant digits."""
+    if 0.0 <= score <= 1.0:
+        return f"{round(score, 2):.2f}"
+    return f"{float(f'{score:.2g}'):g}"
+
+
+def in_sample(request_id: str, fraction: float) -> bool:
+    """Whether a request id is in the `fraction` kept raw: by its hash, so every replica, and the
+    prediction and its label, agree."""
+    if fraction >= 1.0:
+        return True
+    if fraction <= 0.0:
+        return False
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * _SAMPLE_SPACE
+
+
+def name_of(value: object) -> str:
+    return class_name(value).replace(SEPARATOR, " ")[:MAX_NAME]
+
+
+def detail(*parts: str) -> str:
+    return SEPARATOR.join(parts)
+
+
+def parts(text: str) -> list[str]:
+    return text.split(SEPARATOR)
+
+
+def outcome_class(value: object, profile: ReferenceProfile | None) -> str:
+    """The class a prediction or label counts under: one of the reference's classes (or `_other_`)
+    when the reference knows them, so a sender cannot create series; else its short name."""
+    if profile is not None and profile.class_shares:
+        name = class_name(value)
+        return name if name in profile.class_shares else OTHER_CLASS
+    return name_of(value)
+
+
+def segment_value(value: object, profile: ReferenceProfile | None, column: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING_SEGMENT
+    name = name_of(value)
+    spec = profile.columns.get(column) if profile is not None else None
+    if spec is not None and spec.categories is not None and class_name(value) not in spec.categories:
+        return OTHER_SEGMENT
+    return name
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a label's join needs of its prediction (a `prediction_keys` row)."""
+
+    model_name: str
+    request_id: str
+    model_version: str
+    bucket_start: datetime
+    predicted: str | None  # None: the prediction failed
+    score_bin: str | None
+    segments: tuple[tuple[str, str], ...] = ()
+
+    def key_row(self, received_at: datetime) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "request_id": self.request_id,
+            "model_version": self.model_version,
+            "bucket_start": self.bucket_start,
+            "predicted": self.predicted,
+            "score_bin": self.score_bin,
+            "segments": [list(pair) for pair in self.segments] or None,
+            "labelled": False,
+            "received_at": received_at,
+        }
+
+    @classmethod
+    def from_key_row(cls, row: Mapping[str, Any]) -> Served:
+        return cls(
+            row["model_name"],
+            row["request_id"],
+            row["model_version"],
+            row["bucket_start"],
+            row["predicted"],
+            row["score_bin"],
+            tuple((column, value) for column, value in row["segments"] or ()),
+        )
+
+
+def served(record: Any, bucket_seconds: int, profile: ReferenceProfile | None, model: Model | None) -> Served:
+    """A prediction record as the aggregates count it."""
+    failed = record.error or record.prediction is None
+    segments = tuple(
+        (s.column, segment_value(record.features.get(s.column), profile, s.column))
+        for s in (model.segments if model else ())
+    )
+    return Served(
+        record.model_name,
+        record.request_id,
+        record.model_version,
+        bucket_start(record.timestamp, bucket_seconds),
+        None if failed else outcome_class(record.prediction, profile),
+        None if failed or record.score is None else score_bin(record.score),
+        segments,
+    )
+
+
+class BucketTotals:
+    """A batch's additions, one row per (model, version, bucket, measure, detail)."""
+
+    def __init__(self) -> None:
+        self.totals: Counter[tuple[str, str, datetime, str, str]] = Counter()
+
+    def add(self, facts: Served, measure: str, detail_text: str = "", amount: float = 1.0) -> None:
+        self.totals[(facts.model_name, facts.model_version, facts.bucket_start, measure, detail_text)] += (
+            amount
+        )
+
+    def prediction(self, facts: Served, latency_seconds: float | None) -> None:
+        self.add(facts, REQUESTS)
+        if latency_seconds is not None:
+            self.add(facts, LATENCY, latency_index(latency_seconds))
+        for column, value in facts.segments:
+            self.add(facts, SEGMENT_REQUESTS, detail(column, value))
+        if facts.predicted is None:
+            self.add(facts, ERRORS)
+            return
+        self.add(facts, CLASS, facts.predicted)
+        for column, value in facts.segments:
+            self.add(facts, SEGMENT_CLASS, detail(column, value, facts.predicted))
+        if facts.score_bin is not None:
+            self.add(facts, AWAITING, detail(facts.predicted, facts.score_bin))
+
+    def label(self, facts: Served, actual: str, business_value: float | None) -> None:
+        """A label joined to its served prediction: counted, and no longer awaited."""
+        if facts.predicted is None:
+            return
+        pair = detail(facts.predicted, actual)
+        self.add(facts, OUTCOME, pair)
+        if business_value is not None:
+            self.add(facts, VALUE, pair, business_value)
+        for column, value in facts.segments:
+            self.add(facts, SEGMENT_OUTCOME, detail(column, value, facts.predicted, actual))
+        if facts.score_bin is not None:
+            self.add(facts, AWAITING, detail(facts.predicted, facts.score_bin), -1.0)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "model_name": model,
+                "model_version": version,
+                "bucket_start": start,
+                "measure": measure,
+                "detail": detail_text,
+                "total": float(total),
+                "folded": False,
+            }
+            for (model, version, start, measure, detail_text), total in self.totals.items()
+            if total
+        ]

@@ -1,0 +1,71 @@
+"""model_tallies, prediction_keys and waiting_labels: aggregates kept as records arrive
+
+Revision ID: 0009
+Revises: 0008
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0009"
+down_revision: str | None = "0008"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "model_tallies",
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("model_name", sa.String(length=128), nullable=False),
+        sa.Column("model_version", sa.String(length=64), nullable=False),
+        sa.Column("bucket_start", sa.DateTime(), nullable=False),
+        sa.Column("measure", sa.String(length=32), nullable=False),
+        sa.Column("detail", sa.String(length=300), nullable=False),
+        sa.Column("total", sa.Float(), nullable=False),
+        sa.Column("folded", sa.Boolean(), nullable=False),
+    )
+    op.create_index("ix_model_tallies_window", "model_tallies", ["model_name", "bucket_start"])
+    op.create_index(
+        "ix_model_tallies_version", "model_tallies", ["model_name", "model_version", "bucket_start"]
+    )
+    op.create_index(
+        "uq_model_tallies_folded",
+        "model_tallies",
+        ["model_name", "model_version", "bucket_start", "measure", "detail"],
+        unique=True,
+        sqlite_where=sa.text("folded"),
+        postgresql_where=sa.text("folded"),
+    )
+    op.create_table(
+        "prediction_keys",
+        sa.Column("model_name", sa.String(length=128), primary_key=True),
+        sa.Column("request_id", sa.String(length=256), primary_key=True),
+        sa.Column("model_version", sa.String(length=64), nullable=False),
+        sa.Column("bucket_start", sa.DateTime(), nullable=False),
+        sa.Column("predicted", sa.String(length=64), nullable=True),
+        sa.Column("score_bin", sa.String(length=32), nullable=True),
+        sa.Column("segments", sa.JSON(), nullable=True),
+        sa.Column("labelled", sa.Boolean(), nullable=False),
+        sa.Column("received_at", sa.DateTime(), nullable=False),
+    )
+    op.create_index("ix_prediction_keys_received", "prediction_keys", ["received_at"])
+    op.create_table(
+        "waiting_labels",
+        sa.Column("model_name", sa.String(length=128), primary_key=True),
+        sa.Column("request_id", sa.String(length=256), primary_key=True),
+        sa.Column("label", sa.JSON(), nullable=True),
+        sa.Column("business_value", sa.Float(), nullable=True),
+        sa.Column("received_at", sa.DateTime(), nullable=False),
+    )
+    op.create_index("ix_waiting_labels_received", "waiting_labels", ["received_at"])
+
+
+def downgrade() -> None:
+    op.drop_table("waiting_labels")
+    op.drop_table("prediction_keys")
+    op.drop_table("model_tallies")
