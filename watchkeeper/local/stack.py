@@ -388,10 +388,12 @@ class Stack:
 
 
 @contextmanager
-def service_process(database_url: str, home: Path, ready_within: float = 60.0) -> Iterator[subprocess.Popen]:
-    """`watchkeeper serve`, in a process of its own on a free loopback port,
+def service_process(
+    database_url: str, home: Path, ready_within: float = 60.0, port: int | None = None
+) -> Iterator[subprocess.Popen]:
+    """`watchkeeper serve`, in a process of its own on a loopback port (a free one by default),
     its store upgraded first; yields the process (its URL in `.url`) and stops it after."""
-    port = free_port()
+    port = port or free_port()
     env = {**os.environ, "WATCHKEEPER_DATABASE_URL": database_url, "WATCHKEEPER_HOME": str(home)}
     watchkeeper = str(BIN / "watchkeeper")
     subprocess.run([watchkeeper, "db", "upgrade"], env=env, check=True, capture_output=True)

@@ -1,0 +1,126 @@
+"""The model services' client: batches reach the real service once each, whatever it answers, and
+nothing is lost that the client did not count as dropped, even when the service is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from tests.conftest import LiveService
+from watchkeeper.client import WatchkeeperClient
+from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.local.stack import service_process
+from watchkeeper.runtime.host import free_port
+from watchkeeper.store import Store
+from watchkeeper.store.intake import intake_counts, tally_totals
+from watchkeeper.store.schema import ModelTally, PredictionKey
+
+MODEL = "credit_approval"
+AT = datetime(2026, 11, 26, 9, 59, tzinfo=UTC)
+
+
+def log(client: WatchkeeperClient, ids: range, model: str = MODEL) -> None:
+    for i in ids:
+        client.log_prediction(
+            model, "v1", f"r{i}", {"salary": 40_000.0 + i}, prediction=i % 2, score=0.7, timestamp=AT
+        )
+
+
+def stored(store: Store) -> dict[str, float]:
+    with store.reading() as session:
+        keys = session.scalar(select(func.count()).select_from(PredictionKey))
+        requests = session.scalar(select(func.sum(ModelTally.total)).where(ModelTally.measure == "requests"))
+        counted = {(c.kind, c.model_version): c.total for c in intake_counts(tally_totals(session))}
+    return {"keys": keys or 0, "requests": requests or 0, "counted": counted.get(("predictions", "v1"), 0)}
+
+
+def test_batches_reach_the_service_once_and_labels_join_their_predictions(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    with LiveService(example_config, store) as service:
+        client = WatchkeeperClient(service.url, batch_size=400, flush_interval=0.05)
+        log(client, range(2500))
+        for i in range(0, 2500, 2):
+            client.log_label(MODEL, f"r{i}", label=1, business_value=5.0)
+        log(client, range(100))  # a model service's own retry: the same request ids again
+        assert client.flush(timeout=60)
+        client.close()
+    stats = client.stats()
+    assert (stats.sent, stats.dropped, stats.refused, stats.queued) == (2500 + 1250 + 100, 0, 0, 0)
+    assert stored(store) == {"keys": 2500, "requests": 2500, "counted": 2500}
+    with store.reading() as session:
+        labelled = session.scalar(select(func.sum(ModelTally.total)).where(ModelTally.measure == "outcome"))
+    assert labelled == 1250
+
+
+def test_a_refused_batch_is_counted_and_not_sent_again(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    with LiveService(example_config, store) as service:
+        client = WatchkeeperClient(service.url, batch_size=10, flush_interval=0.05)
+        log(client, range(10), model="no_such_model")
+        log(client, range(10, 20))
+        assert client.flush(timeout=30)
+        client.close()
+    stats = client.stats()
+    assert (stats.sent, stats.refused, stats.retries) == (10, 10, 0)
+    assert stats.last_refusal is not None and "unknown model 'no_such_model'" in stats.last_refusal
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking_the_model_service() -> None:
+    client = WatchkeeperClient(f"http://127.0.0.1:{free_port()}", max_queued=10, flush_interval=0.05)
+    log(client, range(25))  # nobody listens: nothing is acknowledged
+    assert client.stats().dropped == 15
+    assert client.close(timeout=0.5) is False
+    stats = client.stats()
+    assert (stats.sent, stats.dropped, stats.queued) == (0, 25, 0) and stats.retries >= 1
+
+
+def test_a_killed_and_restarted_service_loses_nothing_and_stores_nothing_twice(
+    store: Store, tmp_path: Path
+) -> None:
+    """kill -9 mid-stream: batches in flight are sent again after the restart, and the intake
+    recognises the ones it had already stored."""
+    port = free_port()
+    url = store.url.render_as_string(hide_password=False)
+    client = WatchkeeperClient(
+        f"http://127.0.0.1:{port}", batch_size=200, flush_interval=0.02, max_backoff=0.5
+    )
+    total = 20_000
+    with service_process(url, tmp_path, port=port) as first:
+        sender = threading.Thread(target=log, args=(client, range(total)))
+        sender.start()
+        deadline = datetime.now(UTC) + timedelta(seconds=60)
+        while stored(store)["keys"] < 2000 and datetime.now(UTC) < deadline:
+            client.flush(timeout=0.1)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        sender.join()
+    with service_process(url, tmp_path, port=port):
+        assert client.flush(timeout=120)
+        client.close()
+    stats = client.stats()
+    assert stats.dropped == 0 and stats.refused == 0 and stats.retries >= 1
+    assert stored(store) == {"keys": total, "requests": total, "counted": total}
+
+
+def test_the_client_imports_without_the_servers_dependencies(tmp_path: Path) -> None:
+    """A model service may vendor the module: it needs the standard library alone."""
+    module = Path(__file__).resolve().parent.parent / "watchkeeper" / "client.py"
+    (tmp_path / "client.py").write_text(module.read_text())
+    heavy = "('httpx', 'pydantic', 'sqlalchemy', 'pandas', 'watchkeeper')"
+    script = (
+        "import sys; sys.path.insert(0, '.'); import client; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]"

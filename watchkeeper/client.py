@@ -1,0 +1,239 @@
+"""Logging predictions and labels from a model service: `log_prediction` and `log_label` return in
+microseconds; a background thread sends them in gzipped batches.
+
+Only the standard library is imported, so a model service can vendor this file or install
+Watchkeeper without its server's dependencies::
+
+    from watchkeeper.client import WatchkeeperClient
+
+    client = WatchkeeperClient("http://127.0.0.1:8080", token=os.environ.get("WATCHKEEPER_TOKEN"))
+    client.log_prediction("fraud", "v3", request_id, features, prediction=1, score=0.93)
+    client.log_label("fraud", request_id, label=0)
+
+What it promises a model service:
+- it never blocks nor raises in the serving path: the queue is bounded (`max_queued` records), and a
+  record that finds it full is dropped and counted (`stats().dropped`);
+- a batch the service did not acknowledge is sent again, the same records with the same request
+  ids, so the intake counts it once; it backs off (exponentially, honouring Retry-After) on 429,
+  503, other 5xx answers and network errors, and keeps trying until `close()` gives up;
+- a batch the service refuses (another 4xx: a record that breaks the schema) is not retried: it is
+  counted in `stats().refused`, with the service's answer in `stats().last_refusal`;
+- at interpreter exit it sends what is queued, for at most `exit_timeout` seconds; what it could
+  not send by then is counted as dropped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gzip
+import json
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+RETRIED_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+PATHS = {"prediction": "/v1/predictions", "label": "/v1/feedback"}
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    queued: int
+    sent: int  # records the service acknowledged (stored or recognised as duplicates)
+    dropped: int  # records never queued: the queue was full
+    refused: int  # records in batches the service refused with a 4xx
+    retries: int  # sends that failed and were tried again
+    last_refusal: str | None
+
+
+class WatchkeeperClient:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        batch_size: int = 1000,
+        flush_interval: float = 1.0,
+        max_queued: int = 100_000,
+        timeout: float = 10.0,
+        max_backoff: float = 30.0,
+        exit_timeout: float = 10.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.batch_size, self.flush_interval, self.max_queued = batch_size, flush_interval, max_queued
+        self.timeout, self.max_backoff, self.exit_timeout = timeout, max_backoff, exit_timeout
+        self._headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._queues: dict[str, deque[dict[str, Any]]] = {kind: deque() for kind in PATHS}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._closing = False
+        self._counts = {"sent": 0, "dropped": 0, "refused": 0, "retries": 0}
+        self._last_refusal: str | None = None
+        self._thread = threading.Thread(target=self._run, name="watchkeeper-client", daemon=True)
+        self._thread.start()
+        atexit.register(self.close, self.exit_timeout)
+
+    def log_prediction(
+        self,
+        model_name: str,
+        model_version: str,
+        request_id: str,
+        features: dict[str, Any],
+        prediction: Any = None,
+        score: float | None = None,
+        latency_seconds: float | None = None,
+        error: bool = False,
+        timestamp: datetime | None = None,
+    ) -> None:
+        record: dict[str, Any] = {
+            "model_name": model_name,
+            "model_version": model_version,
+            "request_id": request_id,
+            "timestamp": _iso(timestamp),
+            "features": features,
+            "prediction": prediction,
+            "error": error,
+        }
+        if score is not None:
+            record["score"] = score
+        if latency_seconds is not None:
+            record["latency_seconds"] = latency_seconds
+        self._enqueue("prediction", record)
+
+    def log_label(
+        self,
+        model_name: str,
+        request_id: str,
+        label: Any,
+        business_value: float | None = None,
+        timestamp: datetime | None = None,
+    ) -> None:
+        record: dict[str, Any] = {"model_name": model_name, "request_id": request_id, "label": label}
+        if business_value is not None:
+            record["business_value"] = business_value
+        if timestamp is not None:
+            record["timestamp"] = _iso(timestamp)
+        self._enqueue("label", record)
+
+    def _enqueue(self, kind: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            queue = self._queues[kind]
+            if self._closing or sum(len(q) for q in self._queues.values()) >= self.max_queued:
+                self._counts["dropped"] += 1
+                return
+            queue.append(record)
+            if len(queue) >= self.batch_size:
+                self._wake.set()
+
+    def stats(self) -> ClientStats:
+        with self._lock:
+            return ClientStats(
+                queued=sum(len(q) for q in self._queues.values()) + self._in_flight,
+                last_refusal=self._last_refusal,
+                **self._counts,
+            )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far was acknowledged or refused; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wake.set()
+        with self._lock:
+            while self._in_flight or any(self._queues.values()):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._wake.set()
+                self._idle.wait(0.05 if remaining is None else min(remaining, 0.05))
+        return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Send what is queued (for at most `timeout` seconds), then stop; later records are dropped."""
+        flushed = self.flush(self.exit_timeout if timeout is None else timeout)
+        with self._lock:
+            self._closing = True
+            left = sum(len(q) for q in self._queues.values())
+            self._counts["dropped"] += left
+            for queue in self._queues.values():
+                queue.clear()
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(self.timeout + 1.0)
+        atexit.unregister(self.close)
+        return flushed
+
+    def _take(self) -> tuple[str, list[dict[str, Any]]] | None:
+        with self._lock:
+            # Predictions first: a label sent before its prediction waits in the store for it.
+            for kind in ("prediction", "label"):
+                queue = self._queues[kind]
+                if queue:
+                    batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+                    self._in_flight = len(batch)
+                    return kind, batch
+        return None
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            while (taken := self._take()) is not None:
+                kind, batch = taken
+                self._deliver(PATHS[kind], batch)
+                with self._lock:
+                    self._in_flight = 0
+                    self._idle.notify_all()
+            with self._lock:
+                self._idle.notify_all()
+                if self._closing:
+                    return
+
+    def _deliver(self, path: str, batch: list[dict[str, Any]]) -> None:
+        body = gzip.compress(json.dumps(batch, default=str).encode(), compresslevel=1)
+        backoff = 0.1
+        while True:
+            retry_after = None
+            try:
+                request = urllib.request.Request(self.url + path, body, self._headers, method="POST")
+                with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                    answer.read()
+                with self._lock:
+                    self._counts["sent"] += len(batch)
+                return
+            except urllib.error.HTTPError as exc:
+                if exc.code not in RETRIED_STATUSES:
+                    with self._lock:
+                        self._counts["refused"] += len(batch)
+                        self._last_refusal = f"{exc.code}: {exc.read()[:500].decode(errors='replace')}"
+                    return
+                retry_after = _seconds(exc.headers.get("Retry-After"))
+            except (OSError, urllib.error.URLError):
+                pass
+            with self._lock:
+                if self._closing:
+                    self._counts["dropped"] += len(batch)
+                    return
+                self._counts["retries"] += 1
+            wait = retry_after if retry_after is not None else backoff * (0.5 + random.random())
+            self._stop.wait(min(wait, self.max_backoff))
+            backoff = min(backoff * 2, self.max_backoff)
+
+
+def _iso(timestamp: datetime | None) -> str:
+    when = timestamp or datetime.now(UTC)
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+
+
+def _seconds(header: str | None) -> float | None:
+    try:
+        return max(0.0, float(header)) if header else None
+    except ValueError:
+        return None
