@@ -30,6 +30,8 @@ from rich.console import Console
 from river.datasets import synth
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from watchkeeper.client import WatchkeeperClient
+
 FEATURES = ("salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan")
 CATEGORICAL = ("elevel", "car", "zipcode")
 MEDIAN_LATENCY_SECONDS = 0.03
@@ -229,7 +231,7 @@ class DemoTraffic:
             "model_name": self.model_name,
             "model_version": self.model_version,
             "request_id": event.request_id,
-            "timestamp": timestamp.isoformat(),
+            "timestamp": timestamp,
             "features": event.features,
             "prediction": event.prediction,
             "score": event.score,
@@ -260,7 +262,7 @@ class DemoTraffic:
             "request_id": event.request_id,
             "label": event.label,
             "business_value": event.business_value,
-            "timestamp": timestamp.isoformat(),
+            "timestamp": timestamp,
         }
 
 
@@ -332,14 +334,14 @@ def run_demo_traffic(
     awaiting_label: deque[DemoEvent] = deque()
     next_batch_at = time.monotonic()
     stop = stop or threading.Event()
+    records = WatchkeeperClient(url, token=token, batch_size=1000, flush_interval=0.2)
     with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
         while (count == 0 or sent.predictions < count) and not stop.is_set():
             size = batch_size if count == 0 else min(batch_size, count - sent.predictions)
             events = traffic.next_batch(size)
             now = datetime.now(UTC)
-            post_with_retry(
-                client, "/v1/predictions", [traffic.prediction_record(e, now) for e in events], console.print
-            )
+            for event in events:
+                records.log_prediction(**traffic.prediction_record(event, now))
             sent.predictions += len(events)
             if pipeline:
                 record = traffic.pipeline_run_record(pipeline, events, now)
@@ -349,12 +351,16 @@ def run_demo_traffic(
             due = [awaiting_label.popleft() for _ in range(max(0, len(awaiting_label) - label_delay))]
             if count and sent.predictions >= count:
                 due += list(awaiting_label)
-            if due:
-                post_with_retry(
-                    client, "/v1/feedback", [traffic.feedback_record(e, now) for e in due], console.print
-                )
-                sent.feedback += len(due)
+            for event in due:
+                records.log_label(**traffic.feedback_record(event, now))
+            sent.feedback += len(due)
             if rate > 0:
                 next_batch_at += len(events) / (rate * traffic.rate_factor())
                 stop.wait(max(0.0, next_batch_at - time.monotonic()))
+    records.close(timeout=60)
+    lost = records.stats()
+    if lost.dropped or lost.refused:
+        raise RuntimeError(
+            f"{lost.dropped} records dropped and {lost.refused} refused ({lost.last_refusal or 'queue full'})"
+        )
     return sent
