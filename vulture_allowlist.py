@@ -15,6 +15,7 @@ factor
 pipeline_runs
 evaluation_results
 aggregates
+samples
 outbox
 ad_hoc
 # Store columns written by the ORM and read by SQL, the API or the migrations.
@@ -48,3 +49,5 @@ external_url
 media_type
 # Credentials for one shared token: the tests' and an embedding program's way to build them.
 _.shared
+# The client's figures for the model service that owns it.
+_.queued

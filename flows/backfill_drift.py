@@ -14,6 +14,7 @@ from tasks.drift import evaluate_drift_window, load_reference
 from tasks.metrics import Window
 from watchkeeper.config import Duration
 from watchkeeper.settings import Settings
+from watchkeeper.store.samples import Sampling
 from watchkeeper.times import UtcTime
 
 
@@ -40,7 +41,8 @@ def backfill_drift(
         raise ValueError(f"model: {model!r} is not a configured model")
     windows = backfill_windows(start, end, window, step)
     store = settings.open_store()
-    reference = load_reference(store, configured)
+    sampling = Sampling.of(settings.monitoring)
+    reference = load_reference(store, configured, sampling)
     progress = create_progress_artifact(0.0, description=f"Drift backfill of {model}: {len(windows)} windows")
     futures = evaluate_drift_window.map(
         unmapped(store),
@@ -48,6 +50,7 @@ def backfill_drift(
         windows,
         unmapped(reference),
         unmapped(settings.resolved_home),
+        unmapped(sampling),
         unmapped(flow_run.id),
     )
     outcomes = []

@@ -9,6 +9,7 @@ from tasks.drift import load_reference
 from tasks.metrics import Window
 from tasks.quality import evaluate_dataset
 from watchkeeper.settings import Settings
+from watchkeeper.store.samples import Sampling
 from watchkeeper.times import utcnow
 
 
@@ -23,13 +24,15 @@ def evaluate_data_quality(datasets: list[str] | None = None) -> dict[str, dict[s
         wanted = [d for d in config.datasets_of(model.name) if not datasets or d.name in datasets]
         if not wanted or model.reference is None:
             continue
-        reference = load_reference(store, model)
+        reference = load_reference(store, model, Sampling.of(config))
         for dataset in wanted:
             if reference.empty:
                 print(f"{dataset.name}: {model.name}'s reference has no rows yet; nothing to check against")
                 continue
             window = Window(end - model.windows.data_quality, end)
-            result = evaluate_dataset(store, dataset, model, window, reference, flow_run.id)
+            result = evaluate_dataset(
+                store, dataset, model, window, reference, Sampling.of(config), flow_run.id
+            )
             summary[dataset.name] = {"score": result.score, "rows": result.rows}
             print(f"{dataset.name}: quality score {result.score:.3f} over {result.rows} rows")
     return summary

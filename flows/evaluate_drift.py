@@ -9,6 +9,7 @@ from prefect.runtime import flow_run
 from tasks.drift import evaluate_drift_window, load_reference
 from tasks.metrics import Window
 from watchkeeper.settings import Settings
+from watchkeeper.store.samples import Sampling
 from watchkeeper.times import utcnow
 
 
@@ -16,18 +17,20 @@ from watchkeeper.times import utcnow
 def evaluate_drift(models: list[str] | None = None) -> dict[str, dict[str, object]]:
     settings = Settings()
     store = settings.open_store()
+    sampling = Sampling.of(settings.monitoring)
     end = utcnow()
     summary: dict[str, dict[str, object]] = {}
     for model in settings.monitoring.models:
         if (models and model.name not in models) or model.reference is None:
             continue
-        reference = load_reference(store, model)
+        reference = load_reference(store, model, sampling)
         outcome = evaluate_drift_window(
             store,
             model,
             Window(end - model.windows.drift, end),
             reference,
             settings.resolved_home,
+            sampling,
             flow_run.id,
         )
         if outcome.markdown:

@@ -38,6 +38,7 @@ from tasks.metrics import Measurement, Window, save_results
 from watchkeeper.config import DEFAULT_DRIFT_P_VALUE, Model
 from watchkeeper.markdown import table
 from watchkeeper.store import Store
+from watchkeeper.store.samples import Sampling
 from watchkeeper.store.schema import EvaluationResult
 
 DRIFT = "drift"
@@ -431,8 +432,8 @@ def drift_windows_since(store: Store, model: str, since: datetime) -> int:
     return counted or 0
 
 
-def load_reference(store: Store, model: Model) -> pd.DataFrame:
-    return reference_frame(store, model)
+def load_reference(store: Store, model: Model, sampling: Sampling) -> pd.DataFrame:
+    return reference_frame(store, model, sampling)
 
 
 @task(
@@ -444,12 +445,13 @@ def evaluate_drift_window(
     window: Window,
     reference: pd.DataFrame,
     home: Path,
+    sampling: Sampling,
     flow_run_id: str | None = None,
 ) -> WindowDrift:
     """Drift of one window: results replace the window's earlier ones, with one snapshot and HTML report."""
     label = f"{window.start.isoformat()} to {window.end.isoformat()}"
     current = prediction_frame(
-        store, model.name, window.start, window.end, at_most=model.windows.drift_sample_rows
+        store, model.name, window.start, window.end, sampling, at_most=model.windows.drift_sample_rows
     )
     current = current[~current["error"]] if "error" in current else current
     base = {

@@ -2,53 +2,40 @@
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, text
 
 from watchkeeper.config import FileReference, Model, PeriodReference, SqlReference
 from watchkeeper.secrets import resolve_secret
 from watchkeeper.store import Store
-from watchkeeper.store.schema import Prediction
+from watchkeeper.store.buckets import first_buckets
+from watchkeeper.store.samples import SAMPLE_FIELDS, Sampling, window_sample
 
-LOG_FIELDS = ["request_id", "model_version", "timestamp", "prediction", "score", "error"]
+LOG_FIELDS = SAMPLE_FIELDS
 
 
 def prediction_frame(
-    store: Store, model_name: str, start: datetime, end: datetime, at_most: int | None = None
+    store: Store,
+    model_name: str,
+    start: datetime,
+    end: datetime,
+    sampling: Sampling,
+    at_most: int | None = None,
 ) -> pd.DataFrame:
-    """Predictions in [start, end): one column per feature as sent, plus the log's own fields.
+    """The sample of predictions in [start, end) the intake kept (`store/samples.py`): one column
+    per feature as sent, plus the log's own fields.
 
     Feature columns keep the names the model service sent, so missing or unexpected features show
-    up in data quality instead of being dropped here. With `at_most`, a window holding more rows
-    is read as a systematic sample of every k-th stored row (by id, so spread evenly over the
-    window and the same on every read): memory stays bounded however busy the model is.
+    up in data quality instead of being dropped here. The sample is uniform over the window and
+    bounded by the number of buckets whatever the traffic; `at_most` bounds it further (its rows of
+    smallest priority, still uniform).
     """
-    in_window = (
-        Prediction.model_name == model_name,
-        Prediction.timestamp >= start,
-        Prediction.timestamp < end,
-    )
-    query = select(
-        Prediction.request_id,
-        Prediction.model_version,
-        Prediction.timestamp,
-        Prediction.prediction,
-        Prediction.score,
-        Prediction.error,
-        Prediction.features,
-    ).where(*in_window)
-    with store.reading() as session:
-        if at_most is not None:
-            stored = session.scalar(select(func.count()).select_from(Prediction).where(*in_window)) or 0
-            if stored > at_most:
-                query = query.where(Prediction.id % math.ceil(stored / at_most) == 0)
-        rows = session.execute(query).all()
-    log = pd.DataFrame([row[:-1] for row in rows], columns=LOG_FIELDS)
-    features = pd.DataFrame([row[-1] for row in rows], index=log.index)
+    log, features = window_sample(store, model_name, start, end, sampling)
+    if at_most is not None and len(log) > at_most:
+        log, features = log.iloc[:at_most], features.iloc[:at_most]
     overlap = [c for c in features.columns if c in log.columns]
     return pd.concat([features.drop(columns=overlap), log], axis=1)
 
@@ -63,17 +50,15 @@ def read_table(path: Path) -> pd.DataFrame:
     raise ValueError(f"{path}: expected a .csv or .parquet file, got {suffix or 'no suffix'}")
 
 
-def first_prediction_time(store: Store, model_name: str, version: str | None = None) -> datetime | None:
-    """When the model (or one version of it) served its first stored prediction."""
-    query = select(func.min(Prediction.timestamp)).where(Prediction.model_name == model_name)
-    if version is not None:
-        query = query.where(Prediction.model_version == version)
+def first_prediction_time(store: Store, model_name: str) -> datetime | None:
+    """The start of the first bucket in which the model served a prediction."""
     with store.reading() as session:
-        return session.scalar(query)
+        return min(first_buckets(session, model_name).values(), default=None)
 
 
-def reference_frame(store: Store, model: Model) -> pd.DataFrame:
-    """The model's configured reference: a file, a SQL query, or a fixed period of its own log."""
+def reference_frame(store: Store, model: Model, sampling: Sampling) -> pd.DataFrame:
+    """The model's configured reference: a file, a SQL query, or a fixed period of its own log
+    (the sample the intake kept of it)."""
     reference = model.reference
     if reference is None:
         raise ValueError(f"model {model.name!r} has no reference configured (models[].reference)")
@@ -92,4 +77,4 @@ def reference_frame(store: Store, model: Model) -> pd.DataFrame:
     start = reference.start or first_prediction_time(store, model.name)
     if start is None:
         return pd.DataFrame()
-    return prediction_frame(store, model.name, start, start + reference.duration)
+    return prediction_frame(store, model.name, start, start + reference.duration, sampling)

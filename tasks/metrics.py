@@ -33,8 +33,12 @@ from watchkeeper.intake.checks import class_name
 from watchkeeper.store import Store, insert_for
 from watchkeeper.store.buckets import first_buckets, fold_model_tallies, window_totals
 from watchkeeper.store.intake import IntakeRules, fold_tallies, join_waiting_labels
+from watchkeeper.store.samples import Sampling, trim_samples
 from watchkeeper.store.schema import EvaluationResult, Feedback, LatestWindow, Prediction
 from watchkeeper.times import utcnow
+
+# Buckets whose samples each collection trims (an older one is trimmed by nobody, read right anyway).
+RECENT_SAMPLES = timedelta(hours=2)
 
 LOG_COLUMNS = [
     "request_id",
@@ -136,35 +140,49 @@ def save_results(
     details: dict[str, Any] | None = None,
 ) -> int:
     """Replace this window's results for `kind` and `subject`: a re-run never duplicates them."""
-    computed = utcnow()
     with store.writing() as session:
-        session.execute(
-            delete(EvaluationResult).where(
-                EvaluationResult.kind == kind,
-                EvaluationResult.subject == subject,
-                EvaluationResult.model_version == version,
-                EvaluationResult.window_start == window.start,
-                EvaluationResult.window_end == window.end,
-            )
+        return replace_window(session, kind, subject, version, window, measurements, flow_run_id, details)
+
+
+def replace_window(
+    session: Session,
+    kind: str,
+    subject: str,
+    version: str,
+    window: Window,
+    measurements: list[Measurement],
+    flow_run_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> int:
+    """`save_results` within the caller's transaction."""
+    computed = utcnow()
+    session.execute(
+        delete(EvaluationResult).where(
+            EvaluationResult.kind == kind,
+            EvaluationResult.subject == subject,
+            EvaluationResult.model_version == version,
+            EvaluationResult.window_start == window.start,
+            EvaluationResult.window_end == window.end,
         )
-        session.add_all(
-            EvaluationResult(
-                kind=kind,
-                subject=subject,
-                model_version=version,
-                window_start=window.start,
-                window_end=window.end,
-                metric=m.metric,
-                labels=m.labels,
-                labels_key=m.labels_key,
-                value=m.value,
-                details={**(details or {}), **(m.details or {})} or None,
-                computed_at=computed,
-                flow_run_id=flow_run_id,
-            )
-            for m in measurements
+    )
+    session.add_all(
+        EvaluationResult(
+            kind=kind,
+            subject=subject,
+            model_version=version,
+            window_start=window.start,
+            window_end=window.end,
+            metric=m.metric,
+            labels=m.labels,
+            labels_key=m.labels_key,
+            value=m.value,
+            details={**(details or {}), **(m.details or {})} or None,
+            computed_at=computed,
+            flow_run_id=flow_run_id,
         )
-        advance_latest(session, kind, subject, version, window, measurements, computed)
+        for m in measurements
+    )
+    advance_latest(session, kind, subject, version, window, measurements, computed)
     return len(measurements)
 
 
@@ -228,14 +246,12 @@ def _by_version(
     return by_version, served
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def measure_traffic(store: Store, model: Model, window: Window) -> dict[str, list[Measurement]]:
     """Per model version: request count, throughput, errors, latency and prediction mix."""
     by_version, served = _by_version(store, model, window)
     return {version: traffic_metrics(totals, served[version]) for version, totals in by_version.items()}
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def measure_quality(
     store: Store, model: Model, window: Window, reference: ModelReference | None = None
 ) -> dict[str, dict[str, list[Measurement]]]:
@@ -276,27 +292,47 @@ def measure_quality(
     return measured
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def record_results(
     store: Store,
     model: Model,
-    window: Window,
-    by_kind: dict[str, dict[str, list[Measurement]]],
+    windows: dict[Window, dict[str, dict[str, list[Measurement]]]],
     flow_run_id: str | None,
 ) -> int:
-    """Save each kind's results per model version; returns how many were saved."""
-    return sum(
-        save_results(store, kind, model.name, version, window, measurements, flow_run_id)
-        for kind, by_version in by_kind.items()
-        for version, measurements in by_version.items()
+    """Save each window's results of each kind and model version, in one transaction; returns how
+    many were saved."""
+    with store.writing() as session:
+        return sum(
+            replace_window(session, kind, model.name, version, window, measurements, flow_run_id)
+            for window, by_kind in windows.items()
+            for kind, by_version in by_kind.items()
+            for version, measurements in by_version.items()
+        )
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, task_run_name="collect-{model.name}")
+def collect_model(
+    store: Store,
+    model: Model,
+    traffic_window: Window,
+    quality_window: Window,
+    reference: ModelReference | None,
+    flow_run_id: str | None,
+) -> int:
+    """One model's traffic and quality from its windows' buckets, saved together; returns how many
+    results. One task per model: its cost is the model's, not its traffic's."""
+    traffic = measure_traffic(store, model, traffic_window)
+    quality = measure_quality(store, model, quality_window, reference)
+    return record_results(
+        store, model, {traffic_window: {"model_traffic": traffic}, quality_window: quality}, flow_run_id
     )
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def compact_tallies(store: Store) -> int:
+def compact_tallies(store: Store, sampling: Sampling) -> int:
     """Fold the intake's appended tally rows into one row per series, so scrapes and windows stay
-    cheap."""
-    return fold_tallies(store) + fold_model_tallies(store)
+    cheap, and trim the recent buckets' samples to their bottom k."""
+    since = utcnow() - RECENT_SAMPLES
+    return fold_tallies(store) + fold_model_tallies(store) + trim_samples(store, sampling.k, since)
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

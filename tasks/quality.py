@@ -33,6 +33,7 @@ from tasks.metrics import Measurement, Window, save_results
 from watchkeeper.config import Dataset, Model
 from watchkeeper.intake.checks import is_number
 from watchkeeper.store import Store
+from watchkeeper.store.samples import Sampling
 
 
 @dataclass(frozen=True)
@@ -130,10 +131,11 @@ def evaluate_dataset(
     model: Model,
     window: Window,
     reference: pd.DataFrame,
+    sampling: Sampling,
     flow_run_id: str | None,
 ) -> QualityResult:
     current = prediction_frame(
-        store, model.name, window.start, window.end, at_most=model.windows.quality_sample_rows
+        store, model.name, window.start, window.end, sampling, at_most=model.windows.quality_sample_rows
     )
     columns = [ColumnSpec(f.name, f.type) for f in model.features]
     result = data_quality(current, reference, columns)

@@ -16,6 +16,7 @@ from tasks.segments import reference_positive_rates, reference_segments
 from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.intake.checks import ReferenceCache, ReferenceProfiles
 from watchkeeper.store import Store
+from watchkeeper.store.samples import Sampling
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def reference_profiles(store: Store, config: WatchkeeperConfig) -> ReferenceProf
             cached = _profiles[key] = (
                 config,
                 store,
-                ReferenceProfiles(config, partial(reference_frame, store)),
+                ReferenceProfiles(config, partial(reference_frame, store, sampling=Sampling.of(config))),
             )
     return cached[2]
 
@@ -68,6 +69,7 @@ def model_reference(store: Store, config: WatchkeeperConfig, model: Model) -> Mo
         cached = _caches.get(key)
         if cached is None:
             _caches.clear()  # a new configuration or store: the old derivations are stale
-            derived = ReferenceCache(config, partial(reference_frame, store), derive)
+            load = partial(reference_frame, store, sampling=Sampling.of(config))
+            derived = ReferenceCache(config, load, derive)
             cached = _caches[key] = (config, store, derived)
     return cached[2](model.name)

@@ -6,7 +6,7 @@ timeout) has removed whole batches and resumes where it left off next time.
 
 What goes, oldest first, and what stays:
 - predictions and feedback (by `timestamp`, when it happened), pipeline runs (by `started_at`),
-  the intake's aggregates (by `bucket_start`) and evaluation results (by `window_end`);
+  the intake's aggregates and samples (by `bucket_start`) and evaluation results (by `window_end`);
 - prediction keys once both the dedupe window and their model's label horizon have passed, and
   labels still waiting for their prediction after the longest label horizon (by `received_at`);
 - resolved incidents (by `resolved_at`) with their members, timeline and remediation decisions;
@@ -47,6 +47,7 @@ from watchkeeper.store.schema import (
     PipelineRun,
     Prediction,
     PredictionKey,
+    PredictionSample,
     ReportDelivery,
     WaitingLabel,
 )
@@ -153,6 +154,7 @@ def apply_retention(store: Store, config: WatchkeeperConfig, home: Path, now: da
         ("feedback", Feedback, Feedback.timestamp < cutoff["feedback"]),
         ("pipeline_runs", PipelineRun, PipelineRun.started_at < cutoff["pipeline_runs"]),
         ("aggregates", ModelTally, ModelTally.bucket_start < cutoff["aggregates"]),
+        ("samples", PredictionSample, PredictionSample.bucket_start < cutoff["samples"]),
         ("evaluation_results", EvaluationResult, EvaluationResult.window_end < cutoff["evaluation_results"]),
         ("model_reports", ModelReport, ModelReport.period_end < cutoff["reports"]),
         ("report_deliveries", ReportDelivery, ReportDelivery.period_end < cutoff["reports"]),

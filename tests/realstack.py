@@ -198,7 +198,7 @@ def post_labelled_predictions(
 
 def collect_quality(store: Store, model: Model, window: Window) -> float | None:
     """What collect-model-metrics does for quality, on an explicit window; returns the accuracy."""
-    results = measure_quality.fn(store, model, window)
-    record_results.fn(store, model, window, results, None)
+    results = measure_quality(store, model, window)
+    record_results(store, model, {window: results}, None)
     quality = results["model_quality"].get(model.version, [])
     return next((m.value for m in quality if m.metric == "accuracy"), None)

@@ -9,15 +9,24 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from tasks.logs import prediction_frame
 from tasks.measurements import Window
 from tasks.metrics import bucket_window, measure_quality, measure_traffic
 from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.intake.aggregates import bucket_start, in_sample, latency_at, latency_index
+from watchkeeper.intake.aggregates import (
+    BottomK,
+    bucket_start,
+    in_sample,
+    latency_at,
+    latency_index,
+    request_priority,
+)
 from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.store import Store
 from watchkeeper.store.buckets import fold_model_tallies, window_totals
 from watchkeeper.store.intake import IntakeRules, join_waiting_labels, store_feedback, store_predictions
-from watchkeeper.store.schema import Feedback, Prediction, PredictionKey, WaitingLabel
+from watchkeeper.store.samples import Sampling, trim_samples
+from watchkeeper.store.schema import Feedback, Prediction, PredictionKey, PredictionSample, WaitingLabel
 
 END = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 MODEL = "credit_approval"
@@ -45,7 +54,7 @@ def labels(ids: range) -> list[FeedbackRecord]:
 
 def quality(store: Store, config: WatchkeeperConfig) -> dict[str, float]:
     window = bucket_window(END, timedelta(minutes=30), 60)
-    found = measure_quality.fn(store, config.models[0], window)["model_quality"]["v1"]
+    found = measure_quality(store, config.models[0], window)["model_quality"]["v1"]
     return {m.metric: m.value for m in found if not m.labels}
 
 
@@ -107,7 +116,7 @@ def test_without_every_raw_row_the_counts_and_the_dedupe_hold(
     assert rows(store, Feedback) == sum(in_sample(f"r{i}", fraction) for i in range(0, 1500, 2))
     assert 0.15 * 1500 < kept < 0.35 * 1500 if fraction else kept == 0
     window = bucket_window(END, timedelta(minutes=5), 60)
-    traffic = {m.metric: m.value for m in measure_traffic.fn(store, example_config.models[0], window)["v1"]}
+    traffic = {m.metric: m.value for m in measure_traffic(store, example_config.models[0], window)["v1"]}
     assert traffic["request_count"] == 1500
     assert quality(store, example_config)["label_coverage_ratio"] == 0.5
 
@@ -164,3 +173,61 @@ def test_raw_rows_are_chosen_by_request_id_so_every_replica_and_the_label_agree(
     chosen = [i for i in range(100_000) if in_sample(f"req-{i}", 0.01)]
     assert 850 < len(chosen) < 1150
     assert chosen == [i for i in range(100_000) if in_sample(f"req-{i}", 0.01)]
+
+
+def timed_predictions(ids: range, minute: int) -> list[PredictionRecord]:
+    """Predictions spread over the minute `minute` minutes before END."""
+    base = END - timedelta(minutes=minute)
+    return [
+        PredictionRecord(
+            model_name=MODEL,
+            model_version="v1",
+            request_id=f"q{i}",
+            timestamp=(base + timedelta(seconds=(i % 60))).isoformat(),
+            features={"salary": float(i)},
+            prediction=1,
+        )
+        for i in ids
+    ]
+
+
+def bottom_k(ids: list[str], k: int) -> list[str]:
+    return sorted(ids, key=request_priority)[:k]
+
+
+def test_two_replicas_sampling_one_bucket_keep_exactly_its_bottom_k(store: Store) -> None:
+    """Each replica writes its own bottom k of what it saw; after the trim the store holds the
+    bottom k of everything, as one replica would have written."""
+    replicas = [IntakeRules(sampler=BottomK(50)), IntakeRules(sampler=BottomK(50))]
+    records = timed_predictions(range(3000), minute=3)
+    for index, start in enumerate(range(0, 3000, 250)):
+        store_predictions(store, records[start : start + 250], replicas[index % 2])
+    assert rows(store, PredictionSample) > 50
+    trim_samples(store, 50, since=END - timedelta(hours=1))
+    with store.reading() as session:
+        kept = set(session.scalars(select(PredictionSample.request_id)))
+    assert kept == set(bottom_k([r.request_id for r in records], 50))
+
+
+def test_a_window_sample_is_uniform_however_the_traffic_varied(store: Store) -> None:
+    """Buckets of 4,000, 400 and 40 predictions: the sample is every prediction whose priority is
+    at most the smallest k-th priority of the full buckets, so each bucket is represented in
+    proportion to its traffic, and a read gives the same rows every time."""
+    rules = IntakeRules(sampler=BottomK(100))
+    busy, quiet, idle = range(4000), range(4000, 4400), range(4400, 4440)
+    for ids, minute in ((busy, 5), (quiet, 4), (idle, 3)):
+        store_predictions(store, timed_predictions(ids, minute), rules)
+    sampling = Sampling(k=100, bucket_seconds=60)
+    start = END - timedelta(minutes=10)
+    frame = prediction_frame(store, MODEL, start, END, sampling)
+    tau = min(request_priority(bottom_k([f"q{i}" for i in ids], 100)[-1]) for ids in (busy, quiet))
+    expected = {f"q{i}" for i in range(4440) if request_priority(f"q{i}") <= tau}
+    assert set(frame["request_id"]) == expected
+    # The busy bucket's own bottom 100 sets tau; the others come in proportion (about 10 and 1).
+    assert sum(int(r[1:]) in busy for r in expected) == 100 and 100 < len(expected) < 130
+    assert frame["salary"].notna().all()
+    capped = prediction_frame(store, MODEL, start, END, sampling, at_most=40)
+    assert list(capped["request_id"]) == list(frame["request_id"][:40])
+    assert list(prediction_frame(store, MODEL, start, END, sampling)["request_id"]) == list(
+        frame["request_id"]
+    )

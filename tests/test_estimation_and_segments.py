@@ -79,7 +79,7 @@ def save_predictions_with(store: Store, records: list[PredictionRecord], rules: 
 
 
 def estimated(store: Store, model: Model, window: Window, calibration: Calibration) -> dict[str, float]:
-    found = measure_quality.fn(store, model, window, ModelReference(calibration))["model_quality"]["v1"]
+    found = measure_quality(store, model, window, ModelReference(calibration))["model_quality"]["v1"]
     return {m.metric: m.value for m in found if m.metric.startswith("estimated")}
 
 
@@ -148,7 +148,7 @@ def test_segment_metrics_rank_by_reference_and_publish_accuracy_only_with_enough
     )
     window = stored_scored(store, model, frame, IntakeRules(model_for={model.name: model}.get))
     reference = ModelReference(None, {"elevel": ["1", "2"]}, {("elevel", "1"): 0.2})
-    found = measure_quality.fn(store, model, window, reference)["model_segments"]["v1"]
+    found = measure_quality(store, model, window, reference)["model_segments"]["v1"]
     by = {(m.labels.get("segment"), m.metric): m.value for m in found}
     assert by[("1", "segment_request_count")] == 100
     assert by[("1", "segment_positive_rate")] == 1.0
@@ -200,8 +200,8 @@ def test_segments_and_the_estimate_round_trip_through_the_store(
     derived = derive(model, reference)
     assert derived.segment_values == {"elevel": ["1", "0"]}
     window = bucket_window(END, timedelta(minutes=5), 60)
-    measured = measure_quality.fn(store, model, window, derived)
-    record_results.fn(store, model, window, measured, None)
+    measured = measure_quality(store, model, window, derived)
+    record_results(store, model, {window: measured}, None)
     with store.reading() as session:
         exported = {(r.kind, r.metric, r.labels.get("segment", "")): r.value for r in latest_results(session)}
     assert exported[("model_quality", "estimated_rows", "")] == 200

@@ -83,7 +83,7 @@ def through_the_intake(store: Store, model: Model, log: pd.DataFrame, at: dateti
 def test_quality_equals_scikit_learn_on_the_joined_labels(store: Store, model: Model) -> None:
     log = log_frame(2000, labelled=0.9)
     window = through_the_intake(store, model, log)
-    got = as_dict(measure_quality.fn(store, model, window)["model_quality"]["v1"])
+    got = as_dict(measure_quality(store, model, window)["model_quality"]["v1"])
     served = log[~log["error"] & log["label"].notna()]
     y_true, y_pred = served["label"].astype(int), served["prediction"].astype(int)
     assert got["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
@@ -95,14 +95,14 @@ def test_quality_equals_scikit_learn_on_the_joined_labels(store: Store, model: M
     assert got["true_positives"] + got["false_negatives"] == (y_true == 1).sum()
     assert got["label_coverage_ratio"] == pytest.approx(len(served) / (~log["error"]).sum())
     caught = served[(served["prediction"] == 1) & (served["label"] == 1)]["business_value"].sum()
-    impact = measure_quality.fn(store, model, window)["model_quality"]["v1"]
+    impact = measure_quality(store, model, window)["model_quality"]["v1"]
     assert [m.value for m in impact if m.metric == "business_impact"] == [pytest.approx(caught)]
 
 
 def test_a_window_below_label_coverage_publishes_only_its_coverage(store: Store, model: Model) -> None:
     log = log_frame(1000, labelled=0.3)
     window = through_the_intake(store, model, log)
-    got = as_dict(measure_quality.fn(store, model, window)["model_quality"]["v1"])
+    got = as_dict(measure_quality(store, model, window)["model_quality"]["v1"])
     # Labels not in yet: neither quality nor business value is published, rather than too little.
     assert set(got) == {"label_coverage_ratio"}
     assert got["label_coverage_ratio"] < 0.5
@@ -111,7 +111,7 @@ def test_a_window_below_label_coverage_publishes_only_its_coverage(store: Store,
 def test_traffic_metrics(store: Store, model: Model) -> None:
     log = log_frame(600, labelled=1.0)
     window = through_the_intake(store, model, log)
-    measurements = measure_traffic.fn(store, model, window)["v1"]
+    measurements = measure_traffic(store, model, window)["v1"]
     got = as_dict(measurements)
     # The predictions span the ten minutes before END: counted from the first one's bucket.
     served_seconds = (END - bucket_start(END - timedelta(seconds=629), 60)).total_seconds()
@@ -149,15 +149,15 @@ def test_measured_windows_round_trip_through_the_store_without_duplicates(
         store, [FeedbackRecord(model_name=model.name, request_id=f"v1-{i}", label=i % 2) for i in range(10)]
     )
     window = Window(END - timedelta(minutes=5), END)
-    traffic = measure_traffic.fn(store, model, window)
-    quality = measure_quality.fn(store, model, window)
+    traffic = measure_traffic(store, model, window)
+    quality = measure_quality(store, model, window)
     assert as_dict(traffic["v2"])["request_count"] == 10
     # Both versions were first served a minute before the window's end: 10 in 60 s, not in 300 s.
     assert as_dict(traffic["v2"])["throughput_rps"] == pytest.approx(10 / 60)
     assert as_dict(quality["model_quality"]["v1"])["accuracy"] == 1.0
     assert "accuracy" not in as_dict(quality["model_quality"]["v2"])  # v2 has no labels yet
     for _ in range(2):
-        record_results.fn(store, model, window, quality, None)
+        record_results(store, model, {window: quality}, None)
     with store.reading() as session:
         rows = session.scalar(select(func.count()).select_from(EvaluationResult))
     assert rows == sum(len(m) for by_version in quality.values() for m in by_version.values())

@@ -26,6 +26,7 @@ from watchkeeper.store.schema import (
     PipelineRun,
     Prediction,
     PredictionKey,
+    PredictionSample,
     WaitingLabel,
     utcnow,
 )
@@ -109,6 +110,19 @@ def seed(store: Store) -> None:
                 Feedback(model_name="m", request_id=f"r{index}", label=1, timestamp=at, received_at=at)
             )
             session.add(key(f"r{index}", at))
+            session.add(
+                PredictionSample(
+                    model_name="m",
+                    model_version="v1",
+                    request_id=f"r{index}",
+                    bucket_start=at,
+                    priority=index,
+                    timestamp=at,
+                    features={},
+                    prediction=1,
+                    error=False,
+                )
+            )
             session.add(WaitingLabel(model_name="m", request_id=f"w{index}", label=1, received_at=at))
             session.add(
                 ModelTally(
@@ -184,6 +198,7 @@ def counts(store: Store) -> dict[str, int]:
         "feedback": Feedback,
         "pipeline_runs": PipelineRun,
         "aggregates": ModelTally,
+        "samples": PredictionSample,
         "prediction_keys": PredictionKey,
         "waiting_labels": WaitingLabel,
         "evaluation_results": EvaluationResult,
@@ -223,6 +238,7 @@ def test_retention_removes_the_old_in_batches_and_keeps_what_is_referred_to(
         "feedback": 3,
         "pipeline_runs": 3,
         "aggregates": 3,
+        "samples": 3,
         "evaluation_results": 3,
         "model_reports": 1,  # the report of the old period, with its delivery record
         "report_deliveries": 1,
@@ -239,6 +255,7 @@ def test_retention_removes_the_old_in_batches_and_keeps_what_is_referred_to(
         "feedback": 1,
         "pipeline_runs": 1,
         "aggregates": 1,
+        "samples": 1,
         "prediction_keys": 1,
         "waiting_labels": 1,
         "evaluation_results": 1,

@@ -5,7 +5,6 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, inspect, select, text
 
-from tasks.logs import prediction_frame
 from tasks.metrics import Measurement, Window, save_results
 from tests.conftest import save_predictions
 from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
@@ -201,14 +200,3 @@ def save_results_0005(store: Store, start: datetime, value: float) -> None:
     }
     with store.writing() as session:
         session.execute(EvaluationResult.__table__.insert(), [row])
-
-
-def test_a_busy_window_is_read_as_a_bounded_sample_at_the_source(store: Store) -> None:
-    save_predictions(store, [prediction(f"r{i}") for i in range(1000)])
-    start, end = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
-    whole = prediction_frame(store, "credit_approval", start, end)
-    sample = prediction_frame(store, "credit_approval", start, end, at_most=300)
-    assert len(whole) == 1000
-    assert 200 <= len(sample) <= 300 and set(sample["request_id"]) < set(whole["request_id"])
-    again = prediction_frame(store, "credit_approval", start, end, at_most=300)
-    assert list(again["request_id"]) == list(sample["request_id"])

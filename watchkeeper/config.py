@@ -588,6 +588,9 @@ class Retention(Strict):
     aggregates: Duration = Field(
         default=timedelta(days=30), description="The intake's per-bucket aggregates of each model"
     )
+    samples: Duration = Field(
+        default=timedelta(days=14), description="The drift and data-quality sample of each bucket"
+    )
     evaluation_results: Duration = timedelta(days=90)
     incidents: Duration = Field(
         default=timedelta(days=90), description="Resolved incidents, their timeline and actions"
@@ -604,6 +607,9 @@ class Retention(Strict):
 
     def ages(self) -> dict[str, timedelta]:
         return self.model_dump(exclude={"batch_size"})
+
+
+DEFAULT_SAMPLE_PER_BUCKET = 1000
 
 
 def _raw_fraction(value: Any) -> Any:
@@ -636,6 +642,12 @@ class Intake(Strict):
     dedupe_window: Duration = Field(
         default=timedelta(hours=1),
         description="A re-sent request id within this long of the first is never counted twice",
+    )
+    sample_per_bucket: int = Field(
+        default=DEFAULT_SAMPLE_PER_BUCKET,
+        ge=10,
+        le=100_000,
+        description="Predictions per model and bucket kept for drift and data quality (by request id)",
     )
 
     @field_validator("bucket")

@@ -20,7 +20,9 @@ predictions served in it, as when it was computed from the joined rows.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ LATENCY_ACCURACY = 0.01
 _GAMMA = (1 + LATENCY_ACCURACY) / (1 - LATENCY_ACCURACY)
 _LOG_GAMMA = math.log(_GAMMA)
 ZERO_LATENCY = "zero"  # not an index: 1 s is index 0
-_SAMPLE_SPACE = 2**64
+PRIORITY_SPACE = 2**63
 
 
 def bucket_start(timestamp: datetime, seconds: int) -> datetime:
@@ -69,15 +71,51 @@ def score_bin(score: float) -> str:
     return f"{float(f'{score:.2g}'):g}"
 
 
+def request_priority(request_id: str) -> int:
+    """A request id's place in every sample: a 63-bit hash (it fits a signed BIGINT), the same in
+    every replica, for the prediction and for its label."""
+    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
 def in_sample(request_id: str, fraction: float) -> bool:
-    """Whether a request id is in the `fraction` kept raw: by its hash, so every replica, and the
-    prediction and its label, agree."""
+    """Whether a request id is in the `fraction` kept raw (by `request_priority`)."""
     if fraction >= 1.0:
         return True
     if fraction <= 0.0:
         return False
-    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < fraction * _SAMPLE_SPACE
+    return request_priority(request_id) < fraction * PRIORITY_SPACE
+
+
+class BottomK:
+    """Which predictions to write to the drift sample: those among the `k` smallest priorities this
+    process has seen in their (model, bucket).
+
+    What it writes is a superset of each bucket's true bottom-k whatever the number of replicas
+    (a row in the global bottom-k is in its own replica's bottom-k when it arrives), and costs
+    k * (1 + ln(n / k)) rows for a bucket of n predictions. The store keeps the k smallest
+    (`store/samples.py`). Memory: at most `buckets` open buckets per model.
+    """
+
+    def __init__(self, k: int, buckets: int = 8) -> None:
+        self.k, self.buckets = k, buckets
+        self._heaps: dict[tuple[str, str], dict[datetime, list[int]]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, scope: str, model: str, start: datetime, priority: int) -> bool:
+        with self._lock:
+            open_buckets = self._heaps.setdefault((scope, model), {})
+            heap = open_buckets.get(start)
+            if heap is None:
+                if len(open_buckets) >= self.buckets:
+                    del open_buckets[min(open_buckets)]
+                heap = open_buckets[start] = []
+            if len(heap) < self.k:
+                heapq.heappush(heap, -priority)
+                return True
+            if priority < -heap[0]:
+                heapq.heapreplace(heap, -priority)
+                return True
+            return False
 
 
 def name_of(value: object) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,6 +29,8 @@ from watchkeeper.times import as_utc
 MAX_DEPTH = 32
 MAX_INT = 2**63 - 1
 MIN_INT = -(2**63)
+# The escapes through which JSON text can carry NUL or a UTF-16 surrogate.
+_RISKY_ESCAPE = re.compile(r"\\u(?:0000|d[89a-f])", re.IGNORECASE)
 # Timestamps Watchkeeper takes: after the Unix epoch, before 2200. Outside that range a time is a
 # bug in the sender (and near year 1 or 9999, converting it to UTC overflows).
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -85,10 +88,20 @@ def parse_json(text: str) -> Any:
         raise BodyError(f"not valid JSON: {exc}") from exc
 
 
-def check_value(value: Any, where: str = "") -> None:
+def text_needs_checks(text: str) -> bool:
+    """Whether a JSON text's strings can hold NUL or a lone surrogate: only through a \\u escape,
+    or as raw characters outside ASCII (a strictly decoded body never has raw ones)."""
+    return not text.isascii() or _RISKY_ESCAPE.search(text) is not None
+
+
+def check_value(value: Any, where: str = "", check_text: bool = True) -> None:
     """Refuse, naming the first offending path, what the store or `/metrics` cannot keep: nesting
     deeper than MAX_DEPTH, non-finite numbers, integers outside 64 bits, and strings (values or
-    keys) holding NUL or lone surrogates."""
+    keys) holding NUL or lone surrogates. `check_text=False` skips the strings (see
+    `text_needs_checks`). A value with no problem takes one quick pass; the path is found only for
+    a value that has one."""
+    if not _has_problem(value, check_text):
+        return
     for path, item, depth in _walk(value, where):
         if depth > MAX_DEPTH:
             raise BodyError(f"nested deeper than {MAX_DEPTH} levels", path or None)
@@ -100,6 +113,34 @@ def check_value(value: Any, where: str = "") -> None:
             problem = text_problem(item)
             if problem:
                 raise BodyError(problem, path or None)
+
+
+def _has_problem(value: Any, check_text: bool) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item):
+                return True
+        elif kind is int:
+            if not MIN_INT <= item <= MAX_INT:
+                return True
+        elif kind is str:
+            if check_text and text_problem(item):
+                return True
+        elif kind is dict:
+            for key, child in item.items():
+                if check_text and text_problem(key):
+                    return True
+                stack.append((child, depth + 1))
+        elif kind is list:
+            stack.extend((child, depth + 1) for child in item)
+        elif kind is not bool and item is not None:
+            return True  # not a JSON value: let the full walk judge it
+    return False
 
 
 def text_problem(text: str) -> str | None:

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.intake.bodies import BodyError, Timestamp, check_value, parse_json
+from watchkeeper.intake.bodies import BodyError, Timestamp, check_value, parse_json, text_needs_checks
 
 JsonScalar = str | int | float | bool
 # Bounds that keep sums finite in the store and in /metrics however long the service runs.
@@ -117,9 +117,10 @@ def decode_batch(text: str, content_type: str | None) -> list[Any]:
         for line_number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 items.append(_loads(line, f"NDJSON line {line_number}: ", len(items)))
+    check_text = text_needs_checks(text)
     for index, item in enumerate(items):
         try:
-            check_value(item)
+            check_value(item, check_text=check_text)
         except BodyError as exc:
             raise BatchError(exc.message, index=index, field=exc.field) from exc
     return items

@@ -59,6 +59,7 @@ from watchkeeper.store.intake import (
 )
 from watchkeeper.store.paging import CursorError, Page
 from watchkeeper.store.reports import list_reports, report_html
+from watchkeeper.store.samples import Sampling
 from watchkeeper.store.schema import AlertStatus, IncidentStatus
 
 
@@ -228,7 +229,7 @@ def create_app(
         model_names[0] if model_names else "model", pipeline_names[0] if pipeline_names else "pipeline"
     )
     read_errors = errors(401, 422, 503)
-    profiles = ReferenceProfiles(config, partial(reference_frame, store))
+    profiles = ReferenceProfiles(config, partial(reference_frame, store, sampling=Sampling.of(config)))
     registry = store_registry(store, config, profiles)
     edge = EdgeMetrics(registry)
     edge.install(app)

@@ -6,14 +6,24 @@ import bisect
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from watchkeeper.config import DEFAULT_LATENCY_BUCKETS, Model, WatchkeeperConfig
-from watchkeeper.intake.aggregates import BucketTotals, Served, in_sample, outcome_class, served
+from watchkeeper.config import DEFAULT_LATENCY_BUCKETS, DEFAULT_SAMPLE_PER_BUCKET, Model, WatchkeeperConfig
+from watchkeeper.intake.aggregates import (
+    PRIORITY_SPACE,
+    BottomK,
+    BucketTotals,
+    Served,
+    in_sample,
+    outcome_class,
+    request_priority,
+    served,
+)
 from watchkeeper.intake.checks import ReferenceProfile, class_name, record_failures
 from watchkeeper.intake.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
 from watchkeeper.store import Store, insert_for
@@ -23,6 +33,7 @@ from watchkeeper.store.schema import (
     PipelineRun,
     Prediction,
     PredictionKey,
+    PredictionSample,
     Tally,
     WaitingLabel,
 )
@@ -219,6 +230,7 @@ class IntakeRules:
     model_for: Callable[[str], Model | None] = not_configured
     bucket_seconds: int = 60
     raw_fraction: float = 1.0
+    sampler: BottomK = field(default_factory=lambda: BottomK(DEFAULT_SAMPLE_PER_BUCKET))
 
     @classmethod
     def of(
@@ -231,6 +243,7 @@ class IntakeRules:
             model_for=models.get,
             bucket_seconds=int(config.intake.bucket.total_seconds()),
             raw_fraction=config.intake.raw_predictions,
+            sampler=BottomK(config.intake.sample_per_bucket),
         )
 
 
@@ -258,23 +271,19 @@ def _write_predictions(
         ("model_name", "request_id"),
     )
     new = [firsts[key] for key in firsts if key in inserted]
-    raw = [
-        {
-            "model_name": r.model_name,
-            "model_version": r.model_version,
-            "request_id": r.request_id,
-            "timestamp": r.timestamp,
-            "features": r.features,
-            "prediction": r.prediction,
-            "score": r.score,
-            "latency_seconds": r.latency_seconds,
-            "error": r.error,
-            "received_at": now,
-        }
-        for r in new
-        if in_sample(r.request_id, rules.raw_fraction)
-    ]
+    priorities = {r.request_id: request_priority(r.request_id) for r in new}
+    raw_below = rules.raw_fraction * PRIORITY_SPACE
+    raw = [_raw_row(r, now) for r in new if rules.raw_fraction >= 1.0 or priorities[r.request_id] < raw_below]
     _insert_new(session, Prediction.__table__, raw, ("model_name", "request_id"))
+    scope = str(session.get_bind().url)
+    sampled = [
+        _sample_row(r, facts[(r.model_name, r.request_id)].bucket_start, priorities[r.request_id])
+        for r in new
+        if rules.sampler.admit(
+            scope, r.model_name, facts[(r.model_name, r.request_id)].bucket_start, priorities[r.request_id]
+        )
+    ]
+    _insert_new(session, PredictionSample.__table__, sampled, ("model_name", "request_id"))
     buckets = BucketTotals()
     for r in new:
         buckets.prediction(facts[(r.model_name, r.request_id)], r.latency_seconds)
@@ -289,6 +298,36 @@ def _write_predictions(
     )
     _tally_predictions(session, new, profile_for)
     return len(new)
+
+
+def _raw_row(record: PredictionRecord, received_at: datetime) -> dict[str, Any]:
+    return {
+        "model_name": record.model_name,
+        "model_version": record.model_version,
+        "request_id": record.request_id,
+        "timestamp": record.timestamp,
+        "features": record.features,
+        "prediction": record.prediction,
+        "score": record.score,
+        "latency_seconds": record.latency_seconds,
+        "error": record.error,
+        "received_at": received_at,
+    }
+
+
+def _sample_row(record: PredictionRecord, start: datetime, priority: int) -> dict[str, Any]:
+    return {
+        "model_name": record.model_name,
+        "model_version": record.model_version,
+        "request_id": record.request_id,
+        "bucket_start": start,
+        "priority": priority,
+        "timestamp": record.timestamp,
+        "features": record.features,
+        "prediction": record.prediction,
+        "score": record.score,
+        "error": record.error,
+    }
 
 
 def _append_bucket_totals(session: Session, buckets: BucketTotals) -> None:

@@ -186,6 +186,29 @@ class PredictionKey(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class PredictionSample(Base):
+    """A prediction in its bucket's drift sample: the bucket's `intake.sample_per_bucket` smallest
+    request-id priorities (see `watchkeeper.intake.aggregates.BottomK` and `store/samples.py`)."""
+
+    __tablename__ = "prediction_samples"
+    __table_args__ = (
+        UniqueConstraint("model_name", "request_id", name="uq_prediction_samples_request"),
+        Index("ix_prediction_samples_bucket", "model_name", "bucket_start", "priority"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(256))
+    bucket_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    priority: Mapped[int] = mapped_column(BigInteger)
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime())
+    features: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prediction: Mapped[Any] = mapped_column(JSON)
+    score: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class WaitingLabel(Base):
     """A label whose prediction is not (yet) among the keys: joined by the collection when it
     arrives, dropped after the label horizon."""

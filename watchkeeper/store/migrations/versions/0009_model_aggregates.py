@@ -1,4 +1,5 @@
-"""model_tallies, prediction_keys and waiting_labels: aggregates kept as records arrive
+"""model_tallies, prediction_keys, waiting_labels and prediction_samples: aggregates kept as
+records arrive, and a bounded sample per bucket
 
 Revision ID: 0009
 Revises: 0008
@@ -55,6 +56,24 @@ def upgrade() -> None:
     )
     op.create_index("ix_prediction_keys_received", "prediction_keys", ["received_at"])
     op.create_table(
+        "prediction_samples",
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("model_name", sa.String(length=128), nullable=False),
+        sa.Column("model_version", sa.String(length=64), nullable=False),
+        sa.Column("request_id", sa.String(length=256), nullable=False),
+        sa.Column("bucket_start", sa.DateTime(), nullable=False),
+        sa.Column("priority", sa.BigInteger(), nullable=False),
+        sa.Column("timestamp", sa.DateTime(), nullable=False),
+        sa.Column("features", sa.JSON(), nullable=False),
+        sa.Column("prediction", sa.JSON(), nullable=True),
+        sa.Column("score", sa.Float(), nullable=True),
+        sa.Column("error", sa.Boolean(), nullable=False),
+        sa.UniqueConstraint("model_name", "request_id", name="uq_prediction_samples_request"),
+    )
+    op.create_index(
+        "ix_prediction_samples_bucket", "prediction_samples", ["model_name", "bucket_start", "priority"]
+    )
+    op.create_table(
         "waiting_labels",
         sa.Column("model_name", sa.String(length=128), primary_key=True),
         sa.Column("request_id", sa.String(length=256), primary_key=True),
@@ -67,5 +86,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("waiting_labels")
+    op.drop_table("prediction_samples")
     op.drop_table("prediction_keys")
     op.drop_table("model_tallies")
