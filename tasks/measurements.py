@@ -49,33 +49,6 @@ def is_positive(column: pd.Series, positive_class: object) -> pd.Series:
     return column.map(names) == target
 
 
-def is_labelled(log: pd.DataFrame) -> pd.Series:
-    """Which predictions were served and have their label: the rows quality is measured on."""
-    return ~log["error"] & log["label"].notna()
-
-
-def labelled_rows(log: pd.DataFrame) -> pd.DataFrame:
-    return log.loc[is_labelled(log)]
-
-
-def awaiting_label(log: pd.DataFrame) -> pd.DataFrame:
-    """Served, scored predictions whose label has not arrived: what performance is estimated on."""
-    return log.loc[~log["error"] & log["label"].isna() & log["score"].notna()]
-
-
-def confusion(log: pd.DataFrame, positive_class: object) -> tuple[int, int, int, int]:
-    """(tp, fp, tn, fn) of the served, labelled predictions."""
-    labelled = labelled_rows(log)
-    truth = is_positive(labelled["label"], positive_class)
-    predicted = is_positive(labelled["prediction"], positive_class)
-    return (
-        int((truth & predicted).sum()),
-        int((~truth & predicted).sum()),
-        int((~truth & ~predicted).sum()),
-        int((truth & ~predicted).sum()),
-    )
-
-
 def scores(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
     n = tp + fp + tn + fn
     return {

@@ -274,12 +274,8 @@ def markdown(summary: Summary, base_url: str | None = None) -> str:
         if summary["remediation"]
         else "No remediation.",
     ]
-    if summary.get("sampled_rows"):
-        lines += [
-            "",
-            f"_Quality, latency and value from a systematic sample of {summary['sampled_rows']:,} "
-            "predictions._",
-        ]
+    if summary.get("source"):
+        lines += ["", f"_Figures of the period's predictions from {summary['source']}._"]
     return "\n".join(lines) + "\n"
 
 

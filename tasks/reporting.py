@@ -3,11 +3,15 @@
 Everything here returns plain JSON-able data (the report's `summary`, kept with it in the store);
 `tasks/report_render.py` turns it into markdown, HTML and a Slack summary.
 
+- Every figure of the period's predictions comes from one set of totals (`ReportData`): the raw
+  rows, added up as the intake adds up what arrives, when the store keeps all of them
+  (`intake.raw_predictions: all`) and the period holds at most `SAMPLE_ROWS`; else the intake's
+  per-bucket aggregates, the period counted to the bucket. The report names its source.
 - Quality from the period's labelled predictions, with 95% intervals from a bootstrap of the
   confusion counts (multinomial, fixed seed, so a re-run gives the same figures).
-- Quality estimated (CBPE, `tasks/estimation.py`) for the predictions still without a label.
-- Traffic counted by the database; latency percentiles, quality and business value from the
-  period's rows, read as a systematic sample above `SAMPLE_ROWS` (the report says when).
+- Quality estimated (CBPE, `tasks/estimation.py`) for the predictions still without a label, by
+  score bin (0.01).
+- Traffic, latency percentiles (within 1 %, from the latency sketch), business value, segments.
 - Incidents of the model and of its datasets' pipelines: time to detect is from the first alert's
   start (when Prometheus fired it) to its arrival at Watchkeeper; time to act to the first
   remediation decision; time to resolve to the incident's resolution. When the fault itself began
@@ -19,24 +23,38 @@ Everything here returns plain JSON-able data (the report's `summary`, kept with 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
-from tasks.estimation import Calibration, estimate_confusion
-from tasks.measurements import Window, awaiting_label, confusion, is_positive, labelled_rows, scores
+from tasks.estimation import Calibration
+from tasks.measurements import Window, scores
 from tasks.metrics import count_predictions, read_window
-from tasks.segments import segment_metrics
+from tasks.window_totals import VersionTotals, estimate_unlabelled, merged, segment_metrics
 from watchkeeper.config import Model, WatchkeeperConfig
+from watchkeeper.intake.aggregates import (
+    AWAITING,
+    ERRORS,
+    VALUE,
+    BucketTotals,
+    Served,
+    name_of,
+    parts,
+    score_bin,
+    segment_value,
+)
+from watchkeeper.intake.checks import class_name
 from watchkeeper.store import Store
 from watchkeeper.store.actions import actions_of_incidents
+from watchkeeper.store.buckets import bucket_totals, window_totals
 from watchkeeper.store.incidents import incidents_of_model
 from watchkeeper.store.schema import EvaluationResult
 
-SAMPLE_ROWS = 200_000
+SAMPLE_ROWS = 200_000  # a period's raw rows read whole up to this many; aggregates beyond
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BOOTSTRAP_DRAWS = 1000
 CHART_BINS = 48
 MIN_TREND_SPAN = timedelta(minutes=30)
@@ -67,10 +85,10 @@ def with_intervals(tp: int, fp: int, tn: int, fn: int) -> dict[str, dict[str, fl
     }
 
 
-def quality_summary(log: pd.DataFrame, model: Model) -> dict[str, Any]:
-    served = int((~log["error"]).sum())
-    tp, fp, tn, fn = confusion(log, model.positive_class)
+def quality_summary(totals: VersionTotals, model: Model) -> dict[str, Any]:
+    tp, fp, tn, fn = (round(n) for n in totals.confusion(model.positive_class))
     labelled = tp + fp + tn + fn
+    served = round(totals.served)
     summary: dict[str, Any] = {
         "served": served,
         "labelled": labelled,
@@ -83,58 +101,56 @@ def quality_summary(log: pd.DataFrame, model: Model) -> dict[str, Any]:
 
 
 def estimated_summary(
-    log: pd.DataFrame, model: Model, calibration: Calibration | None
+    totals: VersionTotals, model: Model, calibration: Calibration | None
 ) -> dict[str, Any] | None:
     """CBPE for the period's served predictions that still have no label."""
     if calibration is None:
         return None
-    waiting = awaiting_label(log)
-    estimate = estimate_confusion(
-        calibration.probability(waiting["score"].to_numpy(dtype=float)),
-        is_positive(waiting["prediction"], model.positive_class).to_numpy(),
-    )
-    if estimate is None:
+    found = {m.metric: m.value for m in estimate_unlabelled(totals, calibration, model.positive_class, 1)}
+    if not found.get("estimated_rows"):
         return {"rows": 0}
     return {
-        "rows": estimate.rows,
-        **{k: round(v, 4) for k, v in estimate.scores().items()},
-        "accuracy_standard_error": round(estimate.accuracy_standard_error, 4),
+        "rows": round(found["estimated_rows"]),
+        **{k: round(found[f"estimated_{k}"], 4) for k in ("accuracy", "precision", "recall", "f1")},
+        "accuracy_standard_error": round(found["estimated_accuracy_standard_error"], 4),
     }
 
 
-def traffic_summary(log: pd.DataFrame, counted: tuple[int, int], period: Period) -> dict[str, Any]:
-    requests, errors = counted
-    latency = log["latency_seconds"].dropna()
+def traffic_summary(totals: VersionTotals, period: Period) -> dict[str, Any]:
+    requests, errors = round(totals.requests), round(totals.total(ERRORS))
     summary: dict[str, Any] = {
         "requests": requests,
         "errors": errors,
         "error_rate": round(errors / requests, 4) if requests else 0.0,
         "throughput_rps": round(requests / period.seconds, 3),
     }
-    if len(latency):
-        for q in (50, 95, 99):
-            summary[f"latency_p{q}_seconds"] = round(float(latency.quantile(q / 100)), 4)
+    for q in (50, 95, 99):
+        latency = totals.latency_quantile(q / 100)
+        if latency is not None:
+            summary[f"latency_p{q}_seconds"] = round(latency, 4)
     return summary
 
 
-def business_summary(log: pd.DataFrame, model: Model, scale: float) -> dict[str, Any]:
-    """Value of correct positive decisions (fraud caught, loans approved well) and the detection rate,
-    scaled up from a sample by `scale`."""
-    labelled = labelled_rows(log)
-    truth = is_positive(labelled["label"], model.positive_class)
-    caught = truth & is_positive(labelled["prediction"], model.positive_class)
+def business_summary(totals: VersionTotals, model: Model) -> dict[str, Any]:
+    """Value of correct positive decisions (fraud caught, loans approved well), the value of the
+    positives missed, and the detection rate."""
+    positive = class_name(model.positive_class)
+    value = missed = 0.0
+    for text, amount in totals.measure(VALUE).items():
+        predicted, actual = parts(text)
+        if actual == positive:
+            value, missed = (value + amount, missed) if predicted == positive else (value, missed + amount)
+    tp, _fp, _tn, fn = totals.confusion(model.positive_class)
     return {
         "metric": model.business_metric,
-        "value": round(float(labelled.loc[caught, "business_value"].fillna(0).sum()) * scale, 2),
-        "missed_value": round(
-            float(labelled.loc[truth & ~caught, "business_value"].fillna(0).sum()) * scale, 2
-        ),
-        "detection_rate": round(float(caught.sum() / truth.sum()), 4) if truth.sum() else None,
+        "value": round(value, 2),
+        "missed_value": round(missed, 2),
+        "detection_rate": round(tp / (tp + fn), 4) if tp + fn else None,
     }
 
 
 def segment_movement(
-    current: pd.DataFrame, previous: pd.DataFrame, model: Model, kept: dict[str, list[str]], period: Period
+    current: VersionTotals, previous: VersionTotals, model: Model, kept: dict[str, list[str]], period: Period
 ) -> list[dict[str, Any]]:
     """Each segment's figures now and in the previous period, ranked by how far they moved: the
     larger of the change in accuracy and in positive rate."""
@@ -313,42 +329,141 @@ def capacity_summary(store: Store, model: Model, period: Period) -> dict[str, An
     }
 
 
-def time_series(
+def log_totals(log: pd.DataFrame, model: Model) -> VersionTotals:
+    """The raw rows of `read_window` added up as the intake adds up what arrives."""
+    buckets = BucketTotals()
+    segments = [s.column for s in model.segments if s.column in log]
+    columns = [
+        "request_id",
+        "model_version",
+        "prediction",
+        "score",
+        "latency_seconds",
+        "error",
+        "label",
+        "business_value",
+    ]
+    for row in log[columns + segments].itertuples(index=False):
+        rid, version, prediction, score, latency, error, label, value, *values = row
+        failed = bool(error) or prediction is None
+        facts = Served(
+            model.name,
+            rid,
+            version,
+            EPOCH,
+            None if failed else name_of(prediction),
+            None if failed or pd.isna(score) else score_bin(score),
+            tuple(
+                (column, segment_value(v, None, column)) for column, v in zip(segments, values, strict=True)
+            ),
+        )
+        buckets.prediction(facts, None if pd.isna(latency) else latency)
+        if label is not None:
+            buckets.label(facts, name_of(label), None if pd.isna(value) else value)
+    return VersionTotals(buckets.measures())
+
+
+def series_point(totals: VersionTotals, model: Model, calibration: Calibration | None) -> dict[str, Any]:
+    tp, fp, tn, fn = totals.confusion(model.positive_class)
+    estimate = estimated_summary(totals, model, calibration) if calibration is not None else None
+    requests = totals.requests
+    return {
+        "requests": round(requests),
+        "error_rate": totals.total(ERRORS) / requests if requests else 0.0,
+        "p50": totals.latency_quantile(0.5),
+        "p95": totals.latency_quantile(0.95),
+        "accuracy": (tp + tn) / (tp + fp + tn + fn) if tp + fp + tn + fn else None,
+        "estimated_accuracy": estimate.get("accuracy") if estimate else None,
+    }
+
+
+def _series_of(
+    points: list[tuple[pd.Timestamp, VersionTotals]], model: Model, calibration: Calibration | None
+) -> dict[str, list]:
+    series: dict[str, list] = {
+        k: [] for k in ("at", "requests", "error_rate", "p50", "p95", "accuracy", "estimated_accuracy")
+    }
+    for start, totals in points:
+        series["at"].append(start.isoformat())
+        for key, value in series_point(totals, model, calibration).items():
+            series[key].append(value)
+    return series
+
+
+def log_series(
     log: pd.DataFrame, model: Model, period: Period, calibration: Calibration | None
 ) -> dict[str, list]:
-    """Per time bin: requests, error rate, latency p50/p95, realised accuracy and, for the same
-    predictions taken as unlabelled, the CBPE estimate (how well the estimate tracks reality)."""
+    """Per time bin of the raw rows: requests, error rate, latency p50/p95, realised accuracy and the
+    CBPE estimate for the same predictions taken as unlabelled (how well the estimate tracks reality)."""
     times = pd.to_datetime(log["timestamp"], utc=True)
     # From the period's first prediction: a model that started late still gets readable bins.
     first = max(pd.Timestamp(period.start), times.min()) if len(times) else pd.Timestamp(period.start)
     edges = pd.date_range(first, period.end, periods=CHART_BINS + 1)
     bins = pd.cut(times, edges, right=False, labels=edges[:-1])
-    series: dict[str, list] = {
-        k: [] for k in ("at", "requests", "error_rate", "p50", "p95", "accuracy", "estimated_accuracy")
-    }
+    unlabelled = log.assign(label=None)
+    points = []
     for start, part in log.groupby(bins, observed=True):
-        served = part.loc[~part["error"]]
-        tp, fp, tn, fn = confusion(part, model.positive_class)
-        estimate = None
-        if calibration is not None and served["score"].notna().any():
-            scored = served.loc[served["score"].notna()]
-            estimate = estimate_confusion(
-                calibration.probability(scored["score"].to_numpy(dtype=float)),
-                is_positive(scored["prediction"], model.positive_class).to_numpy(),
-            )
-        series["at"].append(pd.Timestamp(start).isoformat())
-        series["requests"].append(len(part))
-        series["error_rate"].append(float(part["error"].mean()) if len(part) else 0.0)
-        series["p50"].append(_quantile(part["latency_seconds"], 0.5))
-        series["p95"].append(_quantile(part["latency_seconds"], 0.95))
-        series["accuracy"].append((tp + tn) / (tp + fp + tn + fn) if tp + fp + tn + fn else None)
-        series["estimated_accuracy"].append(estimate.scores()["accuracy"] if estimate else None)
-    return series
+        totals = log_totals(part, model)
+        estimated = log_totals(unlabelled.loc[part.index], model).measure(AWAITING)
+        points.append((pd.Timestamp(start), VersionTotals({**totals.totals, AWAITING: estimated})))
+    return _series_of(points, model, calibration)
 
 
-def _quantile(values: pd.Series, q: float) -> float | None:
-    present = values.dropna()
-    return float(present.quantile(q)) if len(present) else None
+def bucket_series(
+    by_bucket: dict[datetime, VersionTotals], model: Model, calibration: Calibration | None
+) -> dict[str, list]:
+    """The same series from the per-bucket aggregates, each bin a whole number of buckets."""
+    starts = sorted(by_bucket)
+    per_bin = max(1, -(-len(starts) // CHART_BINS))
+    points = []
+    for index in range(0, len(starts), per_bin):
+        group = starts[index : index + per_bin]
+        points.append((pd.Timestamp(group[0]), merged([by_bucket[start] for start in group])))
+    return _series_of(points, model, calibration)
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """A report's figures' source: the raw rows when the store keeps every one of a period small
+    enough to read whole; the per-bucket aggregates otherwise (periods counted to the bucket)."""
+
+    source: str
+    versions: list[str]
+    current: VersionTotals
+    previous: VersionTotals
+    series: dict[str, list]
+
+
+def report_data(
+    store: Store, config: WatchkeeperConfig, model: Model, period: Period, calibration: Calibration | None
+) -> ReportData:
+    with store.reading() as session:
+        rows = (
+            count_predictions(session, model.name, period)[0]
+            + count_predictions(session, model.name, period.previous)[0]
+        )
+    if config.intake.raw_predictions >= 1.0 and rows <= SAMPLE_ROWS:
+        columns = [s.column for s in model.segments]
+        current = read_window(store, model.name, period, columns)
+        previous = read_window(store, model.name, period.previous, columns)
+        return ReportData(
+            "raw rows",
+            sorted(set(current["model_version"])) or [model.version],
+            log_totals(current, model),
+            log_totals(previous, model),
+            log_series(current, model, period, calibration),
+        )
+    with store.reading() as session:
+        now = window_totals(session, model.name, period.start, period.end)
+        before = window_totals(session, model.name, period.previous.start, period.previous.end)
+        by_bucket = bucket_totals(session, model.name, period.start, period.end)
+    return ReportData(
+        f"aggregates per {config.intake.bucket} bucket",
+        sorted(now) or [model.version],
+        merged([VersionTotals(t) for t in now.values()]),
+        merged([VersionTotals(t) for t in before.values()]),
+        bucket_series({start: VersionTotals(t) for start, t in by_bucket.items()}, model, calibration),
+    )
 
 
 def gather_report(
@@ -361,37 +476,29 @@ def gather_report(
     evidently_project: str | None = None,
 ) -> dict[str, Any]:
     """Every figure of the model's report for `period` (see the module's docstring)."""
-    columns = [s.column for s in model.segments]
-    current = read_window(store, model.name, period, columns, at_most=SAMPLE_ROWS)
-    previous = read_window(store, model.name, period.previous, columns, at_most=SAMPLE_ROWS)
-    with store.reading() as session:
-        counted = count_predictions(session, model.name, period)
-        counted_before = count_predictions(session, model.name, period.previous)
-    scale = counted[0] / len(current) if len(current) else 1.0
+    data = report_data(store, config, model, period, calibration)
     incidents, actions = incident_summary(store, config, model, period)
     return {
         "model": model.name,
-        "versions": sorted(set(current["model_version"])) or [model.version],
+        "versions": data.versions,
         "period": {"start": period.start.isoformat(), "end": period.end.isoformat()},
         "previous_period": {
             "start": period.previous.start.isoformat(),
             "end": period.previous.end.isoformat(),
         },
-        "sampled_rows": len(current) if len(current) < counted[0] else None,
-        "quality": quality_summary(current, model),
-        "previous_quality": quality_summary(previous, model),
-        "estimated": estimated_summary(current, model, calibration),
-        "traffic": traffic_summary(current, counted, period),
-        "previous_traffic": traffic_summary(previous, counted_before, period.previous),
-        "business": business_summary(current, model, scale),
-        "previous_business": business_summary(
-            previous, model, counted_before[0] / len(previous) if len(previous) else 1.0
-        ),
+        "source": data.source,
+        "quality": quality_summary(data.current, model),
+        "previous_quality": quality_summary(data.previous, model),
+        "estimated": estimated_summary(data.current, model, calibration),
+        "traffic": traffic_summary(data.current, period),
+        "previous_traffic": traffic_summary(data.previous, period.previous),
+        "business": business_summary(data.current, model),
+        "previous_business": business_summary(data.previous, model),
         "drift": drift_summary(store, model, period, evidently_project, config.reports.evidently_ui_url),
         "data_quality": data_quality_summary(store, config, model, period),
         "incidents": incidents,
         "remediation": actions,
-        "segments": segment_movement(current, previous, model, segment_values, period),
+        "segments": segment_movement(data.current, data.previous, model, segment_values, period),
         "capacity": capacity_summary(store, model, period),
-        "series": time_series(current, model, period, calibration),
+        "series": data.series,
     }

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from tasks.measurements import Measurement, is_labelled, is_positive
-from watchkeeper.config import MISSING_SEGMENT, OTHER_SEGMENT, Model, Segment
+from tasks.measurements import is_positive
+from watchkeeper.config import MISSING_SEGMENT, OTHER_SEGMENT, Model
 from watchkeeper.intake.checks import class_name
 
 MIN_SEGMENT_LABELS = 30  # a segment's accuracy on fewer labels is noise, not news
@@ -73,56 +73,3 @@ def reference_positive_rates(
         for name, share in positive.groupby(names).mean().items():
             rates[(column, str(name))] = float(share)
     return rates
-
-
-def segment_metrics(
-    log: pd.DataFrame,
-    segment: Segment,
-    kept: list[str] | None,
-    model: Model,
-    window_seconds: float,
-    reference_rates: Mapping[tuple[str, str], float],
-) -> list[Measurement]:
-    """Traffic, positive rate, label coverage and (with enough labels) accuracy per segment value.
-
-    `log` holds the window's predictions with the column's raw values in a column of its name.
-    """
-    if log.empty or segment.column not in log:
-        return []
-    values = kept if kept is not None else top_values(log[segment.column], segment.max_values)
-    served = ~log["error"]
-    labelled = is_labelled(log)
-    predicted = is_positive(log["prediction"], model.positive_class)
-    counts = (
-        pd.DataFrame(
-            {
-                "requests": 1,
-                "served": served,
-                "labelled": labelled,
-                "positive": served & predicted,
-                "right": labelled & (predicted == is_positive(log["label"], model.positive_class)),
-            }
-        )
-        .groupby(bounded(log[segment.column], values).to_numpy())
-        .sum()
-    )
-    measurements = []
-    for name, row in counts.iterrows():
-        labels = {"segment_column": segment.column, "segment": str(name)}
-        measurements += [
-            Measurement("segment_request_count", float(row["requests"]), labels),
-            Measurement("segment_throughput_rps", row["requests"] / window_seconds, labels),
-            Measurement("segment_labelled", float(row["labelled"]), labels),
-        ]
-        if row["served"]:
-            measurements += [
-                Measurement("segment_positive_rate", row["positive"] / row["served"], labels),
-                Measurement("segment_label_coverage_ratio", row["labelled"] / row["served"], labels),
-            ]
-        reference_rate = reference_rates.get((segment.column, str(name)))
-        if reference_rate is not None:
-            measurements.append(Measurement("segment_reference_positive_rate", reference_rate, labels))
-        coverage = row["labelled"] / row["served"] if row["served"] else 0.0
-        if row["labelled"] >= MIN_SEGMENT_LABELS and coverage >= model.thresholds.min_label_coverage:
-            measurements.append(Measurement("segment_accuracy", row["right"] / row["labelled"], labels))
-    return measurements

@@ -89,6 +89,15 @@ class VersionTotals:
         return tp, fp, tn, fn
 
 
+def merged(parts: list[VersionTotals]) -> VersionTotals:
+    """The totals of several versions or buckets together."""
+    found: dict[str, Counter[str]] = {}
+    for part in parts:
+        for measure, details in part.totals.items():
+            found.setdefault(measure, Counter()).update(details)
+    return VersionTotals(found)
+
+
 def traffic_metrics(totals: VersionTotals, window: Window) -> list[Measurement]:
     """Request count, throughput, error rate, latency quantiles and the prediction mix."""
     requests = totals.requests

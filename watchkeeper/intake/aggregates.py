@@ -244,6 +244,13 @@ class BucketTotals:
         if facts.score_bin is not None:
             self.add(facts, AWAITING, detail(facts.predicted, facts.score_bin), -1.0)
 
+    def measures(self) -> dict[str, Counter[str]]:
+        """measure -> detail -> total over every model, version and bucket added."""
+        found: dict[str, Counter[str]] = {}
+        for (_model, _version, _start, measure, detail_text), total in self.totals.items():
+            found.setdefault(measure, Counter())[detail_text] += total
+        return found
+
     def rows(self) -> list[dict[str, Any]]:
         return [
             {

@@ -33,6 +33,26 @@ def window_totals(session: Session, model_name: str, start: datetime, end: datet
     return {version: dict(totals) for version, totals in found.items()}
 
 
+def bucket_totals(
+    session: Session, model_name: str, start: datetime, end: datetime
+) -> dict[datetime, Totals]:
+    """Per bucket that starts in [start, end), the sum over the model's versions."""
+    rows = session.execute(
+        select(ModelTally.bucket_start, ModelTally.measure, ModelTally.detail, func.sum(ModelTally.total))
+        .where(
+            ModelTally.model_name == model_name,
+            ModelTally.bucket_start >= start,
+            ModelTally.bucket_start < end,
+        )
+        .group_by(ModelTally.bucket_start, ModelTally.measure, ModelTally.detail)
+    )
+    found: dict[datetime, Totals] = defaultdict(lambda: defaultdict(Counter))
+    for bucket, measure, detail, total in rows:
+        if total:
+            found[bucket][measure][detail] += total
+    return {bucket: dict(totals) for bucket, totals in found.items()}
+
+
 def first_buckets(session: Session, model_name: str) -> dict[str, datetime]:
     """When each version of the model served its first counted prediction (its first bucket)."""
     rows = session.execute(
