@@ -4,7 +4,7 @@ its API, and the flow on a real Prefect server (artifact)."""
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,9 +19,9 @@ from flows.model_report import artifact_key, model_report
 from tasks.incidents import correlate_pending_alerts
 from tasks.metrics import Measurement, Window, save_results
 from tasks.report_delivery import DeliveryFailed, deliver, produce_report
-from tasks.reporting import Period
+from tasks.reporting import Period, gather_report
 from tasks.retention import apply_retention
-from tests.conftest import LiveService, save_predictions
+from tests.conftest import LiveService
 from tests.standins import HttpRecorder, SmtpStandIn
 from tests.test_incidents import notify
 from tests.timepaths import assert_bins_match, prediction_bodies, times_before, written
@@ -29,7 +29,7 @@ from watchkeeper.config import WatchkeeperConfig, load_config
 from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
-from watchkeeper.store.intake import store_feedback
+from watchkeeper.store.intake import DEFAULT_RULES, IntakeRules, store_feedback, store_predictions
 from watchkeeper.store.remediation import RemediationAction
 from watchkeeper.store.reports import ReportPeriod, claim_delivery, list_reports, report_html
 from watchkeeper.store.schema import Alert, Incident, ModelReport, ReportDelivery
@@ -76,12 +76,20 @@ def report_config(tmp_path: Path, http: HttpRecorder | None = None, smtp: SmtpSt
     return path
 
 
-def predictions(store: Store, period: Period, n: int, right: float, prefix: str, labelled: float) -> None:
+def predictions(
+    store: Store,
+    period: Period,
+    n: int,
+    right: float,
+    prefix: str,
+    labelled: float,
+    rules: IntakeRules = DEFAULT_RULES,
+) -> None:
     """`n` predictions spread over `period`, a share `right` of the labelled ones correct."""
     rng = np.random.default_rng(len(prefix))
     step = (period.end - period.start) / n
     scores = rng.uniform(0, 1, n)
-    save_predictions(
+    store_predictions(
         store,
         [
             PredictionRecord(
@@ -97,6 +105,7 @@ def predictions(store: Store, period: Period, n: int, right: float, prefix: str,
             )
             for i in range(n)
         ],
+        rules,
     )
     store_feedback(
         store,
@@ -109,6 +118,7 @@ def predictions(store: Store, period: Period, n: int, right: float, prefix: str,
             )
             for i in range(int(n * labelled))
         ],
+        rules,
     )
 
 
@@ -331,3 +341,30 @@ def test_a_report_over_predictions_posted_with_offsets_bins_each_at_its_utc_time
     assert listed["id"] == ids["credit_approval"]
     assert listed["period_start"] == (end - timedelta(hours=1)).isoformat()
     assert_bins_match(listed["summary"], times + outside, end)
+
+
+def test_a_report_from_the_aggregates_gives_the_raw_rows_figures(store: Store, tmp_path: Path) -> None:
+    """With raw rows kept at 1 % (or none) the report reads the per-bucket aggregates: on a period of
+    whole buckets its figures are the raw rows' (latency within the sketch's 1 %)."""
+    config = load_config(report_config(tmp_path))
+    end = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    period = Period(end - timedelta(hours=1), end)
+    model = config.models[0]
+    rules = IntakeRules(model_for={model.name: model}.get)
+    predictions(store, period.previous, 400, right=0.95, prefix="before-", labelled=1.0, rules=rules)
+    predictions(store, period, 400, right=0.7, prefix="now-", labelled=0.5, rules=rules)
+    kept = {"car": ["1", "2"]}
+    raw = gather_report(store, config, model, period, None, kept)
+    sampled = config.model_copy(update={"intake": config.intake.model_copy(update={"raw_predictions": 0.01})})
+    aggregated = gather_report(store, sampled, model, period, None, kept)
+    assert raw["source"] == "raw rows" and aggregated["source"].startswith("aggregates")
+    for key in ("quality", "previous_quality", "business", "previous_business", "segments"):
+        assert aggregated[key] == raw[key], key
+    for key in ("requests", "errors", "error_rate", "throughput_rps"):
+        assert aggregated["traffic"][key] == raw["traffic"][key]
+    for q in ("p50", "p95", "p99"):
+        assert aggregated["traffic"][f"latency_{q}_seconds"] == pytest.approx(
+            raw["traffic"][f"latency_{q}_seconds"], rel=0.02
+        )
+    assert sum(aggregated["series"]["requests"]) == sum(raw["series"]["requests"]) == 400
+    assert len(aggregated["series"]["at"]) == 30  # 60 one-minute buckets, two to a bin
