@@ -340,7 +340,8 @@ def time_to_act(service: str, http: HttpRecorder, runs: int = 20) -> float:
 
 
 def run_level(args: argparse.Namespace, rate: int, models: int, database: str, fault: bool) -> dict:
-    with ExitStack() as stack, tempfile.TemporaryDirectory() as folder:
+    # The folder outlives the stack: `watchkeeper down` finds its processes by the PID files in it.
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         home = Path(folder) / "home"
         http = stack.enter_context(HttpRecorder()) if fault else None
         if database == "postgresql":
