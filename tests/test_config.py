@@ -104,3 +104,34 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="expected a mapping at the top level"):
         load_config(write(tmp_path, ["models"]))
+
+
+@pytest.mark.parametrize(
+    ("written", "fraction"),
+    [("all", 1.0), ("none", 0.0), ("1%", 0.01), ("0.25", 0.25), (0.5, 0.5), ("ALL", 1.0)],
+)
+def test_raw_predictions_take_all_none_a_percentage_or_a_share(
+    tmp_path: Path, written: object, fraction: float
+) -> None:
+    data = example()
+    data["intake"]["raw_predictions"] = written
+    assert load_config(write(tmp_path, data)).intake.raw_predictions == fraction
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("raw_predictions", "150%", "intake.raw_predictions: Input should be less than or equal to 1"),
+        ("raw_predictions", "some", "intake.raw_predictions: Input should be a valid number"),
+        ("bucket", "7s", "intake.bucket: expected whole seconds that divide a day"),
+        ("bucket", "1.5s", "intake.bucket: expected whole seconds that divide a day"),
+    ],
+)
+def test_intake_volume_settings_say_what_was_expected(
+    tmp_path: Path, key: str, value: str, expected: str
+) -> None:
+    data = example()
+    data["intake"][key] = value
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, data))
+    assert expected in str(raised.value)
