@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 from watchkeeper.config import FileReference, Model, PeriodReference, SqlReference
 from watchkeeper.secrets import resolve_secret
 from watchkeeper.store import Store
-from watchkeeper.store.buckets import first_buckets
+from watchkeeper.store.buckets import first_bucket
 from watchkeeper.store.samples import SAMPLE_FIELDS, Sampling, window_sample
 
 LOG_FIELDS = SAMPLE_FIELDS
@@ -53,7 +53,7 @@ def read_table(path: Path) -> pd.DataFrame:
 def first_prediction_time(store: Store, model_name: str) -> datetime | None:
     """The start of the first bucket in which the model served a prediction."""
     with store.reading() as session:
-        return min(first_buckets(session, model_name).values(), default=None)
+        return first_bucket(session, model_name)
 
 
 def reference_frame(store: Store, model: Model, sampling: Sampling) -> pd.DataFrame:

@@ -31,14 +31,14 @@ from watchkeeper.config import Model
 from watchkeeper.intake.aggregates import bucket_start
 from watchkeeper.intake.checks import class_name
 from watchkeeper.store import Store, insert_for
-from watchkeeper.store.buckets import first_buckets, fold_model_tallies, window_totals
+from watchkeeper.store.buckets import first_bucket, fold_model_tallies, window_totals
 from watchkeeper.store.intake import IntakeRules, fold_tallies, join_waiting_labels
 from watchkeeper.store.samples import Sampling, trim_samples
 from watchkeeper.store.schema import EvaluationResult, Feedback, LatestWindow, Prediction
 from watchkeeper.times import utcnow
 
 # Buckets whose samples each collection trims (an older one is trimmed by nobody, read right anyway).
-RECENT_SAMPLES = timedelta(hours=2)
+RECENT_SAMPLES = timedelta(minutes=10)
 
 LOG_COLUMNS = [
     "request_id",
@@ -233,13 +233,13 @@ def _by_version(
     that started inside the window are not diluted by the time before it served."""
     with store.reading() as session:
         totals = window_totals(session, model.name, window.start, window.end)
-        firsts = first_buckets(session, model.name)
+        firsts = {version: first_bucket(session, model.name, version) for version in totals}
     by_version = {version: VersionTotals(t) for version, t in sorted(totals.items())} or {
         model.version: VersionTotals()
     }
     served = {
         version: Window(max(window.start, firsts[version]), window.end)
-        if version in firsts and firsts[version] < window.end
+        if firsts.get(version) is not None and firsts[version] < window.end
         else window
         for version in by_version
     }

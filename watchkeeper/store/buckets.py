@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from watchkeeper.store import Store, insert_for
+from watchkeeper.store import Store
 from watchkeeper.store.schema import ModelTally
 
 # measure -> detail -> total, for one model version over one window
@@ -53,59 +53,45 @@ def bucket_totals(
     return {bucket: dict(totals) for bucket, totals in found.items()}
 
 
-def first_buckets(session: Session, model_name: str) -> dict[str, datetime]:
-    """When each version of the model served its first counted prediction (its first bucket)."""
-    rows = session.execute(
-        select(ModelTally.model_version, func.min(ModelTally.bucket_start))
-        .where(ModelTally.model_name == model_name)
-        .group_by(ModelTally.model_version)
+def first_bucket(session: Session, model_name: str, version: str | None = None) -> datetime | None:
+    """When the model (or one version of it) served its first counted prediction (its first
+    bucket): one seek on the (model, version, bucket) index, however long the history."""
+    query = select(func.min(ModelTally.bucket_start)).where(ModelTally.model_name == model_name)
+    if version is not None:
+        query = query.where(ModelTally.model_version == version)
+    return session.scalar(query)
+
+
+SERIES = "model_name, model_version, bucket_start, measure, detail"
+_ADD_FOLDED = (
+    f"ON CONFLICT ({SERIES}) WHERE folded DO UPDATE SET total = model_tallies.total + excluded.total"
+)
+# PostgreSQL: the rows this statement deletes are the rows it sums (a concurrent fold waits on their
+# row locks, then skips them), so no row is counted twice or lost.
+_FOLD_POSTGRESQL = text(
+    f"""WITH moved AS (DELETE FROM model_tallies WHERE NOT folded RETURNING {SERIES}, total),
+    added AS (
+        INSERT INTO model_tallies ({SERIES}, total, folded)
+        SELECT {SERIES}, sum(total), true FROM moved GROUP BY {SERIES}
+        {_ADD_FOLDED}
     )
-    return {version: first for version, first in rows}
+    SELECT count(*) FROM moved"""
+)
+# SQLite: writers hold the database's write lock for the whole transaction (BEGIN IMMEDIATE), so
+# the rows summed are the rows deleted.
+_SUM_SQLITE = text(
+    f"""INSERT INTO model_tallies ({SERIES}, total, folded)
+    SELECT {SERIES}, sum(total), 1 FROM model_tallies WHERE NOT folded GROUP BY {SERIES}
+    {_ADD_FOLDED}"""
+)
+_DELETE_SQLITE = text("DELETE FROM model_tallies WHERE NOT folded")
 
 
 def fold_model_tallies(store: Store) -> int:
-    """Add the intake's unfolded rows into their series' folded row; returns the rows folded.
-
-    The unfolded rows are deleted with RETURNING and summed from what this transaction deleted, so
-    two concurrent folds never count a row twice, and the folded row is upserted (ON CONFLICT ...
-    DO UPDATE total = total + new), so neither loses the other's sum.
-    """
+    """Add the intake's unfolded rows into their series' folded row, in the database; returns the
+    rows folded. Concurrent folds, and writers appending meanwhile, lose and double nothing."""
     with store.writing() as session:
-        deleted = session.execute(
-            delete(ModelTally)
-            .where(ModelTally.folded.is_(False))
-            .returning(
-                ModelTally.model_name,
-                ModelTally.model_version,
-                ModelTally.bucket_start,
-                ModelTally.measure,
-                ModelTally.detail,
-                ModelTally.total,
-            )
-        ).all()
-        sums: Counter[tuple[str, str, datetime, str, str]] = Counter()
-        for model, version, start, measure, detail, total in deleted:
-            sums[(model, version, start, measure, detail)] += total
-        if sums:
-            statement = insert_for(session)(ModelTally)
-            series = ["model_name", "model_version", "bucket_start", "measure", "detail"]
-            session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=series,
-                    index_where=ModelTally.folded,
-                    set_={"total": ModelTally.total + statement.excluded.total},
-                ),
-                [
-                    {
-                        "model_name": m,
-                        "model_version": v,
-                        "bucket_start": b,
-                        "measure": measure,
-                        "detail": d,
-                        "total": n,
-                        "folded": True,
-                    }
-                    for (m, v, b, measure, d), n in sums.items()
-                ],
-            )
-        return len(deleted)
+        if store.is_sqlite:
+            session.execute(_SUM_SQLITE)
+            return session.execute(_DELETE_SQLITE).rowcount
+        return int(session.execute(_FOLD_POSTGRESQL).scalar_one())
