@@ -20,6 +20,7 @@ outbox
 ad_hoc
 # Store columns written by the ORM and read by SQL, the API or the migrations.
 _.root_cause_confidence
+_.folded
 _.dispatched_at
 _.last_error
 _.changed_at
