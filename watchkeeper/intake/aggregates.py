@@ -36,6 +36,7 @@ REQUESTS, ERRORS, LATENCY = "requests", "errors", "latency"
 CLASS, OUTCOME, VALUE, AWAITING = "class", "outcome", "value", "awaiting"
 SEGMENT_REQUESTS, SEGMENT_CLASS, SEGMENT_OUTCOME = "segment_requests", "segment_class", "segment_outcome"
 SEPARATOR = "\x1f"  # between the parts of a detail; never inside a name (see `name_of`)
+PAIRS = "\x1e"  # between a key row's (column, value) pairs
 MAX_NAME = 64  # class and segment names stay short whatever a sender puts in them
 LATENCY_ACCURACY = 0.01
 _GAMMA = (1 + LATENCY_ACCURACY) / (1 - LATENCY_ACCURACY)
@@ -119,7 +120,7 @@ class BottomK:
 
 
 def name_of(value: object) -> str:
-    return class_name(value).replace(SEPARATOR, " ")[:MAX_NAME]
+    return class_name(value).replace(SEPARATOR, " ").replace(PAIRS, " ")[:MAX_NAME]
 
 
 def detail(*parts: str) -> str:
@@ -169,7 +170,7 @@ class Served:
             "bucket_start": self.bucket_start,
             "predicted": self.predicted,
             "score_bin": self.score_bin,
-            "segments": [list(pair) for pair in self.segments] or None,
+            "segments": PAIRS.join(detail(column, value) for column, value in self.segments) or None,
             "labelled": False,
             "received_at": received_at,
         }
@@ -183,7 +184,7 @@ class Served:
             row["bucket_start"],
             row["predicted"],
             row["score_bin"],
-            tuple((column, value) for column, value in row["segments"] or ()),
+            tuple(tuple(parts(pair)) for pair in row["segments"].split(PAIRS)) if row["segments"] else (),
         )
 
 

@@ -47,12 +47,13 @@ def upgrade() -> None:
         sa.Column("model_name", sa.String(length=128), primary_key=True),
         sa.Column("request_id", sa.String(length=256), primary_key=True),
         sa.Column("model_version", sa.String(length=64), nullable=False),
-        sa.Column("bucket_start", sa.DateTime(), nullable=False),
+        sa.Column("bucket_start", sa.BigInteger(), nullable=False),
         sa.Column("predicted", sa.String(length=64), nullable=True),
         sa.Column("score_bin", sa.String(length=32), nullable=True),
-        sa.Column("segments", sa.JSON(), nullable=True),
+        sa.Column("segments", sa.String(length=400), nullable=True),
         sa.Column("labelled", sa.Boolean(), nullable=False),
-        sa.Column("received_at", sa.DateTime(), nullable=False),
+        sa.Column("received_at", sa.BigInteger(), nullable=False),
+        sqlite_with_rowid=False,
     )
     op.create_index("ix_prediction_keys_received", "prediction_keys", ["received_at"])
     op.create_table(
