@@ -4,7 +4,9 @@ Baseline: `Report([DataDriftPreset()], include_tests=True).run(current, referenc
 frames, in the same process. Watchkeeper runs one ValueDrift per column and reads the verdicts
 from their tests; the preset also computes its DriftedColumnsCount, which runs every column's
 drift a second time through the legacy DataDriftTable. A third run shows the documented sampling option
-(`windows.drift_sample_rows`) and whether its verdicts match the full run's.
+(`windows.drift_sample_rows`) and whether its verdicts match the full run's; a fourth runs on the
+sample the intake keeps (`intake.sample_per_bucket` per bucket, `store/samples.py`) of a window whose
+traffic rises through it.
 
 Usage: python benchmarks/drift.py [--rows 1000000] [--features 20] [--sample 100000]
 The last line is JSON; `overhead_ratio` = Watchkeeper time / baseline time (target <= 1.15).
@@ -29,6 +31,8 @@ from evidently.presets import DataDriftPreset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tasks.drift import ColumnSpec, compute_drift  # noqa: E402
+from watchkeeper.intake.aggregates import request_priority  # noqa: E402
+from watchkeeper.store.samples import uniform_sample  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -70,6 +74,21 @@ def frames(rows: int, features: int, seed: int = 7) -> tuple[pd.DataFrame, pd.Da
     return reference, current, columns
 
 
+def intake_sample(current: pd.DataFrame, buckets: int, per_bucket: int) -> pd.DataFrame:
+    """The sample the intake keeps of `current` served over `buckets` buckets whose traffic rises
+    through the window (the last bucket busiest): each row a request id, its bucket's bottom
+    `per_bucket` by request-id priority, then the uniform selection `store/samples.py` reads."""
+    position = np.arange(len(current)) / len(current)
+    keyed = pd.DataFrame(
+        {
+            "bucket_start": np.minimum((np.sqrt(position) * buckets).astype(int), buckets - 1),
+            "priority": [request_priority(f"r{i}") for i in range(len(current))],
+        }
+    )
+    chosen = uniform_sample(keyed, per_bucket)
+    return current.loc[chosen.index]
+
+
 def timed(work: Callable[[], Any]) -> tuple[Any, float, int]:
     with PeakRss() as memory:
         started = time.perf_counter()
@@ -97,6 +116,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--sample", type=int, default=100_000)
+    parser.add_argument("--buckets", type=int, default=60, help="the intake's buckets the window spans")
+    parser.add_argument("--per-bucket", type=int, default=1000, help="intake.sample_per_bucket")
     args = parser.parse_args()
     reference, current, columns = frames(args.rows, args.features)
     specs = [ColumnSpec(c, "numerical") for c in columns]
@@ -117,6 +138,10 @@ def main() -> None:
     )
     report(f"watchkeeper sampled to {args.sample:,} rows", sampled_s, sampled_mem)
 
+    kept = intake_sample(current, args.buckets, args.per_bucket)
+    intake, intake_s, intake_mem = timed(lambda: compute_drift(reference, kept, specs))
+    report(f"watchkeeper on the intake's sample ({len(kept):,} rows)", intake_s, intake_mem)
+
     full = {c.column: c.drifted for c in ours.columns}
     summary = {
         "baseline": "evidently Report([DataDriftPreset()], include_tests=True)",
@@ -135,6 +160,11 @@ def main() -> None:
             max(abs(a.score - b.score) for a, b in zip(ours.columns, sampled.columns, strict=True)), 5
         ),
         "sampled_speedup": round(ours_s / sampled_s, 2),
+        "intake_sample_rows": len(kept),
+        "intake_sample_verdicts_match": full == {c.column: c.drifted for c in intake.columns},
+        "max_intake_sample_score_difference": round(
+            max(abs(a.score - b.score) for a, b in zip(ours.columns, intake.columns, strict=True)), 5
+        ),
         "overhead_ratio": round(ours_s / baseline_s, 3),
     }
     print(json.dumps(summary))

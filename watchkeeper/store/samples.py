@@ -53,15 +53,20 @@ def window_sample(
         ).all()
     frame = pd.DataFrame([row[:-1] for row in rows], columns=["bucket_start", "priority", *SAMPLE_FIELDS])
     frame["features"] = [row[-1] for row in rows]
-    frame = frame.sort_values("priority").groupby("bucket_start", sort=False).head(k)
-    full = frame.groupby("bucket_start")["priority"].agg(["count", "max"])
-    full = full[full["count"] >= k]
-    if len(full):
-        frame = frame[frame["priority"] <= full["max"].min()]
-    frame = frame[(frame["timestamp"] >= start) & (frame["timestamp"] < end)].sort_values("priority")
+    frame = uniform_sample(frame, k)
+    frame = frame[(frame["timestamp"] >= start) & (frame["timestamp"] < end)]
     log = frame[SAMPLE_FIELDS].reset_index(drop=True)
     features = pd.DataFrame(list(frame["features"]), index=log.index)
     return log, features
+
+
+def uniform_sample(frame: pd.DataFrame, k: int) -> pd.DataFrame:
+    """From rows with `bucket_start` and `priority` (at least each bucket's bottom k), the uniform
+    sample of all of them (see the module's docstring), by priority."""
+    frame = frame.sort_values("priority").groupby("bucket_start", sort=False).head(k)
+    full = frame.groupby("bucket_start")["priority"].agg(["count", "max"])
+    full = full[full["count"] >= k]
+    return frame[frame["priority"] <= full["max"].min()] if len(full) else frame
 
 
 def trim_samples(store: Store, k: int, since: datetime) -> int:
