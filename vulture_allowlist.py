@@ -52,3 +52,5 @@ media_type
 _.shared
 # The client's figures for the model service that owns it.
 _.queued
+# Called by migration 0009 (migrations are not scanned).
+aggregate_stored

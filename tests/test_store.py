@@ -5,13 +5,15 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, inspect, select, text
 
-from tasks.metrics import Measurement, Window, save_results
+from tasks.metrics import Measurement, Window, bucket_window, measure_quality, measure_traffic, save_results
 from tests.conftest import save_predictions
+from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.service.metrics import histogram_families, latest_results
 from watchkeeper.store import Store
 from watchkeeper.store.intake import IntakeTotal, intake_counts, store_feedback, tally_totals
 from watchkeeper.store.schema import EvaluationResult, Feedback, Prediction
+from watchkeeper.times import utcnow
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -200,3 +202,60 @@ def save_results_0005(store: Store, start: datetime, value: float) -> None:
     }
     with store.writing() as session:
         session.execute(EvaluationResult.__table__.insert(), [row])
+
+
+def test_an_upgrade_to_aggregates_counts_the_last_days_raw_rows(
+    empty_store_url: str, example_config: WatchkeeperConfig
+) -> None:
+    """Migration 0009 turns the last day's predictions and labels into keys and aggregates: windows
+    read no gap after the upgrade, and a label still to come joins its prediction."""
+    store = Store(empty_store_url)
+    model = example_config.models[0]
+    now = utcnow()
+    try:
+        store.upgrade("0008")
+        with store.writing() as session:
+            session.execute(
+                Prediction.__table__.insert(),
+                [
+                    {
+                        "model_name": model.name,
+                        "model_version": "v1",
+                        "request_id": f"r{i}",
+                        "timestamp": now - timedelta(minutes=i % 20, seconds=1),
+                        "features": {"salary": 1.0},
+                        "prediction": i % 2,
+                        "score": 0.7,
+                        "latency_seconds": 0.05,
+                        "error": False,
+                        "received_at": now,
+                    }
+                    for i in range(300)
+                ],
+            )
+            session.execute(
+                Feedback.__table__.insert(),
+                [
+                    {
+                        "model_name": model.name,
+                        "request_id": f"r{i}",
+                        "label": 1,
+                        "timestamp": now,
+                        "received_at": now,
+                    }
+                    for i in range(100)
+                ],
+            )
+        assert store.upgrade() == store.head_revision()
+        window = bucket_window(now, timedelta(minutes=30), 60)
+        traffic = {m.metric: m.value for m in measure_traffic(store, model, window)["v1"]}
+        assert traffic["request_count"] == 300
+        before = {m.metric: m.value for m in measure_quality(store, model, window)["model_quality"]["v1"]}
+        assert before["label_coverage_ratio"] == pytest.approx(1 / 3)
+        late = store_feedback(store, [FeedbackRecord(model_name=model.name, request_id="r200", label=0)])
+        again = store_feedback(store, [FeedbackRecord(model_name=model.name, request_id="r50", label=0)])
+        assert (late.stored, again.duplicates) == (1, 1)  # r50 was labelled before the upgrade
+        after = {m.metric: m.value for m in measure_quality(store, model, window)["model_quality"]["v1"]}
+        assert after["label_coverage_ratio"] == pytest.approx(101 / 300)
+    finally:
+        store.dispose()

@@ -44,6 +44,17 @@ LOOKUP_CHUNK = 500
 UNKNOWN_VERSION = "unknown"
 INFERENCE_LATENCY = "inference_latency"
 PIPELINE_LATENCY = "pipeline_latency"
+PREDICTION_FIELDS = (
+    "model_name",
+    "model_version",
+    "request_id",
+    "timestamp",
+    "features",
+    "prediction",
+    "score",
+    "latency_seconds",
+    "error",
+)
 # Tally families of the intake's own counters (see schema.Tally).
 COUNT, BUCKET, SUM = "count:", "bucket:", "sum:"
 
@@ -445,6 +456,44 @@ def _write_feedback(
     versions.update((key[0], UNKNOWN_VERSION) for key in waiting)
     _add_to_counts(session, "feedback", versions)
     return len(claimed) + len(waiting)
+
+
+def aggregate_stored(session: Session, since: datetime, bucket_seconds: int = 60, chunk: int = 10_000) -> int:
+    """Keys and aggregates for the raw predictions (and their labels) stored since `since`, as if
+    they had just arrived: what an upgrade to aggregates does, so windows read no gap and labels
+    still to come find their predictions. Without the configuration at hand, classes and names
+    are not bounded by a reference and segments are not counted. Returns the predictions added."""
+    prediction, feedback = Prediction.__table__, Feedback.__table__
+    after, added, now = 0, 0, utcnow()
+    while True:
+        rows = session.execute(
+            select(prediction, feedback.c.label, feedback.c.business_value)
+            .outerjoin(
+                feedback,
+                and_(
+                    feedback.c.model_name == prediction.c.model_name,
+                    feedback.c.request_id == prediction.c.request_id,
+                ),
+            )
+            .where(prediction.c.id > after, prediction.c.timestamp >= since)
+            .order_by(prediction.c.id)
+            .limit(chunk)
+        ).all()
+        if not rows:
+            return added
+        after = rows[-1].id
+        buckets, keys = BucketTotals(), []
+        for row in rows:
+            record = PredictionRecord.model_construct(**{k: row._mapping[k] for k in PREDICTION_FIELDS})
+            facts = served(record, bucket_seconds, None, None)
+            buckets.prediction(facts, row.latency_seconds)
+            labelled = row.label is not None and facts.predicted is not None
+            if labelled:
+                buckets.label(facts, outcome_class(row.label, None), row.business_value)
+            keys.append({**facts.key_row(now), "labelled": labelled})
+        _insert_new(session, PredictionKey.__table__, keys, ("model_name", "request_id"))
+        _append_bucket_totals(session, buckets)
+        added += len(rows)
 
 
 def join_waiting_labels(store: Store, rules: IntakeRules, limit: int = 10_000) -> int:

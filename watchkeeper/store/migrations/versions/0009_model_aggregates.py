@@ -6,6 +6,7 @@ Revises: 0008
 """
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 import sqlalchemy as sa
 from alembic import op
@@ -83,6 +84,15 @@ def upgrade() -> None:
         sa.Column("received_at", sa.DateTime(), nullable=False),
     )
     op.create_index("ix_waiting_labels_received", "waiting_labels", ["received_at"])
+
+    # A store with history: the last day's raw rows become keys and aggregates, so windows read no
+    # gap after the upgrade and labels still to come find their predictions.
+    from sqlalchemy.orm import Session
+
+    from watchkeeper.store.intake import aggregate_stored
+    from watchkeeper.times import utcnow
+
+    aggregate_stored(Session(bind=op.get_bind()), utcnow() - timedelta(days=1))
 
 
 def downgrade() -> None:
