@@ -32,7 +32,7 @@ from sqlalchemy import select
 
 from tasks.estimation import Calibration
 from tasks.measurements import Window, scores
-from tasks.metrics import count_predictions, read_window
+from tasks.metrics import LOG_COLUMNS, count_predictions, read_window
 from tasks.window_totals import VersionTotals, estimate_unlabelled, merged, segment_metrics
 from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.intake.aggregates import (
@@ -333,16 +333,7 @@ def log_totals(log: pd.DataFrame, model: Model) -> VersionTotals:
     """The raw rows of `read_window` added up as the intake adds up what arrives."""
     buckets = BucketTotals()
     segments = [s.column for s in model.segments if s.column in log]
-    columns = [
-        "request_id",
-        "model_version",
-        "prediction",
-        "score",
-        "latency_seconds",
-        "error",
-        "label",
-        "business_value",
-    ]
+    columns = [c for c in LOG_COLUMNS if c != "timestamp"]
     for row in log[columns + segments].itertuples(index=False):
         rid, version, prediction, score, latency, error, label, value, *values = row
         failed = bool(error) or prediction is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -15,42 +16,34 @@ from watchkeeper.store.schema import ModelTally
 Totals = dict[str, Counter[str]]
 
 
-def window_totals(session: Session, model_name: str, start: datetime, end: datetime) -> dict[str, Totals]:
-    """Per model version, the sum of every bucket that starts in [start, end)."""
+def _sums(session: Session, model_name: str, start: datetime, end: datetime, by: Any) -> dict[Any, Totals]:
+    """The model's totals of the buckets that start in [start, end), per value of `by`."""
     rows = session.execute(
-        select(ModelTally.model_version, ModelTally.measure, ModelTally.detail, func.sum(ModelTally.total))
+        select(by, ModelTally.measure, ModelTally.detail, func.sum(ModelTally.total))
         .where(
             ModelTally.model_name == model_name,
             ModelTally.bucket_start >= start,
             ModelTally.bucket_start < end,
         )
-        .group_by(ModelTally.model_version, ModelTally.measure, ModelTally.detail)
+        .group_by(by, ModelTally.measure, ModelTally.detail)
     )
-    found: dict[str, Totals] = defaultdict(lambda: defaultdict(Counter))
-    for version, measure, detail, total in rows:
+    found: dict[Any, Totals] = defaultdict(lambda: defaultdict(Counter))
+    for key, measure, detail, total in rows:
         if total:
-            found[version][measure][detail] += total
-    return {version: dict(totals) for version, totals in found.items()}
+            found[key][measure][detail] += total
+    return {key: dict(totals) for key, totals in found.items()}
+
+
+def window_totals(session: Session, model_name: str, start: datetime, end: datetime) -> dict[str, Totals]:
+    """Per model version, the sum of every bucket that starts in [start, end)."""
+    return _sums(session, model_name, start, end, ModelTally.model_version)
 
 
 def bucket_totals(
     session: Session, model_name: str, start: datetime, end: datetime
 ) -> dict[datetime, Totals]:
     """Per bucket that starts in [start, end), the sum over the model's versions."""
-    rows = session.execute(
-        select(ModelTally.bucket_start, ModelTally.measure, ModelTally.detail, func.sum(ModelTally.total))
-        .where(
-            ModelTally.model_name == model_name,
-            ModelTally.bucket_start >= start,
-            ModelTally.bucket_start < end,
-        )
-        .group_by(ModelTally.bucket_start, ModelTally.measure, ModelTally.detail)
-    )
-    found: dict[datetime, Totals] = defaultdict(lambda: defaultdict(Counter))
-    for bucket, measure, detail, total in rows:
-        if total:
-            found[bucket][measure][detail] += total
-    return {bucket: dict(totals) for bucket, totals in found.items()}
+    return _sums(session, model_name, start, end, ModelTally.bucket_start)
 
 
 def first_bucket(session: Session, model_name: str, version: str | None = None) -> datetime | None:
