@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, select, update
+from sqlalchemy import Table, and_, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from watchkeeper.config import DEFAULT_LATENCY_BUCKETS, DEFAULT_SAMPLE_PER_BUCKET, Model, WatchkeeperConfig
@@ -113,28 +113,37 @@ def tally_totals(session: Session) -> list[tuple[str, str, str, str, float]]:
     return [tuple(row) for row in session.execute(select(*series, func.sum(Tally.total)).group_by(*series))]
 
 
-def fold_tallies(store: Store) -> int:
-    """Replace each series' rows by one row with their sum; returns the rows removed.
+_TALLY_SERIES = "family, subject, variant, detail"
+# PostgreSQL: the rows deleted are the rows summed; a concurrent fold waits on their locks, then
+# skips them, and writers appending meanwhile are untouched.
+_FOLD_TALLIES_POSTGRESQL = text(
+    f"""WITH moved AS (DELETE FROM tallies RETURNING {_TALLY_SERIES}, total),
+    added AS (
+        INSERT INTO tallies ({_TALLY_SERIES}, total)
+        SELECT {_TALLY_SERIES}, sum(total) FROM moved GROUP BY {_TALLY_SERIES}
+    )
+    SELECT count(*) FROM moved"""
+)
+# SQLite: under the write lock (BEGIN IMMEDIATE) nothing appends between the three statements.
+_SUM_TALLIES_SQLITE = text(
+    f"""INSERT INTO tallies ({_TALLY_SERIES}, total)
+    SELECT {_TALLY_SERIES}, sum(total) FROM tallies WHERE id <= :last GROUP BY {_TALLY_SERIES}"""
+)
+_DELETE_TALLIES_SQLITE = text("DELETE FROM tallies WHERE id <= :last")
 
-    The rows are deleted with RETURNING and summed from what this transaction deleted, so two
-    concurrent folds never count a row twice, and writers appending meanwhile are not touched.
-    """
+
+def fold_tallies(store: Store) -> int:
+    """Replace each series' rows by one row with their sum, in the database; returns the rows
+    removed. Two concurrent folds never count a row twice, and writers appending meanwhile are not
+    touched."""
     with store.writing() as session:
-        deleted = session.execute(
-            delete(Tally).returning(Tally.family, Tally.subject, Tally.variant, Tally.detail, Tally.total)
-        ).all()
-        sums: Counter[tuple[str, str, str, str]] = Counter()
-        for family, subject, variant, detail, total in deleted:
-            sums[(family, subject, variant, detail)] += total
-        if sums:
-            session.execute(
-                Tally.__table__.insert(),
-                [
-                    {"family": f, "subject": s, "variant": v, "detail": d, "total": n}
-                    for (f, s, v, d), n in sums.items()
-                ],
-            )
-        return len(deleted)
+        if not store.is_sqlite:
+            return int(session.execute(_FOLD_TALLIES_POSTGRESQL).scalar_one())
+        last = session.scalar(select(func.max(Tally.id)))
+        if last is None:
+            return 0
+        session.execute(_SUM_TALLIES_SQLITE, {"last": last})
+        return session.execute(_DELETE_TALLIES_SQLITE, {"last": last}).rowcount
 
 
 def _tally_predictions(
