@@ -24,6 +24,7 @@ import yaml
 from tasks.metrics import Window, measure_quality, record_results
 from tests.conftest import free_port
 from watchkeeper.config import Model
+from watchkeeper.intake.aggregates import bucket_start
 from watchkeeper.local.stack import render_alertmanager_config, render_prometheus_config
 from watchkeeper.store import Store
 
@@ -197,7 +198,9 @@ def post_labelled_predictions(
 
 
 def collect_quality(store: Store, model: Model, window: Window) -> float | None:
-    """What collect-model-metrics does for quality, on an explicit window; returns the accuracy."""
+    """What collect-model-metrics does for quality, on an explicit window (its start moved back to
+    its bucket's, as the flow does); returns the accuracy."""
+    window = Window(bucket_start(window.start, 60), window.end)
     results = measure_quality(store, model, window)
     record_results(store, model, {window: results}, None)
     quality = results["model_quality"].get(model.version, [])
