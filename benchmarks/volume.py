@@ -3,7 +3,8 @@
 Real parts: `watchkeeper up` (Prefect server, the service, the warm executor running the example
 config's schedules: collection every 15 s with segments, CBPE and record checks, drift and data
 quality, Prometheus, Alertmanager), on SQLite or on a PostgreSQL cluster of its own. A generator
-process sends through `watchkeeper.client` (batches of 1,000, gzipped): it first fills the quality
+process sends through `watchkeeper.client`, one client per model as each model service has its own
+(batches of up to 1,000, gzipped): it first fills the quality
 window with predictions at past times, then sends live for `--live` seconds at the level's rate,
 with labels for 80 % of the predictions arriving 30 s to 5 min after them, and
 `intake.raw_predictions` at 1 %. Each level gets a fresh stack and store.
@@ -115,7 +116,11 @@ def generate(args: argparse.Namespace) -> None:
 
     pool = DemoTraffic(train_size=2000, seed=11).next_batch(20_000)
     models = args.models.split(",")
-    client = TimedClient(args.url, batch_size=1000, flush_interval=0.2, max_queued=2_000_000)
+    # One client per model, as each model service has its own: its batches hold its own records.
+    clients = {
+        model: TimedClient(args.url, batch_size=1000, flush_interval=0.2, max_queued=2_000_000 // len(models))
+        for model in models
+    }
     rng = random.Random(5)
     sequence = 0
 
@@ -126,7 +131,7 @@ def generate(args: argparse.Namespace) -> None:
         request_id = f"{model}-{sequence}"
         sequence += 1
         prediction = (1 - event.label) if wrong else event.prediction
-        client.log_prediction(
+        clients[model].log_prediction(
             model,
             "v1",
             request_id,
@@ -147,8 +152,9 @@ def generate(args: argparse.Namespace) -> None:
         at = now - window + window * (i / max(1, args.fill))
         labelled = send(at)
         if labelled and at < now - timedelta(minutes=5):
-            client.log_label(labelled[0], labelled[1], labelled[2], labelled[3])
-    client.flush()
+            clients[labelled[0]].log_label(labelled[0], labelled[1], labelled[2], labelled[3])
+    for client in clients.values():
+        client.flush()
     print(json.dumps({"filled": args.fill, "at": time.time()}), flush=True)
     pending: deque[tuple[float, tuple]] = deque()
     started = time.monotonic()
@@ -168,20 +174,21 @@ def generate(args: argparse.Namespace) -> None:
         ripe = time.monotonic()
         while pending and pending[0][0] <= ripe:
             _, (model, request_id, label, value) = pending.popleft()
-            client.log_label(model, request_id, label, value)
+            clients[model].log_label(model, request_id, label, value)
         time.sleep(0.01)
     cpu = time.process_time() - cpu_started
-    client.close(timeout=120)
-    stats = client.stats()
-    posts = sorted(client.post_seconds)
+    for client in clients.values():
+        client.close(timeout=120)
+    stats = [client.stats() for client in clients.values()]
+    posts = sorted(seconds for client in clients.values() for seconds in client.post_seconds)
     print(
         json.dumps(
             {
                 "sent_live": sent_live,
                 "generator_cpu_s": cpu,
-                "dropped": stats.dropped,
-                "refused": stats.refused,
-                "retries": stats.retries,
+                "dropped": sum(s.dropped for s in stats),
+                "refused": sum(s.refused for s in stats),
+                "retries": sum(s.retries for s in stats),
                 "intake_p99_ms": round(1000 * posts[int(0.99 * (len(posts) - 1))], 1) if posts else None,
                 "collapse_at": collapse_at,
             }
@@ -472,6 +479,7 @@ def main() -> None:
     parser.add_argument(
         "--spread", type=int, default=50, help="models the top level is spread over (0: none)"
     )
+    parser.add_argument("--spread-rate", type=int, help="the spread level's rate (default: the top level's)")
     parser.add_argument("--live", type=int, default=180)
     parser.add_argument("--window", type=int, default=1800, help="seconds of quality window to fill")
     parser.add_argument("--max-fill", type=int, default=600_000, help="at most this many fill predictions")
@@ -488,12 +496,12 @@ def main() -> None:
     if args.generate:
         generate(args)
         return
-    rates = [int(r) for r in args.levels.split(",")]
+    rates = [int(r) for r in args.levels.split(",") if r]
     levels, fault = [], None
     for rate in rates:
         levels.append(run_level(args, rate, 1, args.database, fault=False)["level"])
     if args.spread:
-        result = run_level(args, rates[-1], args.spread, args.database, fault=args.fault)
+        result = run_level(args, args.spread_rate or rates[-1], args.spread, args.database, fault=args.fault)
         levels.append(result["level"])
         fault = result.get("fault")
     print(json.dumps({"baseline": BASELINE, "levels": levels, "fault": fault}))

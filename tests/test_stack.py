@@ -98,7 +98,7 @@ def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
                 assert run.state is not None and run.state.is_completed(), (name, run.state)
         families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{service}/metrics").text)}
         assert set(families) >= EXPORTED, EXPORTED - set(families)
-        # The burst of 1,500 falls in one bucket, whose sample keeps 1,000: drift is tested with
+        # The burst of 1,500 falls in one bucket, whose sample keeps 200: drift is tested with
         # p-values up to 1,000 rows, with distances (drift scores) above.
         assert {"ai_data_drift_p_value", "ai_data_drift_score"} & set(families)
         assert families["watchkeeper_executors_live"].samples[0].value == 1  # the stack's executor

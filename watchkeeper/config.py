@@ -609,7 +609,7 @@ class Retention(Strict):
         return self.model_dump(exclude={"batch_size"})
 
 
-DEFAULT_SAMPLE_PER_BUCKET = 1000
+DEFAULT_SAMPLE_PER_BUCKET = 200
 
 
 def _raw_fraction(value: Any) -> Any:
