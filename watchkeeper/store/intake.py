@@ -427,7 +427,8 @@ def _write_feedback(
     now = utcnow()
     claimed = _claim_keys(session, list(firsts))
     missing = [key for key in firsts if key not in claimed]
-    unknown = [key for key in missing if key not in _known_keys(session, missing)] if missing else []
+    known = _known_keys(session, missing) if missing else set()
+    unknown = [key for key in missing if key not in known]
     waiting = _insert_new(
         session,
         WaitingLabel.__table__,
