@@ -114,7 +114,9 @@ def generate(args: argparse.Namespace) -> None:
     """Fill the quality window, then send live; print the client's figures as JSON."""
     from watchkeeper.local.demo import DemoTraffic
 
-    pool = DemoTraffic(train_size=2000, seed=11).next_batch(20_000)
+    # A prime number of events: cycled round-robin over the models, each model sees all of them
+    # (with 20,000 and 50 models, model m would see only the events whose index is m mod 50).
+    pool = DemoTraffic(train_size=2000, seed=11).next_batch(20_011)
     models = args.models.split(",")
     # One client per model, as each model service has its own: its batches hold its own records.
     clients = {
@@ -415,11 +417,9 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
         assert generator.stdout is not None
         json.loads(generator.stdout.readline())  # the window is filled
         counted = "watchkeeper_predictions_total"
-        before = sum(
-            metric_value(httpx.get(f"{service}/metrics", timeout=30).text, counted, {"model_name": n}) or 0
-            for n in names
-        )
         cpu_before, live_started, live_from = tree_cpu(roots), time.monotonic(), datetime.now(UTC)
+        scrape = httpx.get(f"{service}/metrics", timeout=60).text  # one scrape: the live phase has begun
+        before = sum(metric_value(scrape, counted, {"model_name": n}) or 0 for n in names)
         freshness = probe_freshness(service)
         outcome = json.loads(generator.stdout.readline())
         live = time.monotonic() - live_started
