@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--sample", type=int, default=100_000)
     parser.add_argument("--buckets", type=int, default=60, help="the intake's buckets the window spans")
-    parser.add_argument("--per-bucket", type=int, default=1000, help="intake.sample_per_bucket")
+    parser.add_argument("--per-bucket", type=int, default=200, help="intake.sample_per_bucket")
     args = parser.parse_args()
     reference, current, columns = frames(args.rows, args.features)
     specs = [ColumnSpec(c, "numerical") for c in columns]
