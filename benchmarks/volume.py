@@ -15,9 +15,11 @@ children over the live seconds; the generator apart as `generator_cores`), `cpu_
 `cycle_cpu_s` (p95 of the collection's own CPU per cycle and model, from its log), `freshness_s`
 (a batch of labels that moves a probe model's accuracy from 1.0 to 0.5, until the service's
 `/metrics` shows it), `store_bytes_per_prediction` (the store on disk over the predictions sent).
-With `--fault`, the top level collapses the loaded model's accuracy and times its alert's webhook,
-then times 20 Alertmanager notifications to their first action (`act_p95_s`), as
-`benchmarks/remediation.py` does.
+`store_bytes_by_table` names the largest tables (with their indexes).
+With `--fault`, the spread level times 20 Alertmanager notifications to their first action while
+its load runs (`act_p95_s`, as `benchmarks/remediation.py` does), then collapses the loaded model's
+accuracy and times its alert's webhook (`seconds_to_webhook`); that level's labels come after the
+fault drill's delay (20 s) so that the time compares with the drill's.
 
 Baseline: before this, a collection cycle re-read every raw row of its window: 0.66 s at 20/s,
 3.65 s at 100/s, 16.9 s at 500/s (one model, CPU, 2 cores); the intake stored 6,121 records/s on
@@ -50,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.remediation import notification, percentile  # noqa: E402
 from tests.standins import HttpRecorder  # noqa: E402
 from watchkeeper.client import WatchkeeperClient  # noqa: E402
+from watchkeeper.evaluation.drill import LABEL_DELAY_SECONDS  # noqa: E402
 from watchkeeper.local.pgtemp import new_database, postgres_cluster  # noqa: E402
 from watchkeeper.local.stack import Stack  # noqa: E402
 from watchkeeper.runtime.host import free_port  # noqa: E402
@@ -120,8 +123,7 @@ def generate(args: argparse.Namespace) -> None:
     models = args.models.split(",")
     # One client per model, as each model service has its own: its batches hold its own records.
     clients = {
-        model: TimedClient(args.url, batch_size=1000, flush_interval=0.2, max_queued=2_000_000 // len(models))
-        for model in models
+        model: TimedClient(args.url, batch_size=1000, max_queued=2_000_000 // len(models)) for model in models
     }
     rng = random.Random(5)
     sequence = 0
@@ -159,6 +161,7 @@ def generate(args: argparse.Namespace) -> None:
         client.flush()
     print(json.dumps({"filled": args.fill, "at": time.time()}), flush=True)
     pending: deque[tuple[float, tuple]] = deque()
+    delay = [float(seconds) for seconds in args.label_delay.split(",")]
     started = time.monotonic()
     cpu_started = time.process_time()
     sent_live = 0
@@ -171,7 +174,7 @@ def generate(args: argparse.Namespace) -> None:
         for _ in range(due):
             labelled = send(datetime.now(UTC), wrong)
             if labelled:
-                pending.append((time.monotonic() + rng.uniform(30, 300), labelled))
+                pending.append((time.monotonic() + rng.uniform(*delay), labelled))
         sent_live += max(0, due)
         ripe = time.monotonic()
         while pending and pending[0][0] <= ripe:
@@ -291,16 +294,28 @@ def probe_freshness(service: str) -> float | None:
         time.sleep(0.25)
 
 
-def store_bytes(url: str, home: Path) -> int:
-    if url.startswith("sqlite"):
-        return sum(p.stat().st_size for p in home.glob("watchkeeper.db*"))
+def store_bytes(url: str, home: Path) -> tuple[int, dict[str, int]]:
+    """The store's bytes on disk, and the largest tables' with their indexes."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(url)
     with engine.connect() as connection:
-        size = connection.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
+        if url.startswith("sqlite"):
+            total = sum(p.stat().st_size for p in home.glob("watchkeeper.db*"))
+            by_table = connection.execute(
+                text(
+                    "SELECT coalesce(m.tbl_name, d.name), sum(d.pgsize) FROM dbstat d"
+                    " LEFT JOIN sqlite_master m ON m.name = d.name GROUP BY 1"
+                )
+            ).all()
+        else:
+            total = connection.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
+            by_table = connection.execute(
+                text("SELECT relname, pg_total_relation_size(relid) FROM pg_catalog.pg_statio_user_tables")
+            ).all()
     engine.dispose()
-    return int(size)
+    largest = sorted(by_table, key=lambda row: -row[1])[:6]
+    return int(total), {name: int(size) for name, size in largest}
 
 
 def cycle_cpu(home: Path, start: datetime, end: datetime) -> float | None:
@@ -408,7 +423,18 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
                 str(args.window),
                 "--fill",
                 str(fill),
-                *(["--collapse-at", str(args.live // 3)] if fault else []),
+                # The fault level's labels come after the drill's delay, so that its time to page
+                # compares with the drill's (labels spread over 5 minutes would pace it instead).
+                *(
+                    [
+                        "--collapse-at",
+                        str(args.live // 3),
+                        "--label-delay",
+                        f"{LABEL_DELAY_SECONDS},{LABEL_DELAY_SECONDS}",
+                    ]
+                    if fault
+                    else []
+                ),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -421,12 +447,14 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
         scrape = httpx.get(f"{service}/metrics", timeout=60).text  # one scrape: the live phase has begun
         before = sum(metric_value(scrape, counted, {"model_name": n}) or 0 for n in names)
         freshness = probe_freshness(service)
+        act = time_to_act(service, http) if http is not None else None  # under the live load
         outcome = json.loads(generator.stdout.readline())
         live = time.monotonic() - live_started
         cpu = tree_cpu(roots) - cpu_before
         generator.wait()
         scrape = httpx.get(f"{service}/metrics", timeout=30).text
         after = sum(metric_value(scrape, counted, {"model_name": n}) or 0 for n in names)
+        stored, by_table = store_bytes(url, home)
         level = {
             "rps": rate,
             "models": models,
@@ -438,9 +466,8 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
             "cpu_s_per_1k": round(cpu / live / max(1e-9, (after - before) / live) * 1000, 4),
             "cycle_cpu_s": cycle_cpu(home, live_from, datetime.now(UTC)),
             "freshness_s": freshness,
-            "store_bytes_per_prediction": round(
-                store_bytes(url, home) / max(1, fill + outcome["sent_live"]), 1
-            ),
+            "store_bytes_per_prediction": round(stored / max(1, fill + outcome["sent_live"]), 1),
+            "store_bytes_by_table": by_table,
             "dropped": outcome["dropped"],
             "refused": outcome["refused"],
         }
@@ -448,11 +475,10 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
         if not fault:
             return {"level": level}
         seconds = None
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 120
         while seconds is None and time.monotonic() < deadline:
             seconds = first_alert(url, "credit_approval", outcome["collapse_at"])
             time.sleep(1)
-        act = time_to_act(service, http)
         return {
             "level": level,
             "fault": {
@@ -492,6 +518,7 @@ def main() -> None:
     parser.add_argument("--models", help=argparse.SUPPRESS)
     parser.add_argument("--fill", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--collapse-at", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--label-delay", default="30,300", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:
         generate(args)

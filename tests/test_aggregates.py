@@ -4,6 +4,7 @@ the raw-row setting or the folds, and what windows sum to."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -63,29 +64,54 @@ def rows(store: Store, entity: type) -> int:
         return session.scalar(select(func.count()).select_from(entity)) or 0
 
 
-def test_a_label_before_its_prediction_waits_and_counts_once_when_joined(
+def test_a_label_before_its_prediction_waits_and_counts_once_when_the_prediction_arrives(
     store: Store, example_config: WatchkeeperConfig
 ) -> None:
     early = store_feedback(store, labels(range(10)))
     assert (early.stored, rows(store, WaitingLabel)) == (10, 10)
     assert store_feedback(store, labels(range(10))).duplicates == 10  # re-sent while waiting
+    assert quality(store, example_config)["label_coverage_ratio"] == 0.0
     store_predictions(store, predictions(range(20)))
-    assert quality(store, example_config)["label_coverage_ratio"] == 0.0  # not joined yet
-    rules = IntakeRules()
-    assert join_waiting_labels(store, rules) == 10
-    assert join_waiting_labels(store, rules) == 0
     got = quality(store, example_config)
     assert got["label_coverage_ratio"] == 0.5
     assert got["true_positives"] == 5 and got["false_negatives"] == 5
     assert rows(store, WaitingLabel) == 0
+    assert join_waiting_labels(store, IntakeRules()) == 0
     assert store_feedback(store, labels(range(10))).duplicates == 10  # re-sent after the join
+
+
+def test_labels_racing_their_predictions_count_once_each(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    """Labels and their predictions written at once by two writers: on PostgreSQL, neither
+    transaction sees the other's rows; the collection's join counts what both missed."""
+    start = threading.Barrier(2)
+
+    def send(write: Callable[[range], object]) -> None:
+        start.wait()
+        for first in range(0, 600, 30):
+            write(range(first, first + 30))
+
+    writers = [
+        threading.Thread(target=send, args=(lambda ids: store_feedback(store, labels(ids)),)),
+        threading.Thread(target=send, args=(lambda ids: store_predictions(store, predictions(ids)),)),
+    ]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    join_waiting_labels(store, IntakeRules())
+    got = quality(store, example_config)
+    assert (got["label_coverage_ratio"], got["true_positives"], got["false_negatives"]) == (1.0, 300, 300)
+    assert rows(store, WaitingLabel) == 0
 
 
 def test_concurrent_joins_of_the_same_waiting_labels_count_each_once(
     store: Store, example_config: WatchkeeperConfig
 ) -> None:
-    store_feedback(store, labels(range(200)))
     store_predictions(store, predictions(range(200)))
+    with store.writing() as session:  # what two racing transactions leave: a label waits, its key is here
+        session.add_all(WaitingLabel(model_name=MODEL, request_id=f"r{i}", label=1) for i in range(200))
     joined: list[int] = []
     start = threading.Barrier(4)
 

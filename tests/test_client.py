@@ -19,6 +19,7 @@ from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.local.stack import service_process
 from watchkeeper.runtime.host import free_port
 from watchkeeper.store import Store
+from watchkeeper.store.buckets import fold_model_tallies
 from watchkeeper.store.intake import intake_counts, tally_totals
 from watchkeeper.store.schema import ModelTally, PredictionKey
 
@@ -34,6 +35,7 @@ def log(client: WatchkeeperClient, ids: range, model: str = MODEL) -> None:
 
 
 def stored(store: Store) -> dict[str, float]:
+    fold_model_tallies(store)
     with store.reading() as session:
         keys = session.scalar(select(func.count()).select_from(PredictionKey))
         requests = session.scalar(select(func.sum(ModelTally.total)).where(ModelTally.measure == "requests"))
@@ -55,6 +57,7 @@ def test_batches_reach_the_service_once_and_labels_join_their_predictions(
     stats = client.stats()
     assert (stats.sent, stats.dropped, stats.refused, stats.queued) == (2500 + 1250 + 100, 0, 0, 0)
     assert stored(store) == {"keys": 2500, "requests": 2500, "counted": 2500}
+    fold_model_tallies(store)
     with store.reading() as session:
         labelled = session.scalar(select(func.sum(ModelTally.total)).where(ModelTally.measure == "outcome"))
     assert labelled == 1250

@@ -132,7 +132,6 @@ def seed(store: Store) -> None:
                     measure="class",
                     detail=str(index),
                     total=1.0,
-                    folded=True,
                 )
             )
             session.add(

@@ -261,7 +261,6 @@ class BucketTotals:
                 "measure": measure,
                 "detail": detail_text,
                 "total": float(total),
-                "folded": False,
             }
             for (model, version, start, measure, detail_text), total in self.totals.items()
             if total

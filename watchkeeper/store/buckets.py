@@ -6,29 +6,33 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, union_all
 from sqlalchemy.orm import Session
 
 from watchkeeper.store import Store
-from watchkeeper.store.schema import ModelTally
+from watchkeeper.store.schema import ModelTally, ModelTallyAppend
 
 # measure -> detail -> total, for one model version over one window
 Totals = dict[str, Counter[str]]
 
 
-def _sums(session: Session, model_name: str, start: datetime, end: datetime, by: Any) -> dict[Any, Totals]:
-    """The model's totals of the buckets that start in [start, end), per value of `by`."""
-    rows = session.execute(
-        select(by, ModelTally.measure, ModelTally.detail, func.sum(ModelTally.total))
-        .where(
-            ModelTally.model_name == model_name,
-            ModelTally.bucket_start >= start,
-            ModelTally.bucket_start < end,
+def _sums(session: Session, model_name: str, start: datetime, end: datetime, by: str) -> dict[Any, Totals]:
+    """The model's totals of the buckets that start in [start, end), per value of `by`: the folded
+    rows and those appended since the last fold (few: the collection folds before it reads)."""
+    rows = union_all(
+        *(
+            select(table.c[by].label("by"), table.c.measure, table.c.detail, table.c.total).where(
+                table.c.model_name == model_name, table.c.bucket_start >= start, table.c.bucket_start < end
+            )
+            for table in (ModelTally.__table__, ModelTallyAppend.__table__)
         )
-        .group_by(by, ModelTally.measure, ModelTally.detail)
-    )
+    ).subquery()
     found: dict[Any, Totals] = defaultdict(lambda: defaultdict(Counter))
-    for key, measure, detail, total in rows:
+    for key, measure, detail, total in session.execute(
+        select(rows.c.by, rows.c.measure, rows.c.detail, func.sum(rows.c.total)).group_by(
+            rows.c.by, rows.c.measure, rows.c.detail
+        )
+    ):
         if total:
             found[key][measure][detail] += total
     return {key: dict(totals) for key, totals in found.items()}
@@ -36,36 +40,38 @@ def _sums(session: Session, model_name: str, start: datetime, end: datetime, by:
 
 def window_totals(session: Session, model_name: str, start: datetime, end: datetime) -> dict[str, Totals]:
     """Per model version, the sum of every bucket that starts in [start, end)."""
-    return _sums(session, model_name, start, end, ModelTally.model_version)
+    return _sums(session, model_name, start, end, "model_version")
 
 
 def bucket_totals(
     session: Session, model_name: str, start: datetime, end: datetime
 ) -> dict[datetime, Totals]:
     """Per bucket that starts in [start, end), the sum over the model's versions."""
-    return _sums(session, model_name, start, end, ModelTally.bucket_start)
+    return _sums(session, model_name, start, end, "bucket_start")
 
 
 def first_bucket(session: Session, model_name: str, version: str | None = None) -> datetime | None:
     """When the model (or one version of it) served its first counted prediction (its first
-    bucket): one seek on the (model, version, bucket) index, however long the history."""
-    query = select(func.min(ModelTally.bucket_start)).where(ModelTally.model_name == model_name)
-    if version is not None:
-        query = query.where(ModelTally.model_version == version)
-    return session.scalar(query)
+    bucket): one seek on the folded series' index, however long the history, and the few rows
+    appended since the last fold."""
+    firsts = []
+    for table in (ModelTally.__table__, ModelTallyAppend.__table__):
+        query = select(func.min(table.c.bucket_start)).where(table.c.model_name == model_name)
+        if version is not None:
+            query = query.where(table.c.model_version == version)
+        firsts.append(session.scalar(query))
+    return min((first for first in firsts if first is not None), default=None)
 
 
 SERIES = "model_name, model_version, bucket_start, measure, detail"
-_ADD_FOLDED = (
-    f"ON CONFLICT ({SERIES}) WHERE folded DO UPDATE SET total = model_tallies.total + excluded.total"
-)
+_ADD_FOLDED = f"ON CONFLICT ({SERIES}) DO UPDATE SET total = model_tallies.total + excluded.total"
 # PostgreSQL: the rows this statement deletes are the rows it sums (a concurrent fold waits on their
 # row locks, then skips them), so no row is counted twice or lost.
 _FOLD_POSTGRESQL = text(
-    f"""WITH moved AS (DELETE FROM model_tallies WHERE NOT folded RETURNING {SERIES}, total),
+    f"""WITH moved AS (DELETE FROM model_tally_appends RETURNING {SERIES}, total),
     added AS (
-        INSERT INTO model_tallies ({SERIES}, total, folded)
-        SELECT {SERIES}, sum(total), true FROM moved GROUP BY {SERIES}
+        INSERT INTO model_tallies ({SERIES}, total)
+        SELECT {SERIES}, sum(total) FROM moved GROUP BY {SERIES}
         {_ADD_FOLDED}
     )
     SELECT count(*) FROM moved"""
@@ -73,15 +79,15 @@ _FOLD_POSTGRESQL = text(
 # SQLite: writers hold the database's write lock for the whole transaction (BEGIN IMMEDIATE), so
 # the rows summed are the rows deleted.
 _SUM_SQLITE = text(
-    f"""INSERT INTO model_tallies ({SERIES}, total, folded)
-    SELECT {SERIES}, sum(total), 1 FROM model_tallies WHERE NOT folded GROUP BY {SERIES}
+    f"""INSERT INTO model_tallies ({SERIES}, total)
+    SELECT {SERIES}, sum(total) FROM model_tally_appends GROUP BY {SERIES}
     {_ADD_FOLDED}"""
 )
-_DELETE_SQLITE = text("DELETE FROM model_tallies WHERE NOT folded")
+_DELETE_SQLITE = text("DELETE FROM model_tally_appends")
 
 
 def fold_model_tallies(store: Store) -> int:
-    """Add the intake's unfolded rows into their series' folded row, in the database; returns the
+    """Add the intake's appended rows into their series' folded row, in the database; returns the
     rows folded. Concurrent folds, and writers appending meanwhile, lose and double nothing."""
     with store.writing() as session:
         if store.is_sqlite:

@@ -7,7 +7,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, and_, delete, func, select, text, update
@@ -29,7 +29,7 @@ from watchkeeper.intake.records import FeedbackRecord, PipelineRunRecord, Predic
 from watchkeeper.store import Store, insert_for
 from watchkeeper.store.schema import (
     Feedback,
-    ModelTally,
+    ModelTallyAppend,
     PipelineRun,
     Prediction,
     PredictionKey,
@@ -41,6 +41,10 @@ from watchkeeper.times import utcnow
 
 # Keeps each IN (...) list well under SQLite's bound-parameter limit.
 LOOKUP_CHUNK = 500
+# A label and its prediction written at the same moment by two PostgreSQL transactions each miss
+# the other (neither sees the other's uncommitted row); the collection joins the labels that
+# arrived this recently and whose prediction is now among the keys.
+CONCURRENT_JOIN_MARGIN = timedelta(minutes=10)
 UNKNOWN_VERSION = "unknown"
 INFERENCE_LATENCY = "inference_latency"
 PIPELINE_LATENCY = "pipeline_latency"
@@ -317,6 +321,7 @@ def _write_predictions(
         rules.latency_buckets,
     )
     _tally_predictions(session, new, profile_for)
+    _join_waiting(session, [(r.model_name, r.request_id) for r in new], rules, profile_for)
     return len(new)
 
 
@@ -350,10 +355,12 @@ def _sample_row(record: PredictionRecord, start: datetime, priority: int) -> dic
     }
 
 
-def _append_bucket_totals(session: Session, buckets: BucketTotals) -> None:
+def _append_bucket_totals(
+    session: Session, buckets: BucketTotals, appends: Table = ModelTallyAppend.__table__
+) -> None:
     rows = buckets.rows()
     if rows:
-        session.execute(ModelTally.__table__.insert(), rows)
+        session.execute(appends.insert(), rows)
 
 
 def _claim_keys(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Served]:
@@ -421,7 +428,7 @@ def _write_feedback(
     profile_for: Callable[[str], ReferenceProfile | None],
 ) -> int:
     """A label joins its prediction's key once (compare-and-set); one whose prediction has not
-    arrived waits (`waiting_labels`) for the collection to join it. A label of a key already
+    arrived waits (`waiting_labels`) until the prediction's intake joins it. A label of a key already
     labelled, or already waiting, is a duplicate."""
     firsts = _first_per_request(records)
     now = utcnow()
@@ -468,11 +475,18 @@ def _write_feedback(
     return len(claimed) + len(waiting)
 
 
-def aggregate_stored(session: Session, since: datetime, bucket_seconds: int = 60, chunk: int = 10_000) -> int:
+def aggregate_stored(
+    session: Session,
+    since: datetime,
+    bucket_seconds: int = 60,
+    chunk: int = 10_000,
+    appends: Table = ModelTallyAppend.__table__,
+) -> int:
     """Keys and aggregates for the raw predictions (and their labels) stored since `since`, as if
     they had just arrived: what an upgrade to aggregates does, so windows read no gap and labels
     still to come find their predictions. Without the configuration at hand, classes and names
-    are not bounded by a reference and segments are not counted. Returns the predictions added."""
+    are not bounded by a reference and segments are not counted. `appends` is where the aggregates
+    go, as the migration running this has it. Returns the predictions added."""
     prediction, feedback = Prediction.__table__, Feedback.__table__
     after, added, now = 0, 0, utcnow()
     while True:
@@ -502,13 +516,41 @@ def aggregate_stored(session: Session, since: datetime, bucket_seconds: int = 60
                 buckets.label(facts, outcome_class(row.label, None), row.business_value)
             keys.append({**facts.key_row(now), "labelled": labelled})
         _insert_new(session, PredictionKey.__table__, keys, ("model_name", "request_id"))
-        _append_bucket_totals(session, buckets)
+        _append_bucket_totals(session, buckets, appends)
         added += len(rows)
 
 
+def _join_waiting(
+    session: Session,
+    keys: Sequence[tuple[str, str]],
+    rules: IntakeRules,
+    profile_for: Callable[[str], ReferenceProfile | None],
+) -> int:
+    """Join the waiting labels of these keys: each is claimed by deleting it, so two joins never
+    count one twice. Returns how many were joined."""
+    waiting = WaitingLabel.__table__
+    labels: dict[tuple[str, str], FeedbackRecord] = {}
+    for model, chunk in _by_model(keys):
+        rows = session.execute(
+            delete(waiting)
+            .where(waiting.c.model_name == model, waiting.c.request_id.in_(chunk))
+            .returning(waiting.c.request_id, waiting.c.label, waiting.c.business_value)
+        )
+        for request_id, label, value in rows:
+            labels[(model, request_id)] = FeedbackRecord(
+                model_name=model, request_id=request_id, label=label, business_value=value
+            )
+    if not labels:
+        return 0
+    claimed = _claim_keys(session, list(labels))
+    _count_labels(session, ((labels[key], facts) for key, facts in claimed.items()), rules, profile_for)
+    return len(claimed)
+
+
 def join_waiting_labels(store: Store, rules: IntakeRules, limit: int = 10_000) -> int:
-    """Join labels that arrived before their prediction to the keys that have arrived since; each
-    is claimed by deleting it, so concurrent joins never count one twice. Returns how many."""
+    """Join the labels that arrived before their prediction and missed its arrival (see
+    `CONCURRENT_JOIN_MARGIN`; a prediction's intake joins the labels waiting for it). Reads only
+    the recent waiting labels, so labels whose prediction never comes cost nothing here."""
     waiting, keys = WaitingLabel.__table__, PredictionKey.__table__
     with store.reading() as session:
         found = session.execute(
@@ -517,27 +559,14 @@ def join_waiting_labels(store: Store, rules: IntakeRules, limit: int = 10_000) -
                 keys,
                 and_(keys.c.model_name == waiting.c.model_name, keys.c.request_id == waiting.c.request_id),
             )
-            .where(keys.c.labelled.is_(False))
+            .where(waiting.c.received_at >= utcnow() - CONCURRENT_JOIN_MARGIN, keys.c.labelled.is_(False))
             .limit(limit)
         ).all()
     if not found:
         return 0
     profiles = {name: rules.profile_for(name) for name in {model for model, _ in found}}
     with store.writing() as session:
-        labels: dict[tuple[str, str], FeedbackRecord] = {}
-        for model, chunk in _by_model(found):
-            rows = session.execute(
-                delete(waiting)
-                .where(waiting.c.model_name == model, waiting.c.request_id.in_(chunk))
-                .returning(waiting.c.request_id, waiting.c.label, waiting.c.business_value)
-            )
-            for request_id, label, value in rows:
-                labels[(model, request_id)] = FeedbackRecord(
-                    model_name=model, request_id=request_id, label=label, business_value=value
-                )
-        claimed = _claim_keys(session, list(labels))
-        _count_labels(session, ((labels[key], facts) for key, facts in claimed.items()), rules, profiles.get)
-        return len(claimed)
+        return _join_waiting(session, [tuple(row) for row in found], rules, profiles.get)
 
 
 def _write_pipeline_runs(

@@ -23,7 +23,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -147,39 +146,46 @@ class Tally(Base):
     total: Mapped[float] = mapped_column(Float)
 
 
-class ModelTally(Base):
-    """Aggregates of a model version's records in one time bucket (`watchkeeper.intake.aggregates`).
+class _BucketSeries:
+    """A model version's series in one time bucket (`watchkeeper.intake.aggregates`): a measure and
+    its detail (a class, a latency index, a score bin, a segment value...)."""
 
-    The intake appends unfolded rows, one per batch and series, so no two writers share a row; the
-    collection folds them into the series' one folded row (`store/buckets.py`), and a window is the
-    sum of its buckets' rows, folded or not.
-    """
-
-    __tablename__ = "model_tallies"
-    __table_args__ = (
-        Index("ix_model_tallies_window", "model_name", "bucket_start"),
-        Index("ix_model_tallies_version", "model_name", "model_version", "bucket_start"),
-        Index(
-            "uq_model_tallies_folded",
-            "model_name",
-            "model_version",
-            "bucket_start",
-            "measure",
-            "detail",
-            unique=True,
-            sqlite_where=text("folded"),
-            postgresql_where=text("folded"),
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
     bucket_start: Mapped[datetime] = mapped_column(UTCDateTime())
     measure: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(String(300))
     total: Mapped[float] = mapped_column(Float)
-    folded: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ModelTally(_BucketSeries, Base):
+    """One row per series and bucket: the appended rows folded (`store/buckets.py`). A window is
+    the sum of its buckets' rows here and in `model_tally_appends`."""
+
+    __tablename__ = "model_tallies"
+    __table_args__ = (
+        Index("ix_model_tallies_window", "model_name", "bucket_start"),
+        Index(
+            "uq_model_tallies_series",
+            "model_name",
+            "model_version",
+            "bucket_start",
+            "measure",
+            "detail",
+            unique=True,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+
+
+class ModelTallyAppend(_BucketSeries, Base):
+    """What the intake adds, one row per batch and series, so that no two writers share a row. No
+    index to keep up: rows go in at the end and the collection's fold takes them out by id."""
+
+    __tablename__ = "model_tally_appends"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
 
 
 class PredictionKey(Base):
@@ -225,8 +231,8 @@ class PredictionSample(Base):
 
 
 class WaitingLabel(Base):
-    """A label whose prediction is not (yet) among the keys: joined by the collection when it
-    arrives, dropped after the label horizon."""
+    """A label whose prediction is not (yet) among the keys: joined when the prediction arrives,
+    dropped after the label horizon."""
 
     __tablename__ = "waiting_labels"
     __table_args__ = (Index("ix_waiting_labels_received", "received_at"),)

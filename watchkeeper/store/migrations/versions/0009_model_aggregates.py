@@ -90,9 +90,17 @@ def upgrade() -> None:
     from sqlalchemy.orm import Session
 
     from watchkeeper.store.intake import aggregate_stored
+    from watchkeeper.store.schema import UTCDateTime
     from watchkeeper.times import utcnow
 
-    aggregate_stored(Session(bind=op.get_bind()), utcnow() - timedelta(days=1))
+    # The tallies as this revision has them (appended rows unfolded; 0010 moves them to their table).
+    tallies = sa.table(
+        "model_tallies",
+        *(sa.column(name) for name in ("model_name", "model_version", "measure", "detail", "total")),
+        sa.column("bucket_start", UTCDateTime()),
+        sa.Column("folded", sa.Boolean(), default=False),
+    )
+    aggregate_stored(Session(bind=op.get_bind()), utcnow() - timedelta(days=1), appends=tallies)
 
 
 def downgrade() -> None:
