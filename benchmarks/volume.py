@@ -240,8 +240,9 @@ def postmaster(port: int) -> set[int]:
     return set()
 
 
-def tree_cpu(roots: set[int]) -> float:
-    return sum(process_cpu(pid) for pid in descendants(roots))
+def tree_cpu(roots: dict[str, set[int]]) -> dict[str, float]:
+    """CPU seconds of each named process and its children."""
+    return {name: sum(process_cpu(pid) for pid in descendants(pids)) for name, pids in roots.items()}
 
 
 def metric_value(text: str, name: str, labels: dict[str, str]) -> float | None:
@@ -279,7 +280,7 @@ def probe_freshness(service: str) -> float | None:
     ):
         if time.monotonic() > deadline:
             return None
-        time.sleep(0.25)
+        time.sleep(0.5)
     wrong = [{**label, "label": 0} for label in labels[200:]]
     httpx.post(f"{service}/v1/feedback", json=wrong, timeout=60).raise_for_status()
     acknowledged = time.monotonic()
@@ -291,7 +292,7 @@ def probe_freshness(service: str) -> float | None:
             return round(time.monotonic() - acknowledged, 2)
         if time.monotonic() - acknowledged > 300:
             return None
-        time.sleep(0.25)
+        time.sleep(0.5)
 
 
 def store_bytes(url: str, home: Path) -> tuple[int, dict[str, int]]:
@@ -401,9 +402,9 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
             raise SystemExit(up.stdout + up.stderr)
         stack.callback(subprocess.run, [WATCHKEEPER, "down"], env=env, capture_output=True, timeout=300)
         service = f"http://127.0.0.1:{ports['service']}"
-        roots = {r.pid for name in Stack(settings).all_names() if (r := Stack(settings).record(name))}
+        roots = {name: {r.pid} for name in Stack(settings).all_names() if (r := Stack(settings).record(name))}
         if database == "postgresql":
-            roots |= postmaster(int(url.rsplit(":", 1)[1].split("/")[0]))
+            roots["postgresql"] = postmaster(int(url.rsplit(":", 1)[1].split("/")[0]))
         names = ["credit_approval"] + [f"credit_approval_{i:02d}" for i in range(1, models)]
         fill = min(rate * args.window, args.max_fill)
         generator = subprocess.Popen(
@@ -450,7 +451,9 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
         act = time_to_act(service, http) if http is not None else None  # under the live load
         outcome = json.loads(generator.stdout.readline())
         live = time.monotonic() - live_started
-        cpu = tree_cpu(roots) - cpu_before
+        cpu_after = tree_cpu(roots)
+        cpu_by_process = {name: round((cpu_after[name] - cpu_before[name]) / live, 3) for name in roots}
+        cpu = sum(cpu_after.values()) - sum(cpu_before.values())
         generator.wait()
         scrape = httpx.get(f"{service}/metrics", timeout=30).text
         after = sum(metric_value(scrape, counted, {"model_name": n}) or 0 for n in names)
@@ -463,6 +466,7 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
             "intake_p99_ms": outcome["intake_p99_ms"],
             "cpu_cores": round(cpu / live, 3),
             "generator_cores": round(outcome["generator_cpu_s"] / live, 3),
+            "cores_by_process": cpu_by_process,
             "cpu_s_per_1k": round(cpu / live / max(1e-9, (after - before) / live) * 1000, 4),
             "cycle_cpu_s": cycle_cpu(home, live_from, datetime.now(UTC)),
             "freshness_s": freshness,

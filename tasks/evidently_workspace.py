@@ -22,6 +22,7 @@ STATISTIC = (
 )
 # The local workspace keeps its project list in files; mapped drift tasks run in threads.
 _WORKSPACE_LOCK = threading.Lock()
+_OPENED: dict[str, Workspace] = {}
 
 
 def _dashboard(project: Project, model: Model) -> None:
@@ -67,14 +68,30 @@ def model_project(workspace: Workspace, model: Model) -> Project:
     return project
 
 
+def _opened(path: Path, reload: bool = False) -> Workspace:
+    """The workspace, opened once per process: opening one reads every snapshot it holds, which
+    grows with each evaluation of each model. `reload` for what another process may have added."""
+    key = str(path.resolve())
+    if reload or key not in _OPENED:
+        _OPENED[key] = Workspace.create(str(path))
+    return _OPENED[key]
+
+
 def add_drift_snapshot(path: Path, model: Model, snapshot: Snapshot, replaces: str | None = None) -> str:
     """Store the snapshot (dropping the one it replaces, for a re-evaluated window); returns its id."""
     with _WORKSPACE_LOCK:
-        workspace = Workspace.create(str(path))
+        workspace = _opened(path)
         project = model_project(workspace, model)
-        if replaces and replaces in {str(run_id) for run_id in workspace.list_runs(project.id)}:
+        if replaces and replaces not in _run_ids(workspace, project):
+            workspace = _opened(path, reload=True)  # written by another process, perhaps
+            project = model_project(workspace, model)
+        if replaces and replaces in _run_ids(workspace, project):
             workspace.delete_run(project.id, replaces)
         return str(workspace.add_run(project.id, snapshot).id)
+
+
+def _run_ids(workspace: Workspace, project: Project) -> set[str]:
+    return {str(run_id) for run_id in workspace.list_runs(project.id)}
 
 
 def project_id(path: Path, model_name: str) -> str | None:

@@ -230,14 +230,15 @@ def bucket_window(end: datetime, length: timedelta, bucket_seconds: int) -> Wind
 
 
 def _by_version(
-    store: Store, model: Model, window: Window
+    store: Store, model: Model, window: Window, appended: bool
 ) -> tuple[dict[str, VersionTotals], dict[str, Window]]:
     """Each version's totals over the window (the configured version's, empty, when none served),
     and the part of the window since each version's first bucket: rates of a model (or version)
-    that started inside the window are not diluted by the time before it served."""
+    that started inside the window are not diluted by the time before it served. `appended`:
+    whether to read the rows appended since the last fold (see `store/buckets.py`)."""
     with store.reading() as session:
-        totals = window_totals(session, model.name, window.start, window.end)
-        firsts = {version: first_bucket(session, model.name, version) for version in totals}
+        totals = window_totals(session, model.name, window.start, window.end, appended)
+        firsts = {version: first_bucket(session, model.name, version, appended) for version in totals}
     by_version = {version: VersionTotals(t) for version, t in sorted(totals.items())} or {
         model.version: VersionTotals()
     }
@@ -250,19 +251,25 @@ def _by_version(
     return by_version, served
 
 
-def measure_traffic(store: Store, model: Model, window: Window) -> dict[str, list[Measurement]]:
+def measure_traffic(
+    store: Store, model: Model, window: Window, appended: bool = True
+) -> dict[str, list[Measurement]]:
     """Per model version: request count, throughput, errors, latency and prediction mix."""
-    by_version, served = _by_version(store, model, window)
+    by_version, served = _by_version(store, model, window, appended)
     return {version: traffic_metrics(totals, served[version]) for version, totals in by_version.items()}
 
 
 def measure_quality(
-    store: Store, model: Model, window: Window, reference: ModelReference | None = None
+    store: Store,
+    model: Model,
+    window: Window,
+    reference: ModelReference | None = None,
+    appended: bool = True,
 ) -> dict[str, dict[str, list[Measurement]]]:
     """Per kind and model version: label coverage, quality once coverage allows, business impact,
     quality estimated for the predictions still without a label (with a calibrated reference), and
     the model's segments."""
-    by_version, served = _by_version(store, model, window)
+    by_version, served = _by_version(store, model, window, appended)
     calibration = reference.calibration if reference else None
     coverage = model.thresholds.min_label_coverage
     measured: dict[str, dict[str, list[Measurement]]] = {"model_quality": {}}
@@ -323,9 +330,10 @@ def collect_model(
     flow_run_id: str | None,
 ) -> int:
     """One model's traffic and quality from its windows' buckets, saved together; returns how many
-    results. One task per model: its cost is the model's, not its traffic's."""
-    traffic = measure_traffic(store, model, traffic_window)
-    quality = measure_quality(store, model, quality_window, reference)
+    results. One task per model: its cost is the model's, not its traffic's. The flow has just
+    folded the intake's appended rows: reading them again per model would scan them per model."""
+    traffic = measure_traffic(store, model, traffic_window, appended=False)
+    quality = measure_quality(store, model, quality_window, reference, appended=False)
     return record_results(
         store, model, {traffic_window: {"model_traffic": traffic}, quality_window: quality}, flow_run_id
     )

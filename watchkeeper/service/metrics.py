@@ -11,6 +11,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -252,6 +253,17 @@ def evaluation_timestamps(session: Session) -> list[tuple[str, str, float]]:
     return [(kind, subject, at.timestamp()) for kind, subject, at in rows]
 
 
+def evaluation_freshness(stamps: Iterable[tuple[str, str, float]]) -> GaugeMetricFamily:
+    freshness = GaugeMetricFamily(
+        "watchkeeper_evaluation_timestamp_seconds",
+        "When Watchkeeper last evaluated this kind for this subject (Unix seconds).",
+        labels=["kind", "model_name"],
+    )
+    for kind, subject, seconds in stamps:
+        freshness.add_metric([kind, subject], seconds)
+    return freshness
+
+
 def gauge_families(results: Iterable[LatestResult]) -> list[GaugeMetricFamily]:
     families: dict[str, GaugeMetricFamily] = {}
     for result in results:
@@ -480,12 +492,26 @@ class StoreCollector(Collector):
         self.datasets = (
             {d.name: (d.model or "", d.pipeline or "") for d in config.datasets} if config is not None else {}
         )
+        self._evaluations: tuple[tuple[Any, ...], list[Metric]] | None = None
+
+    def _evaluation_families(self, session: Session) -> list[Metric]:
+        """The latest windows' gauges and timestamps, rebuilt only when a window was written: they
+        change once a collection cycle, and Prometheus (and every dashboard) scrapes more often."""
+        written = tuple(session.execute(select(func.count(), func.max(LatestWindow.computed_at))).one())
+        if self._evaluations is None or self._evaluations[0] != written:
+            self._evaluations = (
+                written,
+                [
+                    *gauge_families(latest_results(session)),
+                    evaluation_freshness(evaluation_timestamps(session)),
+                ],
+            )
+        return self._evaluations[1]
 
     def collect(self) -> Iterator[Metric]:
         with self.store.reading() as session:
             tallies = tally_totals(session)
-            results = latest_results(session)
-            stamps = evaluation_timestamps(session)
+            evaluations = self._evaluation_families(session)
             operations = operations_families(session)
         totals = intake_counts(tallies)
         histograms = histogram_families(tallies)
@@ -503,15 +529,7 @@ class StoreCollector(Collector):
         if self.config is not None:
             yield from threshold_families(self.config)
         yield from histograms
-        yield from gauge_families(results)
-        freshness = GaugeMetricFamily(
-            "watchkeeper_evaluation_timestamp_seconds",
-            "When Watchkeeper last evaluated this kind for this subject (Unix seconds).",
-            labels=["kind", "model_name"],
-        )
-        for kind, subject, seconds in stamps:
-            freshness.add_metric([kind, subject], seconds)
-        yield freshness
+        yield from evaluations
         yield from operations
 
 

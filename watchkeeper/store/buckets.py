@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, union_all
+from sqlalchemy import Table, func, select, text, union_all
 from sqlalchemy.orm import Session
 
 from watchkeeper.store import Store
@@ -16,15 +16,22 @@ from watchkeeper.store.schema import ModelTally, ModelTallyAppend
 Totals = dict[str, Counter[str]]
 
 
-def _sums(session: Session, model_name: str, start: datetime, end: datetime, by: str) -> dict[Any, Totals]:
-    """The model's totals of the buckets that start in [start, end), per value of `by`: the folded
-    rows and those appended since the last fold (few: the collection folds before it reads)."""
+def _tables(appended: bool) -> tuple[Table, ...]:
+    """The folded series, and the rows appended since the last fold unless the caller has just
+    folded (the appended rows have no index: each read of them is a scan)."""
+    return (ModelTally.__table__, ModelTallyAppend.__table__) if appended else (ModelTally.__table__,)
+
+
+def _sums(
+    session: Session, model_name: str, start: datetime, end: datetime, by: str, appended: bool
+) -> dict[Any, Totals]:
+    """The model's totals of the buckets that start in [start, end), per value of `by`."""
     rows = union_all(
         *(
             select(table.c[by].label("by"), table.c.measure, table.c.detail, table.c.total).where(
                 table.c.model_name == model_name, table.c.bucket_start >= start, table.c.bucket_start < end
             )
-            for table in (ModelTally.__table__, ModelTallyAppend.__table__)
+            for table in _tables(appended)
         )
     ).subquery()
     found: dict[Any, Totals] = defaultdict(lambda: defaultdict(Counter))
@@ -38,24 +45,27 @@ def _sums(session: Session, model_name: str, start: datetime, end: datetime, by:
     return {key: dict(totals) for key, totals in found.items()}
 
 
-def window_totals(session: Session, model_name: str, start: datetime, end: datetime) -> dict[str, Totals]:
+def window_totals(
+    session: Session, model_name: str, start: datetime, end: datetime, appended: bool = True
+) -> dict[str, Totals]:
     """Per model version, the sum of every bucket that starts in [start, end)."""
-    return _sums(session, model_name, start, end, "model_version")
+    return _sums(session, model_name, start, end, "model_version", appended)
 
 
 def bucket_totals(
     session: Session, model_name: str, start: datetime, end: datetime
 ) -> dict[datetime, Totals]:
     """Per bucket that starts in [start, end), the sum over the model's versions."""
-    return _sums(session, model_name, start, end, "bucket_start")
+    return _sums(session, model_name, start, end, "bucket_start", appended=True)
 
 
-def first_bucket(session: Session, model_name: str, version: str | None = None) -> datetime | None:
+def first_bucket(
+    session: Session, model_name: str, version: str | None = None, appended: bool = True
+) -> datetime | None:
     """When the model (or one version of it) served its first counted prediction (its first
-    bucket): one seek on the folded series' index, however long the history, and the few rows
-    appended since the last fold."""
+    bucket): one seek on the folded series' index, however long the history."""
     firsts = []
-    for table in (ModelTally.__table__, ModelTallyAppend.__table__):
+    for table in _tables(appended):
         query = select(func.min(table.c.bucket_start)).where(table.c.model_name == model_name)
         if version is not None:
             query = query.where(table.c.model_version == version)
