@@ -9,13 +9,8 @@ import time
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.metrics import (
-    bucket_window,
-    collect_model,
-    compact_tallies,
-    join_labels,
-)
-from tasks.references import model_reference, reference_profiles
+from tasks.metrics import collect_models, compact_tallies, join_labels
+from tasks.references import reference_profiles
 from watchkeeper.settings import Settings
 from watchkeeper.store.intake import IntakeRules
 from watchkeeper.store.samples import Sampling
@@ -30,19 +25,8 @@ def collect_model_metrics(models: list[str] | None = None) -> dict[str, int]:
     store = settings.open_store()
     join_labels(store, IntakeRules.of(config, reference_profiles(store, config)))
     compact_tallies(store, Sampling.of(config))
-    end = utcnow()
-    bucket = int(config.intake.bucket.total_seconds())
-    stored: dict[str, int] = {}
-    for model in config.models:
-        if models and model.name not in models:
-            continue
-        traffic_window = bucket_window(end, model.windows.metrics, bucket)
-        quality_window = bucket_window(end, model.windows.quality, bucket)
-        reference = model_reference(store, config, model)
-        stored[model.name] = collect_model(
-            store, model, traffic_window, quality_window, reference, flow_run.id
-        )
-        get_run_logger().info("%s: %d results for the window ending %s", model.name, stored[model.name], end)
+    chosen = [model for model in config.models if not models or model.name in models]
+    stored = collect_models(store, config, chosen, utcnow(), flow_run.id)
     # What monitoring costs: this thread's CPU (the warm executor runs each flow in a thread of its own).
     get_run_logger().info(
         "collection cycle: %.4f s CPU for %d models", time.thread_time() - cpu, max(1, len(stored))

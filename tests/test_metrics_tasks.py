@@ -161,3 +161,36 @@ def test_measured_windows_round_trip_through_the_store_without_duplicates(
     with store.reading() as session:
         rows = session.scalar(select(func.count()).select_from(EvaluationResult))
     assert rows == sum(len(m) for by_version in quality.values() for m in by_version.values())
+
+
+def test_one_failing_model_does_not_stop_the_collection_of_the_others(
+    prefect_api: None, store: Store, example_config: WatchkeeperConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One task collects every model; a model that fails is named, the others are saved, and the
+    task fails so that Prefect retries it."""
+    from prefect import flow
+
+    import tasks.metrics
+
+    broken, healthy = example_config.models[0], example_config.models[0].model_copy(update={"name": "other"})
+    through_the_intake(store, healthy, log_frame(400, labelled=1.0))
+    collect_model = tasks.metrics.collect_model
+
+    def failing_for_broken(store: Store, model: Model, *args: object) -> int:
+        if model.name == broken.name:
+            raise ValueError("a broken model")
+        return collect_model(store, model, *args)
+
+    monkeypatch.setattr(tasks.metrics, "collect_model", failing_for_broken)
+
+    @flow(retries=0)
+    def collection() -> dict[str, int]:
+        return tasks.metrics.collect_models.with_options(retries=0)(
+            store, example_config, [broken, healthy], END, None
+        )
+
+    with pytest.raises(RuntimeError, match=f"collection failed for {broken.name}"):
+        collection()
+    with store.reading() as session:
+        subjects = set(session.scalars(select(EvaluationResult.subject).distinct()))
+    assert subjects == {"other"}
