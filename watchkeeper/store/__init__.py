@@ -8,6 +8,8 @@ with `BEGIN IMMEDIATE`: a deferred transaction that reads, then writes, fails at
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -49,17 +51,47 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-_SQLITE_WRITERS: dict[str, threading.RLock] = {}
+class _SqliteWriters:
+    """The writers of one SQLite database take turns here: this process's threads on a lock, and
+    processes on an exclusive `flock` of a file beside the database.
+
+    SQLite takes one writer at a time, and a writer that finds the database locked sleeps in steps
+    of up to 100 ms before it tries again. Forty threads of a busy service would spend their time
+    asleep while the lock sits free, and another process (the executor acting on an alert) would
+    rarely find the gap between two of the service's transactions. Waiting here, each writer is
+    woken the moment the previous one commits. The kernel drops the `flock` of a process that dies.
+    """
+
+    def __init__(self, database: Path | None) -> None:
+        self._threads = threading.RLock()
+        self._path = database.with_name(database.name + ".writers") if database else None
+        self._fd: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        if self._depth == 0 and self._path is not None:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._depth += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
+
+
+_SQLITE_WRITERS: dict[str, _SqliteWriters] = {}
 _SQLITE_WRITERS_GUARD = threading.Lock()
 
 
-def _sqlite_writers(url: str) -> threading.RLock:
-    """This process's writers of one SQLite database queue on this lock. SQLite takes one writer
-    at a time, and a writer that finds its lock taken sleeps in steps of up to 100 ms before it
-    tries again: forty threads of one service posting at once would spend their time asleep while
-    the lock sits free. Here each takes it the moment the previous one commits."""
+def _sqlite_writers(database: str | None) -> _SqliteWriters:
+    """One turn-taking per database file and process, whichever `Store` objects open it."""
+    file = Path(database).resolve() if database and database != ":memory:" else None
     with _SQLITE_WRITERS_GUARD:
-        return _SQLITE_WRITERS.setdefault(url, threading.RLock())
+        return _SQLITE_WRITERS.setdefault(str(file), _SqliteWriters(file))
 
 
 def insert_for(session: Session) -> Callable[..., Any]:
@@ -79,7 +111,7 @@ class Store:
         self._writer = sessionmaker(
             self.engine.execution_options(watchkeeper_write=True), expire_on_commit=False
         )
-        self._sqlite_writers = _sqlite_writers(str(self.url)) if self.is_sqlite else nullcontext()
+        self._sqlite_writers = _sqlite_writers(self.url.database) if self.is_sqlite else nullcontext()
 
     @property
     def is_sqlite(self) -> bool:
