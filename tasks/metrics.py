@@ -186,8 +186,7 @@ def replace_window(
                 for m in measurements
             ],
         )
-    advance_latest(session, kind, subject, version, window, measurements, computed)
-    return len(measurements)
+    return advance_latest(session, kind, subject, version, window, measurements, computed)
 
 
 def advance_latest(
@@ -198,9 +197,10 @@ def advance_latest(
     window: Window,
     measurements: list[Measurement],
     computed: datetime,
-) -> None:
+) -> int:
     """Make this window the series' latest unless a later one is already there: one compare-and-set
-    statement (INSERT ... ON CONFLICT DO UPDATE ... WHERE), so concurrent writers cannot regress it."""
+    statement (INSERT ... ON CONFLICT DO UPDATE ... WHERE), so concurrent writers cannot regress it.
+    Returns how many results the window holds."""
     row = {
         "kind": kind,
         "subject": subject,
@@ -221,6 +221,7 @@ def advance_latest(
             where=LatestWindow.window_end <= statement.excluded.window_end,
         )
     )
+    return len(measurements)
 
 
 def bucket_window(end: datetime, length: timedelta, bucket_seconds: int) -> Window:
@@ -308,16 +309,36 @@ def record_results(
     model: Model,
     windows: dict[Window, dict[str, dict[str, list[Measurement]]]],
     flow_run_id: str | None,
+    history_every: timedelta | None = None,
 ) -> int:
     """Save each window's results of each kind and model version, in one transaction; returns how
-    many were saved."""
+    many were saved. With `history_every`, the windows become the latest (what `/metrics` exports)
+    and join the history only when its last entry is older than the current slot of that length."""
     with store.writing() as session:
+        end = max(window.end for window in windows)
+        history = not history_every or _history_due(session, model.name, end, history_every)
         return sum(
             replace_window(session, kind, model.name, version, window, measurements, flow_run_id)
+            if history
+            else advance_latest(session, kind, model.name, version, window, measurements, utcnow())
             for window, by_kind in windows.items()
             for kind, by_version in by_kind.items()
             for version, measurements in by_version.items()
         )
+
+
+def _history_due(session: Session, model_name: str, end: datetime, every: timedelta) -> bool:
+    """Whether the model's history has no window ending in the slot of length `every` that holds
+    `end`: one seek on the (kind, subject, metric, window_end) index."""
+    slot = bucket_start(end, int(every.total_seconds()))
+    last = session.scalar(
+        select(func.max(EvaluationResult.window_end)).where(
+            EvaluationResult.kind == "model_traffic",
+            EvaluationResult.subject == model_name,
+            EvaluationResult.metric == "request_count",
+        )
+    )
+    return last is None or last < slot
 
 
 def collect_model(
@@ -327,6 +348,7 @@ def collect_model(
     quality_window: Window,
     reference: ModelReference | None,
     flow_run_id: str | None,
+    history_every: timedelta | None = None,
 ) -> int:
     """One model's traffic and quality from its windows' buckets, saved together; returns how many
     results. Its cost is the model's, not its traffic's. The flow has just folded the intake's
@@ -334,7 +356,11 @@ def collect_model(
     traffic = measure_traffic(store, model, traffic_window, appended=False)
     quality = measure_quality(store, model, quality_window, reference, appended=False)
     return record_results(
-        store, model, {traffic_window: {"model_traffic": traffic}, quality_window: quality}, flow_run_id
+        store,
+        model,
+        {traffic_window: {"model_traffic": traffic}, quality_window: quality},
+        flow_run_id,
+        history_every,
     )
 
 
@@ -360,6 +386,7 @@ def collect_models(
                 bucket_window(end, model.windows.quality, bucket),
                 model_reference(store, config, model),
                 flow_run_id,
+                config.retention.results_every,
             )
         except Exception:  # one model's failure is logged and retried; the others are collected
             logger.exception("%s: collection failed", model.name)

@@ -194,3 +194,34 @@ def test_one_failing_model_does_not_stop_the_collection_of_the_others(
     with store.reading() as session:
         subjects = set(session.scalars(select(EvaluationResult.subject).distinct()))
     assert subjects == {"other"}
+
+
+def test_the_history_keeps_one_window_per_slot_and_metrics_read_every_cycle(
+    store: Store, model: Model, example_config: WatchkeeperConfig
+) -> None:
+    """Cycles every 15 s for 10 minutes with `retention.results_every: 5m`: the history holds the
+    first window of each 5-minute slot; the latest window (what /metrics reads) is every cycle's."""
+    from watchkeeper.service.metrics import latest_results
+
+    through_the_intake(store, model, log_frame(300, labelled=1.0))
+    every = example_config.retention.results_every
+    for cycle in range(40):
+        end = END + timedelta(seconds=15 * cycle + 7)
+        traffic = measure_traffic(store, model, bucket_window(end, model.windows.metrics, 60))
+        record_results(
+            store,
+            model,
+            {bucket_window(end, model.windows.metrics, 60): {"model_traffic": traffic}},
+            None,
+            every,
+        )
+    with store.reading() as session:
+        ends = sorted(
+            session.scalars(
+                select(EvaluationResult.window_end).where(EvaluationResult.metric == "request_count")
+            )
+        )
+        latest = [r for r in latest_results(session) if r.metric == "request_count"]
+    assert every == timedelta(minutes=5)
+    assert [end - END for end in ends] == [timedelta(seconds=7), timedelta(minutes=5, seconds=7)]
+    assert len(latest) == 1

@@ -592,6 +592,11 @@ class Retention(Strict):
         default=timedelta(days=14), description="The drift and data-quality sample of each bucket"
     )
     evaluation_results: Duration = timedelta(days=90)
+    results_every: Duration = Field(
+        default=timedelta(minutes=5),
+        description="The collection's traffic and quality results join the history once in this "
+        "long (every cycle's latest window still reaches /metrics; Prometheus keeps the fine series)",
+    )
     incidents: Duration = Field(
         default=timedelta(days=90), description="Resolved incidents, their timeline and actions"
     )
@@ -606,7 +611,7 @@ class Retention(Strict):
     batch_size: int = Field(default=5000, ge=1)
 
     def ages(self) -> dict[str, timedelta]:
-        return self.model_dump(exclude={"batch_size"})
+        return self.model_dump(exclude={"batch_size", "results_every"})
 
 
 DEFAULT_SAMPLE_PER_BUCKET = 200
