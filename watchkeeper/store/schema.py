@@ -194,7 +194,12 @@ class PredictionKey(Base):
 
     __tablename__ = "prediction_keys"
     # Without a rowid, SQLite keeps each row in its primary key's b-tree: the request id once.
-    __table_args__ = (Index("ix_prediction_keys_received", "received_at"), {"sqlite_with_rowid": False})
+    # PostgreSQL: room left in each page, so that a label's `labelled = true` is a heap-only update
+    # (no new index entries for most of the keys).
+    __table_args__ = (
+        Index("ix_prediction_keys_received", "received_at"),
+        {"sqlite_with_rowid": False, "postgresql_with": {"fillfactor": 85}},
+    )
 
     model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(256), primary_key=True)

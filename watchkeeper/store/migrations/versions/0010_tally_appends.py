@@ -1,5 +1,5 @@
 """model_tally_appends: the intake appends where no index is kept up; model_tallies holds the
-folded series only
+folded series only. On PostgreSQL, prediction_keys leaves room in its pages for labels' updates
 
 Revision ID: 0010
 Revises: 0009
@@ -40,9 +40,13 @@ def upgrade() -> None:
     with op.batch_alter_table("model_tallies") as batch:
         batch.drop_column("folded")
     op.create_index("uq_model_tallies_series", "model_tallies", SERIES, unique=True)
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("ALTER TABLE prediction_keys SET (fillfactor = 85)")
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("ALTER TABLE prediction_keys RESET (fillfactor)")
     op.drop_index("uq_model_tallies_series", "model_tallies")
     with op.batch_alter_table("model_tallies") as batch:
         batch.add_column(sa.Column("folded", sa.Boolean(), nullable=False, server_default=sa.true()))
