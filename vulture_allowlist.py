@@ -54,3 +54,5 @@ _.shared
 _.queued
 # Called by migration 0009 (migrations are not scanned).
 aggregate_stored
+# uvicorn's workers import it by name (watchkeeper serve with intake.processes above 1).
+service_from_environment

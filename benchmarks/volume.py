@@ -26,7 +26,8 @@ Baseline: before this, a collection cycle re-read every raw row of its window: 0
 SQLite and 2,492-2,967 on PostgreSQL (batches of 100).
 
 Usage: python benchmarks/volume.py [--database sqlite|postgresql] [--levels 20,500,2000,5000,10000]
-       [--spread 50] [--live 180] [--fault]. The last line is JSON.
+       [--spread 50] [--spread-rate R] [--live 180] [--fault] [--service-processes N]. The last line
+       is JSON.
 """
 
 from __future__ import annotations
@@ -68,14 +69,14 @@ BASELINE = {
 DRILL_ACCURACY_COLLAPSE_S = 44.8  # docs/benchmarks.md: the drill's concept drift, ModelAccuracyCollapse
 
 
-def bench_config(folder: Path, models: int, http: HttpRecorder | None) -> Path:
+def bench_config(folder: Path, models: int, http: HttpRecorder | None, processes: int = 1) -> Path:
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
     template = data["models"][0]
     names = ["credit_approval"] + [f"credit_approval_{i:02d}" for i in range(1, models)]
     data["models"] = [{**template, "name": name} for name in names]
     data["models"].append({**template, "name": PROBE, "segments": []})
     data["datasets"] = [d for d in data.get("datasets", []) if d.get("model") in names]
-    data["intake"] = {**data.get("intake", {}), "raw_predictions": "1%"}
+    data["intake"] = {**data.get("intake", {}), "raw_predictions": "1%", "processes": processes}
     if http is not None:
         data["remediation"] = {
             "max_actions_per_hour": 10_000,
@@ -385,7 +386,7 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
         env |= {
             "WATCHKEEPER_HOME": str(home),
-            "WATCHKEEPER_CONFIG": str(bench_config(Path(folder), models, http)),
+            "WATCHKEEPER_CONFIG": str(bench_config(Path(folder), models, http, args.service_processes)),
             "WATCHKEEPER_DATABASE_URL": url,
         }
         os.environ.update(env)
@@ -462,6 +463,7 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
             "rps": rate,
             "models": models,
             "database": database,
+            "service_processes": args.service_processes,
             "intake_rps": round((after - before) / live, 1),
             "intake_p99_ms": outcome["intake_p99_ms"],
             "cpu_cores": round(cpu / live, 3),
@@ -515,6 +517,9 @@ def main() -> None:
     parser.add_argument("--max-fill", type=int, default=600_000, help="at most this many fill predictions")
     parser.add_argument(
         "--fault", action="store_true", help="collapse accuracy at the top level and time acting"
+    )
+    parser.add_argument(
+        "--service-processes", type=int, default=1, help="intake.processes: the service's processes"
     )
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)

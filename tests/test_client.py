@@ -11,6 +11,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+import yaml
 from sqlalchemy import func, select
 
 from tests.conftest import LiveService
@@ -18,6 +20,7 @@ from watchkeeper.client import WatchkeeperClient
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.local.stack import service_process
 from watchkeeper.runtime.host import free_port
+from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
 from watchkeeper.store.buckets import fold_model_tallies
 from watchkeeper.store.intake import intake_counts, tally_totals
@@ -127,3 +130,48 @@ def test_the_client_imports_without_the_servers_dependencies(tmp_path: Path) -> 
         [sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
     )
     assert found.stdout.strip() == "[]"
+
+
+def test_service_processes_share_the_port_and_store_each_prediction_once(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`intake.processes: 3`: uvicorn's workers answer on one port; clients of eight model services
+    posting at once, each batch sent twice, count every prediction once (on SQLite the processes'
+    writes take turns)."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["intake"] = {**config.get("intake", {}), "processes": 3}
+    (tmp_path / "watchkeeper.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("WATCHKEEPER_CONFIG", str(tmp_path / "watchkeeper.yaml"))
+    url = store.url.render_as_string(hide_password=False)
+    with service_process(url, tmp_path) as service:
+        workers = descendants(service.pid)
+        clients = [WatchkeeperClient(service.url, batch_size=250, flush_interval=0.05) for _ in range(8)]
+        senders = [
+            threading.Thread(target=log, args=(client, range(i * 1000, (i + 1) * 1000)))
+            for i, client in enumerate(clients)
+        ]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+        for client in clients:
+            assert client.flush(timeout=120)
+        log(clients[0], range(2000))  # re-sent: the same request ids again
+        for client in clients:
+            client.close()
+    assert len(workers) >= 3
+    assert sum(client.stats().sent for client in clients) == 10_000
+    assert stored(store) == {"keys": 8000, "requests": 8000, "counted": 8000}
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (uvicorn's workers)."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.add(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return children

@@ -654,6 +654,13 @@ class Intake(Strict):
         le=100_000,
         description="Predictions per model and bucket kept for drift and data quality (by request id)",
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=32,
+        description="Service processes answering on one port: parsing and checks run side by side "
+        "(one Python process uses one core at most); on SQLite their writes still take turns",
+    )
 
     @field_validator("bucket")
     @classmethod

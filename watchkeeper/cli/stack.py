@@ -61,8 +61,18 @@ def serve(
             f"refusing to listen on {host} without credentials for every role: set {', '.join(missing)} "
             "(or WATCHKEEPER_API_TOKEN for all), or pass --allow-unauthenticated"
         )
+    config, store = load_monitoring(), open_store()
+    if config.intake.processes == 1:
+        uvicorn.run(create_app(config, store, credentials), host=host, port=port, log_level="info")
+        return
+    store.dispose()
     uvicorn.run(
-        create_app(load_monitoring(), open_store(), credentials), host=host, port=port, log_level="info"
+        "watchkeeper.service.app:service_from_environment",
+        factory=True,
+        workers=config.intake.processes,
+        host=host,
+        port=port,
+        log_level="info",
     )
 
 

@@ -34,7 +34,7 @@ from watchkeeper.intake.records import (
 from watchkeeper.service.edge import EdgeMetrics
 from watchkeeper.service.metrics import store_registry
 from watchkeeper.service.openapi import Components, MarkdownResponse, errors, examples
-from watchkeeper.settings import REPO_ROOT, Credentials, Role
+from watchkeeper.settings import REPO_ROOT, Credentials, Role, Settings
 from watchkeeper.store import Store
 from watchkeeper.store.actions import (
     answer_approval,
@@ -205,6 +205,13 @@ def credentials_guard(role: Role) -> Callable[..., str]:
         )
 
     return require_credentials
+
+
+def service_from_environment() -> FastAPI:
+    """The service as `watchkeeper serve` builds it, for each of its processes (uvicorn's workers
+    start from the environment; the parent has checked credentials and upgraded the store)."""
+    settings = Settings()
+    return create_app(settings.monitoring, settings.open_store(), settings.credentials)
 
 
 def create_app(
