@@ -360,7 +360,12 @@ def time_to_act(service: str, http: HttpRecorder, runs: int = 20) -> float:
         body["alerts"][0]["labels"]["bench"] = "act"
         target = f"/breaker/bench-model-{run}/open"
         started = time.monotonic()
-        httpx.post(f"{service}/v1/alertmanager", json=body, timeout=10).raise_for_status()
+        while True:  # as Alertmanager does: a notification not answered in 10 s is sent again
+            try:
+                httpx.post(f"{service}/v1/alertmanager", json=body, timeout=10).raise_for_status()
+                break
+            except httpx.TimeoutException:
+                continue
         while not http.to(target):
             if time.monotonic() - started > 60:
                 raise SystemExit(f"act run {run}: no action within 60 s")
