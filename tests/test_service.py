@@ -258,3 +258,34 @@ def test_latest_evaluated_window_is_exported_as_gauges(
         (("kind", "drift"), ("model_name", "credit_approval")),
     }
     assert all(abs(v - datetime.now(UTC).timestamp()) < 600 for v in stamps.values())
+
+
+def test_batches_waiting_on_the_store_leave_threads_for_scrapes_and_alerts(
+    service: LiveService, store: Store
+) -> None:
+    """Fifty model services post while the store cannot take their writes: the batches wait (at
+    most INTAKE_THREADS of them in threads), `/metrics` still answers, and every batch is stored
+    once the store frees up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import text
+
+    from watchkeeper.service.app import INTAKE_THREADS
+
+    posting = 50
+    assert posting > 40 > INTAKE_THREADS  # more batches than the default thread pool has threads
+    with ThreadPoolExecutor(posting) as pool:
+        with store.writing() as session:  # SQLite: the write lock; PostgreSQL: the keys' table
+            if not store.is_sqlite:
+                session.execute(text("LOCK TABLE prediction_keys IN ACCESS EXCLUSIVE MODE"))
+            posts = [
+                pool.submit(
+                    httpx.post, f"{service.url}/v1/predictions", json=predictions(20, 20 * i), timeout=120
+                )
+                for i in range(posting)
+            ]
+            scrape = httpx.get(f"{service.url}/metrics", timeout=20)
+            assert scrape.status_code == 200
+            assert not any(post.done() for post in posts)  # still waiting for the store
+        assert [post.result().status_code for post in posts] == [200] * posting
+    assert counts(service.url)[("watchkeeper_predictions_total", "v1")] == 20 * posting

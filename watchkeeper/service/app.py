@@ -6,9 +6,10 @@ import base64
 import binascii
 import hmac
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import cache, partial
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -79,6 +80,10 @@ class ApprovalAnswer(BaseModel):
     comment: Annotated[str, AfterValidator(_storable_text)] = Field(default="", max_length=2000)
 
 
+# Intake batches parsing or writing at once in one service process (see `intake_threads`): SQLite
+# takes one writer at a time and one Python process uses one core, so more would only queue in
+# threads that the alert webhook, scrapes and health checks need.
+INTAKE_THREADS = 8
 NO_CREDENTIALS = Credentials()
 Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")]
 
@@ -249,18 +254,29 @@ def create_app(
     rules = IntakeRules.of(config, profiles)
     pipeline_buckets = {p.name: p.latency_buckets for p in config.pipelines}.__getitem__
 
+    @cache
+    def intake_threads() -> anyio.CapacityLimiter:
+        """Batches parse and write in threads of their own, at most INTAKE_THREADS at once: fifty
+        model services posting together would otherwise hold every thread of the pool, and an
+        Alertmanager notification (or a scrape) would wait behind them. Batches beyond that wait
+        in the event loop, holding no thread. Made on first use, inside the event loop."""
+        return anyio.CapacityLimiter(INTAKE_THREADS)
+
     async def intake(
         request: Request, record_type: type[Record], write: Callable[[Store, Sequence[Any]], StoredBatch]
     ) -> JSONResponse:
         try:
             body = await read_body_text(request, config.intake.max_body_bytes)
-            records = await run_in_threadpool(
-                parse_batch,
-                body,
-                request.headers.get("content-type"),
-                record_type,
-                config,
-                config.intake.max_records,
+            records = await anyio.to_thread.run_sync(
+                partial(
+                    parse_batch,
+                    body,
+                    request.headers.get("content-type"),
+                    record_type,
+                    config,
+                    config.intake.max_records,
+                ),
+                limiter=intake_threads(),
             )
         except BodyError as exc:
             return refused(exc)
@@ -272,7 +288,7 @@ def create_app(
         except BatchError as exc:
             return JSONResponse(exc.as_detail(), status.HTTP_422_UNPROCESSABLE_CONTENT)
         try:
-            stored = await run_in_threadpool(write, store, records)
+            stored = await anyio.to_thread.run_sync(write, store, records, limiter=intake_threads())
         except SQLAlchemyError as exc:
             return store_unavailable("the batch", exc)
         return JSONResponse(
