@@ -259,3 +259,35 @@ def test_an_upgrade_to_aggregates_counts_the_last_days_raw_rows(
         assert after["label_coverage_ratio"] == pytest.approx(101 / 300)
     finally:
         store.dispose()
+
+
+def test_a_process_forked_while_another_thread_writes_takes_its_own_turn(store: Store) -> None:
+    """SQLite's writers take turns on a lock per process and a `flock` across processes; a child
+    forked while one of the parent's threads holds its turn must not inherit that turn (it would
+    wait forever for a thread it does not have)."""
+    import os
+    import signal
+    import threading
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.writing():
+            holding.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+    child = os.fork()
+    if child == 0:
+        signal.alarm(60)  # a child stuck on the parent's turn dies, and the parent sees it
+        store.engine.dispose(close=False)  # the parent's connections stay the parent's
+        store_feedback(store, [feedback("from-the-child")])
+        os._exit(0)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with store.reading() as session:
+        assert session.scalar(select(func.count()).select_from(Feedback)) == 1

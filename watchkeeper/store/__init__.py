@@ -63,9 +63,17 @@ class _SqliteWriters:
     """
 
     def __init__(self, database: Path | None) -> None:
-        self._threads = threading.RLock()
         self._path = database.with_name(database.name + ".writers") if database else None
         self._fd: int | None = None
+        self.forget_parent()
+
+    def forget_parent(self) -> None:
+        """In a forked child: a lock of its own, and a file description of its own on first use.
+        The inherited descriptor shares the parent's `flock` (closing it keeps the parent's)."""
+        self._threads = threading.RLock()
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
         self._depth = 0
 
     def __enter__(self) -> None:
@@ -85,6 +93,17 @@ class _SqliteWriters:
 
 _SQLITE_WRITERS: dict[str, _SqliteWriters] = {}
 _SQLITE_WRITERS_GUARD = threading.Lock()
+
+
+def _forget_parents_writers() -> None:
+    """A forked child inherits locks held by threads it does not have: it starts afresh."""
+    global _SQLITE_WRITERS_GUARD
+    _SQLITE_WRITERS_GUARD = threading.Lock()
+    for writers in _SQLITE_WRITERS.values():
+        writers.forget_parent()
+
+
+os.register_at_fork(after_in_child=_forget_parents_writers)
 
 
 def _sqlite_writers(database: str | None) -> _SqliteWriters:
