@@ -111,10 +111,10 @@ def test_a_failing_batch_leaves_nothing_behind(store: Store, monkeypatch: pytest
     save_predictions(store, [prediction("before")])
     import watchkeeper.store.intake as intake
 
-    def fail_after_insert(session, kind, counts):  # noqa: ANN001
+    def fail_after_insert(tallies, session):  # noqa: ANN001
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(intake, "_add_to_counts", fail_after_insert)
+    monkeypatch.setattr(intake.TallyRows, "write", fail_after_insert)
     with pytest.raises(RuntimeError):
         save_predictions(store, [prediction("x"), prediction("y")])
     with store.reading() as session:

@@ -26,7 +26,8 @@ from watchkeeper.intake.aggregates import (
 )
 from watchkeeper.intake.checks import ReferenceProfile, class_name, record_failures
 from watchkeeper.intake.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
-from watchkeeper.store import Store, insert_for
+from watchkeeper.store import Store
+from watchkeeper.store.bulk import insert_rows
 from watchkeeper.store.schema import (
     Feedback,
     ModelTallyAppend,
@@ -85,30 +86,39 @@ def _first_per_request(records: Iterable[Any]) -> dict[tuple[str, str], Any]:
     return firsts
 
 
-def _insert_new(session: Session, table: Table, rows: list[dict[str, Any]], key: Sequence[str]) -> set[tuple]:
-    """Insert the rows whose `key` is not stored yet, in one statement (ON CONFLICT DO NOTHING):
-    no lookup before, no race with a concurrent writer. Returns the keys it inserted."""
-    if not rows:
-        return set()
-    statement = insert_for(session)(table).on_conflict_do_nothing(index_elements=list(key))
-    return {tuple(row) for row in session.execute(statement.returning(*(table.c[k] for k in key)), rows)}
+class TallyRows:
+    """The Prometheus tallies of one intake transaction, appended together by one INSERT at its end:
+    one new row per series and transaction, so no row is shared with another writer."""
 
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
 
-def _add_to_counts(session: Session, kind: str, counts: Counter[tuple[str, str]]) -> None:
-    _append_tallies(session, COUNT + kind, {(m, v, ""): n for (m, v), n in counts.items()})
+    def add(
+        self, family: str, counts: Mapping[tuple[str, str, str], float], keep_zeros: bool = False
+    ) -> None:
+        """A row per (subject, variant, detail) with a count."""
+        self.rows.extend(
+            {"family": family, "subject": subject, "variant": variant, "detail": detail, "total": float(n)}
+            for (subject, variant, detail), n in counts.items()
+            if n or keep_zeros
+        )
 
+    def count(self, kind: str, counts: Counter[tuple[str, str]]) -> None:
+        """Records stored, per model and version."""
+        self.add(COUNT + kind, {(m, v, ""): n for (m, v), n in counts.items()})
 
-def _append_tallies(
-    session: Session, family: str, counts: Mapping[tuple[str, str, str], float], keep_zeros: bool = False
-) -> None:
-    """One new row per (subject, variant, detail) with a count: no row is shared with another writer."""
-    rows = [
-        {"family": family, "subject": subject, "variant": variant, "detail": detail, "total": float(n)}
-        for (subject, variant, detail), n in counts.items()
-        if n or keep_zeros
-    ]
-    if rows:
-        session.execute(Tally.__table__.insert(), rows)
+    def histogram(
+        self,
+        family: str,
+        observations: Iterable[tuple[str, str, float]],
+        buckets_for: Callable[[str], Sequence[float]],
+    ) -> None:
+        buckets, sums = histogram_tallies(observations, buckets_for)
+        self.add(BUCKET + family, buckets, keep_zeros=True)
+        self.add(SUM + family, sums, keep_zeros=True)
+
+    def write(self, session: Session) -> None:
+        insert_rows(session, Tally.__table__, self.rows)
 
 
 def tally_totals(session: Session) -> list[tuple[str, str, str, str, float]]:
@@ -151,7 +161,7 @@ def fold_tallies(store: Store) -> int:
 
 
 def _tally_predictions(
-    session: Session,
+    tallies: TallyRows,
     records: Sequence[PredictionRecord],
     profile_for: Callable[[str], ReferenceProfile | None],
 ) -> None:
@@ -171,14 +181,14 @@ def _tally_predictions(
         checked[(reference.dataset, "", "")] += 1
         for check, column in record_failures(reference, record.features):
             failures[(reference.dataset, check, column)] += 1
-    _append_tallies(session, "prediction_errors", errors)
-    _append_tallies(session, "predictions_by_class", classes)
-    _append_tallies(session, "records_checked", checked)
-    _append_tallies(session, "record_check_failures", failures)
+    tallies.add("prediction_errors", errors)
+    tallies.add("predictions_by_class", classes)
+    tallies.add("records_checked", checked)
+    tallies.add("record_check_failures", failures)
 
 
 def _tally_labels(
-    session: Session,
+    tallies: TallyRows,
     labelled: Iterable[tuple[str, str, str, str, float | None]],
     model_for: Callable[[str], Model | None],
 ) -> None:
@@ -197,9 +207,9 @@ def _tally_labels(
         missed[key] += predicted != actual
         if predicted == actual == class_name(model.positive_class) and business_value is not None:
             value[(model_name, "", model.business_metric)] += business_value
-    _append_tallies(session, "labelled", counted)
-    _append_tallies(session, "misclassified", missed)
-    _append_tallies(session, "business_value", value)
+    tallies.add("labelled", counted)
+    tallies.add("misclassified", missed)
+    tallies.add("business_value", value)
 
 
 def le_text(bound: float) -> str:
@@ -227,17 +237,6 @@ def histogram_tallies(
         sums[(subject, variant, "count")] += 1
         sums[(subject, variant, "sum")] += value
     return buckets, sums
-
-
-def _add_to_histogram(
-    session: Session,
-    family: str,
-    observations: Iterable[tuple[str, str, float]],
-    buckets_for: Callable[[str], Sequence[float]],
-) -> None:
-    buckets, sums = histogram_tallies(observations, buckets_for)
-    _append_tallies(session, BUCKET + family, buckets, keep_zeros=True)
-    _append_tallies(session, SUM + family, sums, keep_zeros=True)
 
 
 def not_configured(_model: str) -> None:
@@ -288,7 +287,7 @@ def _write_predictions(
         key: served(r, rules.bucket_seconds, profile_for(r.model_name), rules.model_for(r.model_name))
         for key, r in firsts.items()
     }
-    inserted = _insert_new(
+    inserted = insert_rows(
         session,
         PredictionKey.__table__,
         [f.key_row(now) for f in facts.values()],
@@ -298,7 +297,7 @@ def _write_predictions(
     priorities = {r.request_id: request_priority(r.request_id) for r in new}
     raw_below = rules.raw_fraction * PRIORITY_SPACE
     raw = [_raw_row(r, now) for r in new if rules.raw_fraction >= 1.0 or priorities[r.request_id] < raw_below]
-    _insert_new(session, Prediction.__table__, raw, ("model_name", "request_id"))
+    insert_rows(session, Prediction.__table__, raw, ("model_name", "request_id"))
     scope = str(session.get_bind().url)
     sampled = [
         _sample_row(r, facts[(r.model_name, r.request_id)].bucket_start, priorities[r.request_id])
@@ -307,21 +306,20 @@ def _write_predictions(
             scope, r.model_name, facts[(r.model_name, r.request_id)].bucket_start, priorities[r.request_id]
         )
     ]
-    _insert_new(session, PredictionSample.__table__, sampled, ("model_name", "request_id"))
+    insert_rows(session, PredictionSample.__table__, sampled, ("model_name", "request_id"))
     buckets = BucketTotals()
     for r in new:
         buckets.prediction(facts[(r.model_name, r.request_id)], r.latency_seconds)
-    _append_bucket_totals(session, buckets)
-    _add_to_counts(session, "predictions", Counter((r.model_name, r.model_version) for r in new))
+    tallies = TallyRows()
+    tallies.count("predictions", Counter((r.model_name, r.model_version) for r in new))
     latencies = ((r.model_name, r.model_version, r.latency_seconds) for r in new)
-    _add_to_histogram(
-        session,
-        INFERENCE_LATENCY,
-        ((m, v, x) for m, v, x in latencies if x is not None),
-        rules.latency_buckets,
+    tallies.histogram(
+        INFERENCE_LATENCY, ((m, v, x) for m, v, x in latencies if x is not None), rules.latency_buckets
     )
-    _tally_predictions(session, new, profile_for)
-    _join_waiting(session, [(r.model_name, r.request_id) for r in new], rules, profile_for)
+    _tally_predictions(tallies, new, profile_for)
+    _join_waiting(session, [(r.model_name, r.request_id) for r in new], rules, profile_for, buckets, tallies)
+    _append_bucket_totals(session, buckets)
+    tallies.write(session)
     return len(new)
 
 
@@ -358,9 +356,7 @@ def _sample_row(record: PredictionRecord, start: datetime, priority: int) -> dic
 def _append_bucket_totals(
     session: Session, buckets: BucketTotals, appends: Table = ModelTallyAppend.__table__
 ) -> None:
-    rows = buckets.rows()
-    if rows:
-        session.execute(appends.insert(), rows)
+    insert_rows(session, appends, buckets.rows())
 
 
 def _claim_keys(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Served]:
@@ -402,13 +398,13 @@ def _known_keys(session: Session, keys: Sequence[tuple[str, str]]) -> set[tuple[
 
 
 def _count_labels(
-    session: Session,
     joined: Iterable[tuple[FeedbackRecord, Served]],
     rules: IntakeRules,
     profile_for: Callable[[str], ReferenceProfile | None],
+    buckets: BucketTotals,
+    tallies: TallyRows,
 ) -> None:
     """A joined label's aggregates, in its prediction's bucket, and its Prometheus tallies."""
-    buckets = BucketTotals()
     outcomes = []
     for record, facts in joined:
         actual = outcome_class(record.label, profile_for(record.model_name))
@@ -417,8 +413,7 @@ def _count_labels(
             outcomes.append(
                 (record.model_name, facts.model_version, facts.predicted, actual, record.business_value)
             )
-    _append_bucket_totals(session, buckets)
-    _tally_labels(session, outcomes, rules.model_for)
+    _tally_labels(tallies, outcomes, rules.model_for)
 
 
 def _write_feedback(
@@ -436,7 +431,7 @@ def _write_feedback(
     missing = [key for key in firsts if key not in claimed]
     known = _known_keys(session, missing) if missing else set()
     unknown = [key for key in missing if key not in known]
-    waiting = _insert_new(
+    waiting = insert_rows(
         session,
         WaitingLabel.__table__,
         [
@@ -451,7 +446,7 @@ def _write_feedback(
         ],
         ("model_name", "request_id"),
     )
-    _insert_new(
+    insert_rows(
         session,
         Feedback.__table__,
         [
@@ -468,10 +463,15 @@ def _write_feedback(
         ],
         ("model_name", "request_id"),
     )
-    _count_labels(session, ((firsts[key], facts) for key, facts in claimed.items()), rules, profile_for)
+    buckets, tallies = BucketTotals(), TallyRows()
+    _count_labels(
+        ((firsts[key], facts) for key, facts in claimed.items()), rules, profile_for, buckets, tallies
+    )
     versions = Counter((key[0], facts.model_version) for key, facts in claimed.items())
     versions.update((key[0], UNKNOWN_VERSION) for key in waiting)
-    _add_to_counts(session, "feedback", versions)
+    tallies.count("feedback", versions)
+    _append_bucket_totals(session, buckets)
+    tallies.write(session)
     return len(claimed) + len(waiting)
 
 
@@ -515,7 +515,7 @@ def aggregate_stored(
             if labelled:
                 buckets.label(facts, outcome_class(row.label, None), row.business_value)
             keys.append({**facts.key_row(now), "labelled": labelled})
-        _insert_new(session, PredictionKey.__table__, keys, ("model_name", "request_id"))
+        insert_rows(session, PredictionKey.__table__, keys, ("model_name", "request_id"))
         _append_bucket_totals(session, buckets, appends)
         added += len(rows)
 
@@ -525,9 +525,11 @@ def _join_waiting(
     keys: Sequence[tuple[str, str]],
     rules: IntakeRules,
     profile_for: Callable[[str], ReferenceProfile | None],
+    buckets: BucketTotals,
+    tallies: TallyRows,
 ) -> int:
     """Join the waiting labels of these keys: each is claimed by deleting it, so two joins never
-    count one twice. Returns how many were joined."""
+    count one twice; their counts go to `buckets` and `tallies`. Returns how many were joined."""
     waiting = WaitingLabel.__table__
     labels: dict[tuple[str, str], FeedbackRecord] = {}
     for model, chunk in _by_model(keys):
@@ -543,7 +545,9 @@ def _join_waiting(
     if not labels:
         return 0
     claimed = _claim_keys(session, list(labels))
-    _count_labels(session, ((labels[key], facts) for key, facts in claimed.items()), rules, profile_for)
+    _count_labels(
+        ((labels[key], facts) for key, facts in claimed.items()), rules, profile_for, buckets, tallies
+    )
     return len(claimed)
 
 
@@ -565,8 +569,12 @@ def join_waiting_labels(store: Store, rules: IntakeRules, limit: int = 10_000) -
     if not found:
         return 0
     profiles = {name: rules.profile_for(name) for name in {model for model, _ in found}}
+    buckets, tallies = BucketTotals(), TallyRows()
     with store.writing() as session:
-        return _join_waiting(session, [tuple(row) for row in found], rules, profiles.get)
+        joined = _join_waiting(session, [tuple(row) for row in found], rules, profiles.get, buckets, tallies)
+        _append_bucket_totals(session, buckets)
+        tallies.write(session)
+    return joined
 
 
 def _write_pipeline_runs(
@@ -578,10 +586,12 @@ def _write_pipeline_runs(
     now = utcnow()
     candidates = [{**r.model_dump(), "source": "intake", "received_at": now} for r in firsts.values()]
     key = ("pipeline_name", "run_id", "stage")
-    inserted = _insert_new(session, PipelineRun.__table__, candidates, key)
+    inserted = insert_rows(session, PipelineRun.__table__, candidates, key)
     rows = [r for r in candidates if tuple(r[k] for k in key) in inserted]
     durations = ((r["pipeline_name"], r["stage"], r["duration_seconds"]) for r in rows)
-    _add_to_histogram(session, PIPELINE_LATENCY, durations, buckets_for)
+    tallies = TallyRows()
+    tallies.histogram(PIPELINE_LATENCY, durations, buckets_for)
+    tallies.write(session)
     return len(rows)
 
 
