@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import cache, partial
 from typing import Annotated, Any
 
@@ -33,6 +33,7 @@ from watchkeeper.intake.records import (
     parse_batch,
 )
 from watchkeeper.service.edge import EdgeMetrics
+from watchkeeper.service.group_commit import GroupCommit
 from watchkeeper.service.metrics import store_registry
 from watchkeeper.service.openapi import Components, MarkdownResponse, errors, examples
 from watchkeeper.settings import REPO_ROOT, Credentials, Role, Settings
@@ -51,13 +52,7 @@ from watchkeeper.store.alerts import (
     store_notification,
 )
 from watchkeeper.store.incidents import incident_detail, list_alerts, list_incidents
-from watchkeeper.store.intake import (
-    IntakeRules,
-    StoredBatch,
-    store_feedback,
-    store_pipeline_runs,
-    store_predictions,
-)
+from watchkeeper.store.intake import IntakeRules, feedback_writer, pipeline_run_writer, prediction_writer
 from watchkeeper.store.paging import CursorError, Page
 from watchkeeper.store.reports import list_reports, report_html
 from watchkeeper.store.samples import Sampling
@@ -262,9 +257,11 @@ def create_app(
         in the event loop, holding no thread. Made on first use, inside the event loop."""
         return anyio.CapacityLimiter(INTAKE_THREADS)
 
-    async def intake(
-        request: Request, record_type: type[Record], write: Callable[[Store, Sequence[Any]], StoredBatch]
-    ) -> JSONResponse:
+    predictions = GroupCommit(store, prediction_writer(rules), intake_threads)
+    feedback = GroupCommit(store, feedback_writer(rules), intake_threads)
+    pipeline_runs = GroupCommit(store, pipeline_run_writer(pipeline_buckets), intake_threads)
+
+    async def intake(request: Request, record_type: type[Record], writer: GroupCommit) -> JSONResponse:
         try:
             body = await read_body_text(request, config.intake.max_body_bytes)
             records = await anyio.to_thread.run_sync(
@@ -288,7 +285,7 @@ def create_app(
         except BatchError as exc:
             return JSONResponse(exc.as_detail(), status.HTTP_422_UNPROCESSABLE_CONTENT)
         try:
-            stored = await anyio.to_thread.run_sync(write, store, records, limiter=intake_threads())
+            stored = await writer.store(records)
         except SQLAlchemyError as exc:
             return store_unavailable("the batch", exc)
         return JSONResponse(
@@ -309,11 +306,7 @@ def create_app(
     )
     async def post_predictions(request: Request) -> JSONResponse:
         """Store a batch of predictions (JSON array or NDJSON), whole or not at all."""
-        return await intake(
-            request,
-            PredictionRecord,
-            partial(store_predictions, rules=rules),
-        )
+        return await intake(request, PredictionRecord, predictions)
 
     @app.post(
         "/v1/feedback",
@@ -323,7 +316,7 @@ def create_app(
     )
     async def post_feedback(request: Request) -> JSONResponse:
         """Store a batch of delayed ground-truth labels (JSON array or NDJSON), whole or not at all."""
-        return await intake(request, FeedbackRecord, partial(store_feedback, rules=rules))
+        return await intake(request, FeedbackRecord, feedback)
 
     @app.post(
         "/v1/pipeline-runs",
@@ -333,9 +326,7 @@ def create_app(
     )
     async def post_pipeline_runs(request: Request) -> JSONResponse:
         """Store pipeline stage runs (duration, records, errors), idempotent by pipeline, run id and stage."""
-        return await intake(
-            request, PipelineRunRecord, partial(store_pipeline_runs, duration_buckets=pipeline_buckets)
-        )
+        return await intake(request, PipelineRunRecord, pipeline_runs)
 
     @app.post(
         "/v1/alertmanager",

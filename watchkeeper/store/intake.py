@@ -278,9 +278,9 @@ def _write_predictions(
     records: Sequence[PredictionRecord],
     rules: IntakeRules,
     profile_for: Callable[[str], ReferenceProfile | None],
-) -> int:
+) -> set[tuple[str, str]]:
     """New request ids become keys (a re-sent one is a duplicate), their aggregates are added to
-    their buckets, and the sampled share of them is kept as raw rows."""
+    their buckets, and the sampled share of them is kept as raw rows. Returns the keys stored."""
     now = utcnow()
     firsts = _first_per_request(records)
     facts = {
@@ -320,7 +320,7 @@ def _write_predictions(
     _join_waiting(session, [(r.model_name, r.request_id) for r in new], rules, profile_for, buckets, tallies)
     _append_bucket_totals(session, buckets)
     tallies.write(session)
-    return len(new)
+    return inserted
 
 
 def _raw_row(record: PredictionRecord, received_at: datetime) -> dict[str, Any]:
@@ -421,10 +421,10 @@ def _write_feedback(
     records: Sequence[FeedbackRecord],
     rules: IntakeRules,
     profile_for: Callable[[str], ReferenceProfile | None],
-) -> int:
+) -> set[tuple[str, str]]:
     """A label joins its prediction's key once (compare-and-set); one whose prediction has not
     arrived waits (`waiting_labels`) until the prediction's intake joins it. A label of a key already
-    labelled, or already waiting, is a duplicate."""
+    labelled, or already waiting, is a duplicate. Returns the keys stored."""
     firsts = _first_per_request(records)
     now = utcnow()
     claimed = _claim_keys(session, list(firsts))
@@ -472,7 +472,7 @@ def _write_feedback(
     tallies.count("feedback", versions)
     _append_bucket_totals(session, buckets)
     tallies.write(session)
-    return len(claimed) + len(waiting)
+    return set(claimed) | waiting
 
 
 def aggregate_stored(
@@ -579,7 +579,7 @@ def join_waiting_labels(store: Store, rules: IntakeRules, limit: int = 10_000) -
 
 def _write_pipeline_runs(
     session: Session, records: Sequence[PipelineRunRecord], buckets_for: Callable[[str], Sequence[float]]
-) -> int:
+) -> set[tuple[str, str, str]]:
     firsts: dict[tuple[str, str, str], PipelineRunRecord] = {}
     for record in records:
         firsts.setdefault((record.pipeline_name, record.run_id, record.stage), record)
@@ -592,43 +592,86 @@ def _write_pipeline_runs(
     tallies = TallyRows()
     tallies.histogram(PIPELINE_LATENCY, durations, buckets_for)
     tallies.write(session)
-    return len(rows)
+    return inserted
 
 
-def _store(
-    store: Store, records: Sequence[Any], write: Callable[[Session, Sequence[Any]], int]
-) -> StoredBatch:
-    return StoredBatch(
-        received=len(records), stored=store.write_idempotently(lambda session: write(session, records))
+Transaction = Callable[[Session], set[tuple[str, ...]]]
+
+
+@dataclass(frozen=True)
+class BatchWriter:
+    """How one kind of record is stored: `transaction(records)` is the write of those records,
+    which returns the keys it stored (a key stored before is a duplicate); `key(record)` is a
+    record's key."""
+
+    transaction: Callable[[Sequence[Any]], Transaction]
+    key: Callable[[Any], tuple[str, ...]]
+
+    def store(self, store: Store, batches: Sequence[Sequence[Any]]) -> list[StoredBatch]:
+        """Store the batches in one transaction (a group commit), whole or not at all, and answer
+        each as if it had been stored alone, in order: a record stored by an earlier batch of the
+        group is a duplicate in a later one."""
+        write = self.transaction([record for batch in batches for record in batch])
+        stored = store.write_idempotently(write)
+        answers, seen = [], set()
+        for batch in batches:
+            keys = {self.key(record) for record in batch}
+            answers.append(StoredBatch(received=len(batch), stored=len((keys & stored) - seen)))
+            seen |= keys
+        return answers
+
+
+def _request_key(record: PredictionRecord | FeedbackRecord) -> tuple[str, str]:
+    return record.model_name, record.request_id
+
+
+def _with_profiles(
+    write: Callable[[Session, Sequence[Any], IntakeRules, Callable[[str], ReferenceProfile | None]], set],
+    rules: IntakeRules,
+) -> Callable[[Sequence[Any]], Transaction]:
+    def transaction(records: Sequence[Any]) -> Transaction:
+        # Resolved once per model, before the transaction: no reference is read, nor its file
+        # stat'ed, per record or while the batch holds its write lock.
+        profiles = {name: rules.profile_for(name) for name in {r.model_name for r in records}}
+        return lambda session: write(session, records, rules, profiles.get)
+
+    return transaction
+
+
+def prediction_writer(rules: IntakeRules = DEFAULT_RULES) -> BatchWriter:
+    """Predictions, checked against their model's reference."""
+    return BatchWriter(_with_profiles(_write_predictions, rules), _request_key)
+
+
+def feedback_writer(rules: IntakeRules = DEFAULT_RULES) -> BatchWriter:
+    return BatchWriter(_with_profiles(_write_feedback, rules), _request_key)
+
+
+def pipeline_run_writer(duration_buckets: Callable[[str], Sequence[float]]) -> BatchWriter:
+    """Idempotent by (pipeline_name, run_id, stage); `duration_buckets(pipeline)` bounds its histogram."""
+    return BatchWriter(
+        lambda records: lambda session: _write_pipeline_runs(session, records, duration_buckets),
+        lambda record: (record.pipeline_name, record.run_id, record.stage),
     )
 
 
 def store_predictions(
     store: Store, records: Sequence[PredictionRecord], rules: IntakeRules = DEFAULT_RULES
 ) -> StoredBatch:
-    """Store a batch whole or not at all; its records are checked against their model's reference."""
-    # Resolved once per model, before the transaction: no reference is read, nor its file stat'ed,
-    # per record or while the batch holds its write lock.
-    profiles = {name: rules.profile_for(name) for name in {r.model_name for r in records}}
-    return _store(
-        store, records, lambda session, batch: _write_predictions(session, batch, rules, profiles.get)
-    )
+    """Store a batch whole or not at all."""
+    return prediction_writer(rules).store(store, [records])[0]
 
 
 def store_feedback(
     store: Store, records: Sequence[FeedbackRecord], rules: IntakeRules = DEFAULT_RULES
 ) -> StoredBatch:
-    profiles = {name: rules.profile_for(name) for name in {r.model_name for r in records}}
-    return _store(store, records, lambda session, batch: _write_feedback(session, batch, rules, profiles.get))
+    return feedback_writer(rules).store(store, [records])[0]
 
 
 def store_pipeline_runs(
     store: Store, records: Sequence[PipelineRunRecord], duration_buckets: Callable[[str], Sequence[float]]
 ) -> StoredBatch:
-    """Idempotent by (pipeline_name, run_id, stage); `duration_buckets(pipeline)` bounds its histogram."""
-    return _store(
-        store, records, lambda session, batch: _write_pipeline_runs(session, batch, duration_buckets)
-    )
+    return pipeline_run_writer(duration_buckets).store(store, [records])[0]
 
 
 @dataclass(frozen=True, order=True)
