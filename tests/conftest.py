@@ -10,12 +10,19 @@ import pytest
 import uvicorn
 
 from watchkeeper.config import WatchkeeperConfig, load_config
+from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.local.pgtemp import PostgresMissing, new_database, postgres_cluster
 from watchkeeper.runtime.host import free_port
 from watchkeeper.service.app import create_app
 from watchkeeper.settings import DEFAULT_CONFIG, Credentials, Role
 from watchkeeper.store import Store
-from watchkeeper.store.intake import StoredBatch, store_predictions
+from watchkeeper.store.intake import (
+    DEFAULT_RULES,
+    IntakeRules,
+    StoredBatch,
+    feedback_writer,
+    prediction_writer,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -148,6 +155,19 @@ def alertmanager_only(token: str, basic: str | None = None) -> Credentials:
 def service(example_config: WatchkeeperConfig, store: Store) -> Iterator[LiveService]:
     with LiveService(example_config, store) as live:
         yield live
+
+
+def store_predictions(
+    store: Store, records: list[PredictionRecord], rules: IntakeRules = DEFAULT_RULES
+) -> StoredBatch:
+    """One batch of predictions, written as the service's intake writes it."""
+    return prediction_writer(rules).store(store, [records])[0]
+
+
+def store_feedback(
+    store: Store, records: list[FeedbackRecord], rules: IntakeRules = DEFAULT_RULES
+) -> StoredBatch:
+    return feedback_writer(rules).store(store, [records])[0]
 
 
 def save_predictions(store: Store, records: list) -> StoredBatch:

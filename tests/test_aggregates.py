@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from tasks.logs import prediction_frame
 from tasks.measurements import Window
 from tasks.metrics import bucket_window, measure_quality, measure_traffic
+from tests.conftest import store_feedback, store_predictions
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.intake.aggregates import (
     BottomK,
@@ -25,7 +26,7 @@ from watchkeeper.intake.aggregates import (
 from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.store import Store
 from watchkeeper.store.buckets import fold_model_tallies, window_totals
-from watchkeeper.store.intake import IntakeRules, join_waiting_labels, store_feedback, store_predictions
+from watchkeeper.store.intake import IntakeRules, join_waiting_labels
 from watchkeeper.store.samples import Sampling, trim_samples
 from watchkeeper.store.schema import Feedback, Prediction, PredictionKey, PredictionSample, WaitingLabel
 

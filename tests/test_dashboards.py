@@ -12,13 +12,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.metrics import Measurement, Window, save_results
-from tests.conftest import BACK_ENDS, LiveService, save_predictions, store_url
+from tests.conftest import BACK_ENDS, LiveService, save_predictions, store_feedback, store_url
 from tests.realstack import AlertingStack, WebhookRecorder
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.intake.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
 from watchkeeper.local.stack import INFRA
 from watchkeeper.store import Store
-from watchkeeper.store.intake import store_feedback, store_pipeline_runs
+from watchkeeper.store.intake import store_pipeline_runs
 
 DASHBOARDS = sorted((INFRA / "grafana" / "dashboards").glob("*.json"))
 PROMETHEUS_OWN = {"ALERTS", "ALERTS_FOR_STATE", "up"}

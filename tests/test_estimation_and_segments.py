@@ -11,11 +11,12 @@ from tasks.measurements import Window
 from tasks.metrics import bucket_window, measure_quality, record_results
 from tasks.references import ModelReference, derive
 from tasks.segments import bounded, top_values
+from tests.conftest import store_feedback, store_predictions
 from watchkeeper.config import OTHER_SEGMENT, Model, Segment, WatchkeeperConfig
 from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.service.metrics import latest_results
 from watchkeeper.store import Store
-from watchkeeper.store.intake import DEFAULT_RULES, IntakeRules, store_feedback, store_predictions
+from watchkeeper.store.intake import DEFAULT_RULES, IntakeRules
 
 END = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 

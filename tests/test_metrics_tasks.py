@@ -10,12 +10,11 @@ from sqlalchemy import func, select
 
 from tasks.measurements import Window
 from tasks.metrics import bucket_window, measure_quality, measure_traffic, record_results
-from tests.conftest import save_predictions
+from tests.conftest import save_predictions, store_feedback
 from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.intake.aggregates import bucket_start
 from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.store import Store
-from watchkeeper.store.intake import store_feedback
 from watchkeeper.store.schema import EvaluationResult
 
 END = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)

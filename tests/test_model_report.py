@@ -21,7 +21,7 @@ from tasks.metrics import Measurement, Window, save_results
 from tasks.report_delivery import DeliveryFailed, deliver, produce_report
 from tasks.reporting import Period, gather_report
 from tasks.retention import apply_retention
-from tests.conftest import LiveService
+from tests.conftest import LiveService, store_feedback, store_predictions
 from tests.standins import HttpRecorder, SmtpStandIn
 from tests.test_incidents import notify
 from tests.timepaths import assert_bins_match, prediction_bodies, times_before, written
@@ -29,7 +29,7 @@ from watchkeeper.config import WatchkeeperConfig, load_config
 from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
-from watchkeeper.store.intake import DEFAULT_RULES, IntakeRules, store_feedback, store_predictions
+from watchkeeper.store.intake import DEFAULT_RULES, IntakeRules
 from watchkeeper.store.remediation import RemediationAction
 from watchkeeper.store.reports import ReportPeriod, claim_delivery, list_reports, report_html
 from watchkeeper.store.schema import Alert, Incident, ModelReport, ReportDelivery

@@ -6,12 +6,12 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 
 from tasks.metrics import Measurement, Window, bucket_window, measure_quality, measure_traffic, save_results
-from tests.conftest import save_predictions
+from tests.conftest import save_predictions, store_feedback
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.service.metrics import histogram_families, latest_results
 from watchkeeper.store import Store
-from watchkeeper.store.intake import IntakeTotal, intake_counts, store_feedback, tally_totals
+from watchkeeper.store.intake import IntakeTotal, intake_counts, tally_totals
 from watchkeeper.store.schema import EvaluationResult, Feedback, Prediction
 from watchkeeper.times import utcnow
 

@@ -655,19 +655,6 @@ def pipeline_run_writer(duration_buckets: Callable[[str], Sequence[float]]) -> B
     )
 
 
-def store_predictions(
-    store: Store, records: Sequence[PredictionRecord], rules: IntakeRules = DEFAULT_RULES
-) -> StoredBatch:
-    """Store a batch whole or not at all."""
-    return prediction_writer(rules).store(store, [records])[0]
-
-
-def store_feedback(
-    store: Store, records: Sequence[FeedbackRecord], rules: IntakeRules = DEFAULT_RULES
-) -> StoredBatch:
-    return feedback_writer(rules).store(store, [records])[0]
-
-
 def store_pipeline_runs(
     store: Store, records: Sequence[PipelineRunRecord], duration_buckets: Callable[[str], Sequence[float]]
 ) -> StoredBatch:
