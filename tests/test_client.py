@@ -89,6 +89,37 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking_the_model_service() -
     assert (stats.sent, stats.dropped, stats.queued) == (0, 25, 0) and stats.retries >= 1
 
 
+def test_labels_go_between_prediction_batches_when_predictions_keep_coming() -> None:
+    """A slow service: predictions pile up while a batch is in flight. Labels still go, a batch of
+    them after each batch of predictions, instead of waiting for a prediction queue that never
+    empties."""
+    in_flight, release = threading.Event(), threading.Event()
+    sent: list[tuple[str, int]] = []
+
+    class SlowService(WatchkeeperClient):
+        def _deliver(self, path: str, batch: list) -> None:
+            sent.append((path.rsplit("/", 1)[-1], len(batch)))
+            in_flight.set()
+            release.wait(30)
+
+    client = SlowService(f"http://127.0.0.1:{free_port()}", batch_size=1000, flush_interval=3600)
+    log(client, range(1000))  # a full batch wakes the sending thread
+    assert in_flight.wait(30)
+    log(client, range(1000, 3000))
+    for i in range(1500):
+        client.log_label(MODEL, f"r{i}", 1)
+    release.set()
+    assert client.flush(30)
+    assert sent == [
+        ("predictions", 1000),
+        ("feedback", 1000),
+        ("predictions", 1000),
+        ("feedback", 500),
+        ("predictions", 1000),
+    ]
+    client.close(timeout=0)
+
+
 def test_a_killed_and_restarted_service_loses_nothing_and_stores_nothing_twice(
     store: Store, tmp_path: Path
 ) -> None:

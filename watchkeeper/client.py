@@ -78,6 +78,7 @@ class WatchkeeperClient:
         self._closing = False
         self._counts = {"sent": 0, "dropped": 0, "refused": 0, "retries": 0}
         self._last_refusal: str | None = None
+        self._last_kind = "label"
         self._thread = threading.Thread(target=self._run, name="watchkeeper-client", daemon=True)
         self._thread.start()
         atexit.register(self.close, self.exit_timeout)
@@ -171,13 +172,17 @@ class WatchkeeperClient:
         return flushed
 
     def _take(self) -> tuple[str, list[dict[str, Any]]] | None:
+        """The next batch: predictions first (a label sent before its prediction waits in the store
+        for it), but never twice in a row while labels wait: against a slow service, predictions
+        arrive faster than they are sent, and labels would never go."""
+        order = ("label", "prediction") if self._last_kind == "prediction" else ("prediction", "label")
         with self._lock:
-            # Predictions first: a label sent before its prediction waits in the store for it.
-            for kind in ("prediction", "label"):
+            for kind in order:
                 queue = self._queues[kind]
                 if queue:
                     batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
                     self._in_flight = len(batch)
+                    self._last_kind = kind
                     return kind, batch
         return None
 
