@@ -6,10 +6,12 @@ quality, Prometheus, Alertmanager), on SQLite or on a PostgreSQL cluster of its 
 process sends through `watchkeeper.client`, one client per model as each model service has its own
 (batches of up to 1,000, gzipped): it first fills the quality
 window with predictions at past times, then sends live for `--live` seconds at the level's rate,
-with labels for 80 % of the predictions arriving 30 s to 5 min after them, and
+with labels for 80 % of the predictions arriving 30 s to 5 min after them (the fill's recent
+predictions' labels fall due during the live phase, as if it had begun at the fill's end), and
 `intake.raw_predictions` at 1 %. Each level gets a fresh stack and store.
 
 Per level: `intake_rps` (predictions stored per second, live, from the service's own counter),
+`labels_rps` (labels stored per second, likewise),
 `intake_p99_ms` (per POST of 1,000), `cpu_cores` (user + system CPU of every stack process and its
 children over the live seconds; the generator apart as `generator_cores`), `cpu_s_per_1k`,
 `cycle_cpu_s` (p95 of the collection's own CPU per cycle and model, from its log), `freshness_s`
@@ -33,6 +35,7 @@ Usage: python benchmarks/volume.py [--database sqlite|postgresql] [--levels 20,5
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
 import random
@@ -40,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -151,19 +153,31 @@ def generate(args: argparse.Namespace) -> None:
             return model, request_id, event.label, event.business_value
         return None
 
+    # Labels by the time they are due, each after its own delay (a queue in sending order would
+    # hold every label behind the first one's, up to 5 minutes).
+    pending: list[tuple[float, int, tuple]] = []
+    delay = [float(seconds) for seconds in args.label_delay.split(",")]
     now = datetime.now(UTC)
     window = timedelta(seconds=args.window)
     for i in range(args.fill):
         at = now - window + window * (i / max(1, args.fill))
         labelled = send(at)
-        if labelled and at < now - timedelta(minutes=5):
+        if labelled is None:
+            continue
+        # A fill prediction's label is due `delay` after its time: sent now when that has passed,
+        # else as if the live phase began at the fill's `now`, so labels flow at their steady rate
+        # from the first live second.
+        due_in = (at - now).total_seconds() + rng.uniform(*delay)
+        if due_in <= 0:
             clients[labelled[0]].log_label(labelled[0], labelled[1], labelled[2], labelled[3])
+        else:
+            pending.append((due_in, sequence, labelled))
     for client in clients.values():
         client.flush()
     print(json.dumps({"filled": args.fill, "at": time.time()}), flush=True)
-    pending: deque[tuple[float, tuple]] = deque()
-    delay = [float(seconds) for seconds in args.label_delay.split(",")]
     started = time.monotonic()
+    pending = [(started + due_in, order, labelled) for due_in, order, labelled in pending]
+    heapq.heapify(pending)
     cpu_started = time.process_time()
     sent_live = 0
     collapse_at = None
@@ -175,11 +189,11 @@ def generate(args: argparse.Namespace) -> None:
         for _ in range(due):
             labelled = send(datetime.now(UTC), wrong)
             if labelled:
-                pending.append((time.monotonic() + rng.uniform(*delay), labelled))
+                heapq.heappush(pending, (time.monotonic() + rng.uniform(*delay), sequence, labelled))
         sent_live += max(0, due)
         ripe = time.monotonic()
         while pending and pending[0][0] <= ripe:
-            _, (model, request_id, label, value) = pending.popleft()
+            _, _, (model, request_id, label, value) = heapq.heappop(pending)
             clients[model].log_label(model, request_id, label, value)
         time.sleep(0.01)
     cpu = time.process_time() - cpu_started
@@ -335,6 +349,15 @@ def cycle_cpu(home: Path, start: datetime, end: datetime) -> float | None:
     return round(percentile(per_model, 0.95), 4) if per_model else None
 
 
+def labels_total(scrape: str, family: str, models: list[str]) -> float:
+    """Labels stored: joined (under their prediction's version) or waiting for it (`unknown`)."""
+    return sum(
+        metric_value(scrape, family, {"model_name": n, "model_version": v}) or 0
+        for n in models
+        for v in ("v1", "unknown")
+    )
+
+
 def first_alert(url: str, model: str, since: float) -> float | None:
     from sqlalchemy import create_engine, select
 
@@ -449,10 +472,11 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
         )
         assert generator.stdout is not None
         json.loads(generator.stdout.readline())  # the window is filled
-        counted = "watchkeeper_predictions_total"
+        counted, labels = "watchkeeper_predictions_total", "watchkeeper_feedback_total"
         cpu_before, live_started, live_from = tree_cpu(roots), time.monotonic(), datetime.now(UTC)
         scrape = httpx.get(f"{service}/metrics", timeout=60).text  # one scrape: the live phase has begun
         before = sum(metric_value(scrape, counted, {"model_name": n}) or 0 for n in names)
+        labels_before = labels_total(scrape, labels, names)
         freshness = probe_freshness(service)
         act = time_to_act(service, http) if http is not None else None  # under the live load
         outcome = json.loads(generator.stdout.readline())
@@ -463,6 +487,7 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
         generator.wait()
         scrape = httpx.get(f"{service}/metrics", timeout=30).text
         after = sum(metric_value(scrape, counted, {"model_name": n}) or 0 for n in names)
+        labels_after = labels_total(scrape, labels, names)
         stored, by_table = store_bytes(url, home)
         level = {
             "rps": rate,
@@ -470,6 +495,7 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
             "database": database,
             "service_processes": args.service_processes,
             "intake_rps": round((after - before) / live, 1),
+            "labels_rps": round((labels_after - labels_before) / live, 1),
             "intake_p99_ms": outcome["intake_p99_ms"],
             "cpu_cores": round(cpu / live, 3),
             "generator_cores": round(outcome["generator_cpu_s"] / live, 3),
