@@ -4,8 +4,10 @@ On PostgreSQL, SQLAlchemy's multi-row INSERT (`insertmanyvalues`) writes one pla
 and psycopg parses that text anew whenever the row count changes: 40 to 65 µs of CPU a row,
 most of it a regular expression. Here each column goes as one array and the statement reads
 `INSERT … SELECT * FROM unnest(…)`: its text depends on the columns only, so psycopg parses it
-once and PostgreSQL prepares it, and a row costs 9 to 18 µs. SQLite's driver binds each row's
-values itself, so SQLite keeps SQLAlchemy's statements.
+once and PostgreSQL prepares it. The arrays go in binary (`%b`): in text, psycopg quotes and
+escapes every element with a regular expression. A row of keys costs about 5 µs, of aggregates
+3 µs, in batches of 1,000 (text arrays: 9.5 and 7.6). SQLite's driver binds each row's values
+itself, so SQLite keeps SQLAlchemy's statements.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, TableClause, TextClause, text
+from sqlalchemy import Table, TableClause
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
@@ -40,7 +42,7 @@ def insert_rows(
         columns = tuple(rows[0])
         statement = _unnest_insert(table, columns, tuple(unique))
         arrays = {f"c{i}": _column_values(table, name, rows, dialect) for i, name in enumerate(columns)}
-        result = session.execute(statement, arrays)
+        result = session.connection().exec_driver_sql(statement, arrays)
     elif unique:
         statement = insert_for(session)(table).on_conflict_do_nothing(index_elements=list(unique))
         result = session.execute(statement.returning(*(table.c[k] for k in unique)), rows)
@@ -57,13 +59,14 @@ def _column_values(table: Table, name: str, rows: Sequence[Mapping[str, Any]], d
 
 
 @cache
-def _unnest_insert(table: Table, columns: tuple[str, ...], unique: tuple[str, ...]) -> TextClause:
+def _unnest_insert(table: Table, columns: tuple[str, ...], unique: tuple[str, ...]) -> str:
+    """psycopg's own placeholders: `%(c0)b` sends parameter `c0` in binary."""
     arrays = ", ".join(
-        f"CAST(:c{i} AS {table.c[name].type.compile(dialect=_POSTGRESQL)}[])"
+        f"CAST(%(c{i})b AS {table.c[name].type.compile(dialect=_POSTGRESQL)}[])"
         for i, name in enumerate(columns)
     )
     statement = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
     if unique:
         keys = ", ".join(unique)
         statement += f" ON CONFLICT ({keys}) DO NOTHING RETURNING {keys}"
-    return text(statement)
+    return statement
