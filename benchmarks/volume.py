@@ -12,7 +12,7 @@ predictions' labels fall due during the live phase, as if it had begun at the fi
 
 Per level: `intake_rps` (predictions stored per second, live, from the service's own counter),
 `labels_rps` (labels stored per second, likewise),
-`intake_p99_ms` (per POST of 1,000), `cpu_cores` (user + system CPU of every stack process and its
+`intake_p99_ms` (per POST of predictions, live), `cpu_cores` (user + system CPU of every stack process and its
 children over the live seconds; the generator apart as `generator_cores`), `cpu_s_per_1k`,
 `cycle_cpu_s` (p95 of the collection's own CPU per cycle and model, from its log), `freshness_s`
 (a batch of labels that moves a probe model's accuracy from 1.0 to 0.5, until the service's
@@ -52,7 +52,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.remediation import notification, percentile  # noqa: E402
+from benchmarks.remediation import notification, percentile, timeline  # noqa: E402
 from tests.standins import HttpRecorder  # noqa: E402
 from watchkeeper.client import WatchkeeperClient  # noqa: E402
 from watchkeeper.evaluation.drill import LABEL_DELAY_SECONDS  # noqa: E402
@@ -174,6 +174,7 @@ def generate(args: argparse.Namespace) -> None:
             pending.append((due_in, sequence, labelled))
     for client in clients.values():
         client.flush()
+        client.post_seconds.clear()  # intake_p99_ms is the live phase's
     print(json.dumps({"filled": args.fill, "at": time.time()}), flush=True)
     started = time.monotonic()
     pending = [(started + due_in, order, labelled) for due_in, order, labelled in pending]
@@ -376,13 +377,16 @@ def first_alert(url: str, model: str, since: float) -> float | None:
     return received[0].replace(tzinfo=UTC).timestamp() - since
 
 
-def time_to_act(service: str, http: HttpRecorder, runs: int = 20) -> float:
-    latencies = []
+def time_to_act(service: str, prefect_api: str, http: HttpRecorder, runs: int = 20) -> tuple[float, dict]:
+    """p95 seconds from each notification's POST to its action, and the median of each step
+    (`benchmarks/remediation.py`'s timeline)."""
+    latencies, posted, acted = [], {}, {}
     for run in range(runs):
         body = notification(run)
         body["alerts"][0]["labels"]["bench"] = "act"
         target = f"/breaker/bench-model-{run}/open"
         started = time.monotonic()
+        posted[f"bench-model-{run}"] = time.time()
         while True:  # as Alertmanager does: a notification not answered in 10 s is sent again
             try:
                 httpx.post(f"{service}/v1/alertmanager", json=body, timeout=10).raise_for_status()
@@ -394,7 +398,9 @@ def time_to_act(service: str, http: HttpRecorder, runs: int = 20) -> float:
                 raise SystemExit(f"act run {run}: no action within 60 s")
             time.sleep(0.01)
         latencies.append(http.to(target)[0].at - started)
-    return round(percentile(latencies, 0.95), 3)
+        acted[f"bench-model-{run}"] = posted[f"bench-model-{run}"] + latencies[-1]
+    steps, _finals = timeline(prefect_api, posted, acted)
+    return round(percentile(latencies, 0.95), 3), steps
 
 
 def run_level(args: argparse.Namespace, rate: int, models: int, database: str, fault: bool) -> dict:
@@ -478,7 +484,8 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
         before = sum(metric_value(scrape, counted, {"model_name": n}) or 0 for n in names)
         labels_before = labels_total(scrape, labels, names)
         freshness = probe_freshness(service)
-        act = time_to_act(service, http) if http is not None else None  # under the live load
+        prefect_api = f"http://127.0.0.1:{ports['prefect']}/api"
+        act, act_steps = time_to_act(service, prefect_api, http) if http is not None else (None, None)
         outcome = json.loads(generator.stdout.readline())
         live = time.monotonic() - live_started
         cpu_after = tree_cpu(roots)
@@ -523,6 +530,7 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
                 "seconds_to_webhook": round(seconds, 1) if seconds is not None else None,
                 "drill_accuracy_collapse_s": DRILL_ACCURACY_COLLAPSE_S,
                 "act_p95_s": act,
+                "act_steps_median_s": act_steps,
             },
         }
 

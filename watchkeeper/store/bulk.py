@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, TableClause
+from sqlalchemy import ARRAY, ColumnElement, Table, TableClause, any_, bindparam
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
@@ -70,3 +70,11 @@ def _unnest_insert(table: Table, columns: tuple[str, ...], unique: tuple[str, ..
         keys = ", ".join(unique)
         statement += f" ON CONFLICT ({keys}) DO NOTHING RETURNING {keys}"
     return statement
+
+
+def one_of(session: Session, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+    """`column IN (values)`; on PostgreSQL `column = ANY(array)`, one statement text whatever the
+    number of values, where an IN list is a new text (parsed by psycopg again) for each count."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)

@@ -27,7 +27,7 @@ from watchkeeper.intake.aggregates import (
 from watchkeeper.intake.checks import ReferenceProfile, class_name, record_failures
 from watchkeeper.intake.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
 from watchkeeper.store import Store
-from watchkeeper.store.bulk import insert_rows
+from watchkeeper.store.bulk import insert_rows, one_of
 from watchkeeper.store.schema import (
     Feedback,
     ModelTallyAppend,
@@ -367,7 +367,11 @@ def _claim_keys(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple
     for model, chunk in _by_model(keys):
         rows = session.execute(
             update(table)
-            .where(table.c.model_name == model, table.c.request_id.in_(chunk), table.c.labelled.is_(False))
+            .where(
+                table.c.model_name == model,
+                one_of(session, table.c.request_id, chunk),
+                table.c.labelled.is_(False),
+            )
             .values(labelled=True)
             .returning(*table.c)
         ).mappings()
@@ -391,7 +395,9 @@ def _known_keys(session: Session, keys: Sequence[tuple[str, str]]) -> set[tuple[
     found: set[tuple[str, str]] = set()
     for model, chunk in _by_model(keys):
         rows = session.execute(
-            select(table.c.request_id).where(table.c.model_name == model, table.c.request_id.in_(chunk))
+            select(table.c.request_id).where(
+                table.c.model_name == model, one_of(session, table.c.request_id, chunk)
+            )
         )
         found.update((model, request_id) for (request_id,) in rows)
     return found
@@ -535,7 +541,7 @@ def _join_waiting(
     for model, chunk in _by_model(keys):
         rows = session.execute(
             delete(waiting)
-            .where(waiting.c.model_name == model, waiting.c.request_id.in_(chunk))
+            .where(waiting.c.model_name == model, one_of(session, waiting.c.request_id, chunk))
             .returning(waiting.c.request_id, waiting.c.label, waiting.c.business_value)
         )
         for request_id, label, value in rows:
