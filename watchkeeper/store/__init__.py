@@ -60,35 +60,85 @@ class _SqliteWriters:
     asleep while the lock sits free, and another process (the executor acting on an alert) would
     rarely find the gap between two of the service's transactions. Waiting here, each writer is
     woken the moment the previous one commits. The kernel drops the `flock` of a process that dies.
+
+    Bulk writers (the intake's group commits) give way: while another writer waits for its turn,
+    in any process, no bulk transaction starts. Waiting writers hold a shared `flock` of a second
+    file until their turn comes; a bulk writer takes that file exclusively, for an instant, before
+    it queues. Acting on an alert waits for the one group being written, not for every group the
+    intake would start meanwhile.
     """
 
     def __init__(self, database: Path | None) -> None:
         self._path = database.with_name(database.name + ".writers") if database else None
-        self._fd: int | None = None
+        self._fds: dict[str, int] = {}
         self.forget_parent()
 
     def forget_parent(self) -> None:
-        """In a forked child: a lock of its own, and a file description of its own on first use.
-        The inherited descriptor shares the parent's `flock` (closing it keeps the parent's)."""
+        """In a forked child: locks of its own, and file descriptions of its own on first use.
+        The inherited descriptors share the parent's `flock`s (closing them keeps the parent's)."""
         self._threads = threading.RLock()
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = None
-        self._depth = 0
+        self._waiters = threading.Condition()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+        self._depth, self._owner, self._waiting = 0, 0, 0
 
-    def __enter__(self) -> None:
+    def _fd(self, role: str) -> int:
+        """A file description per role, so that their `flock`s conflict even within one process:
+        `turn` (the writer's turn), `waiting` (held shared by waiting writers) and `bulk` (the
+        bulk writer's exclusive look at the same file)."""
+        if role not in self._fds:
+            assert self._path is not None
+            path = self._path if role == "turn" else self._path.with_name(self._path.name + ".waiting")
+            self._fds[role] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._fds[role]
+
+    @contextmanager
+    def turn(self, bulk: bool = False) -> Iterator[None]:
+        """This thread's turn to write; a nested transaction of the writer keeps it."""
+        if self._path is not None and not (self._depth and self._owner == threading.get_ident()):
+            if bulk:
+                self._give_way()
+            else:
+                self._announce(+1)
+            try:
+                self._take_turn()
+            finally:
+                if not bulk:
+                    self._announce(-1)
+        else:
+            self._threads.acquire()
+            self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._path is not None:
+                fcntl.flock(self._fd("turn"), fcntl.LOCK_UN)
+            self._threads.release()
+
+    def _take_turn(self) -> None:
         self._threads.acquire()
-        if self._depth == 0 and self._path is not None:
-            if self._fd is None:
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        self._depth += 1
+        fcntl.flock(self._fd("turn"), fcntl.LOCK_EX)
+        self._depth, self._owner = 1, threading.get_ident()
 
-    def __exit__(self, *_exc: object) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._threads.release()
+    def _announce(self, change: int) -> None:
+        """This process's writers waiting for a turn: the first takes the shared `flock`, the last
+        drops it."""
+        with self._waiters:
+            self._waiting += change
+            if change > 0 and self._waiting == 1:
+                fcntl.flock(self._fd("waiting"), fcntl.LOCK_SH)
+            elif self._waiting == 0:
+                fcntl.flock(self._fd("waiting"), fcntl.LOCK_UN)
+                self._waiters.notify_all()
+
+    def _give_way(self) -> None:
+        """A bulk writer waits until no writer of this process, nor of any other, is waiting."""
+        with self._waiters:
+            self._waiters.wait_for(lambda: self._waiting == 0)
+        fcntl.flock(self._fd("bulk"), fcntl.LOCK_EX)
+        fcntl.flock(self._fd("bulk"), fcntl.LOCK_UN)
 
 
 _SQLITE_WRITERS: dict[str, _SqliteWriters] = {}
@@ -130,7 +180,7 @@ class Store:
         self._writer = sessionmaker(
             self.engine.execution_options(watchkeeper_write=True), expire_on_commit=False
         )
-        self._sqlite_writers = _sqlite_writers(self.url.database) if self.is_sqlite else nullcontext()
+        self._sqlite_writers = _sqlite_writers(self.url.database) if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -142,12 +192,14 @@ class Store:
             yield session
 
     @contextmanager
-    def writing(self) -> Iterator[Session]:
-        """A transaction that commits on success and rolls back whole on any error."""
-        with self._sqlite_writers, self._writer() as session, session.begin():
+    def writing(self, bulk: bool = False) -> Iterator[Session]:
+        """A transaction that commits on success and rolls back whole on any error. On SQLite, a
+        `bulk` one (the intake's) gives way to the other writers waiting (see `_SqliteWriters`)."""
+        turn = self._sqlite_writers.turn(bulk) if self._sqlite_writers else nullcontext()
+        with turn, self._writer() as session, session.begin():
             yield session
 
-    def write_idempotently(self, write: Callable[[Session], T]) -> T:
+    def write_idempotently(self, write: Callable[[Session], T], bulk: bool = False) -> T:
         """Run `write` in one transaction, again when a concurrent writer won a unique-key race.
 
         Idempotent writes look up what exists, then insert the rest; a concurrent transaction may
@@ -156,7 +208,7 @@ class Store:
         """
         for attempt in range(1, IDEMPOTENT_ATTEMPTS + 1):
             try:
-                with self.writing() as session:
+                with self.writing(bulk) as session:
                     return write(session)
             except IntegrityError:
                 if attempt == IDEMPOTENT_ATTEMPTS:

@@ -618,7 +618,7 @@ class BatchWriter:
         each as if it had been stored alone, in order: a record stored by an earlier batch of the
         group is a duplicate in a later one."""
         write = self.transaction([record for batch in batches for record in batch])
-        stored = store.write_idempotently(write)
+        stored = store.write_idempotently(write, bulk=True)
         answers, seen = [], set()
         for batch in batches:
             keys = {self.key(record) for record in batch}

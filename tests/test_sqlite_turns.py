@@ -1,0 +1,132 @@
+"""SQLite's writers take turns, and the intake's bulk transactions give way to the others: acting on
+an alert in the executor waits for the one group of predictions being written, not for the next."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from watchkeeper.store import Store
+from watchkeeper.store.schema import Tally
+
+pytestmark = pytest.mark.sqlite_only("the turns are SQLite's; PostgreSQL's writers do not take turns")
+
+URGENT_WRITER = """
+import sys
+from watchkeeper.store import Store
+from watchkeeper.store.schema import Tally
+store = Store(sys.argv[1])
+with store.writing() as session:
+    session.add(Tally(family="order", subject="executor", variant="", detail="", total=1))
+"""
+
+
+def record(store: Store, who: str, bulk: bool) -> None:
+    with store.writing(bulk=bulk) as session:
+        session.add(Tally(family="order", subject=who, variant="", detail="", total=1))
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for a state another thread or process reaches (a hang fails the test, no timing)."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.005)
+
+
+def shared_lock_held(path: Path) -> bool:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def blocked_in(thread: threading.Thread, function: str) -> bool:
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_writer_of_another_process_goes_before_the_next_bulk_transaction(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(url)
+    store.upgrade()
+    holding, release = threading.Event(), threading.Event()
+
+    def group_being_written() -> None:
+        with store.writing(bulk=True):
+            holding.set()
+            release.wait(60)
+
+    first = threading.Thread(target=group_being_written)
+    first.start()
+    assert holding.wait(60)
+    executor = subprocess.Popen([sys.executable, "-c", URGENT_WRITER, url], env={**os.environ})
+    until(lambda: shared_lock_held(tmp_path / "store.db.writers.waiting"), "the executor waits for its turn")
+    next_group = threading.Thread(target=record, args=(store, "next group", True))
+    next_group.start()
+    until(lambda: blocked_in(next_group, "_give_way"), "the next group gives way")
+
+    release.set()
+    first.join()
+    next_group.join()
+    assert executor.wait(60) == 0
+    with store.reading() as session:
+        order = session.scalars(select(Tally.subject).where(Tally.family == "order").order_by(Tally.id)).all()
+    assert order == ["executor", "next group"]
+    store.dispose()
+
+
+def test_writers_of_one_process_go_before_its_next_bulk_transaction(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.upgrade()
+    holding, release = threading.Event(), threading.Event()
+
+    def group_being_written() -> None:
+        with store.writing(bulk=True):
+            holding.set()
+            release.wait(60)
+
+    first = threading.Thread(target=group_being_written)
+    first.start()
+    assert holding.wait(60)
+    alert = threading.Thread(target=record, args=(store, "alert", False))
+    alert.start()
+    until(lambda: blocked_in(alert, "_take_turn"), "the alert's write waits for its turn")
+    next_group = threading.Thread(target=record, args=(store, "next group", True))
+    next_group.start()
+    until(lambda: blocked_in(next_group, "_give_way"), "the next group gives way")
+
+    release.set()
+    for thread in (first, alert, next_group):
+        thread.join()
+    with store.reading() as session:
+        order = session.scalars(select(Tally.subject).where(Tally.family == "order").order_by(Tally.id)).all()
+    assert order == ["alert", "next group"]
+    store.dispose()
+
+
+def test_a_nested_transaction_keeps_its_writers_turn(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.upgrade()
+    with store.writing(bulk=True):
+        record(store, "nested", False)  # would wait forever for its own turn
+    with store.reading() as session:
+        assert session.scalars(select(Tally.subject)).all() == ["nested"]
+    store.dispose()
