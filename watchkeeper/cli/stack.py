@@ -47,7 +47,7 @@ def serve(
     """Run the HTTP service (intake, health, /metrics, alerts, incidents) in the foreground."""
     import uvicorn
 
-    from watchkeeper.service.app import create_app
+    from watchkeeper.service.app import create_app, serving_process
 
     settings = state.settings
     credentials = settings.credentials
@@ -63,6 +63,7 @@ def serve(
         )
     config, store = load_monitoring(), open_store()
     if config.intake.processes == 1:
+        serving_process()
         uvicorn.run(create_app(config, store, credentials), host=host, port=port, log_level="info")
         return
     store.dispose()

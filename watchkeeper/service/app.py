@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import sys
 from collections.abc import Callable
 from functools import cache, partial
 from typing import Annotated, Any
@@ -75,10 +76,15 @@ class ApprovalAnswer(BaseModel):
     comment: Annotated[str, AfterValidator(_storable_text)] = Field(default="", max_length=2000)
 
 
-# Intake batches parsing or writing at once in one service process (see `intake_threads`): SQLite
-# takes one writer at a time and one Python process uses one core, so more would only queue in
-# threads that the alert webhook, scrapes and health checks need.
-INTAKE_THREADS = 8
+# Intake batches parsing or writing at once in one service process (see `intake_threads`): one
+# group-commit writer per kind of record, and parsing. One Python process uses one core, so more
+# threads would only contend for its interpreter lock with the alert webhook, scrapes and health
+# checks, each of which waits for it after every database round trip.
+INTAKE_THREADS = 4
+# How long a busy thread keeps the interpreter lock while another waits (Python's default: 5 ms).
+# Parsing threads are busy; an Alertmanager notification's thread waits for the lock after each of
+# its database round trips.
+SWITCH_INTERVAL_SECONDS = 0.001
 NO_CREDENTIALS = Credentials()
 Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")]
 
@@ -207,9 +213,15 @@ def credentials_guard(role: Role) -> Callable[..., str]:
     return require_credentials
 
 
+def serving_process() -> None:
+    """What a process of the service sets for itself before it serves."""
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+
+
 def service_from_environment() -> FastAPI:
     """The service as `watchkeeper serve` builds it, for each of its processes (uvicorn's workers
     start from the environment; the parent has checked credentials and upgraded the store)."""
+    serving_process()
     settings = Settings()
     return create_app(settings.monitoring, settings.open_store(), settings.credentials)
 
