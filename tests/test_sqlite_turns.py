@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,62 +64,64 @@ def blocked_in(thread: threading.Thread, function: str) -> bool:
     return False
 
 
-def test_a_writer_of_another_process_goes_before_the_next_bulk_transaction(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    store = Store(url)
-    store.upgrade()
+@contextmanager
+def group_being_written(store: Store) -> Iterator[threading.Event]:
+    """A bulk transaction holding the write turn until the event it yields is set."""
     holding, release = threading.Event(), threading.Event()
 
-    def group_being_written() -> None:
+    def write() -> None:
         with store.writing(bulk=True):
             holding.set()
             release.wait(60)
 
-    first = threading.Thread(target=group_being_written)
+    first = threading.Thread(target=write)
     first.start()
     assert holding.wait(60)
-    executor = subprocess.Popen([sys.executable, "-c", URGENT_WRITER, url], env={**os.environ})
-    until(lambda: shared_lock_held(tmp_path / "store.db.writers.waiting"), "the executor waits for its turn")
-    next_group = threading.Thread(target=record, args=(store, "next group", True))
-    next_group.start()
-    until(lambda: blocked_in(next_group, "_give_way"), "the next group gives way")
+    try:
+        yield release
+    finally:
+        release.set()
+        first.join()
 
-    release.set()
-    first.join()
+
+def order_of_writes(store: Store) -> list[str]:
+    with store.reading() as session:
+        return list(
+            session.scalars(select(Tally.subject).where(Tally.family == "order").order_by(Tally.id)).all()
+        )
+
+
+def test_a_writer_of_another_process_goes_before_the_next_bulk_transaction(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(url)
+    store.upgrade()
+    with group_being_written(store) as release:
+        executor = subprocess.Popen([sys.executable, "-c", URGENT_WRITER, url], env={**os.environ})
+        until(lambda: shared_lock_held(tmp_path / "store.db.writers.waiting"), "the executor waits its turn")
+        next_group = threading.Thread(target=record, args=(store, "next group", True))
+        next_group.start()
+        until(lambda: blocked_in(next_group, "_give_way"), "the next group gives way")
+        release.set()
     next_group.join()
     assert executor.wait(60) == 0
-    with store.reading() as session:
-        order = session.scalars(select(Tally.subject).where(Tally.family == "order").order_by(Tally.id)).all()
-    assert order == ["executor", "next group"]
+    assert order_of_writes(store) == ["executor", "next group"]
     store.dispose()
 
 
 def test_writers_of_one_process_go_before_its_next_bulk_transaction(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     store.upgrade()
-    holding, release = threading.Event(), threading.Event()
-
-    def group_being_written() -> None:
-        with store.writing(bulk=True):
-            holding.set()
-            release.wait(60)
-
-    first = threading.Thread(target=group_being_written)
-    first.start()
-    assert holding.wait(60)
-    alert = threading.Thread(target=record, args=(store, "alert", False))
-    alert.start()
-    until(lambda: blocked_in(alert, "_take_turn"), "the alert's write waits for its turn")
-    next_group = threading.Thread(target=record, args=(store, "next group", True))
-    next_group.start()
-    until(lambda: blocked_in(next_group, "_give_way"), "the next group gives way")
-
-    release.set()
-    for thread in (first, alert, next_group):
+    with group_being_written(store) as release:
+        alert = threading.Thread(target=record, args=(store, "alert", False))
+        alert.start()
+        until(lambda: blocked_in(alert, "_take_turn"), "the alert's write waits for its turn")
+        next_group = threading.Thread(target=record, args=(store, "next group", True))
+        next_group.start()
+        until(lambda: blocked_in(next_group, "_give_way"), "the next group gives way")
+        release.set()
+    for thread in (alert, next_group):
         thread.join()
-    with store.reading() as session:
-        order = session.scalars(select(Tally.subject).where(Tally.family == "order").order_by(Tally.id)).all()
-    assert order == ["alert", "next group"]
+    assert order_of_writes(store) == ["alert", "next group"]
     store.dispose()
 
 
