@@ -95,8 +95,9 @@ class _SqliteWriters:
 
     @contextmanager
     def turn(self, bulk: bool = False) -> Iterator[None]:
-        """This thread's turn to write; a nested transaction of the writer keeps it."""
-        if self._path is not None and not (self._depth and self._owner == threading.get_ident()):
+        """This thread's turn to write; a nested transaction of the writer keeps it. `_owner` is
+        the thread holding the turn, set and cleared by that thread alone."""
+        if self._path is not None and self._owner != threading.get_ident():
             if bulk:
                 self._give_way()
             else:
@@ -114,13 +115,14 @@ class _SqliteWriters:
         finally:
             self._depth -= 1
             if self._depth == 0 and self._path is not None:
+                self._owner = 0
                 fcntl.flock(self._fd("turn"), fcntl.LOCK_UN)
             self._threads.release()
 
     def _take_turn(self) -> None:
         self._threads.acquire()
         fcntl.flock(self._fd("turn"), fcntl.LOCK_EX)
-        self._depth, self._owner = 1, threading.get_ident()
+        self._owner, self._depth = threading.get_ident(), 1
 
     def _announce(self, change: int) -> None:
         """This process's writers waiting for a turn: the first takes the shared `flock`, the last
