@@ -36,7 +36,12 @@ def transactions(store: Store) -> int:
         return session.scalar(select(func.count()).where(Tally.family == COUNT + "predictions"))
 
 
-def test_batches_posted_together_share_one_transaction_and_keep_their_answers(store: Store) -> None:
+def test_batches_posted_together_share_one_transaction_and_keep_their_answers(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import watchkeeper.service.group_commit as group_commit
+
+    monkeypatch.setattr(group_commit, "GROUP_RECORDS", 2_000)  # every batch posted fits one group
     batches = [[prediction(f"b{i}-{j}") for j in range(20)] for i in range(50)]
     batches[7] = batches[7] + [prediction("b3-0"), prediction("b7-0")]  # re-sent ids: duplicates
     batches.append(batches[0])  # a batch re-sent whole
