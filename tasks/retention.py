@@ -22,11 +22,11 @@ Counters are tallies, folded by collect-model-metrics, so they do not grow with 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, delete, exists, select, tuple_
 
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.markdown import table
@@ -75,35 +75,26 @@ def purge_rows(
             return removed
 
 
-def purge_by_request(store: Store, table: Any, condition: ColumnElement[bool], batch_size: int) -> int:
-    """`purge_rows` for the tables keyed by (model_name, request_id)."""
+def purge_by_key(store: Store, table: Any, condition: ColumnElement[bool], batch_size: int) -> int:
+    """`purge_rows` for the tables without an `id`, by their primary key."""
     removed = 0
-    key = tuple_(table.model_name, table.request_id)
+    columns = list(table.__table__.primary_key)
+    key = tuple_(*columns) if len(columns) > 1 else columns[0]
     while True:
         with store.writing() as session:
-            found = session.execute(
-                select(table.model_name, table.request_id).where(condition).limit(batch_size)
-            )
-            keys = [tuple(row) for row in found]
-            if keys:
-                removed += session.execute(delete(table).where(key.in_(keys))).rowcount
-        if len(keys) < batch_size:
+            rows = session.execute(select(*columns).where(condition).limit(batch_size)).all()
+            found = [tuple(row) if len(columns) > 1 else row[0] for row in rows]
+            if found:
+                removed += session.execute(delete(table).where(key.in_(found))).rowcount
+        if len(found) < batch_size:
             return removed
 
 
-def expired_keys(config: WatchkeeperConfig, now: datetime) -> ColumnElement[bool]:
-    """Keys past both the dedupe window and their model's label horizon (the longest horizon for
-    models no longer configured)."""
-    dedupe = config.intake.dedupe_window
-    horizons = {m.name: max(dedupe, m.windows.label_horizon) for m in config.models}
-    longest = max(horizons.values())
-    return or_(
-        *(
-            and_(PredictionKey.model_name == name, PredictionKey.received_at < now - horizon)
-            for name, horizon in horizons.items()
-        ),
-        and_(PredictionKey.model_name.not_in(list(horizons)), PredictionKey.received_at < now - longest),
-    )
+def key_lifetime(config: WatchkeeperConfig) -> timedelta:
+    """How long a prediction's key is kept: the longer of the dedupe window and the longest label
+    horizon. A key holds a hash, not its model, so the horizon of each model is kept by the label's
+    join (`store.intake`), not here."""
+    return max(config.intake.dedupe_window, *(m.windows.label_horizon for m in config.models))
 
 
 def purge_incidents(store: Store, cutoff: datetime, batch_size: int) -> int:
@@ -160,12 +151,12 @@ def apply_retention(store: Store, config: WatchkeeperConfig, home: Path, now: da
         ("report_deliveries", ReportDelivery, ReportDelivery.period_end < cutoff["reports"]),
     ]
     removed = {kind: purge_rows(store, entity, old, retention.batch_size) for kind, entity, old in by_age}
-    removed["prediction_keys"] = purge_by_request(
-        store, PredictionKey, expired_keys(config, now), retention.batch_size
+    kept_until = now - key_lifetime(config)
+    removed["prediction_keys"] = purge_by_key(
+        store, PredictionKey, PredictionKey.received_at < kept_until, retention.batch_size
     )
-    longest = max(max(config.intake.dedupe_window, m.windows.label_horizon) for m in config.models)
-    removed["waiting_labels"] = purge_by_request(
-        store, WaitingLabel, WaitingLabel.received_at < now - longest, retention.batch_size
+    removed["waiting_labels"] = purge_by_key(
+        store, WaitingLabel, WaitingLabel.received_at < kept_until, retention.batch_size
     )
     removed["incidents"] = purge_incidents(store, cutoff["incidents"], retention.batch_size)
     referenced_last = [
@@ -181,11 +172,10 @@ def apply_retention(store: Store, config: WatchkeeperConfig, home: Path, now: da
 
 def retention_markdown(removed: dict[str, int], config: WatchkeeperConfig) -> str:
     retention = config.retention
-    horizon = max(m.windows.label_horizon for m in config.models)
     ages = {
         **retention.ages(),
-        "prediction_keys": f"{config.intake.dedupe_window} (dedupe), up to {horizon} (label horizon)",
-        "waiting_labels": f"up to {horizon} (label horizon)",
+        "prediction_keys": f"{key_lifetime(config)} (dedupe window, label horizons)",
+        "waiting_labels": f"{key_lifetime(config)} (dedupe window, label horizons)",
         "notifications": retention.alerts,
         "report_files": retention.reports,
         "model_reports": retention.reports,

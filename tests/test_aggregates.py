@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tasks.logs import prediction_frame
 from tasks.measurements import Window
@@ -21,6 +21,7 @@ from watchkeeper.intake.aggregates import (
     in_sample,
     latency_at,
     latency_index,
+    request_key,
     request_priority,
 )
 from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
@@ -29,6 +30,7 @@ from watchkeeper.store.buckets import fold_model_tallies, window_totals
 from watchkeeper.store.intake import IntakeRules, join_waiting_labels
 from watchkeeper.store.samples import Sampling, trim_samples
 from watchkeeper.store.schema import Feedback, Prediction, PredictionKey, PredictionSample, WaitingLabel
+from watchkeeper.times import utcnow
 
 END = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 MODEL = "credit_approval"
@@ -112,7 +114,10 @@ def test_concurrent_joins_of_the_same_waiting_labels_count_each_once(
 ) -> None:
     store_predictions(store, predictions(range(200)))
     with store.writing() as session:  # what two racing transactions leave: a label waits, its key is here
-        session.add_all(WaitingLabel(model_name=MODEL, request_id=f"r{i}", label=1) for i in range(200))
+        session.add_all(
+            WaitingLabel(model_name=MODEL, request_id=f"r{i}", key=request_key(MODEL, f"r{i}"), label=1)
+            for i in range(200)
+        )
     joined: list[int] = []
     start = threading.Barrier(4)
 
@@ -127,6 +132,32 @@ def test_concurrent_joins_of_the_same_waiting_labels_count_each_once(
         thread.join()
     assert sum(joined) == 200
     assert quality(store, example_config)["label_coverage_ratio"] == 1.0
+
+
+def test_a_label_after_its_models_label_horizon_counts_nowhere(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    """Keys are kept for the longest horizon of any model (they hold a hash, not their model), so
+    each model's own horizon is kept by the join: a label later than it waits, and never joins."""
+    model = example_config.models[0]
+    short = model.model_copy(
+        update={"windows": model.windows.model_copy(update={"label_horizon": timedelta(minutes=30)})}
+    )
+    rules = IntakeRules.of(example_config.model_copy(update={"models": [short]}), lambda _name: None)
+    store_predictions(store, predictions(range(20)), rules)
+    arrived = {f"r{i}": utcnow() - timedelta(minutes=31 if i < 10 else 29) for i in range(20)}
+    with store.writing() as session:
+        for request_id, at in arrived.items():
+            session.execute(
+                update(PredictionKey)
+                .where(PredictionKey.key == request_key(MODEL, request_id))
+                .values(received_at=at)
+            )
+    late = store_feedback(store, labels(range(20)), rules)
+    assert (late.stored, rows(store, WaitingLabel)) == (20, 10)  # the late ten wait
+    assert join_waiting_labels(store, rules) == 0
+    got = quality(store, example_config)
+    assert (got["label_coverage_ratio"], got["true_positives"], got["false_negatives"]) == (0.5, 5, 5)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.25])

@@ -69,8 +69,7 @@ def test_without_a_key_every_row_is_appended_and_types_are_kept(store: Store) ->
     start = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
     keys = [
         {
-            "model_name": "fraud",
-            "request_id": f"r{i}",
+            "key": bytes([i]) * 16,
             "model_version": "v1",
             "bucket_start": start + timedelta(minutes=i),
             "predicted": None if i == 2 else "1",
@@ -86,7 +85,7 @@ def test_without_a_key_every_row_is_appended_and_types_are_kept(store: Store) ->
     with store.reading() as session:
         stored = session.execute(
             select(PredictionKey.bucket_start, PredictionKey.predicted, PredictionKey.labelled).order_by(
-                PredictionKey.request_id
+                PredictionKey.key
             )
         ).all()
     assert [tuple(row) for row in stored] == [

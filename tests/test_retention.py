@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from tasks.retention import apply_retention, retention_markdown
 from watchkeeper.config import Retention, WatchkeeperConfig
+from watchkeeper.intake.aggregates import request_key
 from watchkeeper.store import Store
 from watchkeeper.store.remediation import RemediationAction
 from watchkeeper.store.reports import ReportPeriod, claim_delivery, save_report
@@ -81,8 +82,7 @@ def _incident(session, status: str, at, alert: Alert) -> Incident:  # noqa: ANN0
 
 def key(request_id: str, at: datetime, model: str = "m") -> PredictionKey:
     return PredictionKey(
-        model_name=model,
-        request_id=request_id,
+        key=request_key(model, request_id),
         model_version="v1",
         bucket_start=at,
         predicted="1",
@@ -123,7 +123,15 @@ def seed(store: Store) -> None:
                     error=False,
                 )
             )
-            session.add(WaitingLabel(model_name="m", request_id=f"w{index}", label=1, received_at=at))
+            session.add(
+                WaitingLabel(
+                    model_name="m",
+                    request_id=f"w{index}",
+                    key=request_key("m", f"w{index}"),
+                    label=1,
+                    received_at=at,
+                )
+            )
             session.add(
                 ModelTally(
                     model_name="m",
@@ -270,18 +278,26 @@ def test_retention_removes_the_old_in_batches_and_keeps_what_is_referred_to(
     assert "| predictions | 30 days, 0:00:00 | 3 |" in retention_markdown(removed, config)
 
 
-def test_a_key_stays_for_the_longer_of_the_dedupe_window_and_its_models_label_horizon(
+def test_keys_stay_for_the_longer_of_the_dedupe_window_and_the_longest_label_horizon(
     store: Store, example_config: WatchkeeperConfig, tmp_path: Path
 ) -> None:
     model = example_config.models[0]
     short = model.model_copy(
         update={"windows": model.windows.model_copy(update={"label_horizon": timedelta(minutes=30)})}
     )
-    config = example_config.model_copy(update={"models": [short]})
+    longer = short.model_copy(
+        update={
+            "name": "other",
+            "windows": model.windows.model_copy(update={"label_horizon": timedelta(hours=2)}),
+        }
+    )
     with store.writing() as session:
-        for minutes in (20, 50, 70):  # the dedupe window (1 h) outlasts the 30 min horizon
+        for minutes in (20, 50, 70, 130):
             session.add(key(f"r{minutes}", NOW - timedelta(minutes=minutes), model.name))
-    assert apply_retention(store, config, tmp_path, NOW)["prediction_keys"] == 1
+    both = example_config.model_copy(update={"models": [short, longer]})
+    assert apply_retention(store, both, tmp_path, NOW)["prediction_keys"] == 1  # past 2 h
+    alone = example_config.model_copy(update={"models": [short]})
+    assert apply_retention(store, alone, tmp_path, NOW)["prediction_keys"] == 1  # the 1 h dedupe window
     with store.reading() as session:
-        kept = set(session.scalars(select(PredictionKey.request_id)))
-    assert kept == {"r20", "r50"}
+        kept = set(session.scalars(select(PredictionKey.key)))
+    assert kept == {request_key(model.name, "r20"), request_key(model.name, "r50")}

@@ -12,7 +12,7 @@ from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.service.metrics import histogram_families, latest_results
 from watchkeeper.store import Store
 from watchkeeper.store.intake import IntakeTotal, intake_counts, tally_totals
-from watchkeeper.store.schema import EvaluationResult, Feedback, Prediction
+from watchkeeper.store.schema import EvaluationResult, Feedback, Prediction, PredictionKey, WaitingLabel
 from watchkeeper.times import utcnow
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -257,6 +257,39 @@ def test_an_upgrade_to_aggregates_counts_the_last_days_raw_rows(
         assert (late.stored, again.duplicates) == (1, 1)  # r50 was labelled before the upgrade
         after = {m.metric: m.value for m in measure_quality(store, model, window)["model_quality"]["v1"]}
         assert after["label_coverage_ratio"] == pytest.approx(101 / 300)
+    finally:
+        store.dispose()
+
+
+def test_an_upgrade_to_hashed_keys_keeps_the_dedupe_and_the_labels_waiting(empty_store_url: str) -> None:
+    """Migration 0011 keys predictions by a hash: a key stored before still dedupes its re-sent
+    prediction and joins its label, and a label waiting before joins its prediction after."""
+    store = Store(empty_store_url)
+    try:
+        store.upgrade("0010")
+        with store.writing() as session:
+            session.execute(
+                text(
+                    "INSERT INTO prediction_keys (model_name, request_id, model_version, bucket_start,"
+                    " predicted, score_bin, segments, labelled, received_at)"
+                    " VALUES ('credit_approval', 'before', 'v1', :start, '1', '0.80', NULL, :no, :now)"
+                ),
+                {"start": int(T0.timestamp()), "no": False, "now": int(utcnow().timestamp())},
+            )
+            session.execute(
+                text(
+                    "INSERT INTO waiting_labels (model_name, request_id, label, business_value, received_at)"
+                    " VALUES ('credit_approval', 'waiting', '1', 10.0, :now)"
+                ),
+                {"now": utcnow().replace(tzinfo=None)},
+            )
+        assert store.upgrade() == store.head_revision()
+        assert save_predictions(store, [prediction("before"), prediction("waiting")]).stored == 1
+        assert store_feedback(store, [feedback("before")]).stored == 1
+        with store.reading() as session:
+            assert session.scalar(select(func.count()).select_from(WaitingLabel)) == 0
+            labelled = session.scalars(select(PredictionKey.labelled)).all()
+        assert labelled == [True, True]
     finally:
         store.dispose()
 

@@ -78,6 +78,13 @@ def request_priority(request_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
+def request_key(model_name: str, request_id: str) -> bytes:
+    """A prediction's key in the store: a 128-bit hash of its model and request id. It is shorter
+    than the two (a key row is kept for a day by default, and its index repeats it); among a billion
+    keys, two collide with a probability below 1e-20."""
+    return hashlib.blake2b(f"{model_name}\x00{request_id}".encode(), digest_size=16).digest()
+
+
 def in_sample(request_id: str, fraction: float) -> bool:
     """Whether a request id is in the `fraction` kept raw (by `request_priority`)."""
     if fraction >= 1.0:
@@ -164,8 +171,7 @@ class Served:
 
     def key_row(self, received_at: datetime) -> dict[str, Any]:
         return {
-            "model_name": self.model_name,
-            "request_id": self.request_id,
+            "key": request_key(self.model_name, self.request_id),
             "model_version": self.model_version,
             "bucket_start": self.bucket_start,
             "predicted": self.predicted,
@@ -176,10 +182,11 @@ class Served:
         }
 
     @classmethod
-    def from_key_row(cls, row: Mapping[str, Any]) -> Served:
+    def from_key_row(cls, row: Mapping[str, Any], model_name: str, request_id: str) -> Served:
+        """The key row's facts; the row holds a hash of its model and request id, not them."""
         return cls(
-            row["model_name"],
-            row["request_id"],
+            model_name,
+            request_id,
             row["model_version"],
             row["bucket_start"],
             row["predicted"],

@@ -13,7 +13,13 @@ from typing import Any
 from sqlalchemy import Table, and_, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
-from watchkeeper.config import DEFAULT_LATENCY_BUCKETS, DEFAULT_SAMPLE_PER_BUCKET, Model, WatchkeeperConfig
+from watchkeeper.config import (
+    DEFAULT_LATENCY_BUCKETS,
+    DEFAULT_SAMPLE_PER_BUCKET,
+    Model,
+    WatchkeeperConfig,
+    Windows,
+)
 from watchkeeper.intake.aggregates import (
     PRIORITY_SPACE,
     BottomK,
@@ -21,6 +27,7 @@ from watchkeeper.intake.aggregates import (
     Served,
     in_sample,
     outcome_class,
+    request_key,
     request_priority,
     served,
 )
@@ -255,6 +262,11 @@ class IntakeRules:
     raw_fraction: float = 1.0
     sampler: BottomK = field(default_factory=lambda: BottomK(DEFAULT_SAMPLE_PER_BUCKET))
 
+    def label_horizon(self, model_name: str) -> timedelta:
+        """How long after its arrival a prediction of this model can still be joined by a label."""
+        model = self.model_for(model_name)
+        return (model.windows if model else Windows()).label_horizon
+
     @classmethod
     def of(
         cls, config: WatchkeeperConfig, profile_for: Callable[[str], ReferenceProfile | None]
@@ -287,12 +299,9 @@ def _write_predictions(
         key: served(r, rules.bucket_seconds, profile_for(r.model_name), rules.model_for(r.model_name))
         for key, r in firsts.items()
     }
-    inserted = insert_rows(
-        session,
-        PredictionKey.__table__,
-        [f.key_row(now) for f in facts.values()],
-        ("model_name", "request_id"),
-    )
+    keys = {key: f.key_row(now) for key, f in facts.items()}
+    hashes = insert_rows(session, PredictionKey.__table__, list(keys.values()), ("key",))
+    inserted = {key for key, row in keys.items() if (row["key"],) in hashes}
     new = [firsts[key] for key in firsts if key in inserted]
     priorities = {r.request_id: request_priority(r.request_id) for r in new}
     raw_below = rules.raw_fraction * PRIORITY_SPACE
@@ -359,24 +368,27 @@ def _append_bucket_totals(
     insert_rows(session, appends, buckets.rows())
 
 
-def _claim_keys(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Served]:
-    """Mark the keys' predictions labelled (compare-and-set: only those not labelled yet) and
-    return what their labels' join needs."""
+def _claim_keys(
+    session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules
+) -> dict[tuple[str, str], Served]:
+    """Mark the keys' predictions labelled (compare-and-set: only those not labelled yet, and within
+    their model's label horizon) and return what their labels' join needs."""
     claimed: dict[tuple[str, str], Served] = {}
     table = PredictionKey.__table__
-    for model, chunk in _by_model(keys):
+    for model, hashes in _hashes_by_model(keys):
         rows = session.execute(
             update(table)
             .where(
-                table.c.model_name == model,
-                one_of(session, table.c.request_id, chunk),
+                one_of(session, table.c.key, list(hashes)),
                 table.c.labelled.is_(False),
+                table.c.received_at >= utcnow() - rules.label_horizon(model),
             )
             .values(labelled=True)
             .returning(*table.c)
         ).mappings()
         for row in rows:
-            claimed[(row["model_name"], row["request_id"])] = Served.from_key_row(row)
+            request_id = hashes[row["key"]]
+            claimed[(model, request_id)] = Served.from_key_row(row, model, request_id)
     return claimed
 
 
@@ -390,16 +402,26 @@ def _by_model(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[str, Sequence[s
             yield model, chunk
 
 
-def _known_keys(session: Session, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+def _hashes_by_model(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[str, dict[bytes, str]]]:
+    """`_by_model`'s chunks as each key's hash (`request_key`) to its request id."""
+    for model, chunk in _by_model(keys):
+        yield model, {request_key(model, request_id): request_id for request_id in chunk}
+
+
+def _known_keys(
+    session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules
+) -> set[tuple[str, str]]:
+    """The keys stored and still within their model's label horizon."""
     table = PredictionKey.__table__
     found: set[tuple[str, str]] = set()
-    for model, chunk in _by_model(keys):
+    for model, hashes in _hashes_by_model(keys):
         rows = session.execute(
-            select(table.c.request_id).where(
-                table.c.model_name == model, one_of(session, table.c.request_id, chunk)
+            select(table.c.key).where(
+                one_of(session, table.c.key, list(hashes)),
+                table.c.received_at >= utcnow() - rules.label_horizon(model),
             )
         )
-        found.update((model, request_id) for (request_id,) in rows)
+        found.update((model, hashes[key]) for (key,) in rows)
     return found
 
 
@@ -433,9 +455,9 @@ def _write_feedback(
     labelled, or already waiting, is a duplicate. Returns the keys stored."""
     firsts = _first_per_request(records)
     now = utcnow()
-    claimed = _claim_keys(session, list(firsts))
+    claimed = _claim_keys(session, list(firsts), rules)
     missing = [key for key in firsts if key not in claimed]
-    known = _known_keys(session, missing) if missing else set()
+    known = _known_keys(session, missing, rules) if missing else set()
     unknown = [key for key in missing if key not in known]
     waiting = insert_rows(
         session,
@@ -444,6 +466,7 @@ def _write_feedback(
             {
                 "model_name": key[0],
                 "request_id": key[1],
+                "key": request_key(*key),
                 "label": firsts[key].label,
                 "business_value": firsts[key].business_value,
                 "received_at": now,
@@ -487,12 +510,14 @@ def aggregate_stored(
     bucket_seconds: int = 60,
     chunk: int = 10_000,
     appends: Table = ModelTallyAppend.__table__,
+    key_table: Table = PredictionKey.__table__,
 ) -> int:
     """Keys and aggregates for the raw predictions (and their labels) stored since `since`, as if
     they had just arrived: what an upgrade to aggregates does, so windows read no gap and labels
     still to come find their predictions. Without the configuration at hand, classes and names
-    are not bounded by a reference and segments are not counted. `appends` is where the aggregates
-    go, as the migration running this has it. Returns the predictions added."""
+    are not bounded by a reference and segments are not counted. `appends` and `key_table` are
+    where the aggregates and keys go, as the migration running this has them (a key table keyed
+    by model and request id gets those columns). Returns the predictions added."""
     prediction, feedback = Prediction.__table__, Feedback.__table__
     after, added, now = 0, 0, utcnow()
     while True:
@@ -520,8 +545,10 @@ def aggregate_stored(
             labelled = row.label is not None and facts.predicted is not None
             if labelled:
                 buckets.label(facts, outcome_class(row.label, None), row.business_value)
-            keys.append({**facts.key_row(now), "labelled": labelled})
-        insert_rows(session, PredictionKey.__table__, keys, ("model_name", "request_id"))
+            key = {**facts.key_row(now), "labelled": labelled, "model_name": record.model_name}
+            key["request_id"] = record.request_id
+            keys.append({column.name: key[column.name] for column in key_table.c})
+        insert_rows(session, key_table, keys, tuple(c.name for c in key_table.primary_key))
         _append_bucket_totals(session, buckets, appends)
         added += len(rows)
 
@@ -550,7 +577,7 @@ def _join_waiting(
             )
     if not labels:
         return 0
-    claimed = _claim_keys(session, list(labels))
+    claimed = _claim_keys(session, list(labels), rules)
     _count_labels(
         ((labels[key], facts) for key, facts in claimed.items()), rules, profile_for, buckets, tallies
     )
@@ -565,10 +592,7 @@ def join_waiting_labels(store: Store, rules: IntakeRules, limit: int = 10_000) -
     with store.reading() as session:
         found = session.execute(
             select(waiting.c.model_name, waiting.c.request_id)
-            .join(
-                keys,
-                and_(keys.c.model_name == waiting.c.model_name, keys.c.request_id == waiting.c.request_id),
-            )
+            .join(keys, keys.c.key == waiting.c.key)
             .where(waiting.c.received_at >= utcnow() - CONCURRENT_JOIN_MARGIN, keys.c.labelled.is_(False))
             .limit(limit)
         ).all()

@@ -90,7 +90,7 @@ def upgrade() -> None:
     from sqlalchemy.orm import Session
 
     from watchkeeper.store.intake import aggregate_stored
-    from watchkeeper.store.schema import UTCDateTime
+    from watchkeeper.store.schema import EpochSeconds, UTCDateTime
     from watchkeeper.times import utcnow
 
     # The tallies as this revision has them (appended rows unfolded; 0010 moves them to their table).
@@ -100,7 +100,19 @@ def upgrade() -> None:
         sa.column("bucket_start", UTCDateTime()),
         sa.Column("folded", sa.Boolean(), default=False),
     )
-    aggregate_stored(Session(bind=op.get_bind()), utcnow() - timedelta(days=1), appends=tallies)
+    # The keys as this revision has them (by model and request id; 0011 hashes them).
+    keys = sa.Table(
+        "prediction_keys",
+        sa.MetaData(),
+        sa.Column("model_name", sa.String(length=128), primary_key=True),
+        sa.Column("request_id", sa.String(length=256), primary_key=True),
+        *(sa.Column(name, sa.String()) for name in ("model_version", "predicted", "score_bin", "segments")),
+        sa.Column("bucket_start", EpochSeconds()),
+        sa.Column("labelled", sa.Boolean()),
+        sa.Column("received_at", EpochSeconds()),
+    )
+    session = Session(bind=op.get_bind())
+    aggregate_stored(session, utcnow() - timedelta(days=1), appends=tallies, key_table=keys)
 
 
 def downgrade() -> None:
