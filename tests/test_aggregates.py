@@ -8,6 +8,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 
 from tasks.logs import prediction_frame
@@ -132,6 +134,19 @@ def test_concurrent_joins_of_the_same_waiting_labels_count_each_once(
         thread.join()
     assert sum(joined) == 200
     assert quality(store, example_config)["label_coverage_ratio"] == 1.0
+
+
+@given(st.text(max_size=20), st.text(max_size=40), st.text(max_size=40))
+def test_different_requests_have_different_keys(model: str, first: str, second: str) -> None:
+    assume(first != second)
+    assert request_key(model, first) != request_key(model, second)
+    assert request_key(model, first) != request_key(model + "x", first)
+
+
+def test_counter_request_ids_keep_their_order_in_their_keys() -> None:
+    """A batch of counter ids lands on neighbouring pages of the key table, not one page each."""
+    keys = [request_key(MODEL, f"req-{i:06d}") for i in range(1000, 2000)]
+    assert keys == sorted(keys) and len({key[:12] for key in keys}) == 1
 
 
 def test_a_label_after_its_models_label_horizon_counts_nowhere(

@@ -38,6 +38,7 @@ SEGMENT_REQUESTS, SEGMENT_CLASS, SEGMENT_OUTCOME = "segment_requests", "segment_
 SEPARATOR = "\x1f"  # between the parts of a detail; never inside a name (see `name_of`)
 PAIRS = "\x1e"  # between a key row's (column, value) pairs
 MAX_NAME = 64  # class and segment names stay short whatever a sender puts in them
+KEY_TAIL = 4  # characters of a request id kept as they are at the end of its key (`request_key`)
 LATENCY_ACCURACY = 0.01
 _GAMMA = (1 + LATENCY_ACCURACY) / (1 - LATENCY_ACCURACY)
 _LOG_GAMMA = math.log(_GAMMA)
@@ -79,10 +80,14 @@ def request_priority(request_id: str) -> int:
 
 
 def request_key(model_name: str, request_id: str) -> bytes:
-    """A prediction's key in the store: a 128-bit hash of its model and request id. It is shorter
-    than the two (a key row is kept for a day by default, and its index repeats it); among a billion
-    keys, two collide with a probability below 1e-20."""
-    return hashlib.blake2b(f"{model_name}\x00{request_id}".encode(), digest_size=16).digest()
+    """A prediction's key in the store: a 96-bit hash of its model and its request id but the last
+    four characters, then those characters. Shorter than the two (a key row is kept for a day by
+    default, and its index by arrival repeats it); among a billion keys, two collide with a
+    probability below 1e-11. Counter ids (`req-000123`) that follow each other keep their order, so a
+    batch of them writes a few pages of the key table, not one page each: random ids (UUID4) cost
+    about 25 µs more a prediction on SQLite (docs/benchmarks.md)."""
+    head, tail = request_id[:-KEY_TAIL], request_id[-KEY_TAIL:]
+    return hashlib.blake2b(f"{model_name}\x00{head}".encode(), digest_size=12).digest() + tail.encode()
 
 
 def in_sample(request_id: str, fraction: float) -> bool:

@@ -60,6 +60,20 @@ class EpochSeconds(TypeDecorator[datetime]):
         return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
+class KeyBytes(TypeDecorator[bytes]):
+    """A short binary key, bound and read as `bytes` without SQLAlchemy's per-value conversion
+    (both drivers take and return `bytes` themselves): it is bound thousands of times a second."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> None:
+        return None
+
+    def result_processor(self, dialect: Any, coltype: Any) -> None:
+        return None
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -190,9 +204,9 @@ class ModelTallyAppend(_BucketSeries, Base):
 
 class PredictionKey(Base):
     """A prediction's key, kept `intake.dedupe_window` so a re-sent batch counts once, and what its
-    label's join needs until the label arrives or `windows.label_horizon` passes. The key is a hash
-    of the model and request id (`aggregates.request_key`): 16 bytes, where the two were about 40,
-    in the row and again in the index by arrival."""
+    label's join needs until the label arrives or `windows.label_horizon` passes. The key is mostly a
+    hash of the model and request id (`aggregates.request_key`): 16 bytes for an ASCII id, where the
+    two were about 40, in the row and again in the index by arrival."""
 
     __tablename__ = "prediction_keys"
     # Without a rowid, SQLite keeps each row in its primary key's b-tree: the key once.
@@ -203,7 +217,7 @@ class PredictionKey(Base):
         {"sqlite_with_rowid": False, "postgresql_with": {"fillfactor": 85}},
     )
 
-    key: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    key: Mapped[bytes] = mapped_column(KeyBytes(28), primary_key=True)
     model_version: Mapped[str] = mapped_column(String(64))
     bucket_start: Mapped[datetime] = mapped_column(EpochSeconds())
     predicted: Mapped[str | None] = mapped_column(String(64), doc="class; null when it failed")
@@ -245,7 +259,7 @@ class WaitingLabel(Base):
 
     model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(256), primary_key=True)
-    key: Mapped[bytes] = mapped_column(LargeBinary(16), doc="its prediction's key (PredictionKey.key)")
+    key: Mapped[bytes] = mapped_column(KeyBytes(28), doc="its prediction's key (PredictionKey.key)")
     label: Mapped[Any] = mapped_column(JSON)
     business_value: Mapped[float | None] = mapped_column(Float)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

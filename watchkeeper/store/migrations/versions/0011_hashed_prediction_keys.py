@@ -1,4 +1,4 @@
-"""prediction_keys keyed by a 16-byte hash of model and request id (about 40 bytes less a key, in
+"""prediction_keys keyed by a hash of model and request id (16 bytes; about 40 less a key, in
 the row and in the index by arrival); waiting_labels carry the hash of their prediction's key
 
 Revision ID: 0011
@@ -65,7 +65,7 @@ def upgrade() -> None:
             "ALTER TABLE prediction_keys_by_request "
             "RENAME CONSTRAINT prediction_keys_pkey TO prediction_keys_by_request_pkey"
         )
-    _keys_table(sa.Column("key", sa.LargeBinary(length=16), primary_key=True))
+    _keys_table(sa.Column("key", sa.LargeBinary(length=28), primary_key=True))
     old = sa.table(
         "prediction_keys_by_request", *(sa.column(c) for c in ["model_name", "request_id", *FACTS])
     )
@@ -79,7 +79,7 @@ def upgrade() -> None:
     op.drop_table("prediction_keys_by_request")
 
     with op.batch_alter_table("waiting_labels") as batch:
-        batch.add_column(sa.Column("key", sa.LargeBinary(length=16), nullable=True))
+        batch.add_column(sa.Column("key", sa.LargeBinary(length=28), nullable=True))
     waiting = sa.table("waiting_labels", sa.column("model_name"), sa.column("request_id"), sa.column("key"))
     mark = waiting.update().where(
         waiting.c.model_name == sa.bindparam("m"), waiting.c.request_id == sa.bindparam("r")
@@ -90,7 +90,7 @@ def upgrade() -> None:
         ]
         bind.execute(mark.values(key=sa.bindparam("k")), keys)
     with op.batch_alter_table("waiting_labels") as batch:
-        batch.alter_column("key", existing_type=sa.LargeBinary(length=16), nullable=False)
+        batch.alter_column("key", existing_type=sa.LargeBinary(length=28), nullable=False)
 
 
 def downgrade() -> None:
