@@ -56,3 +56,6 @@ _.queued
 aggregate_stored
 # uvicorn's workers import it by name (watchkeeper serve with intake.processes above 1).
 service_from_environment
+# SQLAlchemy calls these on a column type (store/schema.py KeyBytes).
+bind_processor
+result_processor

@@ -70,7 +70,7 @@ class KeyBytes(TypeDecorator[bytes]):
     def bind_processor(self, dialect: Any) -> None:
         return None
 
-    def result_processor(self, dialect: Any, coltype: Any) -> None:
+    def result_processor(self, dialect: Any, _coltype: Any) -> None:
         return None
 
 
