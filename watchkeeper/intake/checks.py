@@ -35,6 +35,7 @@ LOG = logging.getLogger(__name__)
 UNEXPECTED_COLUMN = "_unexpected_"
 OTHER_CLASS = "_other_"
 MAX_REFERENCE_CLASSES = 20
+PLAIN_NUMBERS = (float, int)  # exactly these types: a bool is an int, and not a number here
 T = TypeVar("T")
 
 
@@ -109,6 +110,10 @@ def profile(config: WatchkeeperConfig, model: Model, reference: pd.DataFrame) ->
 
 
 def _value_failure(spec: ColumnProfile, value: Any) -> str | None:
+    if spec.type == "numerical" and type(value) in PLAIN_NUMBERS:  # most values, without the ABC check
+        if value != value:
+            return "null"
+        return None if spec.low <= value <= spec.high else "out_of_range"
     if is_null(value):
         return "null"
     if spec.type == "numerical":
