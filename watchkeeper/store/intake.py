@@ -408,18 +408,15 @@ def _hashes_by_model(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[str, dic
         yield model, {request_key(model, request_id): request_id for request_id in chunk}
 
 
-def _known_keys(
-    session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules
-) -> set[tuple[str, str]]:
-    """The keys stored and still within their model's label horizon."""
+def _labelled_keys(session: Session, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The keys whose prediction is labelled already: a label of one is a duplicate. A key stored
+    but not labelled, that the claim did not find, was committed by a prediction's intake after the
+    claim read: its label waits, and the collection's join counts it (`join_waiting_labels`)."""
     table = PredictionKey.__table__
     found: set[tuple[str, str]] = set()
     for model, hashes in _hashes_by_model(keys):
         rows = session.execute(
-            select(table.c.key).where(
-                one_of(session, table.c.key, list(hashes)),
-                table.c.received_at >= utcnow() - rules.label_horizon(model),
-            )
+            select(table.c.key).where(one_of(session, table.c.key, list(hashes)), table.c.labelled.is_(True))
         )
         found.update((model, hashes[key]) for (key,) in rows)
     return found
@@ -457,8 +454,8 @@ def _write_feedback(
     now = utcnow()
     claimed = _claim_keys(session, list(firsts), rules)
     missing = [key for key in firsts if key not in claimed]
-    known = _known_keys(session, missing, rules) if missing else set()
-    unknown = [key for key in missing if key not in known]
+    labelled = _labelled_keys(session, missing) if missing else set()
+    unknown = [key for key in missing if key not in labelled]
     waiting = insert_rows(
         session,
         WaitingLabel.__table__,
