@@ -120,6 +120,34 @@ def test_labels_go_between_prediction_batches_when_predictions_keep_coming() -> 
     client.close(timeout=0)
 
 
+def test_a_label_never_goes_before_its_prediction() -> None:
+    """Labels alternate with predictions, but one whose prediction is still queued waits for it:
+    sent first, it would wait in the store and count under an unknown version."""
+    in_flight, release = threading.Event(), threading.Event()
+    sent: list[tuple[str, list[str]]] = []
+
+    class SlowService(WatchkeeperClient):
+        def _deliver(self, path: str, batch: list) -> None:
+            sent.append((path.rsplit("/", 1)[-1], [record["request_id"] for record in batch]))
+            in_flight.set()
+            release.wait(30)
+
+    client = SlowService(f"http://127.0.0.1:{free_port()}", batch_size=1000, flush_interval=3600)
+    log(client, range(1000))
+    assert in_flight.wait(30)
+    log(client, range(1000, 1100))
+    for i in [*range(1000, 1050), *range(10)]:
+        client.log_label(MODEL, f"r{i}", 1)
+    release.set()
+    assert client.flush(30)
+    assert [(path, len(ids)) for path, ids in sent] == [
+        ("predictions", 1000),
+        ("predictions", 100),
+        ("feedback", 60),
+    ]
+    client.close(timeout=0)
+
+
 def test_a_killed_and_restarted_service_loses_nothing_and_stores_nothing_twice(
     store: Store, tmp_path: Path
 ) -> None:

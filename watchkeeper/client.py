@@ -32,7 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -75,6 +75,8 @@ class WatchkeeperClient:
         self._stop = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
+        # Predictions queued or in flight, by (model, request id): their labels wait behind them.
+        self._unsent: Counter[tuple[str, str]] = Counter()
         self._closing = False
         self._counts = {"sent": 0, "dropped": 0, "refused": 0, "retries": 0}
         self._last_refusal: str | None = None
@@ -132,6 +134,8 @@ class WatchkeeperClient:
                 self._counts["dropped"] += 1
                 return
             queue.append(record)
+            if kind == "prediction":
+                self._unsent[_key(record)] += 1
             if len(queue) >= self.batch_size:
                 self._wake.set()
 
@@ -165,6 +169,7 @@ class WatchkeeperClient:
             self._counts["dropped"] += left
             for queue in self._queues.values():
                 queue.clear()
+            self._unsent.clear()
         self._stop.set()
         self._wake.set()
         self._thread.join(self.timeout + 1.0)
@@ -172,19 +177,35 @@ class WatchkeeperClient:
         return flushed
 
     def _take(self) -> tuple[str, list[dict[str, Any]]] | None:
-        """The next batch: predictions first (a label sent before its prediction waits in the store
-        for it), but never twice in a row while labels wait: against a slow service, predictions
-        arrive faster than they are sent, and labels would never go."""
+        """The next batch: predictions first, but never twice in a row while labels wait: against a
+        slow service, predictions arrive faster than they are sent, and labels would never go. A
+        label never goes before its prediction (it would wait in the store, counted under an
+        unknown version): labels go in order up to the first whose prediction is still unsent."""
         order = ("label", "prediction") if self._last_kind == "prediction" else ("prediction", "label")
         with self._lock:
             for kind in order:
                 queue = self._queues[kind]
-                if queue:
-                    batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+                batch: list[dict[str, Any]] = []
+                while queue and len(batch) < self.batch_size:
+                    if kind == "label" and _key(queue[0]) in self._unsent:
+                        break
+                    batch.append(queue.popleft())
+                if batch:
                     self._in_flight = len(batch)
                     self._last_kind = kind
                     return kind, batch
         return None
+
+    def _sent(self, kind: str, batch: list[dict[str, Any]]) -> None:
+        """A batch is done with: acknowledged, refused or given up."""
+        with self._lock:
+            self._in_flight = 0
+            for key in (_key(record) for record in batch) if kind == "prediction" else ():
+                if self._unsent[key] > 1:
+                    self._unsent[key] -= 1
+                else:
+                    self._unsent.pop(key, None)
+            self._idle.notify_all()
 
     def _run(self) -> None:
         while True:
@@ -193,9 +214,7 @@ class WatchkeeperClient:
             while (taken := self._take()) is not None:
                 kind, batch = taken
                 self._deliver(PATHS[kind], batch)
-                with self._lock:
-                    self._in_flight = 0
-                    self._idle.notify_all()
+                self._sent(kind, batch)
             with self._lock:
                 self._idle.notify_all()
                 if self._closing:
@@ -230,6 +249,10 @@ class WatchkeeperClient:
             wait = retry_after if retry_after is not None else backoff * (0.5 + random.random())
             self._stop.wait(min(wait, self.max_backoff))
             backoff = min(backoff * 2, self.max_backoff)
+
+
+def _key(record: dict[str, Any]) -> tuple[str, str]:
+    return record["model_name"], record["request_id"]
 
 
 def _iso(timestamp: datetime | None) -> str:
