@@ -148,6 +148,7 @@ def test_overlapping_runs_pause_once_and_one_approval_acts_once(
             f"{live.url}/v1/incidents/{waiting['incident_id']}/approval",
             json={"approved": True, "comment": "go"},
             headers={"Authorization": "Bearer ops"},
+            timeout=60,  # the approval resumes the run through Prefect, whose SQLite waits out its locks
         ).json()
         for run in runs:
             run.join(timeout=120)
