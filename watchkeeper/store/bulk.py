@@ -8,7 +8,7 @@ once and PostgreSQL prepares it. The arrays go in binary (`%b`): in text, psycop
 escapes every element with a regular expression. A row of keys costs about 5 µs, of aggregates
 3 µs, in batches of 1,000 (text arrays: 9.5 and 7.6).
 
-On SQLite, SQLAlchemy builds each row's parameters in Python (a fifth of the intake's time at
+On SQLite, SQLAlchemy builds each row's parameters in Python (about a tenth of the service's busy time at
 5,000 predictions a second); here each column's values are converted in one pass and the rows go
 to the driver as tuples: `executemany` without `unique`, else multi-row VALUES with RETURNING, as
 many rows a statement as SQLite's parameter limit allows.
