@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -349,7 +350,10 @@ def test_a_gzip_bomb_is_refused_at_the_size_limit(small_body_service: LiveServic
     assert table_counts(store) == (0, 0, 0)
 
 
-def test_refusals_are_counted_by_endpoint_and_reason(service: LiveService) -> None:
+def test_refusals_are_counted_by_endpoint_and_reason_and_logged(
+    service: LiveService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="watchkeeper.service")
     httpx.post(f"{service.url}/v1/predictions", content=b"\xff")
     httpx.post(f"{service.url}/v1/predictions", content=b"[]")
     httpx.post(f"{service.url}/v1/feedback", content=b"[1]", headers={"content-encoding": "br"})
@@ -368,6 +372,12 @@ def test_refusals_are_counted_by_endpoint_and_reason(service: LiveService) -> No
     assert found[(rejected, "/v1/feedback", "unsupported_encoding")] == 1
     assert found[(rejected, "/v1/alertmanager", "invalid_value")] == 0
     assert found[("watchkeeper_alerts_rejected_total", None, None)] == 1
+    logged = [record.getMessage() for record in caplog.records if record.name == "watchkeeper.service"]
+    assert logged == [
+        "POST /v1/predictions answered 400",
+        "POST /v1/predictions answered 422",
+        "POST /v1/feedback answered 415",
+    ]
 
 
 def test_lists_page_with_a_cursor(service: LiveService) -> None:

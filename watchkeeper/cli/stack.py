@@ -64,7 +64,9 @@ def serve(
     config, store = load_monitoring(), open_store()
     if config.intake.processes == 1:
         serving_process()
-        uvicorn.run(create_app(config, store, credentials), host=host, port=port, log_level="info")
+        uvicorn.run(
+            create_app(config, store, credentials), host=host, port=port, log_level="info", access_log=False
+        )
         return
     store.dispose()
     uvicorn.run(
@@ -74,6 +76,7 @@ def serve(
         host=host,
         port=port,
         log_level="info",
+        access_log=False,
     )
 
 
