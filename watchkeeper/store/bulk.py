@@ -17,6 +17,7 @@ many rows a statement as SQLite's parameter limit allows.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -74,7 +75,12 @@ def insert_rows(
 def _column_values(table: Table, name: str, rows: Sequence[Mapping[str, Any]], dialect: Dialect) -> list[Any]:
     values = [row[name] for row in rows]
     process = table.c[name].type._cached_bind_processor(dialect)
-    return [process(value) for value in values] if process else values
+    if not process:
+        return values
+    if isinstance(values[0], datetime):  # a batch's times are mostly its buckets and its arrival
+        converted = {value: process(value) for value in set(values)}
+        return [converted[value] for value in values]
+    return [process(value) for value in values]
 
 
 @cache
