@@ -171,7 +171,9 @@ def samples(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return found
 
 
-def test_latency_is_a_cumulative_histogram_with_the_configured_buckets(service: LiveService) -> None:
+def test_latency_is_a_cumulative_histogram_with_the_configured_buckets(
+    service: LiveService, example_config: WatchkeeperConfig
+) -> None:
     batch = predictions(5)
     for record, latency in zip(batch, [0.003, 0.02, 0.2, 20.0, 0.02], strict=True):
         record["latency_seconds"] = latency
@@ -184,6 +186,9 @@ def test_latency_is_a_cumulative_histogram_with_the_configured_buckets(service: 
     }
     assert buckets["0.005"] == 1 and buckets["0.025"] == 2 and buckets["0.25"] == 3
     assert buckets["10.0"] == 3 and buckets["+Inf"] == 4
+    # The intake stores only the buckets hit; every configured bound is exported all the same.
+    configured = example_config.models[0].latency_buckets
+    assert set(buckets) == {*(repr(float(le)) for le in configured), "+Inf"}
     series = (("model_name", "credit_approval"), ("model_version", "v1"))
     assert samples(service.url, "ai_model_inference_latency_seconds_count") == {series: 4}
     assert samples(service.url, "ai_model_inference_latency_seconds_sum")[series] == pytest.approx(20.223)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -279,8 +279,26 @@ def gauge_families(results: Iterable[LatestResult]) -> list[GaugeMetricFamily]:
     return list(families.values())
 
 
-def histogram_families(tallies: Iterable[tuple[str, str, str, str, float]]) -> list[HistogramMetricFamily]:
-    """Prometheus histograms from the intake's bucket and sum tallies (see `histogram_tallies`)."""
+def no_bounds(_family: str, _subject: str) -> Sequence[float]:
+    return ()
+
+
+def histogram_bounds(config: WatchkeeperConfig) -> Callable[[str, str], Sequence[float]]:
+    """Each histogram's configured bounds: a model's latency buckets, a pipeline's."""
+    by_family = {
+        INFERENCE_LATENCY: {m.name: m.latency_buckets for m in config.models},
+        PIPELINE_LATENCY: {p.name: p.latency_buckets for p in config.pipelines},
+    }
+    return lambda family, subject: by_family.get(family, {}).get(subject, ())
+
+
+def histogram_families(
+    tallies: Iterable[tuple[str, str, str, str, float]],
+    bounds_for: Callable[[str, str], Sequence[float]] = no_bounds,
+) -> list[HistogramMetricFamily]:
+    """Prometheus histograms from the intake's bucket and sum tallies (see `histogram_tallies`).
+    The intake tallies only the buckets that were hit; every configured bound (`bounds_for`) is
+    exported, empty or not, so that each series always has all its buckets."""
     buckets: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
     sums: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
     for family, subject, variant, detail, total in tallies:
@@ -295,8 +313,11 @@ def histogram_families(tallies: Iterable[tuple[str, str, str, str, float]]) -> l
     for (family, subject, variant), series in sorted(sums.items()):
         if family not in families:
             continue
+        counts = dict.fromkeys(map(float, bounds_for(family, subject)), 0.0)
+        for le, total in buckets[(family, subject, variant)]:
+            counts[le] = counts.get(le, 0.0) + total
         cumulative, running = [], 0.0
-        for le, total in sorted(buckets[(family, subject, variant)]):
+        for le, total in sorted(counts.items()):
             running += total
             if not math.isinf(le):
                 cumulative.append((le_text(le), running))
@@ -514,7 +535,9 @@ class StoreCollector(Collector):
             evaluations = self._evaluation_families(session)
             operations = operations_families(session)
         totals = intake_counts(tallies)
-        histograms = histogram_families(tallies)
+        histograms = histogram_families(
+            tallies, histogram_bounds(self.config) if self.config is not None else no_bounds
+        )
         counters = {
             kind: CounterMetricFamily(name, doc, labels=["model_name", "model_version"])
             for kind, (name, doc) in INTAKE_FAMILIES.items()

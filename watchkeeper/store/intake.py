@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, and_, delete, func, select, text, update
 from sqlalchemy.orm import Session
@@ -54,6 +54,7 @@ LOOKUP_CHUNK = 500
 # arrived this recently and whose prediction is now among the keys.
 CONCURRENT_JOIN_MARGIN = timedelta(minutes=10)
 UNKNOWN_VERSION = "unknown"
+T = TypeVar("T")
 INFERENCE_LATENCY = "inference_latency"
 PIPELINE_LATENCY = "pipeline_latency"
 PREDICTION_FIELDS = (
@@ -81,7 +82,7 @@ class StoredBatch:
         return self.received - self.stored
 
 
-def _chunks(items: Sequence[str], size: int = LOOKUP_CHUNK) -> Iterator[Sequence[str]]:
+def _chunks(items: Sequence[T], size: int = LOOKUP_CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -100,14 +101,12 @@ class TallyRows:
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
 
-    def add(
-        self, family: str, counts: Mapping[tuple[str, str, str], float], keep_zeros: bool = False
-    ) -> None:
-        """A row per (subject, variant, detail) with a count."""
+    def add(self, family: str, counts: Mapping[tuple[str, str, str], float]) -> None:
+        """A row per (subject, variant, detail) with a count other than 0."""
         self.rows.extend(
             {"family": family, "subject": subject, "variant": variant, "detail": detail, "total": float(n)}
             for (subject, variant, detail), n in counts.items()
-            if n or keep_zeros
+            if n
         )
 
     def count(self, kind: str, counts: Counter[tuple[str, str]]) -> None:
@@ -121,8 +120,8 @@ class TallyRows:
         buckets_for: Callable[[str], Sequence[float]],
     ) -> None:
         buckets, sums = histogram_tallies(observations, buckets_for)
-        self.add(BUCKET + family, buckets, keep_zeros=True)
-        self.add(SUM + family, sums, keep_zeros=True)
+        self.add(BUCKET + family, buckets)
+        self.add(SUM + family, sums)
 
     def write(self, session: Session) -> None:
         insert_rows(session, Tally.__table__, self.rows)
@@ -228,17 +227,13 @@ def histogram_tallies(
     observations: Iterable[tuple[str, str, float]], buckets_for: Callable[[str], Sequence[float]]
 ) -> tuple[dict[tuple[str, str, str], float], dict[tuple[str, str, str], float]]:
     """Per-bucket counts (each value in the first bucket whose bound is >= it; keyed by subject,
-    variant and bound) and per-series `count` and `sum`.
-
-    Every configured bound of a series gets a count, empty or not, so the exported histogram always
-    has all its buckets.
-    """
+    variant and bound) and per-series `count` and `sum`. Only the buckets hit get a count: `/metrics`
+    exports every configured bound (`histogram_bounds`), so a transaction writes no empty ones (at
+    fifty models, a dozen rows a model and transaction)."""
     buckets: Counter[tuple[str, str, str]] = Counter()
     sums: Counter[tuple[str, str, str]] = Counter()
     for subject, variant, value in observations:
         bounds = buckets_for(subject)
-        if (subject, variant, "count") not in sums:
-            buckets.update(dict.fromkeys(((subject, variant, le_text(le)) for le in (*bounds, math.inf)), 0))
         index = bisect.bisect_left(bounds, value)
         buckets[(subject, variant, le_text(bounds[index] if index < len(bounds) else math.inf))] += 1
         sums[(subject, variant, "count")] += 1
@@ -372,40 +367,35 @@ def _claim_keys(
     session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules
 ) -> dict[tuple[str, str], Served]:
     """Mark the keys' predictions labelled (compare-and-set: only those not labelled yet, and within
-    their model's label horizon) and return what their labels' join needs."""
+    their model's label horizon) and return what their labels' join needs. One statement per label
+    horizon and chunk, whatever the number of models in the batch."""
     claimed: dict[tuple[str, str], Served] = {}
     table = PredictionKey.__table__
-    for model, hashes in _hashes_by_model(keys):
-        rows = session.execute(
-            update(table)
-            .where(
-                one_of(session, table.c.key, list(hashes)),
-                table.c.labelled.is_(False),
-                table.c.received_at >= utcnow() - rules.label_horizon(model),
-            )
-            .values(labelled=True)
-            .returning(*table.c)
-        ).mappings()
-        for row in rows:
-            request_id = hashes[row["key"]]
-            claimed[(model, request_id)] = Served.from_key_row(row, model, request_id)
+    by_horizon: dict[timedelta, list[tuple[str, str]]] = {}
+    for key in keys:
+        by_horizon.setdefault(rules.label_horizon(key[0]), []).append(key)
+    for horizon, same_horizon in by_horizon.items():
+        for hashes in _hashed_chunks(same_horizon):
+            rows = session.execute(
+                update(table)
+                .where(
+                    one_of(session, table.c.key, list(hashes)),
+                    table.c.labelled.is_(False),
+                    table.c.received_at >= utcnow() - horizon,
+                )
+                .values(labelled=True)
+                .returning(*table.c)
+            ).mappings()
+            for row in rows:
+                model, request_id = hashes[row["key"]]
+                claimed[(model, request_id)] = Served.from_key_row(row, model, request_id)
     return claimed
 
 
-def _by_model(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[str, Sequence[str]]]:
-    """Request ids grouped by model, in chunks an IN (...) list can hold."""
-    by_model: dict[str, list[str]] = {}
-    for model, request_id in keys:
-        by_model.setdefault(model, []).append(request_id)
-    for model, ids in by_model.items():
-        for chunk in _chunks(ids):
-            yield model, chunk
-
-
-def _hashes_by_model(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[str, dict[bytes, str]]]:
-    """`_by_model`'s chunks as each key's hash (`request_key`) to its request id."""
-    for model, chunk in _by_model(keys):
-        yield model, {request_key(model, request_id): request_id for request_id in chunk}
+def _hashed_chunks(keys: Sequence[tuple[str, str]]) -> Iterator[dict[bytes, tuple[str, str]]]:
+    """The keys in chunks an IN (...) list can hold, as each key's hash (`request_key`) to the key."""
+    for chunk in _chunks(keys):
+        yield {request_key(*key): key for key in chunk}
 
 
 def _labelled_keys(session: Session, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -414,11 +404,11 @@ def _labelled_keys(session: Session, keys: Sequence[tuple[str, str]]) -> set[tup
     claim read: its label waits, and the collection's join counts it (`join_waiting_labels`)."""
     table = PredictionKey.__table__
     found: set[tuple[str, str]] = set()
-    for model, hashes in _hashes_by_model(keys):
+    for hashes in _hashed_chunks(keys):
         rows = session.execute(
             select(table.c.key).where(one_of(session, table.c.key, list(hashes)), table.c.labelled.is_(True))
         )
-        found.update((model, hashes[key]) for (key,) in rows)
+        found.update(hashes[key] for (key,) in rows)
     return found
 
 
@@ -562,13 +552,13 @@ def _join_waiting(
     count one twice; their counts go to `buckets` and `tallies`. Returns how many were joined."""
     waiting = WaitingLabel.__table__
     labels: dict[tuple[str, str], FeedbackRecord] = {}
-    for model, chunk in _by_model(keys):
+    for hashes in _hashed_chunks(keys):
         rows = session.execute(
             delete(waiting)
-            .where(waiting.c.model_name == model, one_of(session, waiting.c.request_id, chunk))
-            .returning(waiting.c.request_id, waiting.c.label, waiting.c.business_value)
+            .where(one_of(session, waiting.c.key, list(hashes)))
+            .returning(waiting.c.model_name, waiting.c.request_id, waiting.c.label, waiting.c.business_value)
         )
-        for request_id, label, value in rows:
+        for model, request_id, label, value in rows:
             labels[(model, request_id)] = FeedbackRecord(
                 model_name=model, request_id=request_id, label=label, business_value=value
             )

@@ -255,7 +255,12 @@ class WaitingLabel(Base):
     dropped after the label horizon."""
 
     __tablename__ = "waiting_labels"
-    __table_args__ = (Index("ix_waiting_labels_received", "received_at"),)
+    # By key: a prediction's intake takes the labels waiting for a batch of any models in one
+    # statement (by model and request id it took one a model).
+    __table_args__ = (
+        Index("ix_waiting_labels_received", "received_at"),
+        Index("ix_waiting_labels_key", "key"),
+    )
 
     model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(256), primary_key=True)
