@@ -3,8 +3,10 @@ nothing is lost that the client did not count as dropped, even when the service 
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -78,6 +80,36 @@ def test_a_refused_batch_is_counted_and_not_sent_again(
     stats = client.stats()
     assert (stats.sent, stats.refused, stats.retries) == (10, 10, 0)
     assert stats.last_refusal is not None and "unknown model 'no_such_model'" in stats.last_refusal
+
+
+class CountedConnections(WatchkeeperClient):
+    """The client, counting the TCP connections it opens."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.connections = 0
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def _connect(self) -> http.client.HTTPConnection:
+        self.connections += 1
+        return super()._connect()
+
+
+def test_batches_share_one_connection_and_a_broken_one_is_opened_again_at_once(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    with LiveService(example_config, store) as service:
+        client = CountedConnections(service.url, batch_size=10, flush_interval=0.05)
+        log(client, range(50))
+        assert client.flush(timeout=30)
+        assert client.connections == 1
+        assert client._connection is not None and client._connection.sock is not None
+        client._connection.sock.shutdown(socket.SHUT_RDWR)  # as when the service's keep-alive ends
+        log(client, range(50, 60))
+        assert client.flush(timeout=30)
+        client.close()
+    stats = client.stats()
+    assert (stats.sent, stats.retries, client.connections) == (60, 0, 2)
+    assert stored(store)["keys"] == 60
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking_the_model_service() -> None:

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import atexit
 import gzip
+import http.client
 import json
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +64,8 @@ class WatchkeeperClient:
         exit_timeout: float = 10.0,
     ) -> None:
         self.url = url.rstrip("/")
+        self._base_path = urllib.parse.urlsplit(self.url).path
+        self._connection: http.client.HTTPConnection | None = None  # the sender thread's own
         self.batch_size, self.flush_interval, self.max_queued = batch_size, flush_interval, max_queued
         self.timeout, self.max_backoff, self.exit_timeout = timeout, max_backoff, exit_timeout
         self._headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
@@ -217,8 +219,10 @@ class WatchkeeperClient:
                 self._sent(kind, batch)
             with self._lock:
                 self._idle.notify_all()
-                if self._closing:
-                    return
+                closing = self._closing
+            if closing:
+                self._disconnect()
+                return
 
     def _deliver(self, path: str, batch: list[dict[str, Any]]) -> None:
         body = gzip.compress(json.dumps(batch, default=str).encode(), compresslevel=1)
@@ -226,20 +230,17 @@ class WatchkeeperClient:
         while True:
             retry_after = None
             try:
-                request = urllib.request.Request(self.url + path, body, self._headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                    answer.read()
-                with self._lock:
-                    self._counts["sent"] += len(batch)
-                return
-            except urllib.error.HTTPError as exc:
-                if exc.code not in RETRIED_STATUSES:
+                status, answer, retry_after = self._post(path, body)
+                if 200 <= status < 300:
+                    with self._lock:
+                        self._counts["sent"] += len(batch)
+                    return
+                if status not in RETRIED_STATUSES:
                     with self._lock:
                         self._counts["refused"] += len(batch)
-                        self._last_refusal = f"{exc.code}: {exc.read()[:500].decode(errors='replace')}"
+                        self._last_refusal = f"{status}: {answer[:500].decode(errors='replace')}"
                     return
-                retry_after = _seconds(exc.headers.get("Retry-After"))
-            except (OSError, urllib.error.URLError):
+            except OSError:
                 pass
             with self._lock:
                 if self._closing:
@@ -249,6 +250,40 @@ class WatchkeeperClient:
             wait = retry_after if retry_after is not None else backoff * (0.5 + random.random())
             self._stop.wait(min(wait, self.max_backoff))
             backoff = min(backoff * 2, self.max_backoff)
+
+    def _post(self, path: str, body: bytes) -> tuple[int, bytes, float | None]:
+        """One POST on the connection this sender keeps open (a new TCP connection per batch costs
+        the model service and the Watchkeeper service alike): its status, body and Retry-After. A
+        kept connection the service has closed meanwhile (its keep-alive timeout) is opened again
+        at once; any other failure raises OSError."""
+        for fresh in (self._connection is None, True):
+            if fresh:
+                self._disconnect()
+                self._connection = self._connect()
+            assert self._connection is not None
+            try:
+                self._connection.request("POST", self._base_path + path, body, self._headers)
+                answer = self._connection.getresponse()
+                data = answer.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self._disconnect()
+                if fresh:
+                    raise OSError(str(exc)) from exc
+                continue
+            if answer.will_close:
+                self._disconnect()
+            return answer.status, data, _seconds(answer.getheader("Retry-After"))
+        raise AssertionError("unreachable")
+
+    def _connect(self) -> http.client.HTTPConnection:
+        target = urllib.parse.urlsplit(self.url)
+        kind = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
+        return kind(target.hostname or "localhost", target.port, timeout=self.timeout)
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 def _key(record: dict[str, Any]) -> tuple[str, str]:
