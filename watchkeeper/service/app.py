@@ -6,7 +6,7 @@ import base64
 import binascii
 import hmac
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import cache, partial
 from typing import Annotated, Any
 
@@ -184,14 +184,16 @@ def _matches(presented: str, expected: str | None) -> bool:
     return expected is not None and hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def credentials_guard(role: Role) -> Callable[..., str]:
+def credentials_guard(role: Role) -> Callable[..., Awaitable[str]]:
     """A dependency requiring the role's credentials (`Bearer <token>`, or HTTP basic `user:password`
     where the role has it) when any is configured; it returns who the caller is, for the audit trail.
 
     Comparisons take constant time, so a wrong guess does not reveal how much of it was right.
+    Async, so FastAPI runs it in the event loop: a plain function would cost every request a trip
+    to the thread pool and back.
     """
 
-    def require_credentials(authorization: Annotated[str | None, Header()] = None) -> str:
+    async def require_credentials(authorization: Annotated[str | None, Header()] = None) -> str:
         if not role.required:
             return role.identity("none")
         scheme, _, presented = (authorization or "").partition(" ")
