@@ -4,12 +4,14 @@ nothing is lost that the client did not count as dropped, even when the service 
 from __future__ import annotations
 
 import http.client
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -110,6 +112,46 @@ def test_batches_share_one_connection_and_a_broken_one_is_opened_again_at_once(
     stats = client.stats()
     assert (stats.sent, stats.retries, client.connections) == (60, 0, 2)
     assert stored(store)["keys"] == 60
+
+
+def test_a_slow_answer_on_a_kept_connection_backs_off_instead_of_sending_again_at_once() -> None:
+    """Only a connection the service closed is opened again at once: a timeout means the service is
+    slow, and sending the batch again straight away would add to its load."""
+    posts: list[float] = []
+
+    class SlowOnce(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(time.monotonic())
+            if len(posts) == 2:
+                time.sleep(3.0)  # longer than the client's timeout
+            try:
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up on the slow answer
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowOnce)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = WatchkeeperClient(f"http://127.0.0.1:{server.server_port}", batch_size=5, timeout=1.0)
+        log(client, range(5))
+        assert client.flush(timeout=10)
+        log(client, range(5, 10))
+        assert client.flush(timeout=10)
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    stats = client.stats()
+    assert (stats.sent, stats.retries, len(posts)) == (10, 1, 3)
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking_the_model_service() -> None:

@@ -255,7 +255,8 @@ class WatchkeeperClient:
         """One POST on the connection this sender keeps open (a new TCP connection per batch costs
         the model service and the Watchkeeper service alike): its status, body and Retry-After. A
         kept connection the service has closed meanwhile (its keep-alive timeout) is opened again
-        at once; any other failure raises OSError."""
+        at once; any other failure (a timeout: the service is slow) raises OSError, and the caller
+        backs off."""
         for fresh in (self._connection is None, True):
             if fresh:
                 self._disconnect()
@@ -267,7 +268,7 @@ class WatchkeeperClient:
                 data = answer.read()
             except (OSError, http.client.HTTPException) as exc:
                 self._disconnect()
-                if fresh:
+                if fresh or not isinstance(exc, ConnectionResetError | BrokenPipeError):
                     raise OSError(str(exc)) from exc
                 continue
             if answer.will_close:
