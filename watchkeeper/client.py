@@ -64,7 +64,7 @@ class WatchkeeperClient:
         exit_timeout: float = 10.0,
     ) -> None:
         self.url = url.rstrip("/")
-        self._base_path = urllib.parse.urlsplit(self.url).path
+        self._target = urllib.parse.urlsplit(self.url)
         self._connection: http.client.HTTPConnection | None = None  # the sender thread's own
         self.batch_size, self.flush_interval, self.max_queued = batch_size, flush_interval, max_queued
         self.timeout, self.max_backoff, self.exit_timeout = timeout, max_backoff, exit_timeout
@@ -263,7 +263,7 @@ class WatchkeeperClient:
                 self._connection = self._connect()
             assert self._connection is not None
             try:
-                self._connection.request("POST", self._base_path + path, body, self._headers)
+                self._connection.request("POST", self._target.path + path, body, self._headers)
                 answer = self._connection.getresponse()
                 data = answer.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -277,7 +277,7 @@ class WatchkeeperClient:
         raise AssertionError("unreachable")
 
     def _connect(self) -> http.client.HTTPConnection:
-        target = urllib.parse.urlsplit(self.url)
+        target = self._target
         kind = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
         return kind(target.hostname or "localhost", target.port, timeout=self.timeout)
 

@@ -510,6 +510,7 @@ class StoreCollector(Collector):
         self, store: Store, config: WatchkeeperConfig | None = None, profiles: ReferenceProfiles | None = None
     ) -> None:
         self.store, self.config, self.profiles = store, config, profiles
+        self.bounds_for = histogram_bounds(config) if config is not None else no_bounds
         self.datasets = (
             {d.name: (d.model or "", d.pipeline or "") for d in config.datasets} if config is not None else {}
         )
@@ -535,9 +536,7 @@ class StoreCollector(Collector):
             evaluations = self._evaluation_families(session)
             operations = operations_families(session)
         totals = intake_counts(tallies)
-        histograms = histogram_families(
-            tallies, histogram_bounds(self.config) if self.config is not None else no_bounds
-        )
+        histograms = histogram_families(tallies, self.bounds_for)
         counters = {
             kind: CounterMetricFamily(name, doc, labels=["model_name", "model_version"])
             for kind, (name, doc) in INTAKE_FAMILIES.items()
