@@ -36,6 +36,7 @@ from tasks.evidently_workspace import add_drift_snapshot
 from tasks.logs import prediction_frame, reference_frame
 from tasks.metrics import Measurement, Window, save_results
 from watchkeeper.config import DEFAULT_DRIFT_P_VALUE, Model
+from watchkeeper.intake.kinds import RANKING, is_regression
 from watchkeeper.markdown import table
 from watchkeeper.store import Store
 from watchkeeper.store.samples import Sampling
@@ -376,10 +377,15 @@ def summary_markdown(model_name: str, window: str, result: DriftResult, report_p
     return "\n".join(lines)
 
 
-def model_columns(model: Model) -> tuple[list[ColumnSpec], ColumnSpec]:
-    """The model's features with their configured drift methods, and its prediction column."""
+def model_columns(model: Model) -> tuple[list[ColumnSpec], ColumnSpec | None]:
+    """The model's features with their configured drift methods, and its prediction column (a
+    number for a regression model, a class for a classifier; a ranking model's lists are judged by
+    the collection's `recommended_items_drift`, not here)."""
     features = [ColumnSpec(f.name, f.type, f.drift_method, f.drift_threshold) for f in model.features]
-    return features, ColumnSpec(model.prediction_column, "categorical")
+    if model.task == RANKING:
+        return features, None
+    kind = "numerical" if is_regression(model) else "categorical"
+    return features, ColumnSpec(model.prediction_column, kind)
 
 
 def _with_prediction_column(frame: pd.DataFrame, model: Model) -> pd.DataFrame:

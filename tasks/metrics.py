@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import String, and_, case, cast, delete, func, select
 from sqlalchemy.orm import Session
 
+from tasks.kind_quality import recommendation_mix
 from tasks.measurements import Measurement, Window
 from tasks.references import ModelReference, model_reference
 from tasks.window_totals import (
@@ -28,8 +30,9 @@ from tasks.window_totals import (
     traffic_metrics,
 )
 from watchkeeper.config import Model, WatchkeeperConfig
-from watchkeeper.intake.aggregates import bucket_start
+from watchkeeper.intake.aggregates import RECOMMENDED, bucket_start
 from watchkeeper.intake.checks import class_name
+from watchkeeper.intake.kinds import BINARY, RANKING
 from watchkeeper.store import Store, insert_for
 from watchkeeper.store.buckets import first_bucket, fold_model_tallies, window_totals
 from watchkeeper.store.intake import IntakeRules, fold_tallies, join_waiting_labels
@@ -278,11 +281,20 @@ def measure_quality(
         measured["model_segments"] = {}
     for version, totals in by_version.items():
         measured["model_quality"][version] = [
-            *quality_metrics(totals, model.positive_class, coverage),
-            *business_metrics(totals, model.positive_class, model.business_metric, coverage),
+            *quality_metrics(totals, model, coverage),
+            *(
+                recommendation_mix(
+                    totals.measure(RECOMMENDED),
+                    reference.item_counts if reference else Counter(),
+                    model.ranking.catalogue_size,
+                )
+                if model.task == RANKING
+                else []
+            ),
+            *business_metrics(totals, model, coverage),
             *(
                 estimate_unlabelled(totals, calibration, model.positive_class, model.windows.min_rows)
-                if calibration
+                if calibration and model.task == BINARY
                 else []
             ),
         ]

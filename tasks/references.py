@@ -3,7 +3,9 @@ the score calibration of performance estimation, and the segment values that kee
 
 from __future__ import annotations
 
+import json
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -15,6 +17,7 @@ from tasks.measurements import is_positive
 from tasks.segments import reference_positive_rates, reference_segments
 from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.intake.checks import ReferenceCache, ReferenceProfiles
+from watchkeeper.intake.kinds import BINARY, RANKING, item_key
 from watchkeeper.store import Store
 from watchkeeper.store.samples import Sampling
 
@@ -25,10 +28,18 @@ class ModelReference:
     segment_values: dict[str, list[str]] = field(default_factory=dict)
     segment_positive_rates: dict[tuple[str, str], float] = field(default_factory=dict)
     positive_rate: float | None = None
+    item_counts: Counter[str] = field(default_factory=Counter)  # a ranking model's, by `item_key`
 
 
 def derive(model: Model, reference: pd.DataFrame) -> ModelReference:
+    """Segment values for every task; the calibration and positive rates of a binary model."""
     kept = reference_segments(model, reference)
+    if model.task == RANKING:
+        return ModelReference(
+            calibration=None, segment_values=kept, item_counts=recommended_items(model, reference)
+        )
+    if model.task != BINARY:
+        return ModelReference(calibration=None, segment_values=kept)
     return ModelReference(
         calibration=fit_calibration(reference, model.score_column, model.label_column, model.positive_class),
         segment_values=kept,
@@ -39,6 +50,20 @@ def derive(model: Model, reference: pd.DataFrame) -> ModelReference:
             else None
         ),
     )
+
+
+def recommended_items(model: Model, reference: pd.DataFrame) -> Counter[str]:
+    """How often each item is in the first max(k) places of the reference's ranked lists (a list,
+    an object with `items`, or either as JSON text, as a CSV holds them)."""
+    counts: Counter[str] = Counter()
+    if model.prediction_column not in reference:
+        return counts
+    shown = max(model.ranking.k)
+    for value in reference[model.prediction_column].dropna():
+        ranked = json.loads(value) if isinstance(value, str) else value
+        items = ranked.get("items", []) if isinstance(ranked, dict) else ranked
+        counts.update(item_key(item) for item in list(items)[:shown])
+    return counts
 
 
 _lock = threading.Lock()

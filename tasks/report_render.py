@@ -21,6 +21,10 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _money(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.2f}"
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
@@ -46,16 +50,12 @@ def headline(summary: Summary) -> list[tuple[str, str]]:
     """The key figures, each with the previous period's value where there is one."""
     quality, before = summary["quality"], summary["previous_quality"]
     traffic, earlier = summary["traffic"], summary["previous_traffic"]
-    accuracy = quality.get("scores", {}).get("accuracy")
-    previous_accuracy = before.get("scores", {}).get("accuracy")
+    name = quality.get("headline", "accuracy")
+    lead = quality.get("scores", {}).get(name)
+    previous_lead = before.get("scores", {}).get(name)
     figures = [
-        (
-            "accuracy",
-            f"{_num(accuracy['value'])} (95% {_num(accuracy['low'])}–{_num(accuracy['high'])})"
-            if accuracy
-            else "no labels yet",
-        ),
-        ("previous accuracy", _num(previous_accuracy["value"]) if previous_accuracy else "–"),
+        (_score_title(name), _with_interval(lead) if lead else "no labels yet"),
+        (f"previous {_score_title(name)}", _num(previous_lead["value"]) if previous_lead else "–"),
         ("label coverage", _pct(quality["label_coverage"])),
     ]
     estimated = summary.get("estimated")
@@ -72,7 +72,11 @@ def headline(summary: Summary) -> list[tuple[str, str]]:
         ("error rate", f"{_pct(traffic['error_rate'])} (previous {_pct(earlier['error_rate'])})"),
         ("latency p95", f"{_num(traffic.get('latency_p95_seconds'))} s"),
         (summary["business"]["metric"], f"{summary['business']['value']:,.2f}"),
-        ("detection rate", _pct(summary["business"]["detection_rate"])),
+        *(
+            [("detection rate", _pct(summary["business"]["detection_rate"]))]
+            if summary["business"]["detection_rate"] is not None
+            else []
+        ),
         (
             "incidents",
             f"{len(summary['incidents'])} ({sum(i['status'] == 'open' for i in summary['incidents'])} open)",
@@ -86,19 +90,96 @@ def headline(summary: Summary) -> list[tuple[str, str]]:
     return figures
 
 
+# The scores a report shows, per model task, in order; a score's name as a reader sees it.
+TASK_SCORES = {
+    "binary": ("accuracy", "precision", "recall", "f1"),
+    "multiclass": ("accuracy", "f1_macro", "f1_weighted"),
+    "regression": ("mae", "rmse", "mean_error", "mape", "r2"),
+}
+SCORE_TITLES = {
+    "f1_macro": "macro F1",
+    "f1_weighted": "weighted F1",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "mean_error": "mean error",
+    "mape": "MAPE",
+    "r2": "R²",
+    "mrr": "MRR",
+    "ndcg": "NDCG",
+}
+
+
+AT_K_TITLES = {"precision": "precision", "recall": "recall", "ndcg": "NDCG", "hit_rate": "hit rate"}
+
+
+def _score_title(name: str) -> str:
+    base, at, k = name.rpartition("_at_")
+    if at and base in AT_K_TITLES:
+        return f"{AT_K_TITLES[base]}@{k}"
+    return SCORE_TITLES.get(name, name)
+
+
+def _with_interval(score: dict[str, float]) -> str:
+    if "low" not in score:
+        return f"{score['value']:.4g}"
+    return f"{_num(score['value'])} (95% {_num(score['low'])}–{_num(score['high'])})"
+
+
 def _quality_rows(summary: Summary) -> list[list[str]]:
     now = summary["quality"].get("scores", {})
     before = summary["previous_quality"].get("scores", {})
     estimated = summary.get("estimated") or {}
+    rows = []
+    for name in list(now) or list(before) or TASK_SCORES.get(summary["quality"].get("task", "binary"), ()):
+        score = now.get(name)
+        rows.append(
+            [
+                _score_title(name),
+                f"{score['value']:.4g}" if score else "–",
+                f"{_num(score['low'])}–{_num(score['high'])}" if score and "low" in score else "–",
+                f"{before[name]['value']:.4g}" if name in before else "–",
+                _num(estimated.get(name)),
+            ]
+        )
+    return rows
+
+
+def _quality_text(quality: Summary) -> str:
+    """What the scores were measured on, and the task's own detail: a binary model's confusion
+    counts, a regression model's absolute-error quantiles."""
+    text = (
+        f"{quality['labelled']:,} labelled of {quality['served']:,} served predictions "
+        f"(coverage {_pct(quality['label_coverage'])})."
+    )
+    if "confusion" in quality:
+        confusion = quality["confusion"]
+        text += (
+            f" Confusion: TP {confusion['tp']:,}, FP {confusion['fp']:,}, TN {confusion['tn']:,}, "
+            f"FN {confusion['fn']:,}. Estimated: CBPE on the calibrated scores of the predictions still "
+            "without a label."
+        )
+    if quality.get("recommendations"):
+        mix = quality["recommendations"]
+        text += (
+            " Recommendations: "
+            + ", ".join(f"{name.replace('_', ' ')} {v:.4g}" for name, v in mix.items())
+            + "."
+        )
+    if quality.get("absolute_error"):
+        quantiles = ", ".join(f"p{float(q) * 100:g} {v:.4g}" for q, v in quality["absolute_error"].items())
+        text += (
+            f" Absolute error: {quantiles}. MAPE leaves out {quality['mape_excluded_labels']:,} zero labels."
+        )
+    return text
+
+
+CLASS_HEADER = ["class", "precision", "recall", "F1", "labels"]
+
+
+def _class_rows(quality: Summary) -> list[list[str]]:
     return [
-        [
-            name,
-            _num(now[name]["value"]) if name in now else "–",
-            f"{_num(now[name]['low'])}–{_num(now[name]['high'])}" if name in now else "–",
-            _num(before[name]["value"]) if name in before else "–",
-            _num(estimated.get(name)),
-        ]
-        for name in ("accuracy", "precision", "recall", "f1")
+        [c["class"], _num(c["precision"]), _num(c["recall"]), _num(c["f1"]), f"{round(c['support']):,}"]
+        for c in quality.get("classes", [])
     ]
 
 
@@ -150,19 +231,22 @@ def _remediation_rows(summary: Summary) -> list[list[str]]:
     ]
 
 
-SEGMENT_HEADER = [
-    "column",
-    "segment",
-    "requests",
-    "positive rate",
-    "previous",
-    "accuracy",
-    "previous",
-    "moved",
-]
+SEGMENT_QUALITY = {"regression": "mae", "ranking": "ndcg"}
+
+
+def _segment_quality(summary: Summary) -> str:
+    """The segments' quality figure: MAE for a regression model, NDCG at the first k for a ranking
+    model, accuracy for a classifier."""
+    return SEGMENT_QUALITY.get(summary["quality"].get("task", "binary"), "accuracy")
+
+
+def segment_header(summary: Summary) -> list[str]:
+    quality = _score_title(_segment_quality(summary))
+    return ["column", "segment", "requests", "positive rate", "previous", quality, "previous", "moved"]
 
 
 def _segment_rows(summary: Summary) -> list[list[str]]:
+    quality = _segment_quality(summary)
     return [
         [
             s["column"],
@@ -170,8 +254,8 @@ def _segment_rows(summary: Summary) -> list[list[str]]:
             f"{s['requests']:,}",
             _num(s["positive_rate"]),
             _num(s["previous_positive_rate"]),
-            _num(s["accuracy"]),
-            _num(s["previous_accuracy"]),
+            _num(s.get(quality)),
+            _num(s.get(f"previous_{quality}")),
             _num(s["moved"]),
         ]
         for s in summary["segments"]
@@ -202,22 +286,19 @@ def _capacity_line(summary: Summary) -> str:
 
 def markdown(summary: Summary, base_url: str | None = None) -> str:
     quality = summary["quality"]
-    confusion = quality["confusion"]
     lines = [
         f"# {title(summary)}",
         "",
         table(["figure", "value"], [list(f) for f in headline(summary)]),
         "",
         "## Quality",
-        f"{quality['labelled']:,} labelled of {quality['served']:,} served predictions "
-        f"(coverage {_pct(quality['label_coverage'])}). Confusion: TP {confusion['tp']:,}, "
-        f"FP {confusion['fp']:,}, TN {confusion['tn']:,}, FN {confusion['fn']:,}. "
-        "Estimated: CBPE on the calibrated scores of the predictions still without a label.",
+        _quality_text(quality),
         "",
         table(
             ["score", "this period", "95% interval", "previous period", "estimated"], _quality_rows(summary)
         ),
         "",
+        *([table(CLASS_HEADER, _class_rows(quality)), ""] if quality.get("classes") else []),
         "## Traffic",
         table(
             ["", "requests", "throughput rps", "error rate", "p50 s", "p95 s", "p99 s"],
@@ -244,7 +325,7 @@ def markdown(summary: Summary, base_url: str | None = None) -> str:
         table(
             ["", summary["business"]["metric"], "missed", "detection rate"],
             [
-                [which, f"{b['value']:,.2f}", f"{b['missed_value']:,.2f}", _pct(b["detection_rate"])]
+                [which, f"{b['value']:,.2f}", _money(b["missed_value"]), _pct(b["detection_rate"])]
                 for which, b in (
                     ("this period", summary["business"]),
                     ("previous", summary["previous_business"]),
@@ -253,7 +334,9 @@ def markdown(summary: Summary, base_url: str | None = None) -> str:
         ),
         "",
         "## Segments, by how far they moved",
-        table(SEGMENT_HEADER, _segment_rows(summary)) if summary["segments"] else "No segments configured.",
+        table(segment_header(summary), _segment_rows(summary))
+        if summary["segments"]
+        else "No segments configured.",
         "",
         "## Drift and data quality",
         _drift_text(summary),
@@ -391,17 +474,21 @@ def html_report(summary: Summary, base_url: str | None = None) -> str:
         _html_table(["figure", "value"], [list(f) for f in headline(summary)], "figures"),
         charts(summary).to_html(full_html=False, include_plotlyjs=False, div_id="charts"),
         "<h2>Quality</h2>",
+        f"<p>{html.escape(_quality_text(summary['quality']))}</p>",
         _html_table(
             ["score", "this period", "95% interval", "previous period", "estimated"], _quality_rows(summary)
         ),
+        _html_table(CLASS_HEADER, _class_rows(summary["quality"]))
+        if summary["quality"].get("classes")
+        else "",
         f"<p><b>Capacity:</b> {html.escape(_capacity_line(summary))}.</p>",
     ]
-    segments = segment_chart(summary)
-    if segments is not None:
+    if summary["segments"]:
+        chart = segment_chart(summary)  # positive rates: a binary model's
         parts += [
             "<h2>Segments, by how far they moved</h2>",
-            segments.to_html(full_html=False, include_plotlyjs=False, div_id="segments"),
-            _html_table(SEGMENT_HEADER, _segment_rows(summary)),
+            chart.to_html(full_html=False, include_plotlyjs=False, div_id="segments") if chart else "",
+            _html_table(segment_header(summary), _segment_rows(summary)),
         ]
     parts += [
         "<h2>Incidents</h2>",

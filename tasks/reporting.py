@@ -22,6 +22,7 @@ Everything here returns plain JSON-able data (the report's `summary`, kept with 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,22 +32,36 @@ import pandas as pd
 from sqlalchemy import select
 
 from tasks.estimation import Calibration
-from tasks.measurements import Window, scores
+from tasks.kind_quality import (
+    confusion_cells,
+    multiclass_scores,
+    ranking_quality,
+    recommendation_mix,
+    regression_scores,
+)
+from tasks.measurements import Measurement, Window, scores
 from tasks.metrics import LOG_COLUMNS, count_predictions, read_window
-from tasks.window_totals import VersionTotals, estimate_unlabelled, merged, segment_metrics
+from tasks.window_totals import VersionTotals, business_value, estimate_unlabelled, merged, segment_metrics
 from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.intake.aggregates import (
     AWAITING,
+    ERROR_SKETCH,
     ERRORS,
+    ERRORS_OF_LABELLED,
+    OUTCOME,
+    RANKING_OF_LABELLED,
+    RECOMMENDED,
     VALUE,
     BucketTotals,
     Served,
     name_of,
+    outcome_of,
     parts,
     score_bin,
     segment_value,
 )
 from watchkeeper.intake.checks import class_name
+from watchkeeper.intake.kinds import BINARY, MULTICLASS, RANKING, REGRESSION
 from watchkeeper.store import Store
 from watchkeeper.store.actions import actions_of_incidents
 from watchkeeper.store.buckets import bucket_totals, window_totals
@@ -86,25 +101,112 @@ def with_intervals(tp: int, fp: int, tn: int, fn: int) -> dict[str, dict[str, fl
 
 
 def quality_summary(totals: VersionTotals, model: Model) -> dict[str, Any]:
-    tp, fp, tn, fn = (round(n) for n in totals.confusion(model.positive_class))
-    labelled = tp + fp + tn + fn
-    served = round(totals.served)
+    """Served and labelled predictions, and the scores of the labelled ones by the model's task
+    (`headline` names the score the report leads with)."""
+    served, labelled = round(totals.served), round(totals.labelled)
     summary: dict[str, Any] = {
+        "task": model.task,
         "served": served,
         "labelled": labelled,
         "label_coverage": round(labelled / served, 4) if served else 0.0,
-        "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+        "headline": HEADLINE_SCORES.get(model.task, "accuracy").format(k=model.ranking.k[0]),
     }
+    if model.task == RANKING:
+        return {**summary, **_ranking_summary(totals, model)}
+    if model.task == MULTICLASS:
+        return {**summary, **_multiclass_summary(confusion_cells(totals.measure(OUTCOME)))}
+    if model.task == REGRESSION:
+        found = regression_scores(totals.measure(ERRORS_OF_LABELLED), totals.measure(ERROR_SKETCH))
+        return {**summary, **_regression_summary(found)}
+    tp, fp, tn, fn = (round(n) for n in totals.confusion(model.positive_class))
+    summary["confusion"] = {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
     if labelled:
         summary["scores"] = with_intervals(tp, fp, tn, fn)
     return summary
 
 
+HEADLINE_SCORES = {"regression": "mae", "ranking": "ndcg_at_{k}"}
+MULTICLASS_SCORES = ("accuracy", "f1_macro", "f1_weighted")
+
+
+def _ranking_summary(totals: VersionTotals, model: Model) -> dict[str, Any]:
+    """Per k: precision, recall, NDCG and hit rate, then MRR (means of per-request scores: no
+    intervals); and the catalogue coverage when the catalogue's size is configured."""
+    found = ranking_quality(totals.measure(RANKING_OF_LABELLED), model.ranking.k)
+    scores: dict[str, dict[str, float]] = {}
+    for name in ("precision", "recall", "ndcg", "hit_rate"):
+        for k in model.ranking.k:
+            value = next(
+                (m.value for m in found if m.metric == f"{name}_at_k" and m.labels["k"] == str(k)), None
+            )
+            if value is not None:
+                scores[f"{name}_at_{k}"] = {"value": round(value, 4)}
+    scores.update({m.metric: {"value": round(m.value, 4)} for m in found if m.metric == "mrr"})
+    mix = recommendation_mix(totals.measure(RECOMMENDED), Counter(), model.ranking.catalogue_size)
+    return {"scores": scores, "recommendations": {m.metric: round(m.value, 4) for m in mix}}
+
+
+def _multiclass_summary(cells: Counter[tuple[str, str]]) -> dict[str, Any]:
+    """Accuracy and macro and weighted F1 with bootstrap intervals (multinomial over the confusion
+    cells, fixed seed), each class's scores, and the confusion cells."""
+    if not cells:
+        return {"classes": [], "confusion_cells": []}
+    found = multiclass_scores(cells)
+    keys = sorted(cells)  # the draws depend on the order: the same counts give the same interval
+    n = round(sum(cells.values()))
+    draws = np.random.default_rng(0).multinomial(
+        n, np.array([cells[k] for k in keys]) / sum(cells.values()), size=BOOTSTRAP_DRAWS
+    )
+    sampled = [
+        {
+            m.metric: m.value
+            for m in multiclass_scores(Counter(dict(zip(keys, row, strict=True))))
+            if not m.labels
+        }
+        for row in draws
+    ]
+    point = {m.metric: m.value for m in found if not m.labels}
+    per_class: dict[str, dict[str, float]] = {}
+    for m in found:
+        if "class" in m.labels:
+            per_class.setdefault(m.labels["class"], {})[m.metric.removeprefix("class_")] = round(m.value, 4)
+    return {
+        "scores": {
+            name: {
+                "value": round(point[name], 4),
+                "low": round(float(np.percentile([s[name] for s in sampled], 2.5)), 4),
+                "high": round(float(np.percentile([s[name] for s in sampled], 97.5)), 4),
+            }
+            for name in MULTICLASS_SCORES
+        },
+        "classes": [{"class": name, **figures} for name, figures in sorted(per_class.items())],
+        "confusion_cells": [
+            {"predicted": p, "actual": a, "count": round(n)} for (p, a), n in sorted(cells.items())
+        ],
+    }
+
+
+REGRESSION_SCORES = ("mae", "rmse", "mean_error", "mape", "r2")
+
+
+def _regression_summary(found: list[Measurement]) -> dict[str, Any]:
+    """The errors' scores (no intervals: the buckets keep sums, not the rows to resample) and the
+    absolute error's quantiles."""
+    point = {m.metric: m.value for m in found if not m.labels}
+    return {
+        "scores": {name: {"value": round(point[name], 6)} for name in REGRESSION_SCORES if name in point},
+        "mape_excluded_labels": round(point.get("mape_excluded_labels", 0.0)),
+        "absolute_error": {
+            m.labels["quantile"]: round(m.value, 6) for m in found if m.metric == "absolute_error_quantile"
+        },
+    }
+
+
 def estimated_summary(
     totals: VersionTotals, model: Model, calibration: Calibration | None
 ) -> dict[str, Any] | None:
-    """CBPE for the period's served predictions that still have no label."""
-    if calibration is None:
+    """CBPE for the period's served predictions that still have no label (binary models)."""
+    if calibration is None or model.task != BINARY:
         return None
     found = {m.metric: m.value for m in estimate_unlabelled(totals, calibration, model.positive_class, 1)}
     if not found.get("estimated_rows"):
@@ -133,7 +235,16 @@ def traffic_summary(totals: VersionTotals, period: Period) -> dict[str, Any]:
 
 def business_summary(totals: VersionTotals, model: Model) -> dict[str, Any]:
     """Value of correct positive decisions (fraud caught, loans approved well), the value of the
-    positives missed, and the detection rate."""
+    positives missed, and the detection rate; for multiclass and regression models, the value they
+    earned (`earns_business_value`) alone."""
+    if model.task != BINARY:
+        value = business_value(totals, model)
+        return {
+            "metric": model.business_metric,
+            "value": round(value, 2),
+            "missed_value": None,
+            "detection_rate": None,
+        }
     positive = class_name(model.positive_class)
     value = missed = 0.0
     for text, amount in totals.measure(VALUE).items():
@@ -153,7 +264,8 @@ def segment_movement(
     current: VersionTotals, previous: VersionTotals, model: Model, kept: dict[str, list[str]], period: Period
 ) -> list[dict[str, Any]]:
     """Each segment's figures now and in the previous period, ranked by how far they moved: the
-    larger of the change in accuracy and in positive rate."""
+    larger of the change in accuracy and in positive rate (a regression model: the relative change
+    of its MAE)."""
     rows = []
     for segment in model.segments:
         values = kept.get(segment.column)
@@ -163,9 +275,11 @@ def segment_movement(
             earlier = before.get(name, {})
             moves = [
                 abs(figures[m] - earlier[m])
-                for m in ("segment_accuracy", "segment_positive_rate")
+                for m in ("segment_accuracy", "segment_positive_rate", "segment_ndcg")
                 if m in figures and m in earlier
             ]
+            if earlier.get("segment_mae") and "segment_mae" in figures:
+                moves.append(abs(figures["segment_mae"] / earlier["segment_mae"] - 1))
             rows.append(
                 {
                     "column": segment.column,
@@ -175,6 +289,10 @@ def segment_movement(
                     "previous_positive_rate": _rounded(earlier.get("segment_positive_rate")),
                     "accuracy": _rounded(figures.get("segment_accuracy")),
                     "previous_accuracy": _rounded(earlier.get("segment_accuracy")),
+                    "mae": _rounded(figures.get("segment_mae")),
+                    "previous_mae": _rounded(earlier.get("segment_mae")),
+                    "ndcg": _rounded(figures.get("segment_ndcg")),
+                    "previous_ndcg": _rounded(earlier.get("segment_ndcg")),
                     "moved": round(max(moves), 4) if moves else None,
                 }
             )
@@ -329,6 +447,11 @@ def capacity_summary(store: Store, model: Model, period: Period) -> dict[str, An
     }
 
 
+def _outcome(value: object, model: Model) -> str:
+    """A raw row's prediction or label (a class name) as the intake counts it for the model's task."""
+    return name_of(value) if model.task == BINARY else outcome_of(value, None, model)
+
+
 def log_totals(log: pd.DataFrame, model: Model) -> VersionTotals:
     """The raw rows of `read_window` added up as the intake adds up what arrives."""
     buckets = BucketTotals()
@@ -342,20 +465,32 @@ def log_totals(log: pd.DataFrame, model: Model) -> VersionTotals:
             rid,
             version,
             EPOCH,
-            None if failed else name_of(prediction),
-            None if failed or pd.isna(score) else score_bin(score),
+            None if failed else _outcome(prediction, model),
+            None if failed or pd.isna(score) or model.task == REGRESSION else score_bin(score),
             tuple(
                 (column, segment_value(v, None, column)) for column, v in zip(segments, values, strict=True)
             ),
+            model.task,
         )
         buckets.prediction(facts, None if pd.isna(latency) else latency)
         if label is not None:
-            buckets.label(facts, name_of(label), None if pd.isna(value) else value)
+            buckets.label(facts, _outcome(label, model), None if pd.isna(value) else value)
     return VersionTotals(buckets.measures())
 
 
-def series_point(totals: VersionTotals, model: Model, calibration: Calibration | None) -> dict[str, Any]:
+def _realised_accuracy(totals: VersionTotals, model: Model) -> float | None:
+    """Accuracy of a classifier's labelled predictions (None for a regression model or no labels)."""
+    if model.task in (REGRESSION, RANKING):
+        return None
+    if model.task == MULTICLASS:
+        cells = confusion_cells(totals.measure(OUTCOME))
+        labelled = sum(cells.values())
+        return sum(n for (p, a), n in cells.items() if p == a) / labelled if labelled else None
     tp, fp, tn, fn = totals.confusion(model.positive_class)
+    return (tp + tn) / (tp + fp + tn + fn) if tp + fp + tn + fn else None
+
+
+def series_point(totals: VersionTotals, model: Model, calibration: Calibration | None) -> dict[str, Any]:
     estimate = estimated_summary(totals, model, calibration) if calibration is not None else None
     requests = totals.requests
     return {
@@ -363,7 +498,7 @@ def series_point(totals: VersionTotals, model: Model, calibration: Calibration |
         "error_rate": totals.total(ERRORS) / requests if requests else 0.0,
         "p50": totals.latency_quantile(0.5),
         "p95": totals.latency_quantile(0.95),
-        "accuracy": (tp + tn) / (tp + fp + tn + fn) if tp + fp + tn + fn else None,
+        "accuracy": _realised_accuracy(totals, model),
         "estimated_accuracy": estimate.get("accuracy") if estimate else None,
     }
 
@@ -416,7 +551,8 @@ def bucket_series(
 @dataclass(frozen=True)
 class ReportData:
     """A report's figures' source: the raw rows when the store keeps every one of a period small
-    enough to read whole; the per-bucket aggregates otherwise (periods counted to the bucket)."""
+    enough to read whole; the per-bucket aggregates otherwise (periods counted to the bucket), and
+    always for a ranking model (its raw rows' lists are not re-ranked here)."""
 
     source: str
     versions: list[str]
@@ -433,7 +569,7 @@ def report_data(
             count_predictions(session, model.name, period)[0]
             + count_predictions(session, model.name, period.previous)[0]
         )
-    if config.intake.raw_predictions >= 1.0 and rows <= SAMPLE_ROWS:
+    if config.intake.raw_predictions >= 1.0 and rows <= SAMPLE_ROWS and model.task != RANKING:
         columns = [s.column for s in model.segments]
         current = read_window(store, model.name, period, columns)
         previous = read_window(store, model.name, period.previous, columns)

@@ -13,26 +13,33 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tasks.estimation import Calibration, estimate_confusion
+from tasks.kind_quality import confusion_cells, multiclass_scores, ranking_quality, regression_scores
 from tasks.measurements import Measurement, Window, scores
 from tasks.segments import MIN_SEGMENT_LABELS
 from watchkeeper.config import MISSING_SEGMENT, OTHER_SEGMENT, Model, Segment
 from watchkeeper.intake.aggregates import (
     AWAITING,
     CLASS,
+    ERROR_SKETCH,
     ERRORS,
+    ERRORS_OF_LABELLED,
     LATENCY,
     OUTCOME,
+    RANKING_OF_LABELLED,
     REQUESTS,
     SEGMENT_CLASS,
+    SEGMENT_ERRORS,
     SEGMENT_OUTCOME,
+    SEGMENT_RANKING,
     SEGMENT_REQUESTS,
+    SEGMENT_SERVED,
     VALUE,
     ZERO_LATENCY,
-    detail,
     latency_at,
     parts,
 )
 from watchkeeper.intake.checks import class_name
+from watchkeeper.intake.kinds import BINARY, MULTICLASS, RANKING, REGRESSION, earns_business_value
 
 
 def _latency_order(index: str) -> float:
@@ -61,7 +68,13 @@ class VersionTotals:
 
     @property
     def labelled(self) -> float:
-        return self.total(OUTCOME)
+        """Labelled served predictions: a classifier's outcomes, a regression model's error count, a
+        ranking model's requests with feedback."""
+        return (
+            self.total(OUTCOME)
+            + self.measure(ERRORS_OF_LABELLED)["n"]
+            + self.measure(RANKING_OF_LABELLED)["n"]
+        )
 
     def latency_quantile(self, q: float) -> float | None:
         """The sketch's q-quantile (rank q * (n - 1), as pandas' default), within 1 % of the true one."""
@@ -123,8 +136,10 @@ def label_coverage(totals: VersionTotals) -> float:
     return totals.labelled / totals.served if totals.served > 0 else 0.0
 
 
-def quality_metrics(totals: VersionTotals, positive_class: object, min_coverage: float) -> list[Measurement]:
-    """Confusion counts and scores of the served predictions that have a label.
+def quality_metrics(totals: VersionTotals, model: Model, min_coverage: float) -> list[Measurement]:
+    """Label coverage, and the scores of the served predictions that have a label, by the model's
+    task: a binary model's confusion counts and the positive class's scores, a multiclass model's
+    per-class and averaged scores, a regression model's errors (`tasks/kind_quality.py`).
 
     Below `min_coverage` only the coverage is reported: quality measured on the few labels that
     arrived first would be biased toward whatever gets labelled fastest.
@@ -133,7 +148,16 @@ def quality_metrics(totals: VersionTotals, positive_class: object, min_coverage:
     measurements = [Measurement("label_coverage_ratio", coverage)]
     if coverage < min_coverage or totals.labelled <= 0:
         return measurements
-    tp, fp, tn, fn = totals.confusion(positive_class)
+    if model.task == MULTICLASS:
+        return [*measurements, *multiclass_scores(confusion_cells(totals.measure(OUTCOME)))]
+    if model.task == REGRESSION:
+        return [
+            *measurements,
+            *regression_scores(totals.measure(ERRORS_OF_LABELLED), totals.measure(ERROR_SKETCH)),
+        ]
+    if model.task == RANKING:
+        return [*measurements, *ranking_quality(totals.measure(RANKING_OF_LABELLED), model.ranking.k)]
+    tp, fp, tn, fn = totals.confusion(model.positive_class)
     return [
         *measurements,
         Measurement("true_positives", tp),
@@ -145,19 +169,26 @@ def quality_metrics(totals: VersionTotals, positive_class: object, min_coverage:
     ]
 
 
-def business_metrics(
-    totals: VersionTotals, positive_class: object, metric_type: str, min_coverage: float = 0.0
-) -> list[Measurement]:
-    """The business value of correct positive decisions among labelled predictions (e.g. fraud caught).
+def business_value(totals: VersionTotals, model: Model) -> float:
+    """The business value the model earned on its labelled predictions (`earns_business_value`)."""
+    values = totals.measure(VALUE)
+    if model.task in (REGRESSION, RANKING):
+        return float(sum(values.values()))
+    return float(sum(n for text, n in values.items() if earns_business_value(model, *parts(text))))
+
+
+def business_metrics(totals: VersionTotals, model: Model, min_coverage: float = 0.0) -> list[Measurement]:
+    """The business value of correct positive decisions among labelled predictions (e.g. fraud
+    caught; any correct decision of a multiclass model, every labelled regression prediction).
 
     Not published below `min_coverage`, as quality is not: a window whose labels have not arrived
     yet would read as no value at all and page BusinessImpactCritical.
     """
     if totals.requests <= 0 or label_coverage(totals) < min_coverage:
         return []
-    positive = class_name(positive_class)
-    caught = totals.measure(VALUE).get(detail(positive, positive), 0.0)
-    return [Measurement("business_impact", float(caught), {"metric_type": metric_type})]
+    return [
+        Measurement("business_impact", business_value(totals, model), {"metric_type": model.business_metric})
+    ]
 
 
 def estimate_unlabelled(
@@ -181,7 +212,9 @@ def positive_rates(totals: VersionTotals, model: Model, reference_rate: float | 
     segment's shift with the whole model's, so a whole-model shift is not paged once per segment."""
     classes = totals.measure(CLASS)
     served = sum(classes.values())
-    found = []
+    found: list[Measurement] = []
+    if model.task != BINARY:
+        return found
     if served > 0:
         found.append(
             Measurement("positive_rate", classes.get(class_name(model.positive_class), 0.0) / served)
@@ -198,6 +231,8 @@ class _SegmentCounts:
     positive: float = 0.0
     labelled: float = 0.0
     right: float = 0.0
+    absolute_error: float = 0.0
+    ndcg: float = 0.0
 
 
 def _top_values(requests: Counter[str], column: str, at_most: int) -> list[str]:
@@ -209,6 +244,56 @@ def _top_values(requests: Counter[str], column: str, at_most: int) -> list[str]:
     return [name for name, _ in ranked if name != MISSING_SEGMENT][:at_most]
 
 
+def _is_right(model: Model, predicted: str, actual: str) -> bool:
+    """A binary model is right when it puts the label on the right side of its positive class."""
+    if model.task == BINARY:
+        positive = class_name(model.positive_class)
+        return (predicted == positive) == (actual == positive)
+    return predicted == actual
+
+
+def _segment_counts(
+    totals: VersionTotals, column: str, values: set[str], model: Model
+) -> dict[str, _SegmentCounts]:
+    counts: dict[str, _SegmentCounts] = {}
+
+    def of(value: str) -> _SegmentCounts:
+        return counts.setdefault(value if value in values else OTHER_SEGMENT, _SegmentCounts())
+
+    positive = class_name(model.positive_class)
+    for text, n in totals.measure(SEGMENT_REQUESTS).items():
+        col, value = parts(text)
+        if col == column:
+            of(value).requests += n
+    for text, n in totals.measure(SEGMENT_CLASS).items():
+        col, value, predicted = parts(text)
+        if col == column:
+            of(value).served += n
+            of(value).positive += n if predicted == positive else 0.0
+    for text, n in totals.measure(SEGMENT_SERVED).items():
+        col, value = parts(text)
+        if col == column:
+            of(value).served += n
+    for text, n in totals.measure(SEGMENT_OUTCOME).items():
+        col, value, predicted, actual = parts(text)
+        if col == column:
+            of(value).labelled += n
+            of(value).right += n if _is_right(model, predicted, actual) else 0.0
+    for text, n in totals.measure(SEGMENT_RANKING).items():
+        col, value, stat = parts(text)
+        if col == column and stat == "n":
+            of(value).labelled += n
+        elif col == column:
+            of(value).ndcg += n
+    for text, n in totals.measure(SEGMENT_ERRORS).items():
+        col, value, stat = parts(text)
+        if col == column and stat == "n":
+            of(value).labelled += n
+        elif col == column and stat == "abs":
+            of(value).absolute_error += n
+    return counts
+
+
 def segment_metrics(
     totals: VersionTotals,
     segment: Segment,
@@ -217,7 +302,9 @@ def segment_metrics(
     window_seconds: float,
     reference_rates: Mapping[tuple[str, str], float],
 ) -> list[Measurement]:
-    """Traffic, positive rate, label coverage and (with enough labels) accuracy per segment value.
+    """Traffic, label coverage and (with enough labels) quality per segment value: accuracy for a
+    classifier, MAE for a regression model, NDCG at the first k for a ranking model; a binary
+    model's positive rate too.
 
     Each column keeps labels of its own for at most `max_values` values (the reference's most
     frequent, else the window's); every other value is `_other_`.
@@ -225,28 +312,8 @@ def segment_metrics(
     requests = totals.measure(SEGMENT_REQUESTS)
     values = set(kept if kept is not None else _top_values(requests, segment.column, segment.max_values))
     values.add(MISSING_SEGMENT)
-    positive = class_name(model.positive_class)
-    counts: dict[str, _SegmentCounts] = {}
-
-    def of(value: str) -> _SegmentCounts:
-        return counts.setdefault(value if value in values else OTHER_SEGMENT, _SegmentCounts())
-
-    for text, n in requests.items():
-        column, value = parts(text)
-        if column == segment.column:
-            of(value).requests += n
-    for text, n in totals.measure(SEGMENT_CLASS).items():
-        column, value, predicted = parts(text)
-        if column == segment.column:
-            of(value).served += n
-            of(value).positive += n if predicted == positive else 0.0
-    for text, n in totals.measure(SEGMENT_OUTCOME).items():
-        column, value, predicted, actual = parts(text)
-        if column == segment.column:
-            of(value).labelled += n
-            of(value).right += n if (predicted == positive) == (actual == positive) else 0.0
     measurements = []
-    for name, row in sorted(counts.items()):
+    for name, row in sorted(_segment_counts(totals, segment.column, values, model).items()):
         if row.requests <= 0:
             continue
         labels = {"segment_column": segment.column, "segment": name}
@@ -256,14 +323,20 @@ def segment_metrics(
             Measurement("segment_labelled", row.labelled, labels),
         ]
         if row.served > 0:
-            measurements += [
-                Measurement("segment_positive_rate", row.positive / row.served, labels),
-                Measurement("segment_label_coverage_ratio", row.labelled / row.served, labels),
-            ]
+            if model.task == BINARY:
+                measurements.append(Measurement("segment_positive_rate", row.positive / row.served, labels))
+            measurements.append(
+                Measurement("segment_label_coverage_ratio", row.labelled / row.served, labels)
+            )
         reference_rate = reference_rates.get((segment.column, name))
-        if reference_rate is not None:
+        if reference_rate is not None and model.task == BINARY:
             measurements.append(Measurement("segment_reference_positive_rate", reference_rate, labels))
         coverage = row.labelled / row.served if row.served > 0 else 0.0
         if row.labelled >= MIN_SEGMENT_LABELS and coverage >= model.thresholds.min_label_coverage:
-            measurements.append(Measurement("segment_accuracy", row.right / row.labelled, labels))
+            if model.task == REGRESSION:
+                measurements.append(Measurement("segment_mae", row.absolute_error / row.labelled, labels))
+            elif model.task == RANKING:
+                measurements.append(Measurement("segment_ndcg", row.ndcg / row.labelled, labels))
+            else:
+                measurements.append(Measurement("segment_accuracy", row.right / row.labelled, labels))
     return measurements

@@ -89,7 +89,7 @@ def prediction_bodies() -> Iterator[tuple[str, bytes, dict]]:
             "latency_seconds": [*numbers, "1e300"],
             "prediction": [*HOSTILE_NUMBERS, SURROGATE, '"\\u0000"'],
             "request_id": [SURROGATE, '"a\\u0000b"'],
-            "timestamp": [f'"{t}"' for t in UNCONVERTIBLE],
+            "timestamp": [f'"{t}"' for t in UNCONVERTIBLE] + ['"0"', "1700000000", '"1700000000.5"'],
             "features": [
                 '{"salary": NaN}',
                 '{"salary": 1e999}',
@@ -108,7 +108,7 @@ def feedback_bodies() -> Iterator[tuple[str, bytes, dict]]:
         {
             "label": [*HOSTILE_NUMBERS, SURROGATE],
             "business_value": [*HOSTILE_NUMBERS, '"nan"', "1e300"],
-            "timestamp": [f'"{t}"' for t in UNCONVERTIBLE],
+            "timestamp": [f'"{t}"' for t in UNCONVERTIBLE] + ['"0"', "1700000000", '"1700000000.5"'],
         },
     )
 

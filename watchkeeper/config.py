@@ -185,6 +185,43 @@ class Thresholds(Strict):
         description="ModelSegmentPositiveRateShift fires when a segment's positive rate moves this far "
         "from the reference's",
     )
+    f1_macro_warning: float = Field(
+        default=0.7, ge=0, le=1, description="ModelMacroF1Degraded fires below this (multiclass models)"
+    )
+    class_recall_warning: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="ModelClassRecallDegraded fires when one class's recall falls below this (multiclass)",
+    )
+    mae_warning: float | None = Field(
+        default=None,
+        gt=0,
+        description="ModelRegressionErrorHigh fires above this MAE (regression; in the label's unit)",
+    )
+    mae_critical: float | None = Field(
+        default=None, gt=0, description="ModelRegressionErrorCritical fires above this MAE (regression)"
+    )
+    ndcg_warning: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="ModelRankingQualityDegraded fires when NDCG at the first configured k falls below "
+        "this (ranking)",
+    )
+    recommendation_drift_limit: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="ModelRecommendationsShifted fires when the recommended items' distribution is this "
+        "far (Jensen-Shannon distance) from the reference's (ranking)",
+    )
+    mean_error_limit: float | None = Field(
+        default=None,
+        gt=0,
+        description="ModelPredictionsBiased fires when the mean error (prediction - label) is further "
+        "from zero than this (regression)",
+    )
 
 
 def _increasing(buckets: tuple[float, ...]) -> tuple[float, ...]:
@@ -214,10 +251,53 @@ class Segment(Strict):
     max_values: int = Field(default=10, ge=1, le=50)
 
 
+ModelTask = Literal["binary", "multiclass", "regression", "ranking"]
+MAX_LIST_LENGTH = 1000
+
+
+class Ranking(Strict):
+    """A ranking (recommendation) model's cut-offs and list bounds."""
+
+    k: list[int] = Field(
+        default_factory=lambda: [5, 10],
+        min_length=1,
+        max_length=5,
+        description="Cut-offs of precision@k, recall@k, NDCG@k and hit rate@k",
+    )
+    max_list_length: int = Field(
+        default=100, ge=1, le=MAX_LIST_LENGTH, description="Longest ranked list a prediction may send"
+    )
+    catalogue_size: int | None = Field(
+        default=None, gt=0, description="Items that could be recommended; the reference's items when unset"
+    )
+
+    @model_validator(mode="after")
+    def _cutoffs_within_lists(self) -> Ranking:
+        _require_unique([str(k) for k in self.k], "cut-off k")
+        if any(k < 1 or k > self.max_list_length for k in self.k):
+            raise ValueError(f"expected each k between 1 and max_list_length ({self.max_list_length})")
+        return self
+
+
+MAX_CLASSES = 50  # a multiclass model's classes with a label of their own (`_other_` for the rest)
+ClassName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class Model(Strict):
     name: Name
     version: str = Field(min_length=1, max_length=64)
     service: Name | None = Field(default=None, description="Topology service that serves this model")
+    task: ModelTask = Field(
+        default="binary",
+        description="binary: a positive class; multiclass: one of `classes`; regression: a number; "
+        "ranking: a ranked list of items",
+    )
+    classes: list[ClassName] = Field(
+        default_factory=list,
+        max_length=MAX_CLASSES,
+        description="A multiclass model's classes; predictions and labels of other classes count as _other_",
+    )
+    ranking: Ranking = Field(default_factory=Ranking, description="A ranking model's cut-offs and bounds")
     features: list[Feature] = Field(min_length=1)
     prediction_column: str = "prediction"
     score_column: str = "score"
@@ -235,6 +315,17 @@ class Model(Strict):
     def _unique_features(cls, features: list[Feature]) -> list[Feature]:
         _require_unique([f.name for f in features], "feature")
         return features
+
+    @model_validator(mode="after")
+    def _classes_of_the_task(self) -> Model:
+        if self.task == "multiclass" and len(self.classes) < 2:
+            raise ValueError("a multiclass model lists its classes: expected at least two under 'classes'")
+        if self.task != "multiclass" and self.classes:
+            raise ValueError(f"'classes' is for multiclass models; this model's task is {self.task!r}")
+        _require_unique(self.classes, "class")
+        if self.task != "ranking" and "ranking" in self.model_fields_set:
+            raise ValueError(f"'ranking' is for ranking models; this model's task is {self.task!r}")
+        return self
 
     @model_validator(mode="after")
     def _segments_are_features(self) -> Model:
@@ -321,9 +412,39 @@ FAST_CAUSAL_RULES: dict[str, list[str]] = {
     "ModelInferenceLatencySpike": ["ModelThroughputLow", "ModelErrorBurst", "ModelErrorRateHigh"],
     "ModelThroughputLow": ["BusinessImpactDrop", "BusinessImpactDecline"],
 }
+# Multiclass and regression models' quality alerts, in the places the seed gives accuracy: broken or
+# drifting inputs explain them, and they explain a fall in business value.
+TASK_QUALITY_ALERTS = [
+    "ModelMacroF1Degraded",
+    "ModelClassRecallDegraded",
+    "ModelRegressionErrorHigh",
+    "ModelRegressionErrorCritical",
+    "ModelPredictionsBiased",
+]
+TASK_CAUSAL_RULES: dict[str, list[str]] = {
+    **{
+        cause: TASK_QUALITY_ALERTS
+        for cause in (
+            "DataQualityDegraded",
+            "DataQualityCritical",
+            "DataDriftDetected",
+            "SevereDataDrift",
+            "DataRecordsFailingChecks",
+            "DataRecordsFailingChecksCritical",
+        )
+    },
+    **{
+        cause: ["BusinessImpactDecline", "BusinessImpactDrop", "BusinessImpactCritical"]
+        for cause in TASK_QUALITY_ALERTS
+    },
+}
 DEFAULT_CAUSAL_RULES = {
-    cause: [*SEED_CAUSAL_RULES.get(cause, []), *FAST_CAUSAL_RULES.get(cause, [])]
-    for cause in SEED_CAUSAL_RULES | FAST_CAUSAL_RULES
+    cause: [
+        *SEED_CAUSAL_RULES.get(cause, []),
+        *FAST_CAUSAL_RULES.get(cause, []),
+        *TASK_CAUSAL_RULES.get(cause, []),
+    ]
+    for cause in SEED_CAUSAL_RULES | FAST_CAUSAL_RULES | TASK_CAUSAL_RULES
 }
 
 

@@ -13,6 +13,24 @@ on the number of models and buckets, not on traffic. Each measure is additive:
   what performance is estimated on (CBPE). A label takes its prediction out again;
 - `segment_requests`, `segment_class`, `segment_outcome`: the same per segment column value.
 
+A regression model's predictions are numbers, not classes (`watchkeeper.intake.kinds`); instead of
+`class`, `outcome` and `awaiting` it keeps:
+
+- `predicted`: a sketch of the predicted values (detail: `signed_index`), as `latency`'s;
+- `errors_of_labelled`: sums over the labelled predictions (details `REGRESSION_SUMS`) from which
+  MAE, RMSE, MAPE, the mean error and R² follow; `error_sketch`: a sketch of their errors;
+- `segment_served`, `segment_errors`: per segment column value, served predictions and the error
+  sums (`n`, `abs`, `sq`) of the labelled ones.
+
+A ranking model keeps instead:
+
+- `recommended`: per item (detail: its `item_key`), how often it was in a ranked list's first
+  max(k) places: coverage, popularity bias, novelty and the items' drift follow;
+- `ranking_of_labelled`: per-request scores summed over the requests with feedback
+  (`kinds.ranking_scores`: n, relevant, rr, precision@k, recall@k, ndcg@k, hit@k);
+- `segment_served`, `segment_ranking`: per segment value, served predictions and the feedback's
+  `n` and NDCG at the first k.
+
 A label counts in the bucket of its prediction's time, so a window's quality is that of the
 predictions served in it, as when it was computed from the joined rows.
 """
@@ -31,10 +49,28 @@ from typing import Any
 
 from watchkeeper.config import MISSING_SEGMENT, OTHER_SEGMENT, Model
 from watchkeeper.intake.checks import OTHER_CLASS, ReferenceProfile, class_name
+from watchkeeper.intake.kinds import (
+    BINARY,
+    ITEM_SEPARATOR,
+    MULTICLASS,
+    RANKING,
+    REGRESSION,
+    multiclass_class,
+    number_text,
+    ranked_keys,
+    ranking_scores,
+)
 
 REQUESTS, ERRORS, LATENCY = "requests", "errors", "latency"
 CLASS, OUTCOME, VALUE, AWAITING = "class", "outcome", "value", "awaiting"
 SEGMENT_REQUESTS, SEGMENT_CLASS, SEGMENT_OUTCOME = "segment_requests", "segment_class", "segment_outcome"
+PREDICTED, ERRORS_OF_LABELLED, ERROR_SKETCH = "predicted", "errors_of_labelled", "error_sketch"
+SEGMENT_SERVED, SEGMENT_ERRORS = "segment_served", "segment_errors"
+RECOMMENDED, RANKING_OF_LABELLED, SEGMENT_RANKING = "recommended", "ranking_of_labelled", "segment_ranking"
+RANKED = "ranked"  # what a ranking model's served prediction counts as in its key row's `predicted`
+# The sums kept of a regression model's labelled predictions (error = prediction - label):
+# n, error, |error|, error², label, label², |error| / |label| over non-zero labels, and their count.
+REGRESSION_SUMS = ("n", "error", "abs", "sq", "label", "label_sq", "ape", "ape_n")
 SEPARATOR = "\x1f"  # between the parts of a detail; never inside a name (see `name_of`)
 PAIRS = "\x1e"  # between a key row's (column, value) pairs
 MAX_NAME = 64  # class and segment names stay short whatever a sender puts in them
@@ -57,6 +93,20 @@ def latency_index(seconds: float) -> str:
     if seconds <= 0:
         return ZERO_LATENCY
     return str(math.ceil(math.log(seconds) / _LOG_GAMMA))
+
+
+def signed_index(value: float) -> str:
+    """A signed value's sketch bucket: its magnitude's `latency_index`, after its sign."""
+    if value == 0:
+        return ZERO_LATENCY
+    return ("-" if value < 0 else "+") + latency_index(abs(value))
+
+
+def signed_value(index: str) -> float:
+    """What a `signed_index` bucket stands for: within LATENCY_ACCURACY of every value in it."""
+    if index == ZERO_LATENCY:
+        return 0.0
+    return (-1.0 if index[0] == "-" else 1.0) * latency_at(index[1:])
 
 
 def latency_at(index: str) -> float:
@@ -144,12 +194,26 @@ def parts(text: str) -> list[str]:
 
 
 def outcome_class(value: object, profile: ReferenceProfile | None) -> str:
-    """The class a prediction or label counts under: one of the reference's classes (or `_other_`)
-    when the reference knows them, so a sender cannot create series; else its short name."""
+    """The class a binary model's prediction or label counts under: one of the reference's classes
+    (or `_other_`) when the reference knows them, so a sender cannot create series; else its short
+    name."""
     if profile is not None and profile.class_shares:
         name = class_name(value)
         return name if name in profile.class_shares else OTHER_CLASS
     return name_of(value)
+
+
+def outcome_of(value: object, profile: ReferenceProfile | None, model: Model | None) -> str:
+    """What a prediction or label counts as for its model's task: a bounded class, or for a
+    regression model its number (`number_text`)."""
+    task = model.task if model is not None else BINARY
+    if task == RANKING:
+        return RANKED
+    if task == REGRESSION:
+        return number_text(value)
+    if task == MULTICLASS:
+        return multiclass_class(value, model)  # type: ignore[arg-type]
+    return outcome_class(value, profile)
 
 
 def segment_value(value: object, profile: ReferenceProfile | None, column: str) -> str:
@@ -170,9 +234,12 @@ class Served:
     request_id: str
     model_version: str
     bucket_start: datetime
-    predicted: str | None  # None: the prediction failed
+    predicted: str | None  # None: the prediction failed; a regression model's number as text
     score_bin: str | None
     segments: tuple[tuple[str, str], ...] = ()
+    task: str = BINARY
+    ranked: tuple[str, ...] = ()  # a ranking model's items' keys, best first
+    shown: int = 0  # of which the first `shown` count as recommended (max k)
 
     def key_row(self, received_at: datetime) -> dict[str, Any]:
         return {
@@ -182,12 +249,15 @@ class Served:
             "predicted": self.predicted,
             "score_bin": self.score_bin,
             "segments": PAIRS.join(detail(column, value) for column, value in self.segments) or None,
+            "ranked": ITEM_SEPARATOR.join(self.ranked) or None,
             "labelled": False,
             "received_at": received_at,
         }
 
     @classmethod
-    def from_key_row(cls, row: Mapping[str, Any], model_name: str, request_id: str) -> Served:
+    def from_key_row(
+        cls, row: Mapping[str, Any], model_name: str, request_id: str, task: str = BINARY
+    ) -> Served:
         """The key row's facts; the row holds a hash of its model and request id, not them."""
         return cls(
             model_name,
@@ -197,6 +267,8 @@ class Served:
             row["predicted"],
             row["score_bin"],
             tuple(tuple(parts(pair)) for pair in row["segments"].split(PAIRS)) if row["segments"] else (),
+            task,
+            tuple(row["ranked"].split(ITEM_SEPARATOR)) if row.get("ranked") else (),
         )
 
 
@@ -207,14 +279,19 @@ def served(record: Any, bucket_seconds: int, profile: ReferenceProfile | None, m
         (s.column, segment_value(record.features.get(s.column), profile, s.column))
         for s in (model.segments if model else ())
     )
+    task = model.task if model is not None else BINARY
+    ranking = task == RANKING and not failed
     return Served(
         record.model_name,
         record.request_id,
         record.model_version,
         bucket_start(record.timestamp, bucket_seconds),
-        None if failed else outcome_class(record.prediction, profile),
-        None if failed or record.score is None else score_bin(record.score),
+        None if failed else outcome_of(record.prediction, profile, model),
+        None if failed or record.score is None or task in (REGRESSION, RANKING) else score_bin(record.score),
         segments,
+        task,
+        ranked_keys(record.prediction) if ranking else (),
+        max(model.ranking.k) if ranking else 0,  # type: ignore[union-attr]
     )
 
 
@@ -238,6 +315,14 @@ class BucketTotals:
         if facts.predicted is None:
             self.add(facts, ERRORS)
             return
+        if facts.task in (REGRESSION, RANKING):
+            if facts.task == REGRESSION:
+                self.add(facts, PREDICTED, signed_index(float(facts.predicted)))
+            for item in facts.ranked[: facts.shown]:
+                self.add(facts, RECOMMENDED, item)
+            for column, value in facts.segments:
+                self.add(facts, SEGMENT_SERVED, detail(column, value))
+            return
         self.add(facts, CLASS, facts.predicted)
         for column, value in facts.segments:
             self.add(facts, SEGMENT_CLASS, detail(column, value, facts.predicted))
@@ -248,6 +333,9 @@ class BucketTotals:
         """A label joined to its served prediction: counted, and no longer awaited."""
         if facts.predicted is None:
             return
+        if facts.task == REGRESSION:
+            self._regression_label(facts, float(actual), business_value)
+            return
         pair = detail(facts.predicted, actual)
         self.add(facts, OUTCOME, pair)
         if business_value is not None:
@@ -256,6 +344,39 @@ class BucketTotals:
             self.add(facts, SEGMENT_OUTCOME, detail(column, value, facts.predicted, actual))
         if facts.score_bin is not None:
             self.add(facts, AWAITING, detail(facts.predicted, facts.score_bin), -1.0)
+
+    def _regression_label(self, facts: Served, label: float, business_value: float | None) -> None:
+        error = float(facts.predicted) - label  # type: ignore[arg-type]
+        sums = dict.fromkeys(REGRESSION_SUMS, 0.0)
+        sums.update(n=1.0, error=error, abs=abs(error), sq=error * error, label=label, label_sq=label * label)
+        if label != 0:
+            sums.update(ape=abs(error) / abs(label), ape_n=1.0)
+        for name, amount in sums.items():
+            if amount:
+                self.add(facts, ERRORS_OF_LABELLED, name, amount)
+        self.add(facts, ERROR_SKETCH, signed_index(error))
+        if business_value is not None:
+            self.add(facts, VALUE, "", business_value)
+        for column, value in facts.segments:
+            for name in ("n", "abs", "sq"):
+                self.add(facts, SEGMENT_ERRORS, detail(column, value, name), sums[name])
+
+    def ranking_label(
+        self, facts: Served, relevance: Mapping[str, float], cutoffs: list[int], business_value: float | None
+    ) -> None:
+        """A ranking model's feedback joined to its ranked list: the request's scores at each k."""
+        if facts.predicted is None:
+            return
+        found = ranking_scores(facts.ranked, relevance, cutoffs)
+        for name, amount in found.items():
+            if amount:
+                self.add(facts, RANKING_OF_LABELLED, name, amount)
+        if business_value is not None:
+            self.add(facts, VALUE, "", business_value)
+        first = f"ndcg@{cutoffs[0]}"
+        for column, value in facts.segments:
+            for name in ("n", first):
+                self.add(facts, SEGMENT_RANKING, detail(column, value, name), found[name])
 
     def measures(self) -> dict[str, Counter[str]]:
         """measure -> detail -> total over every model, version and bucket added."""

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 
 from watchkeeper.times import as_utc
 
@@ -190,5 +190,16 @@ def utc_in_range(moment: datetime) -> datetime:
         raise ValueError("the time cannot be converted to UTC (year 1 or 9999 with an offset)") from exc
 
 
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def iso_time(value: Any) -> Any:
+    """Only what the schema's `date-time` says: pydantic alone would also take `"0"` or `1700000000`
+    as seconds since the epoch, a sender's bug that would count its records in 1970."""
+    if isinstance(value, datetime) or (isinstance(value, str) and _ISO_TIME.match(value)):
+        return value
+    raise ValueError("expected an ISO 8601 date and time with a zone, such as 2026-11-26T09:00:00Z")
+
+
 # A timestamp with a zone, converted to UTC, within [EARLIEST, LATEST).
-Timestamp = Annotated[AwareDatetime, AfterValidator(utc_in_range)]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(iso_time), AfterValidator(utc_in_range)]

@@ -6,9 +6,10 @@ problem found is reported with the record's index and the field, and nothing is 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -16,13 +17,29 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.intake.bodies import BodyError, Timestamp, check_value, parse_json, text_needs_checks
+from watchkeeper.intake.kinds import BINARY, label_problem, prediction_problem
 
-JsonScalar = str | int | float | bool
+
+def _scalar_or_object(value: Any) -> Any:
+    """One message for every shape a prediction or label cannot take (a union of types would name
+    each of its members); which of these shapes a model takes is its task's (`intake/kinds.py`)."""
+    if isinstance(value, str | int | float | bool | dict):
+        return value
+    raise ValueError("expected a class or a number, or for a ranking model an object with 'items'")
+
+
+# A prediction or label: a JSON scalar, or a ranking model's object (finite numbers: `check_value`).
+ScalarOrObject = Annotated[
+    Any,
+    AfterValidator(_scalar_or_object),
+    WithJsonSchema({"anyOf": [{"type": t} for t in ("string", "number", "integer", "boolean", "object")]}),
+]
 # Bounds that keep sums finite in the store and in /metrics however long the service runs.
 MAX_SECONDS = 30 * 86_400
 MAX_AMOUNT = 1e15
@@ -45,7 +62,15 @@ class PredictionRecord(RecordModel):
     timestamp: Timestamp
     features: dict[str, Any]
     error: StrictBool = False
-    prediction: JsonScalar | None = Field(default=None, validate_default=True)
+    prediction: ScalarOrObject | None = Field(
+        default=None,
+        validate_default=True,
+        description="By the model's task: binary, any class (the configured positive_class or not); "
+        "multiclass, a class (those outside the configured classes count as _other_); regression, a "
+        'number; ranking, {"items": [...], "scores": [...]} (ranked, at most ranking.max_list_length '
+        "items; scores optional). Required unless error is true.",
+        examples=[1, "dog", 42.5, {"items": ["sku-9", "sku-2", "sku-7"], "scores": [0.9, 0.7, 0.4]}],
+    )
     score: float | None = Field(default=None, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
     latency_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
 
@@ -60,7 +85,12 @@ class PredictionRecord(RecordModel):
 class FeedbackRecord(RecordModel):
     model_name: str = Field(min_length=1, max_length=128)
     request_id: str = Field(min_length=1, max_length=256)
-    label: JsonScalar
+    label: ScalarOrObject = Field(
+        description="The ground truth, in the prediction's shape: a class (binary, multiclass), a "
+        'number (regression), or for ranking {"items": [...], "relevance": [...]}: the items the user '
+        "interacted with, relevance 1 when not sent",
+        examples=[1, "dog", 40.0, {"items": ["sku-2"], "relevance": [3]}],
+    )
     business_value: float | None = Field(default=None, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
     timestamp: Timestamp | None = None
 
@@ -158,7 +188,31 @@ def validate_batch(items: list[Any], record_type: type[Record], config: Watchkee
                 index=index,
                 field=field,
             )
+    if record_type is not PipelineRunRecord:
+        _check_shapes(records, config)
     return records
+
+
+def _check_shapes(records: list[Any], config: WatchkeeperConfig) -> None:
+    """Each prediction and label in the shape its model's task takes (`watchkeeper.intake.kinds`):
+    a ranked list only for a ranking model, a number for a regression model."""
+    models = config.models_by_name
+    for index, record in enumerate(records):
+        if isinstance(record, PredictionRecord):
+            shaped = record.prediction is not None and (
+                type(record.prediction) is dict or models[record.model_name].task != BINARY
+            )
+            problem = (
+                prediction_problem(models[record.model_name], record.prediction, record.error)
+                if shaped
+                else None
+            )
+        elif type(record.label) is dict or models[record.model_name].task != BINARY:
+            problem = label_problem(models[record.model_name], record.label)
+        else:
+            problem = None
+        if problem is not None:
+            raise BatchError(problem[1], index=index, field=problem[0])
 
 
 def _explain(error: dict[str, Any]) -> str:

@@ -19,8 +19,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.intake.checks import ReferenceProfile, ReferenceProfiles
+from watchkeeper.intake.kinds import MULTICLASS, RANKING, REGRESSION
 from watchkeeper.store import Store, executions
 from watchkeeper.store.intake import (
     BUCKET,
@@ -80,6 +81,96 @@ GAUGES: dict[tuple[str, str], Gauge] = {
         "Business value of correct positive decisions in the quality window.",
         versioned=False,
         extra=("metric_type",),
+    ),
+    ("model_quality", "class_precision"): Gauge(
+        "ai_model_class_precision_score",
+        "Precision of one class of a multiclass model (0-1).",
+        extra=("class",),
+    ),
+    ("model_quality", "class_recall"): Gauge(
+        "ai_model_class_recall_score", "Recall of one class of a multiclass model (0-1).", extra=("class",)
+    ),
+    ("model_quality", "class_f1"): Gauge(
+        "ai_model_class_f1_score", "F1 of one class of a multiclass model (0-1).", extra=("class",)
+    ),
+    ("model_quality", "class_support"): Gauge(
+        "ai_model_class_labelled_predictions",
+        "Labelled predictions whose label is this class (multiclass): what its recall is measured on.",
+        extra=("class",),
+    ),
+    ("model_quality", "f1_macro"): Gauge(
+        "ai_model_f1_macro_score", "Unweighted mean of a multiclass model's per-class F1 (0-1)."
+    ),
+    ("model_quality", "f1_weighted"): Gauge(
+        "ai_model_f1_weighted_score", "Mean of a multiclass model's per-class F1 weighted by labels (0-1)."
+    ),
+    ("model_quality", "confusion"): Gauge(
+        "ai_model_confusion_matrix_predictions",
+        "Labelled predictions per (predicted, actual) class of a multiclass model in the quality window.",
+        extra=("predicted_class", "actual_class"),
+    ),
+    ("model_quality", "mae"): Gauge(
+        "ai_model_mae", "Mean absolute error of a regression model's labelled predictions."
+    ),
+    ("model_quality", "rmse"): Gauge("ai_model_rmse", "Root mean squared error of a regression model."),
+    ("model_quality", "mape"): Gauge(
+        "ai_model_mape_ratio", "Mean absolute percentage error over the labels that are not zero (ratio)."
+    ),
+    ("model_quality", "mape_excluded_labels"): Gauge(
+        "ai_model_mape_excluded_labels", "Labels left out of the MAPE because they are zero."
+    ),
+    ("model_quality", "mean_error"): Gauge(
+        "ai_model_mean_error", "Mean of prediction - label (bias; positive: the model predicts too high)."
+    ),
+    ("model_quality", "r2"): Gauge(
+        "ai_model_r2_score", "Coefficient of determination of a regression model."
+    ),
+    ("model_quality", "absolute_error_quantile"): Gauge(
+        "ai_model_absolute_error",
+        "Quantile of a regression model's absolute error (within 1 %).",
+        extra=("quantile",),
+    ),
+    ("model_quality", "precision_at_k"): Gauge(
+        "ai_model_precision_at_k_score",
+        "Mean share of a ranked list's first k items the user found relevant (ranking).",
+        extra=("k",),
+    ),
+    ("model_quality", "recall_at_k"): Gauge(
+        "ai_model_recall_at_k_score",
+        "Mean share of the relevant items found in a ranked list's first k (ranking; requests with one).",
+        extra=("k",),
+    ),
+    ("model_quality", "ndcg_at_k"): Gauge(
+        "ai_model_ndcg_at_k_score",
+        "Mean NDCG of a ranked list's first k items against every item with feedback (ranking).",
+        extra=("k",),
+    ),
+    ("model_quality", "hit_rate_at_k"): Gauge(
+        "ai_model_hit_rate_at_k_score",
+        "Share of requests with a relevant item in their list's first k (ranking).",
+        extra=("k",),
+    ),
+    ("model_quality", "mrr"): Gauge(
+        "ai_model_mrr_score", "Mean reciprocal rank of the first relevant item (ranking)."
+    ),
+    ("model_quality", "relevant_requests"): Gauge(
+        "ai_model_relevant_requests", "Requests whose feedback has a relevant item (what recall@k averages)."
+    ),
+    ("model_quality", "catalogue_coverage"): Gauge(
+        "ai_model_catalogue_coverage_ratio",
+        "Share of the catalogue (ranking.catalogue_size, else the reference's items) recommended.",
+    ),
+    ("model_quality", "popularity_bias"): Gauge(
+        "ai_model_popularity_bias_ratio",
+        "Share of the window's recommendations taken by the reference's top 1 % of items.",
+    ),
+    ("model_quality", "novelty"): Gauge(
+        "ai_model_novelty_bits",
+        "Mean self-information of the recommended items against the reference's recommendations (bits).",
+    ),
+    ("model_quality", "recommended_items_drift"): Gauge(
+        "ai_model_recommended_items_drift_score",
+        "Jensen-Shannon distance between the window's and the reference's recommended items (0-1).",
     ),
     ("model_quality", "estimated_accuracy"): Gauge(
         "ai_model_estimated_accuracy_score",
@@ -141,6 +232,16 @@ GAUGES: dict[tuple[str, str], Gauge] = {
     ("model_segments", "segment_accuracy"): Gauge(
         "ai_model_segment_accuracy_score",
         "Accuracy of a segment's labelled predictions (published from 30 labels and the coverage floor).",
+        extra=("segment_column", "segment"),
+    ),
+    ("model_segments", "segment_mae"): Gauge(
+        "ai_model_segment_mae",
+        "Mean absolute error of a segment's labelled predictions (regression; from 30 labels).",
+        extra=("segment_column", "segment"),
+    ),
+    ("model_segments", "segment_ndcg"): Gauge(
+        "ai_model_segment_ndcg_score",
+        "NDCG at the first configured k of a segment's requests with feedback (ranking; from 30).",
         extra=("segment_column", "segment"),
     ),
     ("model_traffic", "throughput_rps"): Gauge(
@@ -440,9 +541,16 @@ def threshold_families(config: WatchkeeperConfig) -> list[GaugeMetricFamily]:
         "Configured segment thresholds: accuracy floor and allowed positive-rate shift.",
         labels=["model_name", "model_version", "limit"],
     )
+    quality_limits = GaugeMetricFamily(
+        "ai_model_quality_limits",
+        "Configured quality thresholds of multiclass and regression models (the rules compare with them).",
+        labels=["model_name", "model_version", "limit"],
+    )
     for model in config.models:
         key = [model.name, model.version]
         thresholds = model.thresholds
+        for limit, value in quality_limits_of(model).items():
+            quality_limits.add_metric([*key, limit], value)
         floor.add_metric(key, thresholds.min_throughput_rps)
         latency.add_metric(key, thresholds.max_latency_p95_seconds)
         if thresholds.capacity_rps is not None:
@@ -450,7 +558,32 @@ def threshold_families(config: WatchkeeperConfig) -> list[GaugeMetricFamily]:
         if model.segments:
             segment_limits.add_metric([*key, "accuracy_warning"], thresholds.segment_accuracy_warning)
             segment_limits.add_metric([*key, "positive_rate_shift"], thresholds.segment_positive_rate_shift)
-    return [floor, latency, capacity, segment_limits]
+    return [floor, latency, capacity, segment_limits, quality_limits]
+
+
+def quality_limits_of(model: Model) -> dict[str, float]:
+    """The limits the multiclass and regression quality rules compare with; unset ones are absent,
+    so their rules stay quiet."""
+    thresholds = model.thresholds
+    if model.task == MULTICLASS:
+        return {
+            "f1_macro_warning": thresholds.f1_macro_warning,
+            "class_recall_warning": thresholds.class_recall_warning,
+        }
+    if model.task == REGRESSION:
+        found = {
+            "mae_warning": thresholds.mae_warning,
+            "mae_critical": thresholds.mae_critical,
+            "mean_error_limit": thresholds.mean_error_limit,
+        }
+        return {limit: value for limit, value in found.items() if value is not None}
+    if model.task == RANKING:
+        found = {
+            "ndcg_warning": thresholds.ndcg_warning,
+            "recommendation_drift_limit": thresholds.recommendation_drift_limit,
+        }
+        return {limit: value for limit, value in found.items() if value is not None}
+    return {}
 
 
 def operations_families(session: Session) -> list[Metric]:

@@ -27,11 +27,21 @@ from watchkeeper.intake.aggregates import (
     Served,
     in_sample,
     outcome_class,
+    outcome_of,
     request_key,
     request_priority,
     served,
 )
-from watchkeeper.intake.checks import ReferenceProfile, class_name, record_failures
+from watchkeeper.intake.checks import ReferenceProfile, record_failures
+from watchkeeper.intake.kinds import (
+    BINARY,
+    MULTICLASS,
+    RANKING,
+    REGRESSION,
+    earns_business_value,
+    feedback_relevance,
+    multiclass_class,
+)
 from watchkeeper.intake.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
 from watchkeeper.store import Store
 from watchkeeper.store.bulk import insert_rows, one_of
@@ -166,10 +176,24 @@ def fold_tallies(store: Store) -> int:
         return session.execute(_DELETE_TALLIES_SQLITE, {"last": last}).rowcount
 
 
+def predicted_class(
+    prediction: object, reference: ReferenceProfile | None, model: Model | None
+) -> str | None:
+    """The class label a prediction is counted under in `predictions_by_class`: bounded by the
+    configured classes (multiclass) or the reference's (binary, only with a reference); None for a
+    regression model."""
+    if model is not None and model.task == MULTICLASS:
+        return multiclass_class(prediction, model)
+    if reference is None or (model is not None and model.task in (REGRESSION, RANKING)):
+        return None
+    return reference.prediction_class(prediction)
+
+
 def _tally_predictions(
     tallies: TallyRows,
     records: Sequence[PredictionRecord],
     profile_for: Callable[[str], ReferenceProfile | None],
+    model_for: Callable[[str], Model | None],
 ) -> None:
     """Errors and classes per model version; record checks per dataset (data quality's fast path)."""
     errors: Counter[tuple[str, str, str]] = Counter()
@@ -180,10 +204,12 @@ def _tally_predictions(
         model, version = record.model_name, record.model_version
         errors[(model, version, "")] += bool(record.error)
         reference = profile_for(model)
+        if not record.error and record.prediction is not None:
+            predicted = predicted_class(record.prediction, reference, model_for(model))
+            if predicted is not None:
+                classes[(model, version, predicted)] += 1
         if reference is None:
             continue
-        if not record.error and record.prediction is not None:
-            classes[(model, version, reference.prediction_class(record.prediction))] += 1
         checked[(reference.dataset, "", "")] += 1
         for check, column in record_failures(reference, record.features):
             failures[(reference.dataset, check, column)] += 1
@@ -199,7 +225,8 @@ def _tally_labels(
     model_for: Callable[[str], Model | None],
 ) -> None:
     """Per model version: labelled predictions and misclassified ones; per model: the business value
-    of correct positive decisions, as `ai_business_impact_score` counts it. `labelled` holds
+    of correct positive decisions (any correct decision for a multiclass model, every labelled
+    prediction for a regression model), as `ai_business_impact_score` counts it. `labelled` holds
     (model, version, predicted class, actual class, business value)."""
     counted: Counter[tuple[str, str, str]] = Counter()
     missed: Counter[tuple[str, str, str]] = Counter()
@@ -210,8 +237,8 @@ def _tally_labels(
             continue
         key = (model_name, version, "")
         counted[key] += 1
-        missed[key] += predicted != actual
-        if predicted == actual == class_name(model.positive_class) and business_value is not None:
+        missed[key] += model.task in (BINARY, MULTICLASS) and predicted != actual
+        if business_value is not None and earns_business_value(model, predicted, actual):
             value[(model_name, "", model.business_metric)] += business_value
     tallies.add("labelled", counted)
     tallies.add("misclassified", missed)
@@ -256,6 +283,10 @@ class IntakeRules:
     bucket_seconds: int = 60
     raw_fraction: float = 1.0
     sampler: BottomK = field(default_factory=lambda: BottomK(DEFAULT_SAMPLE_PER_BUCKET))
+
+    def task_of(self, model_name: str) -> str:
+        model = self.model_for(model_name)
+        return model.task if model is not None else BINARY
 
     def label_horizon(self, model_name: str) -> timedelta:
         """How long after its arrival a prediction of this model can still be joined by a label."""
@@ -320,7 +351,7 @@ def _write_predictions(
     tallies.histogram(
         INFERENCE_LATENCY, ((m, v, x) for m, v, x in latencies if x is not None), rules.latency_buckets
     )
-    _tally_predictions(tallies, new, profile_for)
+    _tally_predictions(tallies, new, profile_for, rules.model_for)
     _join_waiting(session, [(r.model_name, r.request_id) for r in new], rules, profile_for, buckets, tallies)
     _append_bucket_totals(session, buckets)
     tallies.write(session)
@@ -374,6 +405,7 @@ def _claim_keys(
     by_horizon: dict[timedelta, list[tuple[str, str]]] = {}
     for key in keys:
         by_horizon.setdefault(rules.label_horizon(key[0]), []).append(key)
+    task_of = rules.task_of
     for horizon, same_horizon in by_horizon.items():
         for hashes in _hashed_chunks(same_horizon):
             rows = session.execute(
@@ -388,7 +420,7 @@ def _claim_keys(
             ).mappings()
             for row in rows:
                 model, request_id = hashes[row["key"]]
-                claimed[(model, request_id)] = Served.from_key_row(row, model, request_id)
+                claimed[(model, request_id)] = Served.from_key_row(row, model, request_id, task_of(model))
     return claimed
 
 
@@ -422,8 +454,13 @@ def _count_labels(
     """A joined label's aggregates, in its prediction's bucket, and its Prometheus tallies."""
     outcomes = []
     for record, facts in joined:
-        actual = outcome_class(record.label, profile_for(record.model_name))
-        buckets.label(facts, actual, record.business_value)
+        model = rules.model_for(record.model_name)
+        actual = outcome_of(record.label, profile_for(record.model_name), model)
+        if model is not None and model.task == RANKING:
+            relevance = feedback_relevance(record.label)  # type: ignore[arg-type]
+            buckets.ranking_label(facts, relevance, model.ranking.k, record.business_value)
+        else:
+            buckets.label(facts, actual, record.business_value)
         if facts.predicted is not None:
             outcomes.append(
                 (record.model_name, facts.model_version, facts.predicted, actual, record.business_value)

@@ -223,6 +223,7 @@ class PredictionKey(Base):
     predicted: Mapped[str | None] = mapped_column(String(64), doc="class; null when it failed")
     score_bin: Mapped[str | None] = mapped_column(String(32))
     segments: Mapped[str | None] = mapped_column(String(400), doc="column, value pairs (aggregates.py)")
+    ranked: Mapped[str | None] = mapped_column(Text, doc="a ranking model's ranked items' keys (kinds.py)")
     labelled: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[datetime] = mapped_column(EpochSeconds(), default=utcnow)
 
