@@ -206,8 +206,8 @@ class Thresholds(Strict):
         default=None,
         ge=0,
         le=1,
-        description="ModelRankingQualityDegraded fires when NDCG at the first configured k falls below "
-        "this (ranking)",
+        description="ModelRankingQualityDegraded fires when NDCG at a configured k falls below this "
+        "(ranking)",
     )
     recommendation_drift_limit: float | None = Field(
         default=None,
@@ -412,9 +412,11 @@ FAST_CAUSAL_RULES: dict[str, list[str]] = {
     "ModelInferenceLatencySpike": ["ModelThroughputLow", "ModelErrorBurst", "ModelErrorRateHigh"],
     "ModelThroughputLow": ["BusinessImpactDrop", "BusinessImpactDecline"],
 }
-# Multiclass and regression models' quality alerts, in the places the seed gives accuracy: broken or
+# Multiclass, regression and ranking models' quality alerts, in the places the seed gives accuracy: broken or
 # drifting inputs explain them, and they explain a fall in business value.
 TASK_QUALITY_ALERTS = [
+    "ModelRankingQualityDegraded",
+    "ModelRecommendationsShifted",
     "ModelMacroF1Degraded",
     "ModelClassRecallDegraded",
     "ModelRegressionErrorHigh",
