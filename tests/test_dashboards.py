@@ -89,6 +89,16 @@ def seed(store: Store) -> None:
         "model_quality": [
             Measurement("business_impact", 10.0, {"metric_type": "loan_value_approved"}),
             Measurement("estimated_accuracy", 0.88),
+            # The other kinds' scores (multiclass, regression, ranking), on the same model here.
+            Measurement("f1_macro", 0.8),
+            Measurement("class_recall", 0.7, {"class": "a"}),
+            Measurement("mae", 1.2),
+            Measurement("mean_error", -0.1),
+            Measurement("ndcg_at_k", 0.4, {"k": "5"}),
+            Measurement("hit_rate_at_k", 0.6, {"k": "5"}),
+            Measurement("recommended_items_drift", 0.05),
+            Measurement("popularity_bias", 0.05),
+            Measurement("catalogue_coverage", 0.9),
         ],
         "model_traffic": [Measurement("prediction_share", 1.0, {"prediction_class": "1"})],
         "model_segments": [

@@ -1,15 +1,27 @@
 """Demo traffic: the classifier, the injections, its reference file, and posting to a real service."""
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
+from tasks.drift import evaluate_drift_window
+from tasks.measurements import Window
 from tests.conftest import LiveService
+from tests.test_model_kinds import collect
+from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.local.demo import DemoTraffic, Injections, run_demo_traffic, write_reference
+from watchkeeper.local.demo_kinds import KindInjections, RecommendationTraffic, RegressionTraffic
+from watchkeeper.store import Store
+from watchkeeper.store.samples import Sampling
+from watchkeeper.store.schema import EvaluationResult
+from watchkeeper.times import utcnow
 
 
 def accuracy(events) -> float:  # noqa: ANN001
@@ -169,3 +181,90 @@ def test_of_generators_starting_at_once_one_writes_the_reference(tmp_path: Path)
     [winner] = [i for i, won in wrote.items() if won]
     assert set(pd.read_parquet(path)["writer"]) == {winner}
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.parquet"]
+
+
+@pytest.mark.parametrize(
+    ("model", "demo", "fault", "score", "limit"),
+    [
+        ("demand_forecast", RegressionTraffic, "regression_bias_at", "ai_model_mae", "mae_warning"),
+        (
+            "product_recommendations",
+            RecommendationTraffic,
+            "ranking_collapse_at",
+            "ai_model_ndcg_at_k_score",
+            "ndcg_warning",
+        ),
+    ],
+)
+def test_each_kinds_demo_stays_within_the_examples_limits_until_its_fault(
+    example_config: WatchkeeperConfig,
+    store: Store,
+    model: str,
+    demo: type,
+    fault: str,
+    score: str,
+    limit: str,
+) -> None:
+    """The regression and recommendation demos through the service and a collection: their clean
+    traffic (version v1) is within the example's limits, so the drill's clean models page on
+    nothing, and their fault (version v2, from its first prediction) crosses them."""
+    configured = example_config.model(model)
+    assert configured is not None
+    with LiveService(example_config, store) as service:
+        for version, seed, injections in (
+            ("v1", 3, KindInjections()),
+            ("v2", 4, KindInjections(**{fault: 0})),
+        ):
+            traffic = demo(
+                model_name=model, model_version=version, train_size=2000, seed=seed, injections=injections
+            )
+            sent = run_demo_traffic(
+                traffic, url=service.url, rate=0, count=400, batch_size=100, label_delay=50
+            )
+            assert (sent.predictions, sent.feedback) == (400, 400)
+        collect(store, example_config, model)
+        exported = text_string_to_metric_families(httpx.get(f"{service.url}/metrics").text)
+        found = {
+            sample.labels["model_version"]: sample.value
+            for family in exported
+            for sample in family.samples
+            if sample.name == score
+            and sample.labels["model_name"] == model
+            and sample.labels.get("k", "5") == "5"
+        }
+    threshold = getattr(configured.thresholds, limit)
+    if limit == "mae_warning":
+        assert found["v1"] < threshold < found["v2"]
+    else:
+        assert found["v1"] > threshold > found["v2"]
+
+
+@pytest.mark.parametrize("model", ["demand_forecast", "product_recommendations"])
+def test_each_kinds_drift_window_is_judged_on_its_features(
+    example_config: WatchkeeperConfig, store: Store, tmp_path: Path, model: str
+) -> None:
+    """The drift flow's task on the demo's stored sample against its held-back reference: a
+    regression model's prediction is tested as a number, a ranking model's lists are left to the
+    collection (`recommended_items_drift`), and neither breaks Evidently."""
+    configured = example_config.model(model)
+    assert configured is not None
+    demo = RegressionTraffic if configured.task == "regression" else RecommendationTraffic
+    traffic = demo(model_name=model, train_size=1000, seed=5, reference_size=600)
+    with LiveService(example_config, store) as service:
+        run_demo_traffic(traffic, url=service.url, rate=0, count=600, batch_size=200, label_delay=0)
+    end = utcnow() + timedelta(minutes=1)
+    window = Window(end - timedelta(minutes=30), end)
+    result = evaluate_drift_window.fn(
+        store, configured, window, traffic.reference, tmp_path, Sampling.of(example_config), None
+    )
+    assert result.status == "evaluated", result.status
+    assert result.share is not None and result.share < 0.5 and not result.dataset_drift
+    with store.reading() as session:
+        tested = set(
+            session.scalars(
+                select(EvaluationResult.metric).where(
+                    EvaluationResult.subject == model, EvaluationResult.kind == "drift"
+                )
+            )
+        )
+    assert ("prediction_drift_score" in tested) == (configured.task == "regression")

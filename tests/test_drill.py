@@ -9,7 +9,15 @@ import yaml
 from tasks.incidents import correlate_pending_alerts
 from tests.test_incidents import alert, notify
 from watchkeeper.config import WatchkeeperConfig, load_config
-from watchkeeper.evaluation.drill import FAULTS, Drill, DrillOptions, Subject, drill_config, owner
+from watchkeeper.evaluation.drill import (
+    FAULTS,
+    Drill,
+    DrillOptions,
+    Subject,
+    clean_subjects,
+    drill_config,
+    owner,
+)
 from watchkeeper.local.demo import DemoTraffic
 from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
@@ -65,7 +73,33 @@ def test_options_are_checked() -> None:
         "traffic_drop",
         "pipeline_failure",
         "business_decline",
+        "regression_bias",
+        "ranking_collapse",
+        "popularity_shift",
     }
+
+
+def test_each_kinds_faults_run_on_a_copy_of_that_kinds_model_beside_a_clean_one(tmp_path: Path) -> None:
+    example = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    faults = ("null_burst", "regression_bias", "popularity_shift", "ranking_collapse")
+    names = [*faults, *clean_subjects(faults)]
+    assert names[len(faults) :] == ["clean", "clean_demand_forecast", "clean_product_recommendations"]
+    (tmp_path / "drill.yaml").write_text(yaml.safe_dump(drill_config(example, names, rate=10)))
+    config = load_config(tmp_path / "drill.yaml", home=tmp_path)
+    tasks = {m.name: m.task for m in config.models}
+    assert tasks == {
+        "drill_null_burst": "binary",
+        "drill_regression_bias": "regression",
+        "drill_popularity_shift": "ranking",
+        "drill_ranking_collapse": "ranking",
+        "drill_clean": "binary",
+        "drill_clean_demand_forecast": "regression",
+        "drill_clean_product_recommendations": "ranking",
+    }
+    assert (
+        config.model("drill_ranking_collapse").ranking
+        == load_config(DEFAULT_CONFIG).model("product_recommendations").ranking
+    )
 
 
 def test_the_drill_times_each_subjects_first_expected_alert_and_its_incident(

@@ -415,6 +415,8 @@ FAST_CAUSAL_RULES: dict[str, list[str]] = {
 # Multiclass, regression and ranking models' quality alerts, in the places the seed gives accuracy: broken or
 # drifting inputs explain them, and they explain a fall in business value.
 TASK_QUALITY_ALERTS = [
+    "ModelBiasBurst",
+    "ModelRankingCollapse",
     "ModelRankingQualityDegraded",
     "ModelRecommendationsShifted",
     "ModelMacroF1Degraded",

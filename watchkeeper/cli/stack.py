@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -188,8 +188,12 @@ def demo_traffic(
     url: Annotated[str, typer.Option(help="Watchkeeper service URL")] = "http://127.0.0.1:8765",
     model: Annotated[str, typer.Option(help="Configured model name to report as")] = "credit_approval",
     pipeline: Annotated[
-        str | None, typer.Option(help="Configured pipeline to report feature-pipeline runs for ('' for none)")
-    ] = "credit_feature_pipeline",
+        str | None,
+        typer.Option(
+            help="Configured pipeline to report feature-pipeline runs for ('' for none); the model's "
+            "dataset's pipeline when unset"
+        ),
+    ] = None,
     rate: Annotated[
         float, typer.Option(min=0, help="Predictions per second; 0 posts as fast as possible")
     ] = 20.0,
@@ -237,6 +241,16 @@ def demo_traffic(
         int | None, typer.Option(help="Multiply business values by --business-factor from here")
     ] = None,
     business_factor: Annotated[float, typer.Option(min=0, max=1)] = 0.3,
+    regression_bias_at: Annotated[
+        int | None, typer.Option(help="A regression model: shift every prediction from here")
+    ] = None,
+    regression_bias: float = 4.0,
+    ranking_collapse_at: Annotated[
+        int | None, typer.Option(help="A ranking model: rank by a stale, shuffled table from here")
+    ] = None,
+    popularity_shift_at: Annotated[
+        int | None, typer.Option(help="A ranking model: recommend the most popular items to all from here")
+    ] = None,
     incident_length: Annotated[
         int, typer.Option(min=1, help="Predictions a latency or error incident lasts")
     ] = 2000,
@@ -250,7 +264,9 @@ def demo_traffic(
         bool, typer.Option(help="Overwrite an existing reference file (by default it is kept)")
     ] = False,
 ) -> None:
-    """Train a classifier on river's Agrawal credit stream and post its predictions and labels.
+    """Train the model's demo on its stream and post its predictions and labels: by the configured
+    model's task, a classifier on river's Agrawal credit stream, a regressor on river's Friedman
+    stream, or a recommender simulation (see watchkeeper/local/demo_kinds.py).
 
     When the model's configured reference is a file that does not exist yet, a labelled slice of the
     stream that the classifier was not trained on is written there first, so drift compares
@@ -258,6 +274,7 @@ def demo_traffic(
     generator beside a running stack leaves its reference alone) unless --replace-reference."""
     from watchkeeper.config import FileReference
     from watchkeeper.local.demo import DemoTraffic, Injections, run_demo_traffic, write_reference
+    from watchkeeper.local.demo_kinds import KindInjections, demo_of
 
     injections = Injections(
         concept_drift_at=concept_drift_at,
@@ -281,12 +298,38 @@ def demo_traffic(
         business_decline_at=business_decline_at,
         business_factor=business_factor,
     )
-    configured = load_monitoring().model(model)
+    monitoring = load_monitoring()
+    configured = monitoring.model(model)
     reference = configured.reference if configured is not None else None
     held_back = reference_rows if isinstance(reference, FileReference) else 0
-    traffic = DemoTraffic(
-        model_name=model, train_size=train_size, seed=seed, injections=injections, reference_size=held_back
-    )
+    task = configured.task if configured is not None else "binary"
+    if task == "binary":
+        traffic: Any = DemoTraffic(
+            model_name=model,
+            train_size=train_size,
+            seed=seed,
+            injections=injections,
+            reference_size=held_back,
+        )
+    else:
+        kind_injections = KindInjections(
+            regression_bias_at=regression_bias_at,
+            regression_bias=regression_bias,
+            ranking_collapse_at=ranking_collapse_at,
+            popularity_shift_at=popularity_shift_at,
+            latency_spike_at=latency_spike_at,
+            latency_factor=latency_factor,
+        )
+        traffic = demo_of(task)(
+            model_name=model,
+            train_size=train_size,
+            seed=seed,
+            injections=kind_injections,
+            reference_size=held_back,
+        )
+    if pipeline is None:
+        datasets = monitoring.datasets_of(model)
+        pipeline = datasets[0].pipeline or "" if datasets else ""
     if held_back and write_reference(traffic.reference, reference.path, replace_reference):
         console.print(f"wrote {held_back} held-back labelled rows to {reference.path}")
     elif held_back:

@@ -33,6 +33,7 @@ import yaml
 from sqlalchemy import select
 
 from watchkeeper.local.demo import DemoTraffic, Injections, run_demo_traffic
+from watchkeeper.local.demo_kinds import KindInjections, demo_of
 from watchkeeper.settings import DEFAULT_CONFIG, REPO_ROOT, Settings
 from watchkeeper.store import Store
 from watchkeeper.store.remediation import RemediationAction
@@ -48,12 +49,14 @@ STACK_START_SECONDS = 240
 
 @dataclass(frozen=True)
 class Fault:
-    """One failure class: how to inject it at a position, and the alerts that should page for it."""
+    """One failure class: how to inject it at a position, the alerts that should page for it, and
+    the example's model it is injected into (its kind's demo traffic)."""
 
     id: str
-    injections: Callable[[int], Injections]
+    injections: Callable[[int], Injections | KindInjections]
     expected: tuple[str, ...]
     critical: bool = False
+    template: str = "credit_approval"
 
 
 NEVER_ENDING = 10**9
@@ -151,9 +154,49 @@ FAULTS: dict[str, Fault] = {
             lambda at: Injections(business_decline_at=at, business_factor=0.3),
             ("BusinessImpactDrop", "BusinessImpactDecline"),
         ),
+        Fault(
+            "regression_bias",
+            lambda at: KindInjections(regression_bias_at=at),
+            (
+                "ModelBiasBurst",
+                "ModelPredictionsBiased",
+                "ModelRegressionErrorCritical",
+                "ModelRegressionErrorHigh",
+            ),
+            critical=True,
+            template="demand_forecast",
+        ),
+        Fault(
+            "ranking_collapse",
+            lambda at: KindInjections(ranking_collapse_at=at),
+            ("ModelRankingCollapse", "ModelRankingQualityDegraded", "ModelRecommendationsShifted"),
+            critical=True,
+            template="product_recommendations",
+        ),
+        Fault(
+            "popularity_shift",
+            lambda at: KindInjections(popularity_shift_at=at),
+            ("ModelRecommendationsShifted", "ModelRankingCollapse", "ModelRankingQualityDegraded"),
+            template="product_recommendations",
+        ),
     )
 }
 CLEAN = "clean"
+CREDIT = "credit_approval"
+
+
+def template_of(subject: str) -> str:
+    """The example's model a subject copies: its fault's, or for `clean_<model>` that model (the
+    credit classifier for `clean`)."""
+    if subject in FAULTS:
+        return FAULTS[subject].template
+    return subject.removeprefix(f"{CLEAN}_") if subject.startswith(f"{CLEAN}_") else CREDIT
+
+
+def clean_subjects(faults: tuple[str, ...]) -> list[str]:
+    """One clean model per kind the faults use: `clean` (the credit classifier) always."""
+    templates = dict.fromkeys(FAULTS[f].template for f in faults if FAULTS[f].template != CREDIT)
+    return [CLEAN, *(f"{CLEAN}_{template}" for template in templates)]
 
 
 @dataclass(frozen=True)
@@ -182,16 +225,18 @@ def model_name(subject: str) -> str:
 
 
 def drill_config(example: dict[str, Any], subjects: list[str], rate: float) -> dict[str, Any]:
-    """The example configuration with its model copied once per subject, each on its own dataset,
-    pipeline and services (so correlation never mixes two faults), and a throughput floor of rate/2."""
+    """The example configuration with one of its models (`template_of`) copied once per subject, each
+    on its own dataset, pipeline and services (so correlation never mixes two faults), and a
+    throughput floor of rate/2."""
     config = copy.deepcopy(example)
-    template = example["models"][0]
+    templates = {m["name"]: m for m in example["models"]}
     services = example["topology"]["services"]
     config["models"], config["datasets"] = [], []
     config["pipelines"] = [p for p in example["pipelines"] if "prefect_deployment" in p]
     config["topology"] = {"services": {}}
     for subject in subjects:
         name = model_name(subject)
+        template = templates[template_of(subject)]
         model = copy.deepcopy(template)
         model["name"] = name
         model["service"] = f"{name}-{template['service']}"
@@ -210,7 +255,7 @@ class Subject:
 
     name: str
     fault: Fault | None
-    traffic: DemoTraffic
+    traffic: Any  # DemoTraffic, or a regression or ranking model's (`demo_kinds`)
     thread: threading.Thread | None = None
     alerts: dict[str, datetime] = field(default_factory=dict)
     first_ids: dict[str, int] = field(default_factory=dict)
@@ -249,16 +294,23 @@ class Drill:
             raise RuntimeError(f"watchkeeper {' '.join(args)} failed: {done.stdout}{done.stderr}")
         return done
 
-    def _subjects(self) -> list[Subject]:
+    def _subjects(self, tasks: dict[str, str]) -> list[Subject]:
+        """Each fault's model and the clean ones, with their kind's demo traffic (`tasks`: the
+        example's models' tasks by name)."""
         at = int(self.options.rate * self.options.inject_after)
         subjects = []
-        for subject in [*self.options.faults, CLEAN]:
+        for subject in [*self.options.faults, *clean_subjects(self.options.faults)]:
             fault = FAULTS.get(subject)
-            traffic = DemoTraffic(
+            template = template_of(subject)
+            demo = DemoTraffic if tasks[template] == "binary" else demo_of(tasks[template])
+            injections = (
+                fault.injections(at) if fault else (Injections() if template == CREDIT else KindInjections())
+            )
+            traffic = demo(
                 model_name=model_name(subject),
                 train_size=TRAIN_ROWS,
                 seed=self.options.seed,
-                injections=fault.injections(at) if fault else Injections(),
+                injections=injections,
                 reference_size=REFERENCE_ROWS,
             )
             subjects.append(Subject(model_name(subject), fault, traffic))
@@ -332,13 +384,16 @@ class Drill:
         deadline = drill_started + self.options.budget_minutes * 60 - 90
         example = yaml.safe_load(DEFAULT_CONFIG.read_text())
         self.home.mkdir(parents=True, exist_ok=True)
-        subjects = self._subjects()
-        config = drill_config(example, [*self.options.faults, CLEAN], self.options.rate)
+        subjects = self._subjects({m["name"]: m.get("task", "binary") for m in example["models"]})
+        names = [*self.options.faults, *clean_subjects(self.options.faults)]
+        config = drill_config(example, names, self.options.rate)
         (self.home / "drill.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         settings = Settings(home=self.home, config=self.home / "drill.yaml")
-        reference = settings.monitoring.models[0].reference.path  # type: ignore[union-attr]
-        reference.parent.mkdir(parents=True, exist_ok=True)
-        subjects[-1].traffic.reference.to_parquet(reference, index=False)
+        for subject in subjects:  # each kind's reference, from its clean model's held-back rows
+            if subject.fault is None:
+                reference = settings.monitoring.model(subject.name).reference.path  # type: ignore[union-attr]
+                reference.parent.mkdir(parents=True, exist_ok=True)
+                subject.traffic.reference.to_parquet(reference, index=False)
         store = settings.open_store()
         store.upgrade()
         started_at = datetime.now(UTC)
@@ -357,8 +412,8 @@ class Drill:
         finally:
             self.stop.set()
             self._watchkeeper("down")
-        clean = next(s for s in subjects if s.fault is None)
-        return self._summary(results, clean, clean_minutes) | {"started_at": started_at.isoformat()}
+        cleans = [s for s in subjects if s.fault is None]
+        return self._summary(results, cleans, clean_minutes) | {"started_at": started_at.isoformat()}
 
     def _result(self, store: Store, subject: Subject) -> dict[str, Any]:
         assert subject.fault is not None
@@ -378,13 +433,15 @@ class Drill:
             "injected_at": injected.isoformat() if injected else None,
         }
 
-    def _summary(self, results: dict[str, dict[str, Any]], clean: Subject, minutes: float) -> dict[str, Any]:
+    def _summary(
+        self, results: dict[str, dict[str, Any]], cleans: list[Subject], minutes: float
+    ) -> dict[str, Any]:
         critical = [
             r["seconds_to_webhook"]
             for fault, r in results.items()
             if FAULTS[fault].critical and r["seconds_to_webhook"] is not None
         ]
-        false_alerts = {**clean.alerts, **self.unattributed}
+        false_alerts = {**{a: at for s in cleans for a, at in s.alerts.items()}, **self.unattributed}
         return {
             "config_sha256": sha256(DEFAULT_CONFIG),
             "rules_sha256": sha256(RULES),

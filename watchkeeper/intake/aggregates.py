@@ -363,10 +363,11 @@ class BucketTotals:
 
     def ranking_label(
         self, facts: Served, relevance: Mapping[str, float], cutoffs: list[int], business_value: float | None
-    ) -> None:
-        """A ranking model's feedback joined to its ranked list: the request's scores at each k."""
+    ) -> dict[str, float]:
+        """A ranking model's feedback joined to its ranked list: the request's scores at each k
+        (returned, for the intake's counters)."""
         if facts.predicted is None:
-            return
+            return {}
         found = ranking_scores(facts.ranked, relevance, cutoffs)
         for name, amount in found.items():
             if amount:
@@ -377,6 +378,7 @@ class BucketTotals:
         for column, value in facts.segments:
             for name in ("n", first):
                 self.add(facts, SEGMENT_RANKING, detail(column, value, name), found[name])
+        return found
 
     def measures(self) -> dict[str, Counter[str]]:
         """measure -> detail -> total over every model, version and bucket added."""

@@ -257,16 +257,36 @@ class Stack:
             ),
         ]
         if self.demo_traffic:
-            components.append(
+            components += [
                 Component(
-                    "demo-traffic",
-                    [str(BIN / "watchkeeper"), "demo-traffic", "--url", self.service_url, "--rate", "20"],
+                    name,
+                    [
+                        str(BIN / "watchkeeper"),
+                        "demo-traffic",
+                        "--url",
+                        self.service_url,
+                        "--rate",
+                        "20",
+                        *model,
+                    ],
                     health_url=None,
                     urls={},
                     readiness="started",
                 )
-            )
+                for name, model in self._demo_generators()
+            ]
         return components
+
+    def _demo_generators(self) -> list[tuple[str, list[str]]]:
+        """One demo generator per configured model of the example's: the credit classifier
+        (`demo-traffic`, as before), and the demand forecast and recommendations when configured."""
+        names = {m.name for m in self.settings.monitoring.models}
+        found = [("demo-traffic", [])] if "credit_approval" in names else []
+        return found + [
+            (f"demo-traffic-{name}", ["--model", name])
+            for name in ("demand_forecast", "product_recommendations")
+            if name in names
+        ]
 
     def pid_path(self, name: str) -> Path:
         return self.settings.run_dir / f"{name}.json"

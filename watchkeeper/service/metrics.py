@@ -457,6 +457,21 @@ TALLY_COUNTERS = {
         "Labelled predictions whose class differs from the label, counted on the label's arrival.",
         ("model_name", "model_version"),
     ),
+    "overprediction": TallyCounter(
+        "ai_model_overprediction",
+        "Sum of prediction - label over a regression model's labels above which it predicted.",
+        ("model_name", "model_version"),
+    ),
+    "underprediction": TallyCounter(
+        "ai_model_underprediction",
+        "Sum of label - prediction over a regression model's labels below which it predicted.",
+        ("model_name", "model_version"),
+    ),
+    "ndcg_sum": TallyCounter(
+        "ai_model_ndcg_sum",
+        "Sum of NDCG at the first configured k over a ranking model's requests with feedback.",
+        ("model_name", "model_version"),
+    ),
     "business_value": TallyCounter(
         "ai_business_value",
         "Business value of correct positive decisions, counted on the label's arrival.",

@@ -224,13 +224,17 @@ def _tally_labels(
     labelled: Iterable[tuple[str, str, str, str, float | None]],
     model_for: Callable[[str], Model | None],
 ) -> None:
-    """Per model version: labelled predictions and misclassified ones; per model: the business value
+    """Per model version: labelled predictions and misclassified ones, and a regression model's
+    errors above and below its labels (two counters: their difference is its bias, their sum its
+    absolute error, over any window of labels); per model: the business value
     of correct positive decisions (any correct decision for a multiclass model, every labelled
     prediction for a regression model), as `ai_business_impact_score` counts it. `labelled` holds
     (model, version, predicted class, actual class, business value)."""
     counted: Counter[tuple[str, str, str]] = Counter()
     missed: Counter[tuple[str, str, str]] = Counter()
     value: Counter[tuple[str, str, str]] = Counter()
+    over: Counter[tuple[str, str, str]] = Counter()
+    under: Counter[tuple[str, str, str]] = Counter()
     for model_name, version, predicted, actual, business_value in labelled:
         model = model_for(model_name)
         if model is None:
@@ -238,10 +242,16 @@ def _tally_labels(
         key = (model_name, version, "")
         counted[key] += 1
         missed[key] += model.task in (BINARY, MULTICLASS) and predicted != actual
+        if model.task == REGRESSION:
+            error = float(predicted) - float(actual)
+            over[key] += max(error, 0.0)
+            under[key] += max(-error, 0.0)
         if business_value is not None and earns_business_value(model, predicted, actual):
             value[(model_name, "", model.business_metric)] += business_value
     tallies.add("labelled", counted)
     tallies.add("misclassified", missed)
+    tallies.add("overprediction", over)
+    tallies.add("underprediction", under)
     tallies.add("business_value", value)
 
 
@@ -453,12 +463,14 @@ def _count_labels(
 ) -> None:
     """A joined label's aggregates, in its prediction's bucket, and its Prometheus tallies."""
     outcomes = []
+    ndcg: Counter[tuple[str, str, str]] = Counter()
     for record, facts in joined:
         model = rules.model_for(record.model_name)
         actual = outcome_of(record.label, profile_for(record.model_name), model)
         if model is not None and model.task == RANKING:
             relevance = feedback_relevance(record.label)  # type: ignore[arg-type]
-            buckets.ranking_label(facts, relevance, model.ranking.k, record.business_value)
+            found = buckets.ranking_label(facts, relevance, model.ranking.k, record.business_value)
+            ndcg[(record.model_name, facts.model_version, "")] += found.get(f"ndcg@{model.ranking.k[0]}", 0.0)
         else:
             buckets.label(facts, actual, record.business_value)
         if facts.predicted is not None:
@@ -466,6 +478,7 @@ def _count_labels(
                 (record.model_name, facts.model_version, facts.predicted, actual, record.business_value)
             )
     _tally_labels(tallies, outcomes, rules.model_for)
+    tallies.add("ndcg_sum", ndcg)
 
 
 def _write_feedback(
