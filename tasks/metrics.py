@@ -24,6 +24,7 @@ from tasks.window_totals import (
     VersionTotals,
     business_metrics,
     estimate_unlabelled,
+    estimated_loss,
     positive_rates,
     quality_metrics,
     segment_metrics,
@@ -32,7 +33,7 @@ from tasks.window_totals import (
 from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.intake.aggregates import RECOMMENDED, bucket_start
 from watchkeeper.intake.checks import class_name
-from watchkeeper.intake.kinds import BINARY, RANKING
+from watchkeeper.intake.kinds import BINARY, RANKING, REGRESSION
 from watchkeeper.store import Store, insert_for
 from watchkeeper.store.buckets import first_bucket, fold_model_tallies, window_totals
 from watchkeeper.store.intake import IntakeRules, fold_tallies, join_waiting_labels
@@ -297,6 +298,7 @@ def measure_quality(
                 if calibration and model.task == BINARY
                 else []
             ),
+            *(estimated_loss(totals, model.windows.min_rows) if model.task == REGRESSION else []),
         ]
         if model.segments:
             measured["model_segments"][version] = positive_rates(

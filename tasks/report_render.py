@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from watchkeeper.intake.kinds import BINARY, MULTICLASS, RANKING, REGRESSION
 from watchkeeper.markdown import table
 
 Summary = dict[str, Any]
@@ -92,9 +93,9 @@ def headline(summary: Summary) -> list[tuple[str, str]]:
 
 # The scores a report shows, per model task, in order; a score's name as a reader sees it.
 TASK_SCORES = {
-    "binary": ("accuracy", "precision", "recall", "f1"),
-    "multiclass": ("accuracy", "f1_macro", "f1_weighted"),
-    "regression": ("mae", "rmse", "mean_error", "mape", "r2"),
+    BINARY: ("accuracy", "precision", "recall", "f1"),
+    MULTICLASS: ("accuracy", "f1_macro", "f1_weighted"),
+    REGRESSION: ("mae", "rmse", "mean_error", "mape", "r2"),
 }
 SCORE_TITLES = {
     "f1_macro": "macro F1",
@@ -130,7 +131,7 @@ def _quality_rows(summary: Summary) -> list[list[str]]:
     before = summary["previous_quality"].get("scores", {})
     estimated = summary.get("estimated") or {}
     rows = []
-    for name in list(now) or list(before) or TASK_SCORES.get(summary["quality"].get("task", "binary"), ()):
+    for name in list(now) or list(before) or TASK_SCORES.get(summary["quality"].get("task", BINARY), ()):
         score = now.get(name)
         rows.append(
             [
@@ -231,13 +232,13 @@ def _remediation_rows(summary: Summary) -> list[list[str]]:
     ]
 
 
-SEGMENT_QUALITY = {"regression": "mae", "ranking": "ndcg"}
+SEGMENT_QUALITY = {REGRESSION: "mae", RANKING: "ndcg"}
 
 
 def _segment_quality(summary: Summary) -> str:
     """The segments' quality figure: MAE for a regression model, NDCG at the first k for a ranking
     model, accuracy for a classifier."""
-    return SEGMENT_QUALITY.get(summary["quality"].get("task", "binary"), "accuracy")
+    return SEGMENT_QUALITY.get(summary["quality"].get("task", BINARY), "accuracy")
 
 
 def segment_header(summary: Summary) -> list[str]:

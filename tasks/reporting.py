@@ -125,7 +125,7 @@ def quality_summary(totals: VersionTotals, model: Model) -> dict[str, Any]:
     return summary
 
 
-HEADLINE_SCORES = {"regression": "mae", "ranking": "ndcg_at_{k}"}
+HEADLINE_SCORES = {REGRESSION: "mae", RANKING: "ndcg_at_{k}"}
 MULTICLASS_SCORES = ("accuracy", "f1_macro", "f1_weighted")
 
 

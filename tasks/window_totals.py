@@ -19,6 +19,7 @@ from tasks.segments import MIN_SEGMENT_LABELS
 from watchkeeper.config import MISSING_SEGMENT, OTHER_SEGMENT, Model, Segment
 from watchkeeper.intake.aggregates import (
     AWAITING,
+    AWAITING_LOSS,
     CLASS,
     ERROR_SKETCH,
     ERRORS,
@@ -205,6 +206,18 @@ def estimate_unlabelled(
     weights = np.array([n for _, n in awaiting], dtype=float)
     estimate = estimate_confusion(probability, predicted, weights)
     return estimate.measurements() if estimate else []
+
+
+def estimated_loss(totals: VersionTotals, min_rows: int) -> list[Measurement]:
+    """A regression model's MAE estimated (DLE, `watchkeeper/intake/loss.py`) for its served
+    predictions still without a label, from `min_rows` of them."""
+    awaiting = totals.measure(AWAITING_LOSS)
+    rows = awaiting["n"]
+    if rows <= 0:
+        return []
+    if rows < min_rows:
+        return [Measurement("estimated_rows", float(rows))]
+    return [Measurement("estimated_rows", float(rows)), Measurement("estimated_mae", awaiting["abs"] / rows)]
 
 
 def positive_rates(totals: VersionTotals, model: Model, reference_rate: float | None) -> list[Measurement]:

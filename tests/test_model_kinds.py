@@ -33,6 +33,7 @@ from tasks.reporting import Period, gather_report
 from tests.conftest import LiveService
 from watchkeeper.config import ConfigError, WatchkeeperConfig, load_config
 from watchkeeper.intake.aggregates import bucket_start
+from watchkeeper.local.demo_kinds import RegressionTraffic
 from watchkeeper.store import Store
 from watchkeeper.store.buckets import fold_model_tallies
 from watchkeeper.times import utcnow
@@ -467,3 +468,46 @@ def test_a_ranked_list_out_of_shape_is_refused_naming_its_field(
         assert post(service.url, "/v1/feedback", [label("shop", 0, {"items": []})]).status_code == 200
     assert answer.status_code == 422 and (answer.json()["index"], answer.json()["field"]) == (1, field)
     assert refused_label.status_code == 422 and refused_label.json()["field"] == "label.relevance.0"
+
+
+def test_a_regression_models_mae_is_estimated_before_its_labels_and_each_label_takes_its_share_out(
+    store: Store, tmp_path: Path
+) -> None:
+    """DLE through the service: the intake fits the loss model on the reference file, gives each
+    prediction its expected error, and the collection publishes the estimate of those still
+    without a label; on the demo's stream (no shift) it is close to the realised MAE."""
+    demo = RegressionTraffic(model_name="demand", train_size=2000, seed=3, reference_size=2000)
+    reference = tmp_path / "reference.parquet"
+    demo.reference.to_parquet(reference)
+    config = WatchkeeperConfig.model_validate(
+        {
+            "models": [
+                {
+                    "name": "demand",
+                    "version": "v1",
+                    "task": "regression",
+                    "features": [{"name": f"x{i}", "type": "numerical"} for i in range(10)],
+                    "reference": {"kind": "file", "path": str(reference)},
+                    "windows": {"quality": "30m", "min_rows": 100},
+                }
+            ]
+        }
+    )
+    events = demo.next_batch(600)
+    now = utcnow() - timedelta(minutes=1)
+    with LiveService(config, store) as service:
+        records = [demo.prediction_record(e, now) | {"timestamp": now.isoformat()} for e in events]
+        assert post(service.url, "/v1/predictions", records).status_code == 200
+        collect_with_reference(store, config, "demand")
+        before = exported(service.url, "demand")
+        labels = [
+            {"model_name": "demand", "request_id": e.request_id, "label": e.label} for e in events[:450]
+        ]
+        assert post(service.url, "/v1/feedback", labels).status_code == 200
+        collect_with_reference(store, config, "demand")
+        after = exported(service.url, "demand")
+    realised = float(np.mean([abs(e.prediction - e.label) for e in events]))
+    assert one(before["ai_model_estimated_predictions"]) == 600
+    assert one(before["ai_model_estimated_mae"]) == pytest.approx(realised, rel=0.2)
+    assert one(after["ai_model_estimated_predictions"]) == 150  # the labelled 450 left the estimate
+    assert "ai_model_estimated_mae" in after

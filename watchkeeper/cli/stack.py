@@ -273,6 +273,7 @@ def demo_traffic(
     production with known-good data from the first window. An existing file is kept (a second
     generator beside a running stack leaves its reference alone) unless --replace-reference."""
     from watchkeeper.config import FileReference
+    from watchkeeper.intake.kinds import BINARY
     from watchkeeper.local.demo import DemoTraffic, Injections, run_demo_traffic, write_reference
     from watchkeeper.local.demo_kinds import KindInjections, demo_of
 
@@ -302,8 +303,8 @@ def demo_traffic(
     configured = monitoring.model(model)
     reference = configured.reference if configured is not None else None
     held_back = reference_rows if isinstance(reference, FileReference) else 0
-    task = configured.task if configured is not None else "binary"
-    if task == "binary":
+    task = configured.task if configured is not None else BINARY
+    if task == BINARY:
         traffic: Any = DemoTraffic(
             model_name=model,
             train_size=train_size,

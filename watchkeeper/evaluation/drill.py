@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 from sqlalchemy import select
 
+from watchkeeper.intake.kinds import BINARY
 from watchkeeper.local.demo import DemoTraffic, Injections, run_demo_traffic
 from watchkeeper.local.demo_kinds import KindInjections, demo_of
 from watchkeeper.settings import DEFAULT_CONFIG, REPO_ROOT, Settings
@@ -169,14 +170,24 @@ FAULTS: dict[str, Fault] = {
         Fault(
             "ranking_collapse",
             lambda at: KindInjections(ranking_collapse_at=at),
-            ("ModelRankingCollapse", "ModelRankingQualityDegraded", "ModelRecommendationsShifted"),
+            (
+                "ModelRankingCollapse",
+                "ModelRankingQualityDegraded",
+                "ModelRecommendationsShifted",
+                "BusinessImpactDrop",
+            ),
             critical=True,
             template="product_recommendations",
         ),
         Fault(
             "popularity_shift",
             lambda at: KindInjections(popularity_shift_at=at),
-            ("ModelRecommendationsShifted", "ModelRankingCollapse", "ModelRankingQualityDegraded"),
+            (
+                "ModelRecommendationsShifted",
+                "ModelRankingCollapse",
+                "ModelRankingQualityDegraded",
+                "BusinessImpactDrop",
+            ),
             template="product_recommendations",
         ),
     )
@@ -302,7 +313,7 @@ class Drill:
         for subject in [*self.options.faults, *clean_subjects(self.options.faults)]:
             fault = FAULTS.get(subject)
             template = template_of(subject)
-            demo = DemoTraffic if tasks[template] == "binary" else demo_of(tasks[template])
+            demo = DemoTraffic if tasks[template] == BINARY else demo_of(tasks[template])
             injections = (
                 fault.injections(at) if fault else (Injections() if template == CREDIT else KindInjections())
             )
@@ -384,7 +395,7 @@ class Drill:
         deadline = drill_started + self.options.budget_minutes * 60 - 90
         example = yaml.safe_load(DEFAULT_CONFIG.read_text())
         self.home.mkdir(parents=True, exist_ok=True)
-        subjects = self._subjects({m["name"]: m.get("task", "binary") for m in example["models"]})
+        subjects = self._subjects({m["name"]: m.get("task", BINARY) for m in example["models"]})
         names = [*self.options.faults, *clean_subjects(self.options.faults)]
         config = drill_config(example, names, self.options.rate)
         (self.home / "drill.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -20,7 +20,9 @@ A regression model's predictions are numbers, not classes (`watchkeeper.intake.k
 - `errors_of_labelled`: sums over the labelled predictions (details `REGRESSION_SUMS`) from which
   MAE, RMSE, MAPE, the mean error and R² follow; `error_sketch`: a sketch of their errors;
 - `segment_served`, `segment_errors`: per segment column value, served predictions and the error
-  sums (`n`, `abs`, `sq`) of the labelled ones.
+  sums (`n`, `abs`, `sq`) of the labelled ones;
+- `awaiting_loss`: the served predictions still without a label (`n`) and their expected absolute
+  error (`abs`, from the reference's loss model, `loss.py`), as `awaiting` is for CBPE.
 
 A ranking model keeps instead:
 
@@ -67,6 +69,7 @@ SEGMENT_REQUESTS, SEGMENT_CLASS, SEGMENT_OUTCOME = "segment_requests", "segment_
 PREDICTED, ERRORS_OF_LABELLED, ERROR_SKETCH = "predicted", "errors_of_labelled", "error_sketch"
 SEGMENT_SERVED, SEGMENT_ERRORS = "segment_served", "segment_errors"
 RECOMMENDED, RANKING_OF_LABELLED, SEGMENT_RANKING = "recommended", "ranking_of_labelled", "segment_ranking"
+AWAITING_LOSS = "awaiting_loss"  # a regression model's unlabelled predictions: n, and their expected |error|
 RANKED = "ranked"  # what a ranking model's served prediction counts as in its key row's `predicted`
 # The sums kept of a regression model's labelled predictions (error = prediction - label):
 # n, error, |error|, error², label, label², |error| / |label| over non-zero labels, and their count.
@@ -272,8 +275,15 @@ class Served:
         )
 
 
-def served(record: Any, bucket_seconds: int, profile: ReferenceProfile | None, model: Model | None) -> Served:
-    """A prediction record as the aggregates count it."""
+def served(
+    record: Any,
+    bucket_seconds: int,
+    profile: ReferenceProfile | None,
+    model: Model | None,
+    expected_loss: float | None = None,
+) -> Served:
+    """A prediction record as the aggregates count it; a regression model's `expected_loss` (its
+    loss model's, when it has one) is kept where a classifier keeps its score bin."""
     failed = record.error or record.prediction is None
     segments = tuple(
         (s.column, segment_value(record.features.get(s.column), profile, s.column))
@@ -287,12 +297,20 @@ def served(record: Any, bucket_seconds: int, profile: ReferenceProfile | None, m
         record.model_version,
         bucket_start(record.timestamp, bucket_seconds),
         None if failed else outcome_of(record.prediction, profile, model),
-        None if failed or record.score is None or task in (REGRESSION, RANKING) else score_bin(record.score),
+        _score_text(record, task, expected_loss) if not failed else None,
         segments,
         task,
         ranked_keys(record.prediction) if ranking else (),
         max(model.ranking.k) if ranking else 0,  # type: ignore[union-attr]
     )
+
+
+def _score_text(record: Any, task: str, expected_loss: float | None) -> str | None:
+    if task == REGRESSION:
+        return None if expected_loss is None else f"{expected_loss:.6g}"
+    if task == RANKING or record.score is None:
+        return None
+    return score_bin(record.score)
 
 
 class BucketTotals:
@@ -318,6 +336,7 @@ class BucketTotals:
         if facts.task in (REGRESSION, RANKING):
             if facts.task == REGRESSION:
                 self.add(facts, PREDICTED, signed_index(float(facts.predicted)))
+                self._awaiting_loss(facts, 1.0)
             for item in facts.ranked[: facts.shown]:
                 self.add(facts, RECOMMENDED, item)
             for column, value in facts.segments:
@@ -345,7 +364,13 @@ class BucketTotals:
         if facts.score_bin is not None:
             self.add(facts, AWAITING, detail(facts.predicted, facts.score_bin), -1.0)
 
+    def _awaiting_loss(self, facts: Served, sign: float) -> None:
+        if facts.score_bin is not None:
+            self.add(facts, AWAITING_LOSS, "n", sign)
+            self.add(facts, AWAITING_LOSS, "abs", sign * float(facts.score_bin))
+
     def _regression_label(self, facts: Served, label: float, business_value: float | None) -> None:
+        self._awaiting_loss(facts, -1.0)
         error = float(facts.predicted) - label  # type: ignore[arg-type]
         sums = dict.fromkeys(REGRESSION_SUMS, 0.0)
         sums.update(n=1.0, error=error, abs=abs(error), sq=error * error, label=label, label_sq=label * label)

@@ -28,6 +28,7 @@ import pandas as pd
 from river.datasets import synth
 from sklearn.ensemble import HistGradientBoostingRegressor
 
+from watchkeeper.intake.kinds import RANKING, REGRESSION
 from watchkeeper.local.demo import MEDIAN_LATENCY_SECONDS
 
 REGRESSION_FEATURES = tuple(f"x{i}" for i in range(10))
@@ -289,7 +290,7 @@ class RecommendationTraffic(_Traffic):
 
 def demo_of(task: str) -> type[RegressionTraffic] | type[RecommendationTraffic]:
     """The demo traffic of a regression or ranking model."""
-    demos = {"regression": RegressionTraffic, "ranking": RecommendationTraffic}
+    demos = {REGRESSION: RegressionTraffic, RANKING: RecommendationTraffic}
     if task not in demos:
         raise ValueError(f"no demo traffic for a {task} model: expected one of binary, {', '.join(demos)}")
     return demos[task]

@@ -172,6 +172,10 @@ GAUGES: dict[tuple[str, str], Gauge] = {
         "ai_model_recommended_items_drift_score",
         "Jensen-Shannon distance between the window's and the reference's recommended items (0-1).",
     ),
+    ("model_quality", "estimated_mae"): Gauge(
+        "ai_model_estimated_mae",
+        "MAE estimated (DLE) for a regression model's served predictions still without a label.",
+    ),
     ("model_quality", "estimated_accuracy"): Gauge(
         "ai_model_estimated_accuracy_score",
         "Accuracy estimated (CBPE) for the served predictions still without a label (0-1).",

@@ -331,8 +331,11 @@ def _write_predictions(
     their buckets, and the sampled share of them is kept as raw rows. Returns the keys stored."""
     now = utcnow()
     firsts = _first_per_request(records)
+    losses = expected_losses(firsts, profile_for)
     facts = {
-        key: served(r, rules.bucket_seconds, profile_for(r.model_name), rules.model_for(r.model_name))
+        key: served(
+            r, rules.bucket_seconds, profile_for(r.model_name), rules.model_for(r.model_name), losses.get(key)
+        )
         for key, r in firsts.items()
     }
     keys = {key: f.key_row(now) for key, f in facts.items()}
@@ -366,6 +369,29 @@ def _write_predictions(
     _append_bucket_totals(session, buckets)
     tallies.write(session)
     return inserted
+
+
+def expected_losses(
+    records: Mapping[tuple[str, str], PredictionRecord], profile_for: Callable[[str], ReferenceProfile | None]
+) -> dict[tuple[str, str], float]:
+    """Each served prediction's expected absolute error, for the regression models whose reference
+    gave a loss model (`intake/loss.py`); one call of the loss model per model in the batch."""
+    losses = {}
+    for name in {model for model, _ in records}:
+        profile = profile_for(name)
+        if profile is not None and profile.loss is not None:
+            losses[name] = profile.loss
+    found: dict[tuple[str, str], float] = {}
+    for model_name, loss in losses.items():
+        keys = [
+            key
+            for key, r in records.items()
+            if key[0] == model_name and not r.error and r.prediction is not None
+        ]
+        chosen = [records[key] for key in keys]
+        expected = loss.expected([r.features for r in chosen], [r.prediction for r in chosen])
+        found.update(zip(keys, map(float, expected), strict=True))
+    return found
 
 
 def _raw_row(record: PredictionRecord, received_at: datetime) -> dict[str, Any]:
