@@ -381,15 +381,16 @@ def expected_losses(
         profile = profile_for(name)
         if profile is not None and profile.loss is not None:
             losses[name] = profile.loss
+    if not losses:
+        return {}
+    served_by_model: dict[str, list[tuple[str, str]]] = {}
+    for key, record in records.items():
+        if key[0] in losses and not record.error and record.prediction is not None:
+            served_by_model.setdefault(key[0], []).append(key)
     found: dict[tuple[str, str], float] = {}
-    for model_name, loss in losses.items():
-        keys = [
-            key
-            for key, r in records.items()
-            if key[0] == model_name and not r.error and r.prediction is not None
-        ]
+    for model_name, keys in served_by_model.items():
         chosen = [records[key] for key in keys]
-        expected = loss.expected([r.features for r in chosen], [r.prediction for r in chosen])
+        expected = losses[model_name].expected([r.features for r in chosen], [r.prediction for r in chosen])
         found.update(zip(keys, map(float, expected), strict=True))
     return found
 
