@@ -36,9 +36,10 @@ def evaluate_drift(models: list[str] | None = None) -> dict[str, dict[str, objec
         if outcome.markdown:
             key = f"drift-{model.name}".replace("_", "-").lower()
             create_markdown_artifact(outcome.markdown, key=key, description=f"Drift of {model.name}")
-            create_link_artifact(
-                f"file://{outcome.html}", link_text="Evidently HTML report", key=f"{key}-report"
-            )
+            if outcome.html:
+                create_link_artifact(
+                    f"file://{outcome.html}", link_text="Evidently HTML report", key=f"{key}-report"
+                )
         summary[model.name] = {
             "status": outcome.status,
             "share": outcome.share,

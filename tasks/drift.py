@@ -32,9 +32,11 @@ from prefect.cache_policies import NO_CACHE
 from scipy.stats import chi2_contingency
 from sqlalchemy import func, select
 
+from tasks.embeddings import EmbeddingDrift, embedding_drift, vectors
 from tasks.evidently_workspace import add_drift_snapshot
 from tasks.logs import prediction_frame, reference_frame
 from tasks.metrics import Measurement, Window, save_results
+from tasks.text_descriptors import text_descriptors
 from watchkeeper.config import DEFAULT_DRIFT_P_VALUE, Model
 from watchkeeper.intake.kinds import RANKING, is_regression
 from watchkeeper.markdown import table
@@ -51,9 +53,10 @@ MIN_VALUES = 2
 @dataclass(frozen=True)
 class ColumnSpec:
     name: str
-    type: str  # "numerical" or "categorical"
+    type: str  # a feature type: "numerical", "categorical", "text" or "embedding"
     method: str | None = None
     threshold: float | None = None
+    dim: int | None = None  # an embedding's length
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,12 @@ class DriftResult:
     prediction: ColumnDrift | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     snapshot: Snapshot | None = field(default=None, repr=False)
+    embeddings: list[EmbeddingDrift] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "columns": [asdict(c) for c in self.columns],
+            "embeddings": [asdict(e) for e in self.embeddings],
             "share": self.share,
             "drift_share_threshold": self.drift_share_threshold,
             "dataset_drift": self.dataset_drift,
@@ -133,6 +138,13 @@ class DriftResult:
                         "drift_adjusted_p_value", c.adjusted_p_value, {"feature_name": c.column}, method
                     )
                 )
+        for e in self.embeddings:
+            feature, method = {"feature_name": e.feature}, {"method": e.method, "threshold": e.threshold}
+            found += [
+                Measurement("embedding_drift_score", e.score, feature, {**method, "p_value": e.p_value}),
+                Measurement("embedding_drift_detected", float(e.drifted), feature, method),
+                Measurement("embedding_centroid_distance", e.centroid_distance, feature),
+            ]
         if self.prediction is not None:
             found.append(Measurement("prediction_drift_score", self.prediction.score))
             found.append(Measurement("prediction_drift_detected", float(self.prediction.drifted)))
@@ -225,8 +237,8 @@ def chosen_method(
     rows is biased upwards (the demo's 20-valued `car`: 0.12 on a stable 200-row window against
     5,000 reference rows), so a small window against a large reference would drift on noise. When
     either side holds 1,000 rows or fewer, an unconfigured column gets a two-sample test whose
-    p-value accounts for both sizes: K-S for numbers with more than 5 values, chi-square
-    (two-sample, see `two_sample_chi_square`) for more than 2 values, a z-test for two.
+    p-value accounts for both sizes: K-S for numbers with more than 5 values, a z-test for
+    categories with two values, chi-square (two-sample, see `two_sample_chi_square`) otherwise.
 
     Evidently's tests default to the 5% level, made for a one-off report. Monitoring repeats the
     test every evaluation, so a stable model would be flagged about once in 20 evaluations (several
@@ -236,8 +248,9 @@ def chosen_method(
         values = pd.concat([reference[spec.name], current[spec.name]]).nunique()
         if spec.type == "numerical" and values > 5:
             spec = replace(spec, method="ks")
-        else:
-            spec = replace(spec, method=TWO_SAMPLE_CHI_SQUARE if values > 2 else "z")
+        else:  # Evidently's z-test takes categories only
+            two_values = values <= 2 and spec.type == "categorical"
+            spec = replace(spec, method="z" if two_values else TWO_SAMPLE_CHI_SQUARE)
     if spec.threshold is None and spec.method is not None and is_p_value(spec.method):
         spec = replace(spec, threshold=p_value_level)
     return spec
@@ -248,9 +261,48 @@ def _usable(spec: ColumnSpec, reference: pd.DataFrame, current: pd.DataFrame) ->
     for side, frame in (("reference", reference), ("current", current)):
         if spec.name not in frame.columns:
             return f"missing from the {side} data"
-        if frame[spec.name].notna().sum() < MIN_VALUES:
+        if spec.dim is not None:
+            found = len(vectors(frame[spec.name], spec.dim))
+            if found < MIN_VALUES:
+                return f"fewer than {MIN_VALUES} vectors of {spec.dim} numbers in the {side} data"
+        elif frame[spec.name].notna().sum() < MIN_VALUES:
             return f"fewer than {MIN_VALUES} non-null values in the {side} data"
     return None
+
+
+def _with_descriptors(
+    reference: pd.DataFrame, current: pd.DataFrame, specs: list[ColumnSpec]
+) -> tuple[pd.DataFrame, pd.DataFrame, list[ColumnSpec]]:
+    """Each text feature replaced by its descriptors (`tasks.text_descriptors`), numerical columns
+    tested with the feature's method and threshold."""
+    tested: list[ColumnSpec] = []
+    for spec in specs:
+        if spec.type != "text":
+            tested.append(spec)
+            continue
+        reference_descriptors, current_descriptors = text_descriptors(
+            spec.name, reference[spec.name], current[spec.name]
+        )
+        reference = pd.concat([reference, reference_descriptors], axis=1)
+        current = pd.concat([current, current_descriptors], axis=1)
+        tested += [
+            ColumnSpec(column, "numerical", spec.method, spec.threshold) for column in reference_descriptors
+        ]
+    return reference, current, tested
+
+
+def _embedding_drift(
+    spec: ColumnSpec, reference: pd.DataFrame, current: pd.DataFrame, p_value_level: float
+) -> EmbeddingDrift:
+    assert spec.dim is not None
+    return embedding_drift(
+        spec.name,
+        vectors(reference[spec.name], spec.dim),
+        vectors(current[spec.name], spec.dim),
+        spec.method,
+        spec.threshold,
+        p_value_level,
+    )
 
 
 def _column_results(snapshot: Snapshot) -> dict[str, ColumnDrift]:
@@ -297,49 +349,64 @@ def compute_drift(
     sample_rows: int | None = None,
     p_value_level: float = DEFAULT_DRIFT_P_VALUE,
 ) -> DriftResult:
-    """Per-feature drift, the drifted share and (optionally) prediction drift, in one Evidently Report.
+    """Per-feature drift, the drifted share and (optionally) prediction drift, in one Evidently
+    Report; a text feature by its descriptors, an embedding by Evidently's embedding method
+    (`tasks.embeddings`), each embedding one feature in the share.
 
     With `sample_rows`, each side is tested on a uniform random sample of at most that many rows
     (fixed seed): distance-based scores barely move, and large windows take a fraction of the time.
     """
     skipped = {spec.name: why for spec in features if (why := _usable(spec, reference, current))}
     tested = [spec for spec in features if spec.name not in skipped]
-    if prediction is not None and _usable(prediction, reference, current) is None:
-        tested.append(prediction)
-    if not tested:
-        return DriftResult([], 0.0, drift_share, False, len(reference), len(current), skipped=skipped)
-    definition = DataDefinition(
-        numerical_columns=[s.name for s in tested if s.type == "numerical"],
-        categorical_columns=[s.name for s in tested if s.type == "categorical"],
-    )
     reference_rows, current_rows = len(reference), len(current)
     if sample_rows is not None:
         reference, current = (_sample(frame, sample_rows) for frame in (reference, current))
+    embeddings = [
+        _embedding_drift(spec, reference, current, p_value_level) for spec in tested if spec.dim is not None
+    ]
+    reference, current, tested = _with_descriptors(
+        reference, current, [spec for spec in tested if spec.dim is None]
+    )
+    if prediction is not None and _usable(prediction, reference, current) is None:
+        tested.append(prediction)
     chosen = {s.name: chosen_method(s, reference, current, p_value_level) for s in tested}
     tested = [chosen[s.name] for s in tested]
     prediction = chosen.get(prediction.name) if prediction is not None else None
-    report = Report(
-        [ValueDrift(column=s.name, method=s.method, threshold=s.threshold) for s in tested],
-        include_tests=True,
-    )
-    snapshot = report.run(
-        Dataset.from_pandas(_evidently_frame(current, tested), data_definition=definition),
-        Dataset.from_pandas(_evidently_frame(reference, tested), data_definition=definition),
-        timestamp=timestamp,
-    )
-    by_column = _column_results(snapshot)
+    snapshot = _report(reference, current, tested, timestamp) if tested else None
+    by_column = _column_results(snapshot) if snapshot is not None else {}
     columns = controlled([by_column[s.name] for s in tested if s is not prediction])
-    share = sum(c.drifted for c in columns) / len(columns) if columns else 0.0
+    verdicts = [c.drifted for c in columns] + [e.drifted for e in embeddings]
+    share = sum(verdicts) / len(verdicts) if verdicts else 0.0
     return DriftResult(
         columns=columns,
         share=share,
         drift_share_threshold=drift_share,
-        dataset_drift=bool(columns) and share >= drift_share,
+        dataset_drift=bool(verdicts) and share >= drift_share,
         reference_rows=reference_rows,
         current_rows=current_rows,
         prediction=by_column.get(prediction.name) if prediction is not None else None,
         skipped=skipped,
         snapshot=snapshot,
+        embeddings=embeddings,
+    )
+
+
+def _report(
+    reference: pd.DataFrame, current: pd.DataFrame, tested: list[ColumnSpec], timestamp: Any
+) -> Snapshot:
+    """One Evidently Report of every numerical and categorical column's drift, with its tests."""
+    definition = DataDefinition(
+        numerical_columns=[s.name for s in tested if s.type == "numerical"],
+        categorical_columns=[s.name for s in tested if s.type == "categorical"],
+    )
+    report = Report(
+        [ValueDrift(column=s.name, method=s.method, threshold=s.threshold) for s in tested],
+        include_tests=True,
+    )
+    return report.run(
+        Dataset.from_pandas(_evidently_frame(current, tested), data_definition=definition),
+        Dataset.from_pandas(_evidently_frame(reference, tested), data_definition=definition),
+        timestamp=timestamp,
     )
 
 
@@ -364,6 +431,17 @@ def summary_markdown(model_name: str, window: str, result: DriftResult, report_p
         ]
         for c in shown
     ]
+    rows += [
+        [
+            e.feature,
+            f"{e.method} (embedding)",
+            f"{e.score:.4g}",
+            "-" if e.p_value is None else f"{e.p_value:.4g}",
+            f"{e.threshold:.4g}",
+            "yes" if e.drifted else "no",
+        ]
+        for e in result.embeddings
+    ]
     rows += [[name, "-", "-", "-", "-", f"skipped: {why}"] for name, why in result.skipped.items()]
     header = ["column", "method", "score", "adjusted p-value", "threshold", "drifted"]
     lines += [
@@ -372,6 +450,13 @@ def summary_markdown(model_name: str, window: str, result: DriftResult, report_p
         "P-value tests (lower is more drift) are judged on their p-values adjusted by Benjamini-Hochberg "
         "across the model's features; distances (higher is more drift) on the score.",
     ]
+    if result.embeddings:
+        moved = ", ".join(f"{e.feature} {e.centroid_distance:.4g}" for e in result.embeddings)
+        lines += [
+            "",
+            "An embedding's `model` score is a classifier's ROC AUC at telling the windows apart, drifted "
+            f"past its threshold when its p-value is also below the level. Centroid distances: {moved}.",
+        ]
     if report_path is not None:
         lines += ["", f"HTML report: `{report_path}`"]
     return "\n".join(lines)
@@ -381,7 +466,7 @@ def model_columns(model: Model) -> tuple[list[ColumnSpec], ColumnSpec | None]:
     """The model's features with their configured drift methods, and its prediction column (a
     number for a regression model, a class for a classifier; a ranking model's lists are judged by
     the collection's `recommended_items_drift`, not here)."""
-    features = [ColumnSpec(f.name, f.type, f.drift_method, f.drift_threshold) for f in model.features]
+    features = [ColumnSpec(f.name, f.type, f.drift_method, f.drift_threshold, f.dim) for f in model.features]
     if model.task == RANKING:
         return features, None
     kind = "numerical" if is_regression(model) else "categorical"
@@ -483,13 +568,15 @@ def evaluate_drift_window(
         sample_rows=model.windows.drift_sample_rows,
         p_value_level=model.thresholds.drift_p_value,
     )
-    assert result.snapshot is not None
-    html = home / "reports" / model.name / f"drift-{window.end.strftime('%Y%m%dT%H%M%SZ')}.html"
-    html.parent.mkdir(parents=True, exist_ok=True)
-    result.snapshot.save_html(str(html))
-    snapshot_id = add_drift_snapshot(
-        home / "evidently", model, result.snapshot, replaces=_previous_snapshot(store, model.name, window)
-    )
+    html: Path | None = None
+    snapshot_id = None
+    if result.snapshot is not None:  # none when every tested feature is an embedding
+        html = home / "reports" / model.name / f"drift-{window.end.strftime('%Y%m%dT%H%M%SZ')}.html"
+        html.parent.mkdir(parents=True, exist_ok=True)
+        result.snapshot.save_html(str(html))
+        snapshot_id = add_drift_snapshot(
+            home / "evidently", model, result.snapshot, replaces=_previous_snapshot(store, model.name, window)
+        )
     save_results(
         store,
         DRIFT,
@@ -498,15 +585,18 @@ def evaluate_drift_window(
         window,
         result.measurements(),
         flow_run_id,
-        details={"snapshot_id": snapshot_id, "html": str(html)},
+        details={"snapshot_id": snapshot_id, "html": str(html) if html else None},
     )
     return WindowDrift(
         **base,
         status="evaluated",
         share=result.share,
         dataset_drift=result.dataset_drift,
-        drifted=tuple(c.column for c in result.columns if c.drifted),
+        drifted=(
+            *(c.column for c in result.columns if c.drifted),
+            *(e.feature for e in result.embeddings if e.drifted),
+        ),
         snapshot_id=snapshot_id,
-        html=str(html),
+        html=str(html) if html else None,
         markdown=summary_markdown(model.name, label, result, html),
     )

@@ -4,7 +4,8 @@ Checks, each a share of rows in [0, 1]:
 - `missing`: values that are null or absent, beyond the share already missing in the reference;
 - `out_of_range`: numerical values outside the reference's [min, max];
 - `unseen_category`: categorical values the reference never had;
-- `type_mismatch`: numerical columns holding values that are not numbers;
+- `type_mismatch`: numerical columns holding values that are not numbers, text columns values
+  that are not strings, embedding columns values that are not vectors;
 - `duplicate_request_id`: rows whose request id appears more than once;
 - `missing_column` / `added_column`: configured columns absent from every row, or columns that
   are not configured, as a share of the configured columns.
@@ -21,8 +22,10 @@ is enough to lower the score: averaging it with healthy columns would hide it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -31,7 +34,7 @@ from tasks.drift import ColumnSpec
 from tasks.logs import LOG_FIELDS, prediction_frame
 from tasks.metrics import Measurement, Window, save_results
 from watchkeeper.config import Dataset, Model
-from watchkeeper.intake.checks import is_number
+from watchkeeper.intake.checks import FREE_FORM, is_number
 from watchkeeper.store import Store
 from watchkeeper.store.samples import Sampling
 
@@ -67,6 +70,13 @@ class QualityResult:
         return found
 
 
+def _free_form_checker(kind: str) -> Callable[[object], bool]:
+    """Whether a text value is a string, an embedding's a vector (its length was checked at intake)."""
+    if kind == "text":
+        return lambda value: isinstance(value, str)
+    return lambda value: isinstance(value, list | tuple | np.ndarray)
+
+
 def _column_checks(
     spec: ColumnSpec, current: pd.Series, reference: pd.Series
 ) -> tuple[list[CheckResult], float]:
@@ -89,6 +99,10 @@ def _column_checks(
                 CheckResult("out_of_range", spec.name, out_of_range),
             ]
             invalid = mismatch + out_of_range
+        elif spec.type in FREE_FORM:
+            mismatch = 1.0 - float(present.map(_free_form_checker(spec.type)).mean())
+            checks.append(CheckResult("type_mismatch", spec.name, mismatch))
+            invalid = mismatch
         else:
             unseen = float((~present.astype(str).isin(set(known.astype(str)))).mean())
             checks.append(CheckResult("unseen_category", spec.name, unseen))

@@ -45,7 +45,8 @@ def test_bad_value_says_what_was_expected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(write(tmp_path, data))
     message = str(raised.value)
-    assert "models[0].features[2].type: Input should be 'numerical' or 'categorical'" in message
+    expected = "Input should be 'numerical', 'categorical', 'text' or 'embedding'"
+    assert f"models[0].features[2].type: {expected}" in message
     assert "schedules.evaluate_drift: expected a duration such as '30s'" in message
 
 

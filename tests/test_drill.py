@@ -76,6 +76,7 @@ def test_options_are_checked() -> None:
         "regression_bias",
         "ranking_collapse",
         "popularity_shift",
+        "embedding_drift",
     }
 
 

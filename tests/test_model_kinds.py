@@ -450,7 +450,7 @@ def test_a_ranking_models_scores_are_scikit_learns_and_its_recommendations_are_m
     [
         ({"items": [f"sku-{i}" for i in range(9)]}, "prediction.items"),
         ({"items": ["a", "b"], "scores": [0.5]}, "prediction.scores"),
-        ({"items": ["a", "b", True]}, "prediction.items.2"),
+        ({"items": ["a", "b", True]}, "prediction.items[2]"),
         ({"items": ["a"], "why": "x"}, "prediction.why"),
         (["a", "b"], "prediction"),
     ],
@@ -467,7 +467,7 @@ def test_a_ranked_list_out_of_shape_is_refused_naming_its_field(
         )
         assert post(service.url, "/v1/feedback", [label("shop", 0, {"items": []})]).status_code == 200
     assert answer.status_code == 422 and (answer.json()["index"], answer.json()["field"]) == (1, field)
-    assert refused_label.status_code == 422 and refused_label.json()["field"] == "label.relevance.0"
+    assert refused_label.status_code == 422 and refused_label.json()["field"] == "label.relevance[0]"
 
 
 def test_a_regression_models_mae_is_estimated_before_its_labels_and_each_label_takes_its_share_out(

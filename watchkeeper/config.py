@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -73,13 +74,42 @@ class SecretRef(Strict):
         return self
 
 
+FeatureType = Literal["numerical", "categorical", "text", "embedding"]
+# Evidently's embedding drift methods: a domain classifier's ROC AUC, the maximum mean discrepancy,
+# the distance between the centroids, the share of drifted components.
+EMBEDDING_DRIFT_METHODS = ("model", "mmd", "distance", "ratio")
+MAX_EMBEDDING_DIM = 4096
+
+
 class Feature(Strict):
+    """One input column. A `text` feature is judged by its descriptors (length, share of
+    non-letter characters, share of words the reference never had); an `embedding` is a vector of
+    `dim` numbers judged as a whole (Evidently's embedding drift, and its centroid's distance)."""
+
     name: Name
-    type: Literal["numerical", "categorical"]
+    type: FeatureType
+    dim: int | None = Field(
+        default=None, ge=1, le=MAX_EMBEDDING_DIM, description="An embedding's length (embeddings only)"
+    )
     drift_method: str | None = Field(
-        default=None, description="Evidently drift method for this column; Evidently's default when unset"
+        default=None,
+        description="Evidently drift method for this column; Evidently's default when unset. An "
+        "embedding takes one of model, mmd, distance, ratio (model when unset)",
     )
     drift_threshold: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _embedding_shape(self) -> Feature:
+        if self.type == "embedding":
+            if self.dim is None:
+                raise ValueError("an embedding feature needs 'dim', its vectors' length")
+            if self.drift_method is not None and self.drift_method not in EMBEDDING_DRIFT_METHODS:
+                expected = ", ".join(EMBEDDING_DRIFT_METHODS)
+                method = self.drift_method
+                raise ValueError(f"an embedding's drift_method is one of {expected}, not {method!r}")
+        elif self.dim is not None:
+            raise ValueError("'dim' is for embedding features")
+        return self
 
 
 class FileReference(Strict):
@@ -329,12 +359,22 @@ class Model(Strict):
 
     @model_validator(mode="after")
     def _segments_are_features(self) -> Model:
-        names = {f.name for f in self.features}
+        types = {f.name: f.type for f in self.features}
         _require_unique([s.column for s in self.segments], "segment column")
         for segment in self.segments:
-            if segment.column not in names:
+            if segment.column not in types:
                 raise ValueError(f"segment column {segment.column!r} is not one of the model's features")
+            if types[segment.column] in ("text", "embedding"):
+                raise ValueError(
+                    f"segment column {segment.column!r} is a {types[segment.column]} feature: "
+                    "expected a numerical or categorical one"
+                )
         return self
+
+    @cached_property
+    def embeddings(self) -> dict[str, int]:
+        """Each embedding feature's name and length."""
+        return {f.name: f.dim for f in self.features if f.dim is not None}
 
 
 class Dataset(Strict):
@@ -433,10 +473,13 @@ TASK_CAUSAL_RULES: dict[str, list[str]] = {
             "DataQualityCritical",
             "DataDriftDetected",
             "SevereDataDrift",
+            "EmbeddingDriftDetected",
             "DataRecordsFailingChecks",
             "DataRecordsFailingChecksCritical",
         )
     },
+    # An embedding that moved explains a classifier's fall as a drifted feature does.
+    "EmbeddingDriftDetected": SEED_CAUSAL_RULES["DataDriftDetected"] + TASK_QUALITY_ALERTS,
     **{
         cause: ["BusinessImpactDecline", "BusinessImpactDrop", "BusinessImpactCritical"]
         for cause in TASK_QUALITY_ALERTS

@@ -251,6 +251,9 @@ def demo_traffic(
     popularity_shift_at: Annotated[
         int | None, typer.Option(help="A ranking model: recommend the most popular items to all from here")
     ] = None,
+    embedding_drift_at: Annotated[
+        int | None, typer.Option(help="A model with a query_embedding: a new encoder from here")
+    ] = None,
     incident_length: Annotated[
         int, typer.Option(min=1, help="Predictions a latency or error incident lasts")
     ] = 2000,
@@ -318,6 +321,7 @@ def demo_traffic(
             regression_bias=regression_bias,
             ranking_collapse_at=ranking_collapse_at,
             popularity_shift_at=popularity_shift_at,
+            embedding_drift_at=embedding_drift_at,
             latency_spike_at=latency_spike_at,
             latency_factor=latency_factor,
         )

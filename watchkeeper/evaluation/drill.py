@@ -190,6 +190,12 @@ FAULTS: dict[str, Fault] = {
             ),
             template="product_recommendations",
         ),
+        Fault(
+            "embedding_drift",
+            lambda at: KindInjections(embedding_drift_at=at),
+            ("EmbeddingDriftDetected",),
+            template="product_recommendations",
+        ),
     )
 }
 CLEAN = "clean"

@@ -8,7 +8,7 @@ record counts once under `records_checked` and once per failed (check, column):
 - `unexpected_column`: a feature that is not configured (all under one column label, so a
   sender cannot create label values);
 - `null`: a configured feature sent as null (the rule subtracts the reference's own null share);
-- `type_mismatch`: a numerical feature that is not a number;
+- `type_mismatch`: a numerical feature that is not a number, a text feature that is not a string;
 - `out_of_range`: a number outside the reference's [min, max];
 - `unseen_category`: a categorical value the reference never had.
 
@@ -35,6 +35,7 @@ LOG = logging.getLogger(__name__)
 UNEXPECTED_COLUMN = "_unexpected_"
 OTHER_CLASS = "_other_"
 MAX_REFERENCE_CLASSES = 20
+FREE_FORM = ("text", "embedding")  # features without a range or a set of categories
 PLAIN_NUMBERS = (float, int)  # exactly these types: a bool is an int, and not a number here
 T = TypeVar("T")
 
@@ -91,6 +92,8 @@ def _column_profile(kind: str, reference: pd.Series | None) -> ColumnProfile:
         return ColumnProfile(kind)
     known = reference.dropna()
     null_share = 1.0 - len(known) / len(reference)
+    if kind in FREE_FORM:
+        return ColumnProfile(kind, null_share)
     if kind == "numerical":
         numbers_only = pd.to_numeric(known, errors="coerce").dropna()
         if numbers_only.empty:
@@ -126,6 +129,10 @@ def _value_failure(spec: ColumnProfile, value: Any) -> str | None:
         if not is_number(value):
             return "type_mismatch"
         return "out_of_range" if not spec.low <= value <= spec.high else None
+    if spec.type == "text":
+        return None if isinstance(value, str) else "type_mismatch"
+    if spec.type == "embedding":
+        return None  # its shape was checked when its batch was parsed (`kinds.embedding_problem`)
     if isinstance(value, dict | list):
         return "type_mismatch"
     if spec.categories is not None and class_name(value) not in spec.categories:

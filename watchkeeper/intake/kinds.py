@@ -8,6 +8,9 @@
 - `ranking`: `{"items": [...], "scores": [...]}`, a ranked list (scores optional); the feedback
   `{"items": [...], "relevance": [...]}`, the items the user interacted with (relevance 1 when
   not sent). Items are kept as short hashes (`item_key`), never as label values.
+
+Whatever the task, an `embedding` feature is an array of its configured `dim` finite numbers
+(`embedding_problem`); a vector out of shape refuses its batch.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ def _item_problem(items: object, field: str, at_most: int, at_least: int) -> tup
     for index, item in enumerate(items):
         if isinstance(item, bool) or not isinstance(item, str | int) or not 0 < len(str(item)) <= MAX_ITEM_ID:
             return (
-                f"{field}.{index}",
+                f"{field}[{index}]",
                 f"expected an item id (a string of 1 to {MAX_ITEM_ID} characters, or an integer)",
             )
     return None
@@ -123,7 +126,7 @@ def _numbers_problem(
     for index, value in enumerate(values):
         if _not_a_number(value) or (at_least is not None and value < at_least):
             bound = f" of at least {at_least:g}" if at_least is not None else ""
-            return f"{field}.{index}", f"expected a finite number{bound}"
+            return f"{field}[{index}]", f"expected a finite number{bound}"
     return None
 
 
@@ -182,4 +185,28 @@ def label_problem(model: Model, label: Any) -> tuple[str, str] | None:
         return "label", f"expected a class or a number, not an object: {model.name} is a {model.task} model"
     if model.task == REGRESSION and _not_a_number(label):
         return "label", f"expected a number: {model.name} is a regression model"
+    return None
+
+
+def embedding_problem(name: str, dim: int, vector: object) -> tuple[str, str] | None:
+    """(field, what was expected) when an embedding feature's value is not `dim` finite numbers;
+    a null or absent one is data quality's to count, not the batch's to refuse."""
+    field = f"features.{name}"
+    if vector is None:
+        return None
+    if not isinstance(vector, list):
+        return field, f"expected an array of {dim} numbers (an embedding)"
+    if len(vector) != dim:
+        return field, f"expected an array of {dim} numbers (the embedding's dim), got {len(vector)}"
+    for index, value in enumerate(vector):
+        if _not_a_number(value):
+            return f"{field}[{index}]", "expected a finite number"
+    return None
+
+
+def embeddings_problem(model: Model, features: Mapping[str, Any]) -> tuple[str, str] | None:
+    for name, dim in model.embeddings.items():
+        problem = embedding_problem(name, dim, features.get(name))
+        if problem is not None:
+            return problem
     return None

@@ -23,7 +23,7 @@ from pydantic import (
 
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.intake.bodies import BodyError, Timestamp, check_value, parse_json, text_needs_checks
-from watchkeeper.intake.kinds import BINARY, label_problem, prediction_problem
+from watchkeeper.intake.kinds import BINARY, embeddings_problem, label_problem, prediction_problem
 
 
 def _scalar_or_object(value: Any) -> Any:
@@ -175,7 +175,7 @@ def validate_batch(items: list[Any], record_type: type[Record], config: Watchkee
     except ValidationError as exc:
         first = exc.errors()[0]
         index, *path = first["loc"]
-        field = ".".join(str(p) for p in path) or None
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".") or None
         raise BatchError(_explain(first), index=int(index), field=field) from exc
     known = set(record_type.known_subjects(config))
     field = record_type.subject_field
@@ -195,18 +195,17 @@ def validate_batch(items: list[Any], record_type: type[Record], config: Watchkee
 
 def _check_shapes(records: list[Any], config: WatchkeeperConfig) -> None:
     """Each prediction and label in the shape its model's task takes (`watchkeeper.intake.kinds`):
-    a ranked list only for a ranking model, a number for a regression model."""
+    a ranked list only for a ranking model, a number for a regression model; each embedding
+    feature its configured length."""
     models = config.models_by_name
     for index, record in enumerate(records):
         if isinstance(record, PredictionRecord):
-            shaped = record.prediction is not None and (
-                type(record.prediction) is dict or models[record.model_name].task != BINARY
-            )
-            problem = (
-                prediction_problem(models[record.model_name], record.prediction, record.error)
-                if shaped
-                else None
-            )
+            model = models[record.model_name]
+            prediction = record.prediction
+            shaped = prediction is not None and (type(prediction) is dict or model.task != BINARY)
+            problem = prediction_problem(model, prediction, record.error) if shaped else None
+            if problem is None and model.embeddings:
+                problem = embeddings_problem(model, record.features)
         elif type(record.label) is dict or models[record.model_name].task != BINARY:
             problem = label_problem(models[record.model_name], record.label)
         else:

@@ -10,7 +10,12 @@
   with a probability set by their region's taste and its place in the list; a click is a purchase
   one time in five (relevance 3, a click 1), and one request in ten also reports an item found
   elsewhere. `ranking_collapse_at` makes the model rank by a stale, shuffled table (relevant items
-  sink); `popularity_shift_at` makes it answer the ten most popular items to everyone.
+  sink); `popularity_shift_at` makes it answer the ten most popular items to everyone. Each
+  request carries the user's search `query` (two to four words of the categories the region likes,
+  one time in four of any category: a text feature) and its `query_embedding`, the query encoded
+  into 8 numbers (a fixed projection of its words' categories, plus noise: an embedding feature).
+  `embedding_drift_at` swaps the encoder for a new version: same length, another space, the same
+  queries.
 
 Both follow `DemoTraffic`'s interface (`next_batch`, the record builders, `reference`,
 `injected_at`, `rate_factor`), so `run_demo_traffic` and the drill run them alike.
@@ -36,6 +41,20 @@ NO_DRIFT = (10**9, 2 * 10**9, 3 * 10**9)  # FriedmanDrift's drift points, beyond
 ITEMS, CATEGORIES, LIST_LENGTH = 200, 10, 10
 REGIONS = ("north", "south", "east", "west")
 FAVOURITES = {"north": (0, 3), "south": (1, 4), "east": (2, 7), "west": (5, 8)}
+CATEGORY_WORDS = (
+    ("coat", "jacket", "wool", "parka"),
+    ("sandal", "sneaker", "boot", "heel"),
+    ("lamp", "sofa", "rug", "cushion"),
+    ("tent", "kayak", "compass", "lantern"),
+    ("novel", "atlas", "poetry", "comic"),
+    ("blender", "kettle", "skillet", "whisk"),
+    ("drone", "tablet", "headphones", "charger"),
+    ("puzzle", "kite", "marbles", "yoyo"),
+    ("serum", "lotion", "shampoo", "perfume"),
+    ("leash", "collar", "aquarium", "catnip"),
+)
+QUALIFIERS = ("cheap", "warm", "red", "small", "best", "new", "gift", "for kids")
+EMBEDDING_DIM = 8
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,7 @@ class KindInjections:
     regression_bias: float = 4.0
     ranking_collapse_at: int | None = None
     popularity_shift_at: int | None = None
+    embedding_drift_at: int | None = None
     latency_spike_at: int | None = None
     latency_factor: float = 20.0
 
@@ -55,6 +75,7 @@ class KindInjections:
             self.regression_bias_at,
             self.ranking_collapse_at,
             self.popularity_shift_at,
+            self.embedding_drift_at,
             self.latency_spike_at,
         ]
         return min((s for s in starts if s is not None), default=None)
@@ -204,6 +225,10 @@ class RecommendationTraffic(_Traffic):
         self.prices = world.uniform(5, 120, ITEMS).round(2)
         self.learned = self._train(train_size)
         self.stale = world.permutation(self.learned.ravel()).reshape(self.learned.shape)
+        self.encoders = (
+            world.normal(size=(CATEGORIES, EMBEDDING_DIM)),
+            world.normal(size=(CATEGORIES, EMBEDDING_DIM)),
+        )
         self.reference = self._held_back(reference_size)
 
     def _taste(self, region: str) -> np.ndarray:
@@ -211,12 +236,31 @@ class RecommendationTraffic(_Traffic):
         fond = np.isin(self.categories, FAVOURITES[region])
         return 0.03 + 0.3 * fond + 0.1 * self.popularity
 
-    def _user(self) -> dict[str, Any]:
+    def _user(self, position: int) -> dict[str, Any]:
+        region = REGIONS[int(self.rng.integers(len(REGIONS)))]
+        categories = [
+            int(self.rng.integers(CATEGORIES))
+            if self.rng.random() < 0.25
+            else int(self.rng.choice(FAVOURITES[region]))
+            for _ in range(int(self.rng.integers(1, 4)))
+        ]
+        words = [CATEGORY_WORDS[c][int(self.rng.integers(4))] for c in categories]
+        query = " ".join([QUALIFIERS[int(self.rng.integers(len(QUALIFIERS)))], *words])
         return {
-            "region": REGIONS[int(self.rng.integers(len(REGIONS)))],
+            "region": region,
             "age": int(self.rng.integers(18, 80)),
             "sessions": int(self.rng.poisson(6)),
+            "query": query,
+            "query_embedding": self._encoded(categories, position),
         }
+
+    def _encoded(self, categories: list[int], position: int) -> list[float]:
+        """The query's embedding: the mean of its categories' rows of the encoder, plus noise; a
+        new encoder's rows from `embedding_drift_at`."""
+        drifted = self.injections.during(self.injections.embedding_drift_at, position)
+        encoder = self.encoders[1 if drifted else 0]
+        vector = encoder[categories].mean(axis=0) + self.rng.normal(0, 0.3, EMBEDDING_DIM)
+        return [round(float(v), 4) for v in vector]
 
     def _train(self, size: int) -> np.ndarray:
         """Click rates per (region, category) from `size` random impressions (the model's table)."""
@@ -260,7 +304,7 @@ class RecommendationTraffic(_Traffic):
             return pd.DataFrame()
         rows = []
         for _ in range(size):
-            user = self._user()
+            user = self._user(-1)
             ranked = self._ranked(user, -1)
             rows.append({**user, "prediction": json.dumps({"items": [f"item-{i}" for i in ranked]})})
         return pd.DataFrame(rows)
@@ -268,7 +312,7 @@ class RecommendationTraffic(_Traffic):
     def next_batch(self, size: int) -> list[KindEvent]:
         events = []
         for position in self._advance(size):
-            user = self._user()
+            user = self._user(position)
             ranked = self._ranked(user, position)
             label, value = self._feedback(user, ranked)
             events.append(

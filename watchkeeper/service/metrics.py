@@ -284,6 +284,24 @@ GAUGES: dict[tuple[str, str], Gauge] = {
     ("drift", "drift_share"): Gauge(
         "ai_data_drift_share", "Share of features whose drift test failed.", versioned=False
     ),
+    ("drift", "embedding_drift_score"): Gauge(
+        "ai_data_embedding_drift_score",
+        "Drift score of an embedding feature by its method (model: a classifier's ROC AUC, 0.5 none).",
+        versioned=False,
+        extra=("feature_name",),
+    ),
+    ("drift", "embedding_drift_detected"): Gauge(
+        "ai_data_embedding_drift_detected",
+        "1 when an embedding feature drifted by its method's verdict.",
+        versioned=False,
+        extra=("feature_name",),
+    ),
+    ("drift", "embedding_centroid_distance"): Gauge(
+        "ai_model_embedding_centroid_distance",
+        "Euclidean distance between an embedding's current and reference centroids.",
+        versioned=False,
+        extra=("feature_name",),
+    ),
     ("drift", "prediction_drift_score"): Gauge(
         "ai_prediction_drift_score", "Drift score of the prediction against the reference.", versioned=False
     ),
