@@ -24,6 +24,7 @@ from tasks.window_totals import (
     VersionTotals,
     business_metrics,
     estimate_unlabelled,
+    estimated_classes,
     estimated_loss,
     positive_rates,
     quality_metrics,
@@ -33,7 +34,7 @@ from tasks.window_totals import (
 from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.intake.aggregates import RECOMMENDED, bucket_start
 from watchkeeper.intake.checks import class_name
-from watchkeeper.intake.kinds import BINARY, RANKING, REGRESSION
+from watchkeeper.intake.kinds import BINARY, MULTICLASS, RANKING, REGRESSION
 from watchkeeper.store import Store, insert_for
 from watchkeeper.store.buckets import first_bucket, fold_model_tallies, window_totals
 from watchkeeper.store.intake import IntakeRules, fold_tallies, join_waiting_labels
@@ -299,6 +300,7 @@ def measure_quality(
                 else []
             ),
             *(estimated_loss(totals, model.windows.min_rows) if model.task == REGRESSION else []),
+            *(estimated_classes(totals, model.windows.min_rows) if model.task == MULTICLASS else []),
         ]
         if model.segments:
             measured["model_segments"][version] = positive_rates(

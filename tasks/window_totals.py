@@ -19,6 +19,7 @@ from tasks.segments import MIN_SEGMENT_LABELS
 from watchkeeper.config import MISSING_SEGMENT, OTHER_SEGMENT, Model, Segment
 from watchkeeper.intake.aggregates import (
     AWAITING,
+    AWAITING_CLASSES,
     AWAITING_LOSS,
     CLASS,
     ERROR_SKETCH,
@@ -40,6 +41,7 @@ from watchkeeper.intake.aggregates import (
     parts,
 )
 from watchkeeper.intake.checks import class_name
+from watchkeeper.intake.class_estimation import expected_cells
 from watchkeeper.intake.kinds import BINARY, MULTICLASS, RANKING, REGRESSION, earns_business_value
 
 
@@ -218,6 +220,28 @@ def estimated_loss(totals: VersionTotals, min_rows: int) -> list[Measurement]:
     if rows < min_rows:
         return [Measurement("estimated_rows", float(rows))]
     return [Measurement("estimated_rows", float(rows)), Measurement("estimated_mae", awaiting["abs"] / rows)]
+
+
+ROUNDING = 1e-6  # what sums of probabilities added and taken out again leave behind
+
+
+def estimated_classes(totals: VersionTotals, min_rows: int) -> list[Measurement]:
+    """A multiclass model's accuracy and macro F1 estimated (CBPE one class against the rest,
+    `watchkeeper/intake/class_estimation.py`) for its scored predictions still without a label,
+    from `min_rows` of them."""
+    cells = {
+        tuple(parts(text)): amount
+        for text, amount in totals.measure(AWAITING_CLASSES).items()
+        if amount > ROUNDING
+    }
+    rows = sum(cells.values())
+    if rows <= ROUNDING:
+        return []
+    found = [Measurement("estimated_rows", float(round(rows)))]
+    if rows < min_rows:
+        return found
+    estimate = expected_cells(cells)  # type: ignore[arg-type]
+    return found + [Measurement(f"estimated_{name}", value) for name, value in estimate.items()]
 
 
 def positive_rates(totals: VersionTotals, model: Model, reference_rate: float | None) -> list[Measurement]:

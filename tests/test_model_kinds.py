@@ -12,10 +12,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from scipy.spatial.distance import jensenshannon
+from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import (
     accuracy_score,
     f1_score,
@@ -511,3 +513,79 @@ def test_a_regression_models_mae_is_estimated_before_its_labels_and_each_label_t
     assert one(before["ai_model_estimated_mae"]) == pytest.approx(realised, rel=0.2)
     assert one(after["ai_model_estimated_predictions"]) == 150  # the labelled 450 left the estimate
     assert "ai_model_estimated_mae" in after
+
+
+def test_a_multiclass_models_quality_is_estimated_from_its_scores_until_each_label_takes_its_share_out(
+    store: Store, tmp_path: Path
+) -> None:
+    """CBPE one class against the rest: calibrated on a reference whose scores are honest
+    probabilities, the estimate over the unlabelled predictions is what scikit-learn's isotonic
+    calibration gives them, and near their realised accuracy once their labels are known."""
+    rng = np.random.default_rng(12)
+
+    def draw(n: int) -> tuple[list[dict[str, float]], list[str]]:
+        probabilities = rng.dirichlet([0.6, 0.6, 0.6], size=n)
+        labels = [CLASSES[int(rng.choice(3, p=p))] for p in probabilities]
+        return [dict(zip(CLASSES, map(float, p), strict=True)) for p in probabilities], labels
+
+    ref_scores, ref_labels = draw(3000)
+    reference = pd.DataFrame({"size": 1.0, "region": "north", "scores": map(json.dumps, ref_scores)})
+    reference["label"] = ref_labels
+    reference["prediction"] = [max(s, key=s.__getitem__) for s in ref_scores]
+    reference.to_csv(tmp_path / "reference.csv", index=False)
+    species = fleet().model("species").model_dump(exclude_unset=True) | {
+        "reference": {"kind": "file", "path": str(tmp_path / "reference.csv")},
+        "windows": {"quality": "30m", "min_rows": 50},
+    }
+    config = WatchkeeperConfig.model_validate({"models": [species]})
+    scores, labels = draw(600)
+    predicted = [max(s, key=s.__getitem__) for s in scores]
+    with LiveService(config, store) as service:
+        records = [
+            {**prediction("species", i, predicted[i], "north"), "scores": scores[i]} for i in range(600)
+        ]
+        assert post(service.url, "/v1/predictions", records).status_code == 200
+        sent = [label("species", i, labels[i]) for i in range(300)]
+        assert post(service.url, "/v1/feedback", sent).status_code == 200
+        collect_with_reference(store, config, "species")
+        got = exported(service.url, "species")
+    calibrated = np.column_stack(
+        [
+            IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip")
+            .fit([s[c] for s in ref_scores], [label == c for label in ref_labels])
+            .predict([s[c] for s in scores[300:]])
+            for c in CLASSES
+        ]
+    )
+    calibrated /= calibrated.sum(axis=1, keepdims=True)
+    right = [calibrated[i, CLASSES.index(p)] for i, p in enumerate(predicted[300:])]
+    estimated = one(got["ai_model_estimated_accuracy_score"])
+    assert estimated == pytest.approx(np.mean(right), abs=1e-5)
+    realised = accuracy_score(labels[300:], predicted[300:])
+    assert abs(estimated - realised) < 0.06
+    expected = np.zeros((3, 3))
+    for row, p in zip(calibrated, predicted[300:], strict=True):
+        expected[CLASSES.index(p)] += row
+    f1 = [2 * expected[c, c] / (expected[c].sum() + expected[:, c].sum()) for c in range(3)]
+    assert one(got["ai_model_estimated_f1_macro_score"]) == pytest.approx(np.mean(f1), abs=1e-5)
+    assert one(got["ai_model_estimated_predictions"]) == 300
+
+
+@pytest.mark.parametrize(
+    ("model", "scores", "field", "expected"),
+    [
+        ("demand", {"cat": 0.5}, "scores", "'scores' is for multiclass models; demand is a regression model"),
+        ("species", {"cat": 1.5}, "scores.cat", "less than or equal to 1"),
+        ("species", [0.2, 0.8], "scores", "valid dictionary"),
+    ],
+)
+def test_scores_out_of_place_or_shape_are_refused_naming_the_field(
+    store: Store, model: str, scores: Any, field: str, expected: str
+) -> None:
+    value = 3.0 if model == "demand" else "cat"
+    with LiveService(fleet(), store) as service:
+        answer = post(
+            service.url, "/v1/predictions", [{**prediction(model, 0, value, "north"), "scores": scores}]
+        )
+    assert answer.status_code == 422 and answer.json()["field"] == field
+    assert expected in answer.json()["error"]

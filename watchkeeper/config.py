@@ -460,6 +460,7 @@ TASK_QUALITY_ALERTS = [
     "ModelRankingQualityDegraded",
     "ModelRecommendationsShifted",
     "ModelMacroF1Degraded",
+    "ModelEstimatedMacroF1Degraded",
     "ModelClassRecallDegraded",
     "ModelRegressionErrorHigh",
     "ModelRegressionErrorCritical",

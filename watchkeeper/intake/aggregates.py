@@ -70,6 +70,9 @@ PREDICTED, ERRORS_OF_LABELLED, ERROR_SKETCH = "predicted", "errors_of_labelled",
 SEGMENT_SERVED, SEGMENT_ERRORS = "segment_served", "segment_errors"
 RECOMMENDED, RANKING_OF_LABELLED, SEGMENT_RANKING = "recommended", "ranking_of_labelled", "segment_ranking"
 AWAITING_LOSS = "awaiting_loss"  # a regression model's unlabelled predictions: n, and their expected |error|
+# A multiclass model's unlabelled scored predictions: per (predicted, class), the sum of their
+# calibrated probabilities of the class (`class_estimation.py`), the expected confusion matrix.
+AWAITING_CLASSES = "awaiting_classes"
 RANKED = "ranked"  # what a ranking model's served prediction counts as in its key row's `predicted`
 # The sums kept of a regression model's labelled predictions (error = prediction - label):
 # n, error, |error|, error², label, label², |error| / |label| over non-zero labels, and their count.
@@ -243,6 +246,7 @@ class Served:
     task: str = BINARY
     ranked: tuple[str, ...] = ()  # a ranking model's items' keys, best first
     shown: int = 0  # of which the first `shown` count as recommended (max k)
+    probabilities: tuple[tuple[str, float], ...] = ()  # a scored multiclass prediction's, calibrated
 
     def key_row(self, received_at: datetime) -> dict[str, Any]:
         return {
@@ -253,6 +257,7 @@ class Served:
             "score_bin": self.score_bin,
             "segments": PAIRS.join(detail(column, value) for column, value in self.segments) or None,
             "ranked": ITEM_SEPARATOR.join(self.ranked) or None,
+            "probabilities": PAIRS.join(detail(c, f"{p:.6g}") for c, p in self.probabilities) or None,
             "labelled": False,
             "received_at": received_at,
         }
@@ -272,7 +277,15 @@ class Served:
             tuple(tuple(parts(pair)) for pair in row["segments"].split(PAIRS)) if row["segments"] else (),
             task,
             tuple(row["ranked"].split(ITEM_SEPARATOR)) if row.get("ranked") else (),
+            probabilities=_probabilities(row.get("probabilities")),
         )
+
+
+def _probabilities(text: str | None) -> tuple[tuple[str, float], ...]:
+    if not text:
+        return ()
+    pairs = (parts(pair) for pair in text.split(PAIRS))
+    return tuple((name, float(probability)) for name, probability in pairs)
 
 
 def served(
@@ -281,9 +294,11 @@ def served(
     profile: ReferenceProfile | None,
     model: Model | None,
     expected_loss: float | None = None,
+    probabilities: tuple[tuple[str, float], ...] = (),
 ) -> Served:
     """A prediction record as the aggregates count it; a regression model's `expected_loss` (its
-    loss model's, when it has one) is kept where a classifier keeps its score bin."""
+    loss model's, when it has one) is kept where a classifier keeps its score bin, a multiclass
+    model's calibrated `probabilities` (when it sends scores) in a column of their own."""
     failed = record.error or record.prediction is None
     segments = tuple(
         (s.column, segment_value(record.features.get(s.column), profile, s.column))
@@ -302,6 +317,7 @@ def served(
         task,
         ranked_keys(record.prediction) if ranking else (),
         max(model.ranking.k) if ranking else 0,  # type: ignore[union-attr]
+        probabilities if not failed else (),
     )
 
 
@@ -347,6 +363,11 @@ class BucketTotals:
             self.add(facts, SEGMENT_CLASS, detail(column, value, facts.predicted))
         if facts.score_bin is not None:
             self.add(facts, AWAITING, detail(facts.predicted, facts.score_bin))
+        self._awaiting_classes(facts, 1.0)
+
+    def _awaiting_classes(self, facts: Served, sign: float) -> None:
+        for name, probability in facts.probabilities:
+            self.add(facts, AWAITING_CLASSES, detail(facts.predicted or "", name), sign * probability)
 
     def label(self, facts: Served, actual: str, business_value: float | None) -> None:
         """A label joined to its served prediction: counted, and no longer awaited."""
@@ -363,6 +384,7 @@ class BucketTotals:
             self.add(facts, SEGMENT_OUTCOME, detail(column, value, facts.predicted, actual))
         if facts.score_bin is not None:
             self.add(facts, AWAITING, detail(facts.predicted, facts.score_bin), -1.0)
+        self._awaiting_classes(facts, -1.0)
 
     def _awaiting_loss(self, facts: Served, sign: float) -> None:
         if facts.score_bin is not None:

@@ -74,6 +74,7 @@ class ReferenceProfile:
     columns: dict[str, ColumnProfile]
     class_shares: dict[str, float] = field(default_factory=dict)
     loss: Any = None  # a regression model's `loss.LossModel`: its expected error before labels
+    classes: Any = None  # a multiclass model's `class_estimation.ClassCalibration`
 
     def prediction_class(self, prediction: Any) -> str:
         """The class label a prediction is counted under: bounded by the reference's classes."""
@@ -110,12 +111,16 @@ def profile(config: WatchkeeperConfig, model: Model, reference: pd.DataFrame) ->
         counts = reference[model.prediction_column].dropna().map(class_name).value_counts(normalize=True)
         if len(counts) <= MAX_REFERENCE_CLASSES:
             shares = {str(k): float(v) for k, v in counts.items()}
-    loss = None
+    loss = calibration = None
     if model.task == "regression":
         from watchkeeper.intake.loss import fit_loss_model  # noqa: PLC0415 - loss imports this module
 
         loss = fit_loss_model(model, reference)
-    return ReferenceProfile(model.name, dataset, pipeline, columns, shares, loss)
+    if model.task == "multiclass":
+        from watchkeeper.intake.class_estimation import fit_class_calibration  # noqa: PLC0415 - as loss
+
+        calibration = fit_class_calibration(model, reference)
+    return ReferenceProfile(model.name, dataset, pipeline, columns, shares, loss, calibration)
 
 
 def _value_failure(spec: ColumnProfile, value: Any) -> str | None:

@@ -23,7 +23,7 @@ from pydantic import (
 
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.intake.bodies import BodyError, Timestamp, check_value, parse_json, text_needs_checks
-from watchkeeper.intake.kinds import BINARY, embeddings_problem, label_problem, prediction_problem
+from watchkeeper.intake.kinds import BINARY, MULTICLASS, embeddings_problem, label_problem, prediction_problem
 
 
 def _scalar_or_object(value: Any) -> Any:
@@ -40,6 +40,9 @@ ScalarOrObject = Annotated[
     AfterValidator(_scalar_or_object),
     WithJsonSchema({"anyOf": [{"type": t} for t in ("string", "number", "integer", "boolean", "object")]}),
 ]
+Probability = Annotated[float, Field(ge=0, le=1)]
+MAX_SCORES = 100  # classes in a multiclass prediction's scores
+MAX_CLASS_NAME = 256
 # Bounds that keep sums finite in the store and in /metrics however long the service runs.
 MAX_SECONDS = 30 * 86_400
 MAX_AMOUNT = 1e15
@@ -72,6 +75,13 @@ class PredictionRecord(RecordModel):
         examples=[1, "dog", 42.5, {"items": ["sku-9", "sku-2", "sku-7"], "scores": [0.9, 0.7, 0.4]}],
     )
     score: float | None = Field(default=None, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
+    scores: dict[Annotated[str, Field(max_length=MAX_CLASS_NAME)], Probability] | None = Field(
+        default=None,
+        max_length=MAX_SCORES,
+        description="A multiclass model's probability of each class (estimates its quality before "
+        "labels arrive); a binary model sends its positive class's as score",
+        examples=[{"dog": 0.7, "cat": 0.2, "bird": 0.1}],
+    )
     latency_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
 
     @field_validator("prediction")
@@ -204,6 +214,16 @@ def _check_shapes(records: list[Any], config: WatchkeeperConfig) -> None:
             prediction = record.prediction
             shaped = prediction is not None and (type(prediction) is dict or model.task != BINARY)
             problem = prediction_problem(model, prediction, record.error) if shaped else None
+            if problem is None and record.scores is not None and model.task != MULTICLASS:
+                problem = (
+                    "scores",
+                    f"'scores' is for multiclass models; {model.name} is a {model.task} model"
+                    + (
+                        " (it sends its positive class's probability as score)"
+                        if model.task == BINARY
+                        else ""
+                    ),
+                )
             if problem is None and model.embeddings:
                 problem = embeddings_problem(model, record.features)
         elif type(record.label) is dict or models[record.model_name].task != BINARY:

@@ -180,6 +180,11 @@ GAUGES: dict[tuple[str, str], Gauge] = {
         "ai_model_estimated_accuracy_score",
         "Accuracy estimated (CBPE) for the served predictions still without a label (0-1).",
     ),
+    ("model_quality", "estimated_f1_macro"): Gauge(
+        "ai_model_estimated_f1_macro_score",
+        "Macro F1 estimated (CBPE, one class against the rest) for a multiclass model's scored "
+        "predictions still without a label (0-1).",
+    ),
     ("model_quality", "estimated_precision"): Gauge(
         "ai_model_estimated_precision_score", "Precision estimated (CBPE) before labels arrive (0-1)."
     ),

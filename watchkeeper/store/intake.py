@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -332,9 +332,15 @@ def _write_predictions(
     now = utcnow()
     firsts = _first_per_request(records)
     losses = expected_losses(firsts, profile_for)
+    classes = expected_classes(firsts, profile_for)
     facts = {
         key: served(
-            r, rules.bucket_seconds, profile_for(r.model_name), rules.model_for(r.model_name), losses.get(key)
+            r,
+            rules.bucket_seconds,
+            profile_for(r.model_name),
+            rules.model_for(r.model_name),
+            losses.get(key),
+            classes.get(key, ()),
         )
         for key, r in firsts.items()
     }
@@ -371,6 +377,17 @@ def _write_predictions(
     return inserted
 
 
+def _served_by_model(
+    records: Mapping[tuple[str, str], PredictionRecord], models: Collection[str]
+) -> dict[str, list[tuple[str, str]]]:
+    """The keys of the served predictions of `models`, by model."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for key, record in records.items():
+        if key[0] in models and not record.error and record.prediction is not None:
+            found.setdefault(key[0], []).append(key)
+    return found
+
+
 def expected_losses(
     records: Mapping[tuple[str, str], PredictionRecord], profile_for: Callable[[str], ReferenceProfile | None]
 ) -> dict[tuple[str, str], float]:
@@ -383,15 +400,33 @@ def expected_losses(
             losses[name] = profile.loss
     if not losses:
         return {}
-    served_by_model: dict[str, list[tuple[str, str]]] = {}
-    for key, record in records.items():
-        if key[0] in losses and not record.error and record.prediction is not None:
-            served_by_model.setdefault(key[0], []).append(key)
     found: dict[tuple[str, str], float] = {}
-    for model_name, keys in served_by_model.items():
+    for model_name, keys in _served_by_model(records, losses).items():
         chosen = [records[key] for key in keys]
         expected = losses[model_name].expected([r.features for r in chosen], [r.prediction for r in chosen])
         found.update(zip(keys, map(float, expected), strict=True))
+    return found
+
+
+def expected_classes(
+    records: Mapping[tuple[str, str], PredictionRecord], profile_for: Callable[[str], ReferenceProfile | None]
+) -> dict[tuple[str, str], tuple[tuple[str, float], ...]]:
+    """Each scored multiclass prediction's calibrated class probabilities (`class_estimation.py`),
+    as (class, probability) pairs above zero; one calibration per model in the batch."""
+    calibrations = {}
+    for name in {key[0] for key, record in records.items() if record.scores is not None}:
+        profile = profile_for(name)
+        if profile is not None and profile.classes is not None:
+            calibrations[name] = profile.classes
+    found: dict[tuple[str, str], tuple[tuple[str, float], ...]] = {}
+    for model_name, keys in _served_by_model(records, calibrations).items():
+        scored = [key for key in keys if records[key].scores is not None]
+        calibration = calibrations[model_name]
+        probabilities = calibration.probabilities([records[key].scores for key in scored])
+        for key, row in zip(scored, probabilities, strict=True):
+            # Rounded as the key row keeps them, so that a label takes out exactly what was added.
+            pairs = ((c, float(f"{p:.6g}")) for c, p in zip(calibration.classes, row, strict=True))
+            found[key] = tuple((c, p) for c, p in pairs if p > 0)
     return found
 
 

@@ -224,6 +224,9 @@ class PredictionKey(Base):
     score_bin: Mapped[str | None] = mapped_column(String(32))
     segments: Mapped[str | None] = mapped_column(String(400), doc="column, value pairs (aggregates.py)")
     ranked: Mapped[str | None] = mapped_column(Text, doc="a ranking model's ranked items' keys (kinds.py)")
+    probabilities: Mapped[str | None] = mapped_column(
+        Text, doc="a scored multiclass prediction's calibrated probabilities (class_estimation.py)"
+    )
     labelled: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[datetime] = mapped_column(EpochSeconds(), default=utcnow)
 
