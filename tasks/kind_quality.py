@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
+from scipy.stats import wasserstein_distance
 
 from tasks.measurements import Measurement
 from watchkeeper.intake.aggregates import ZERO_LATENCY, parts, signed_value
@@ -174,3 +175,20 @@ def recommendation_mix(
         Measurement("novelty", novelty),
         Measurement("recommended_items_drift", float(jensenshannon(current, reference, base=2))),
     ]
+
+
+MIN_SKETCH_VALUES = 30  # labelled predictions below which a target or residual drift is not measured
+
+
+def sketch_drift(window: Counter[str], reference: np.ndarray) -> float | None:
+    """The normed Wasserstein distance (Evidently's default drift score for numbers: the distance
+    over the reference's standard deviation) between a window's `signed_index` sketch and the
+    reference's values; None below MIN_SKETCH_VALUES or on a constant reference."""
+    values = [(signed_value(index), n) for index, n in window.items() if n > 0]
+    if sum(n for _, n in values) < MIN_SKETCH_VALUES or len(reference) < MIN_SKETCH_VALUES:
+        return None
+    spread = float(np.std(reference))
+    if spread <= 0:
+        return None
+    distance = wasserstein_distance([v for v, _ in values], reference, u_weights=[n for _, n in values])
+    return float(distance) / spread

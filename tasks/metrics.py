@@ -28,6 +28,7 @@ from tasks.window_totals import (
     estimated_loss,
     positive_rates,
     quality_metrics,
+    regression_drift,
     segment_metrics,
     traffic_metrics,
 )
@@ -300,6 +301,7 @@ def measure_quality(
                 else []
             ),
             *(estimated_loss(totals, model.windows.min_rows) if model.task == REGRESSION else []),
+            *(regression_drift(totals, reference) if model.task == REGRESSION and reference else []),
             *(estimated_classes(totals, model.windows.min_rows) if model.task == MULTICLASS else []),
         ]
         if model.segments:

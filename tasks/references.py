@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 
+import numpy as np
 import pandas as pd
 
 from tasks.estimation import Calibration, fit_calibration
@@ -17,7 +18,7 @@ from tasks.measurements import is_positive
 from tasks.segments import reference_positive_rates, reference_segments
 from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.intake.checks import ReferenceCache, ReferenceProfiles
-from watchkeeper.intake.kinds import BINARY, RANKING, item_key
+from watchkeeper.intake.kinds import BINARY, RANKING, REGRESSION, item_key
 from watchkeeper.store import Store
 from watchkeeper.store.samples import Sampling
 
@@ -29,6 +30,9 @@ class ModelReference:
     segment_positive_rates: dict[tuple[str, str], float] = field(default_factory=dict)
     positive_rate: float | None = None
     item_counts: Counter[str] = field(default_factory=Counter)  # a ranking model's, by `item_key`
+    # A regression model's labelled reference: its labels and residuals (prediction - label).
+    targets: np.ndarray = field(default_factory=lambda: np.empty(0))
+    residuals: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
 def derive(model: Model, reference: pd.DataFrame) -> ModelReference:
@@ -38,6 +42,9 @@ def derive(model: Model, reference: pd.DataFrame) -> ModelReference:
         return ModelReference(
             calibration=None, segment_values=kept, item_counts=recommended_items(model, reference)
         )
+    if model.task == REGRESSION:
+        targets, residuals = regression_values(model, reference)
+        return ModelReference(calibration=None, segment_values=kept, targets=targets, residuals=residuals)
     if model.task != BINARY:
         return ModelReference(calibration=None, segment_values=kept)
     return ModelReference(
@@ -50,6 +57,18 @@ def derive(model: Model, reference: pd.DataFrame) -> ModelReference:
             else None
         ),
     )
+
+
+def regression_values(model: Model, reference: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's labels and residuals (prediction - label), over its rows holding both as
+    numbers; empty without them."""
+    if model.label_column not in reference or model.prediction_column not in reference:
+        return np.empty(0), np.empty(0)
+    labels = pd.to_numeric(reference[model.label_column], errors="coerce")
+    predictions = pd.to_numeric(reference[model.prediction_column], errors="coerce")
+    both = labels.notna() & predictions.notna()
+    targets = labels[both].to_numpy(dtype=float)
+    return targets, predictions[both].to_numpy(dtype=float) - targets
 
 
 def recommended_items(model: Model, reference: pd.DataFrame) -> Counter[str]:

@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tasks.estimation import Calibration, estimate_confusion
-from tasks.kind_quality import confusion_cells, multiclass_scores, ranking_quality, regression_scores
+from tasks.kind_quality import (
+    confusion_cells,
+    multiclass_scores,
+    ranking_quality,
+    regression_scores,
+    sketch_drift,
+)
 from tasks.measurements import Measurement, Window, scores
+from tasks.references import ModelReference
 from tasks.segments import MIN_SEGMENT_LABELS
 from watchkeeper.config import MISSING_SEGMENT, OTHER_SEGMENT, Model, Segment
 from watchkeeper.intake.aggregates import (
@@ -25,6 +32,7 @@ from watchkeeper.intake.aggregates import (
     ERROR_SKETCH,
     ERRORS,
     ERRORS_OF_LABELLED,
+    LABEL_SKETCH,
     LATENCY,
     OUTCOME,
     RANKING_OF_LABELLED,
@@ -220,6 +228,20 @@ def estimated_loss(totals: VersionTotals, min_rows: int) -> list[Measurement]:
     if rows < min_rows:
         return [Measurement("estimated_rows", float(rows))]
     return [Measurement("estimated_rows", float(rows)), Measurement("estimated_mae", awaiting["abs"] / rows)]
+
+
+def regression_drift(totals: VersionTotals, reference: ModelReference) -> list[Measurement]:
+    """How far a regression model's labels (the target) and residuals of the window moved from the
+    reference's (`kind_quality.sketch_drift`), from its labelled predictions' sketches."""
+    found = []
+    for name, measure, values in (
+        ("target_drift", LABEL_SKETCH, reference.targets),
+        ("residual_drift", ERROR_SKETCH, reference.residuals),
+    ):
+        score = sketch_drift(totals.measure(measure), values)
+        if score is not None:
+            found.append(Measurement(name, score))
+    return found
 
 
 ROUNDING = 1e-6  # what sums of probabilities added and taken out again leave behind

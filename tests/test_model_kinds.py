@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from scipy.spatial.distance import jensenshannon
+from scipy.stats import wasserstein_distance
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import (
     accuracy_score,
@@ -29,13 +31,13 @@ from sklearn.metrics import (
 )
 
 from tasks.metrics import bucket_window, collect_model
-from tasks.references import ModelReference, model_reference
+from tasks.references import ModelReference, derive, model_reference
 from tasks.report_render import html_report, markdown
 from tasks.reporting import Period, gather_report
 from tests.conftest import LiveService
 from watchkeeper.config import ConfigError, WatchkeeperConfig, load_config
 from watchkeeper.intake.aggregates import bucket_start
-from watchkeeper.local.demo_kinds import RegressionTraffic
+from watchkeeper.local.demo_kinds import KindInjections, RegressionTraffic
 from watchkeeper.store import Store
 from watchkeeper.store.buckets import fold_model_tallies
 from watchkeeper.times import utcnow
@@ -589,3 +591,57 @@ def test_scores_out_of_place_or_shape_are_refused_naming_the_field(
         )
     assert answer.status_code == 422 and answer.json()["field"] == field
     assert expected in answer.json()["error"]
+
+
+def test_a_regression_models_target_and_residual_drift_are_measured_against_its_reference(
+    example_config: WatchkeeperConfig, store: Store
+) -> None:
+    """The demand demo clean (v1) and with every forecast 4 units high (v2): the residuals moved,
+    the target did not; each score is scipy's normed Wasserstein distance on the same values,
+    within the 1 % sketch's accuracy."""
+    model = example_config.model("demand_forecast")
+    assert model is not None
+    sent: dict[str, list[tuple[float, float]]] = {}
+    reference = pd.DataFrame()
+    with LiveService(example_config, store) as service:
+        for version, injections in (("v1", KindInjections()), ("v2", KindInjections(regression_bias_at=0))):
+            traffic = RegressionTraffic(
+                model_version=version, train_size=1500, seed=8, injections=injections, reference_size=800
+            )
+            reference = traffic.reference
+            events = traffic.next_batch(400)
+            sent[version] = [(e.prediction, e.label) for e in events]
+            now = utcnow() - timedelta(minutes=1)
+            # The same stream under each version: request ids of their own.
+            events = [replace(e, request_id=f"{version}-{e.request_id}") for e in events]
+            predictions = [traffic.prediction_record(e, now) for e in events]
+            feedback = [traffic.feedback_record(e, now) for e in events]
+            assert post(
+                service.url, "/v1/predictions", json.loads(json.dumps(predictions, default=str))
+            ).is_success
+            assert post(service.url, "/v1/feedback", json.loads(json.dumps(feedback, default=str))).is_success
+        collect(store, example_config, "demand_forecast", derive(model, reference))
+        found = {
+            (sample.name, sample.labels.get("model_version")): sample.value
+            for family in text_string_to_metric_families(httpx.get(f"{service.url}/metrics").text)
+            for sample in family.samples
+            if sample.labels.get("model_name") == "demand_forecast"
+        }
+    targets = reference["label"].to_numpy()
+    residuals = reference["prediction"].to_numpy() - targets
+    for version in ("v1", "v2"):
+        labels = np.array([y for _, y in sent[version]])
+        errors = np.array([p - y for p, y in sent[version]])
+        target = wasserstein_distance(labels, targets) / targets.std()
+        residual = wasserstein_distance(errors, residuals) / residuals.std()
+        assert found[("ai_model_target_drift_score", version)] == pytest.approx(target, rel=0.02, abs=0.005)
+        assert found[("ai_model_residual_drift_score", version)] == pytest.approx(
+            residual, rel=0.02, abs=0.005
+        )
+    assert (
+        found[("ai_model_target_drift_score", "v2")]
+        < 0.1
+        < 1.0
+        < found[("ai_model_residual_drift_score", "v2")]
+    )
+    assert found[("ai_model_residual_drift_score", "v1")] < 0.1

@@ -67,6 +67,7 @@ REQUESTS, ERRORS, LATENCY = "requests", "errors", "latency"
 CLASS, OUTCOME, VALUE, AWAITING = "class", "outcome", "value", "awaiting"
 SEGMENT_REQUESTS, SEGMENT_CLASS, SEGMENT_OUTCOME = "segment_requests", "segment_class", "segment_outcome"
 PREDICTED, ERRORS_OF_LABELLED, ERROR_SKETCH = "predicted", "errors_of_labelled", "error_sketch"
+LABEL_SKETCH = "label_sketch"  # a regression model's labels, as `signed_index` buckets
 SEGMENT_SERVED, SEGMENT_ERRORS = "segment_served", "segment_errors"
 RECOMMENDED, RANKING_OF_LABELLED, SEGMENT_RANKING = "recommended", "ranking_of_labelled", "segment_ranking"
 AWAITING_LOSS = "awaiting_loss"  # a regression model's unlabelled predictions: n, and their expected |error|
@@ -402,6 +403,7 @@ class BucketTotals:
             if amount:
                 self.add(facts, ERRORS_OF_LABELLED, name, amount)
         self.add(facts, ERROR_SKETCH, signed_index(error))
+        self.add(facts, LABEL_SKETCH, signed_index(label))
         if business_value is not None:
             self.add(facts, VALUE, "", business_value)
         for column, value in facts.segments:

@@ -180,6 +180,16 @@ GAUGES: dict[tuple[str, str], Gauge] = {
         "ai_model_estimated_accuracy_score",
         "Accuracy estimated (CBPE) for the served predictions still without a label (0-1).",
     ),
+    ("model_quality", "target_drift"): Gauge(
+        "ai_model_target_drift_score",
+        "A regression model's labels against the reference's: Wasserstein distance over the "
+        "reference's standard deviation.",
+    ),
+    ("model_quality", "residual_drift"): Gauge(
+        "ai_model_residual_drift_score",
+        "A regression model's residuals (prediction - label) against the reference's: Wasserstein "
+        "distance over the reference's standard deviation.",
+    ),
     ("model_quality", "estimated_f1_macro"): Gauge(
         "ai_model_estimated_f1_macro_score",
         "Macro F1 estimated (CBPE, one class against the rest) for a multiclass model's scored "
