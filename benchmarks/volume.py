@@ -71,10 +71,17 @@ BASELINE = {
 DRILL_ACCURACY_COLLAPSE_S = 44.8  # docs/benchmarks.md: the drill's concept drift, ModelAccuracyCollapse
 
 
-def bench_config(folder: Path, models: int, http: HttpRecorder | None, processes: int = 1) -> Path:
+def bench_config(
+    folder: Path,
+    models: int,
+    http: HttpRecorder | None,
+    processes: int = 1,
+    template_name: str = "credit_approval",
+) -> Path:
+    """The example config with `models` copies of its model `template_name` (and the probe's)."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    template = data["models"][0]
-    names = ["credit_approval"] + [f"credit_approval_{i:02d}" for i in range(1, models)]
+    template = next(m for m in data["models"] if m["name"] == template_name)
+    names = [template_name] + [f"{template_name}_{i:02d}" for i in range(1, models)]
     data["models"] = [{**template, "name": name} for name in names]
     data["models"].append({**template, "name": PROBE, "segments": []})
     data["datasets"] = [d for d in data.get("datasets", []) if d.get("model") in names]

@@ -9,9 +9,12 @@ groups of the same size. All are in one time bucket, so most of a model's few hu
 drift sample (the first 200 of a model's bucket always do), as at low traffic a model. CPU is this
 process's (`time.process_time`), the best of `--runs` runs.
 Baseline: the same writer at one model (`--models 1`), where a group's records share their series.
+`--model demand_forecast` or `product_recommendations` copies the example's regression or ranking
+model instead of the credit classifier, with its demo's traffic and reference (its cost per record
+beside the classifier's).
 
-Usage: python benchmarks/writer.py [--models 50] [--group 500] [--predictions 20000] [--runs 3];
-the last line is JSON.
+Usage: python benchmarks/writer.py [--models 50] [--group 500] [--predictions 20000] [--runs 3]
+[--model credit_approval]; the last line is JSON.
 """
 
 from __future__ import annotations
@@ -24,22 +27,32 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.volume import bench_config  # noqa: E402
 
 
-def run_once(models: int, group: int, predictions: int) -> dict[str, float]:
+def traffic_of(task: str) -> Any:
+    """The demo traffic of a model's task, with a 5,000-row reference."""
+    from watchkeeper.local.demo import DemoTraffic
+    from watchkeeper.local.demo_kinds import demo_of
+
+    demo = DemoTraffic if task == "binary" else demo_of(task)
+    return demo(train_size=2000, seed=11, reference_size=5000)
+
+
+def run_once(models: int, group: int, predictions: int, template: str) -> dict[str, float]:
     """One fresh store: CPU µs a prediction and a label."""
     with tempfile.TemporaryDirectory(prefix="writer-bench-") as folder:
         home = Path(folder)
         os.environ["WATCHKEEPER_HOME"] = str(home)
-        os.environ["WATCHKEEPER_CONFIG"] = str(bench_config(home, models, None))
+        os.environ["WATCHKEEPER_CONFIG"] = str(bench_config(home, models, None, template_name=template))
         os.environ.pop("WATCHKEEPER_DATABASE_URL", None)
         from tasks.references import reference_profiles
         from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
-        from watchkeeper.local.demo import DemoTraffic, write_reference
+        from watchkeeper.local.demo import write_reference
         from watchkeeper.settings import Settings
         from watchkeeper.store.intake import IntakeRules, feedback_writer, prediction_writer
 
@@ -47,8 +60,8 @@ def run_once(models: int, group: int, predictions: int) -> dict[str, float]:
         config, store = settings.monitoring, settings.open_store()
         try:
             store.upgrade()
-            traffic = DemoTraffic(train_size=2000, seed=11, reference_size=5000)
             names = [m.name for m in config.models][:models]
+            traffic = traffic_of(config.models[0].task)
             for model in config.models:
                 if model.reference:
                     write_reference(traffic.reference, model.reference.path)
@@ -65,9 +78,9 @@ def run_once(models: int, group: int, predictions: int) -> dict[str, float]:
                     timestamp=now,
                     features=events[i % len(events)].features,
                     prediction=events[i % len(events)].prediction,
-                    score=events[i % len(events)].score,
+                    score=getattr(events[i % len(events)], "score", None),
                     latency_seconds=events[i % len(events)].latency_seconds,
-                    error=events[i % len(events)].error,
+                    error=getattr(events[i % len(events)], "error", False),
                 )
                 for i in range(predictions)
             ]
@@ -96,9 +109,15 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=500)
     parser.add_argument("--predictions", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--model",
+        default="credit_approval",
+        choices=["credit_approval", "demand_forecast", "product_recommendations"],
+    )
     args = parser.parse_args()
-    runs = [run_once(args.models, args.group, args.predictions) for _ in range(args.runs)]
+    runs = [run_once(args.models, args.group, args.predictions, args.model) for _ in range(args.runs)]
     result = {
+        "model": args.model,
         "models": args.models,
         "group": args.group,
         "predictions": args.predictions,

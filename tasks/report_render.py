@@ -383,6 +383,14 @@ def _drift_text(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+QUALITY_CHART_TITLES = {
+    "binary": "Accuracy: realised and estimated (CBPE)",
+    "multiclass": "Accuracy: realised and estimated (CBPE, with scores)",
+    "regression": "MAE: realised and estimated (DLE)",
+    "ranking": "NDCG at the first k, from feedback",
+}
+
+
 def charts(summary: Summary) -> go.Figure:
     series = summary["series"]
     figure = make_subplots(
@@ -393,7 +401,7 @@ def charts(summary: Summary) -> go.Figure:
         subplot_titles=(
             "Requests and error rate",
             "Latency (s)",
-            "Accuracy: realised and estimated (CBPE)",
+            QUALITY_CHART_TITLES[summary["quality"]["task"]],
             "Drift share",
         ),
         specs=[[{"secondary_y": True}], [{}], [{}], [{}]],
@@ -411,12 +419,10 @@ def charts(summary: Summary) -> go.Figure:
     figure.add_trace(go.Scatter(x=at, y=series["p50"], name="p50"), row=2, col=1)
     figure.add_trace(go.Scatter(x=at, y=series["p95"], name="p95"), row=2, col=1)
     figure.add_trace(
-        go.Scatter(x=at, y=series["accuracy"], name="realised accuracy", mode="lines+markers"), row=3, col=1
+        go.Scatter(x=at, y=series["quality"], name="realised", mode="lines+markers"), row=3, col=1
     )
     figure.add_trace(
-        go.Scatter(x=at, y=series["estimated_accuracy"], name="estimated accuracy", line={"dash": "dash"}),
-        row=3,
-        col=1,
+        go.Scatter(x=at, y=series["estimated_quality"], name="estimated", line={"dash": "dash"}), row=3, col=1
     )
     windows = summary["drift"]["windows"]
     figure.add_trace(

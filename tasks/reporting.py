@@ -41,7 +41,15 @@ from tasks.kind_quality import (
 )
 from tasks.measurements import Measurement, Window, scores
 from tasks.metrics import LOG_COLUMNS, count_predictions, read_window
-from tasks.window_totals import VersionTotals, business_value, estimate_unlabelled, merged, segment_metrics
+from tasks.window_totals import (
+    VersionTotals,
+    business_value,
+    estimate_unlabelled,
+    estimated_classes,
+    estimated_loss,
+    merged,
+    segment_metrics,
+)
 from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.intake.aggregates import (
     AWAITING,
@@ -478,10 +486,16 @@ def log_totals(log: pd.DataFrame, model: Model) -> VersionTotals:
     return VersionTotals(buckets.measures())
 
 
-def _realised_accuracy(totals: VersionTotals, model: Model) -> float | None:
-    """Accuracy of a classifier's labelled predictions (None for a regression model or no labels)."""
-    if model.task in (REGRESSION, RANKING):
-        return None
+def _realised_quality(totals: VersionTotals, model: Model) -> float | None:
+    """The kind's headline figure over the labelled predictions (None without labels): a
+    classifier's accuracy, a regression model's MAE, a ranking model's NDCG at its first k."""
+    if model.task == REGRESSION:
+        sums = totals.measure(ERRORS_OF_LABELLED)
+        return sums["abs"] / sums["n"] if sums["n"] > 0 else None
+    if model.task == RANKING:
+        first = {"k": str(model.ranking.k[0])}
+        found = ranking_quality(totals.measure(RANKING_OF_LABELLED), model.ranking.k)
+        return next((m.value for m in found if m.metric == "ndcg_at_k" and m.labels == first), None)
     if model.task == MULTICLASS:
         cells = confusion_cells(totals.measure(OUTCOME))
         labelled = sum(cells.values())
@@ -490,16 +504,29 @@ def _realised_accuracy(totals: VersionTotals, model: Model) -> float | None:
     return (tp + tn) / (tp + fp + tn + fn) if tp + fp + tn + fn else None
 
 
+def _estimated_quality(totals: VersionTotals, model: Model, calibration: Calibration | None) -> float | None:
+    """The headline figure estimated for the predictions still without a label: CBPE accuracy
+    (binary, multiclass with scores), DLE MAE (regression); None for a ranking model."""
+    if model.task == REGRESSION:
+        found = {m.metric: m.value for m in estimated_loss(totals, 1)}
+    elif model.task == MULTICLASS:
+        found = {m.metric: m.value for m in estimated_classes(totals, 1)}
+    elif model.task == BINARY and calibration is not None:
+        return (estimated_summary(totals, model, calibration) or {}).get("accuracy")
+    else:
+        return None
+    return found.get("estimated_mae" if model.task == REGRESSION else "estimated_accuracy")
+
+
 def series_point(totals: VersionTotals, model: Model, calibration: Calibration | None) -> dict[str, Any]:
-    estimate = estimated_summary(totals, model, calibration) if calibration is not None else None
     requests = totals.requests
     return {
         "requests": round(requests),
         "error_rate": totals.total(ERRORS) / requests if requests else 0.0,
         "p50": totals.latency_quantile(0.5),
         "p95": totals.latency_quantile(0.95),
-        "accuracy": _realised_accuracy(totals, model),
-        "estimated_accuracy": estimate.get("accuracy") if estimate else None,
+        "quality": _realised_quality(totals, model),
+        "estimated_quality": _estimated_quality(totals, model, calibration),
     }
 
 
@@ -507,7 +534,7 @@ def _series_of(
     points: list[tuple[pd.Timestamp, VersionTotals]], model: Model, calibration: Calibration | None
 ) -> dict[str, list]:
     series: dict[str, list] = {
-        k: [] for k in ("at", "requests", "error_rate", "p50", "p95", "accuracy", "estimated_accuracy")
+        k: [] for k in ("at", "requests", "error_rate", "p50", "p95", "quality", "estimated_quality")
     }
     for start, totals in points:
         series["at"].append(start.isoformat())

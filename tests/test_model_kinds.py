@@ -515,6 +515,18 @@ def test_a_regression_models_mae_is_estimated_before_its_labels_and_each_label_t
     assert one(before["ai_model_estimated_mae"]) == pytest.approx(realised, rel=0.2)
     assert one(after["ai_model_estimated_predictions"]) == 150  # the labelled 450 left the estimate
     assert "ai_model_estimated_mae" in after
+    # The report's quality chart: the labelled MAE and the DLE estimate of the rest, from the
+    # aggregates (a store keeping 1 % of raw rows).
+    sampled = config.model_copy(update={"intake": config.intake.model_copy(update={"raw_predictions": 0.01})})
+    end = bucket_start(utcnow(), 60) + timedelta(minutes=1)
+    model = config.model("demand")
+    assert model is not None
+    series = gather_report(store, sampled, model, Period(end - timedelta(hours=1), end), None, {})["series"]
+    labelled = [abs(e.prediction - e.label) for e in events[:450]]
+    assert [v for v in series["quality"] if v is not None] == [pytest.approx(np.mean(labelled))]
+    assert [v for v in series["estimated_quality"] if v is not None] == [
+        pytest.approx(one(after["ai_model_estimated_mae"]))
+    ]
 
 
 def test_a_multiclass_models_quality_is_estimated_from_its_scores_until_each_label_takes_its_share_out(
