@@ -657,3 +657,27 @@ def test_a_regression_models_target_and_residual_drift_are_measured_against_its_
         < found[("ai_model_residual_drift_score", "v2")]
     )
     assert found[("ai_model_residual_drift_score", "v1")] < 0.1
+
+
+def test_a_label_for_a_prediction_served_under_the_models_earlier_task_is_joined_not_refused(
+    store: Store,
+) -> None:
+    """A classifier reconfigured as a regression model: labels still due for its class predictions
+    are accepted and counted as joined; a 5xx would have had their senders retry forever."""
+    binary = WatchkeeperConfig.model_validate(
+        {"models": [{"name": "demand", "version": "v1", "features": FEATURES}]}
+    )
+    with LiveService(binary, store) as service:
+        assert (
+            post(service.url, "/v1/predictions", [prediction("demand", 0, "high", "north")]).status_code
+            == 200
+        )
+    with LiveService(fleet(), store) as service:
+        answer = post(service.url, "/v1/feedback", [label("demand", 0, 3.5)])
+        fresh = post(service.url, "/v1/predictions", [prediction("demand", 1, 2.0, "north")])
+        assert post(service.url, "/v1/feedback", [label("demand", 1, 3.0)]).status_code == 200
+        collect(store, fleet(), "demand")
+        got = exported(service.url, "demand")
+    assert answer.status_code == 200 and fresh.status_code == 200
+    assert sum(got["watchkeeper_feedback_total"].values()) == 2
+    assert one(got["ai_model_mae"]) == pytest.approx(1.0)  # the one measurable pair

@@ -61,6 +61,7 @@ from watchkeeper.intake.kinds import (
     number_text,
     ranked_keys,
     ranking_scores,
+    regression_error,
 )
 
 REQUESTS, ERRORS, LATENCY = "requests", "errors", "latency"
@@ -375,7 +376,9 @@ class BucketTotals:
         if facts.predicted is None:
             return
         if facts.task == REGRESSION:
-            self._regression_label(facts, float(actual), business_value)
+            error = regression_error(facts.predicted, actual)
+            if error is not None:
+                self._regression_label(facts, error, float(actual), business_value)
             return
         pair = detail(facts.predicted, actual)
         self.add(facts, OUTCOME, pair)
@@ -392,9 +395,10 @@ class BucketTotals:
             self.add(facts, AWAITING_LOSS, "n", sign)
             self.add(facts, AWAITING_LOSS, "abs", sign * float(facts.score_bin))
 
-    def _regression_label(self, facts: Served, label: float, business_value: float | None) -> None:
+    def _regression_label(
+        self, facts: Served, error: float, label: float, business_value: float | None
+    ) -> None:
         self._awaiting_loss(facts, -1.0)
-        error = float(facts.predicted) - label  # type: ignore[arg-type]
         sums = dict.fromkeys(REGRESSION_SUMS, 0.0)
         sums.update(n=1.0, error=error, abs=abs(error), sq=error * error, label=label, label_sq=label * label)
         if label != 0:

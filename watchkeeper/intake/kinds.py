@@ -33,6 +33,15 @@ def is_regression(model: Model | None) -> bool:
     return model is not None and model.task == REGRESSION
 
 
+def regression_error(predicted: object, label: object) -> float | None:
+    """prediction - label of a regression model's joined pair; None when either was sent while
+    the model had another task (a class name): joined, and not measured."""
+    try:
+        return float(predicted) - float(label)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
 def multiclass_class(value: object, model: Model) -> str:
     """A multiclass prediction or label's class: one of the configured classes, or `_other_`."""
     name = class_name(value)

@@ -41,6 +41,7 @@ from watchkeeper.intake.kinds import (
     earns_business_value,
     feedback_relevance,
     multiclass_class,
+    regression_error,
 )
 from watchkeeper.intake.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
 from watchkeeper.store import Store
@@ -242,8 +243,8 @@ def _tally_labels(
         key = (model_name, version, "")
         counted[key] += 1
         missed[key] += model.task in (BINARY, MULTICLASS) and predicted != actual
-        if model.task == REGRESSION:
-            error = float(predicted) - float(actual)
+        error = regression_error(predicted, actual) if model.task == REGRESSION else None
+        if error is not None:
             over[key] += max(error, 0.0)
             under[key] += max(-error, 0.0)
         if business_value is not None and earns_business_value(model, predicted, actual):
