@@ -54,7 +54,8 @@ def test_degraded_model_fires_then_resolves(
                 "job": "watchkeeper",
             }
             assert firing["annotations"]["description"] == (
-                f"Model {model.name} version v1 accuracy is 0.000, below critical threshold of 0.75"
+                f"Model {model.name} version v1 accuracy is 0.000, "
+                "below critical threshold of 0.75 (or its configured one)"
             )
             assert firing["annotations"]["runbook_url"].endswith("/runbooks/model-accuracy-critical")
             assert set(recorder.authorization) == {"Bearer e2e-token"}

@@ -681,3 +681,29 @@ def test_a_label_for_a_prediction_served_under_the_models_earlier_task_is_joined
     assert answer.status_code == 200 and fresh.status_code == 200
     assert sum(got["watchkeeper_feedback_total"].values()) == 2
     assert one(got["ai_model_mae"]) == pytest.approx(1.0)  # the one measurable pair
+
+
+def test_a_classifiers_own_accuracy_limits_are_exported_for_the_accuracy_rules(store: Store) -> None:
+    models = [
+        {
+            **m.model_dump(exclude_unset=True),
+            "thresholds": {"accuracy_warning": 0.7, "accuracy_critical": 0.55},
+        }
+        if m.name == "species"
+        else m.model_dump(exclude_unset=True)
+        for m in fleet().models
+    ]
+    models.append({"name": "fraud", "version": "v1", "features": FEATURES})
+    config = WatchkeeperConfig.model_validate({"models": models})
+    with LiveService(config, store) as service:
+        assert post(service.url, "/v1/predictions", [prediction("species", 0, "cat", "north")]).is_success
+        assert post(service.url, "/v1/predictions", [prediction("fraud", 0, 1, "north")]).is_success
+        for name in ("species", "fraud"):
+            collect(store, config, name)
+        limits = {
+            name: exported(service.url, name).get("ai_model_quality_limits", {})
+            for name in ("species", "fraud")
+        }
+    assert one(limits["species"], limit="accuracy_warning") == 0.7
+    assert one(limits["species"], limit="accuracy_critical") == 0.55
+    assert limits["fraud"] == {}  # the seed's 0.85 and 0.75 apply

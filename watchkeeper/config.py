@@ -215,6 +215,19 @@ class Thresholds(Strict):
         description="ModelSegmentPositiveRateShift fires when a segment's positive rate moves this far "
         "from the reference's",
     )
+    accuracy_warning: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="ModelAccuracyDegraded fires below this (classifiers); the seed's 0.85 when unset. A "
+        "ten-class model right 80 % of the time may be healthy",
+    )
+    accuracy_critical: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="ModelAccuracyCritical fires below this; the seed's 0.75 when unset",
+    )
     f1_macro_warning: float = Field(
         default=0.7, ge=0, le=1, description="ModelMacroF1Degraded fires below this (multiclass models)"
     )

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.intake.checks import ReferenceProfile, ReferenceProfiles
-from watchkeeper.intake.kinds import MULTICLASS, RANKING, REGRESSION
+from watchkeeper.intake.kinds import BINARY, MULTICLASS, RANKING, REGRESSION
 from watchkeeper.store import Store, executions
 from watchkeeper.store.intake import (
     BUCKET,
@@ -614,14 +614,22 @@ def threshold_families(config: WatchkeeperConfig) -> list[GaugeMetricFamily]:
 
 
 def quality_limits_of(model: Model) -> dict[str, float]:
-    """The limits the multiclass and regression quality rules compare with; unset ones are absent,
-    so their rules stay quiet."""
+    """The limits the quality rules compare with; unset ones are absent, so their rules stay quiet
+    (the accuracy rules then use the seed's 0.85 and 0.75)."""
     thresholds = model.thresholds
+    accuracy = {
+        "accuracy_warning": thresholds.accuracy_warning,
+        "accuracy_critical": thresholds.accuracy_critical,
+    }
+    configured = {limit: value for limit, value in accuracy.items() if value is not None}
     if model.task == MULTICLASS:
         return {
+            **configured,
             "f1_macro_warning": thresholds.f1_macro_warning,
             "class_recall_warning": thresholds.class_recall_warning,
         }
+    if model.task == BINARY:
+        return configured
     if model.task == REGRESSION:
         found = {
             "mae_warning": thresholds.mae_warning,
