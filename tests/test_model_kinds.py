@@ -16,6 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from evidently import DataDefinition, Dataset, Report
+from evidently.core.datasets import Recsys
+from evidently.metrics import MRR, NDCG, HitRate, PrecisionTopK, RecallTopK
 from prometheus_client.parser import text_string_to_metric_families
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
@@ -707,3 +710,58 @@ def test_a_classifiers_own_accuracy_limits_are_exported_for_the_accuracy_rules(s
     assert one(limits["species"], limit="accuracy_warning") == 0.7
     assert one(limits["species"], limit="accuracy_critical") == 0.55
     assert limits["fraud"] == {}  # the seed's 0.85 and 0.75 apply
+
+
+def evidently_at_k(metric: Any, frame: pd.DataFrame, k: int) -> float:
+    """Evidently's recommender metric at k, on rows of (user_id, item_id, target, prediction rank)."""
+    definition = DataDefinition(
+        numerical_columns=["target", "prediction"], ranking=[Recsys(recommendations_type="rank")]
+    )
+    snapshot = Report([metric]).run(Dataset.from_pandas(frame, data_definition=definition), None)
+    return float(list(snapshot.dict()["metrics"][0]["value"]["value"].values())[k - 1])
+
+
+def test_a_ranking_models_scores_are_evidentlys_recommender_metrics(store: Store, tmp_path: Path) -> None:
+    """Evidently's NDCG, MRR, hit rate and precision at k over every request with feedback
+    (`no_feedback_users=True`), its recall over those with a relevant item; the items with feedback
+    that were not recommended ranked past every list, so that they count in the ideal ranking."""
+    config = ranking_fleet(tmp_path)
+    rng = np.random.default_rng(21)
+    lists = ranked_lists(rng, 250)
+    rows, feedback = [], {}
+    for i, ranked in enumerate(lists):
+        clicked = {item: int(rng.integers(1, 4)) for item in ranked if rng.random() < 0.25}
+        if rng.random() < 0.3:
+            clicked[str(rng.choice(CATALOGUE))] = 1
+        feedback[i] = clicked
+        rows += [(i, item, clicked.get(item, 0), rank) for rank, item in enumerate(ranked, start=1)]
+        rows += [(i, item, value, 1000) for item, value in clicked.items() if item not in ranked]
+    with LiveService(config, store) as service:
+        records = [prediction("shop", i, {"items": lists[i]}, "north") for i in range(len(lists))]
+        assert post(service.url, "/v1/predictions", records).is_success
+        sent = [
+            label("shop", i, {"items": list(c), "relevance": list(c.values())}) for i, c in feedback.items()
+        ]
+        assert post(service.url, "/v1/feedback", sent).is_success
+        collect_with_reference(store, config, "shop")
+        got = exported(service.url, "shop")
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "target", "prediction"])
+    for k in (3, 5):
+        at_k = {"k": str(k)}
+        everyone = {"k": k, "no_feedback_users": True}
+        assert one(got["ai_model_ndcg_at_k_score"], **at_k) == pytest.approx(
+            evidently_at_k(NDCG(**everyone), frame, k)
+        )
+        assert one(got["ai_model_hit_rate_at_k_score"], **at_k) == pytest.approx(
+            evidently_at_k(HitRate(**everyone), frame, k)
+        )
+        assert one(got["ai_model_precision_at_k_score"], **at_k) == pytest.approx(
+            evidently_at_k(PrecisionTopK(**everyone), frame, k)
+        )
+        assert one(got["ai_model_recall_at_k_score"], **at_k) == pytest.approx(
+            evidently_at_k(RecallTopK(k=k), frame, k)
+        )
+    longest = len(lists[0])
+    assert one(got["ai_model_mrr_score"]) == pytest.approx(
+        evidently_at_k(MRR(k=longest, no_feedback_users=True), frame, longest)
+    )
