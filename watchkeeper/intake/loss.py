@@ -74,7 +74,7 @@ def fit_loss_model(model: Model, reference: pd.DataFrame) -> LossModel | None:
         for f in model.features
         if f.type == "categorical" and f.name in frame
     }
-    shell = LossModel(HistGradientBoostingRegressor(random_state=0), numerical, categories)
+    shell = LossModel(HistGradientBoostingRegressor(random_state=0, early_stopping=True), numerical, categories)
     records = frame.to_dict("records")
     x = shell.rows(records, list(predictions[known]))
     y = np.abs(labels[known].to_numpy() - predictions[known].to_numpy())
