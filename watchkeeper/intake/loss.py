@@ -74,7 +74,11 @@ def fit_loss_model(model: Model, reference: pd.DataFrame) -> LossModel | None:
         for f in model.features
         if f.type == "categorical" and f.name in frame
     }
-    shell = LossModel(HistGradientBoostingRegressor(random_state=0, early_stopping=True), numerical, categories)
+    # Stopped early on a held-out tenth: |error| is mostly noise, which a hundred trees would fit
+    # (benchmarks/loss_estimation.py: 0.032 against 0.082 under covariate shift), and each tree
+    # costs every call the intake makes.
+    regressor = HistGradientBoostingRegressor(random_state=0, early_stopping=True)
+    shell = LossModel(regressor, numerical, categories)
     records = frame.to_dict("records")
     x = shell.rows(records, list(predictions[known]))
     y = np.abs(labels[known].to_numpy() - predictions[known].to_numpy())
