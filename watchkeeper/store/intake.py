@@ -419,6 +419,8 @@ def expected_classes(
         profile = profile_for(name)
         if profile is not None and profile.classes is not None:
             calibrations[name] = profile.classes
+    if not calibrations:
+        return {}
     found: dict[tuple[str, str], tuple[tuple[str, float], ...]] = {}
     for model_name, keys in _served_by_model(records, calibrations).items():
         scored = [key for key in keys if records[key].scores is not None]
