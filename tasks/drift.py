@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
@@ -256,18 +257,34 @@ def chosen_method(
     return spec
 
 
-def _usable(spec: ColumnSpec, reference: pd.DataFrame, current: pd.DataFrame) -> str | None:
-    """Why a column cannot be tested, or None when it can."""
-    for side, frame in (("reference", reference), ("current", current)):
+Matrices = tuple[np.ndarray, np.ndarray]  # an embedding's reference and current vectors
+
+
+def _usable(
+    spec: ColumnSpec, reference: pd.DataFrame, current: pd.DataFrame, vectors_of: Matrices | None = None
+) -> str | None:
+    """Why a column cannot be tested, or None when it can (an embedding by its parsed vectors)."""
+    for index, (side, frame) in enumerate((("reference", reference), ("current", current))):
         if spec.name not in frame.columns:
             return f"missing from the {side} data"
-        if spec.dim is not None:
-            found = len(vectors(frame[spec.name], spec.dim))
-            if found < MIN_VALUES:
+        if vectors_of is not None:
+            if len(vectors_of[index]) < MIN_VALUES:
                 return f"fewer than {MIN_VALUES} vectors of {spec.dim} numbers in the {side} data"
         elif frame[spec.name].notna().sum() < MIN_VALUES:
             return f"fewer than {MIN_VALUES} non-null values in the {side} data"
     return None
+
+
+def _embedding_vectors(
+    features: list[ColumnSpec], reference: pd.DataFrame, current: pd.DataFrame
+) -> dict[str, Matrices]:
+    """Each embedding present on both sides, its vectors parsed once (`embeddings.embedding_drift`
+    takes its own sample of them)."""
+    return {
+        spec.name: (vectors(reference[spec.name], spec.dim), vectors(current[spec.name], spec.dim))
+        for spec in features
+        if spec.dim is not None and spec.name in reference and spec.name in current
+    }
 
 
 def _with_descriptors(
@@ -289,20 +306,6 @@ def _with_descriptors(
             ColumnSpec(column, "numerical", spec.method, spec.threshold) for column in reference_descriptors
         ]
     return reference, current, tested
-
-
-def _embedding_drift(
-    spec: ColumnSpec, reference: pd.DataFrame, current: pd.DataFrame, p_value_level: float
-) -> EmbeddingDrift:
-    assert spec.dim is not None
-    return embedding_drift(
-        spec.name,
-        vectors(reference[spec.name], spec.dim),
-        vectors(current[spec.name], spec.dim),
-        spec.method,
-        spec.threshold,
-        p_value_level,
-    )
 
 
 def _column_results(snapshot: Snapshot) -> dict[str, ColumnDrift]:
@@ -356,13 +359,20 @@ def compute_drift(
     With `sample_rows`, each side is tested on a uniform random sample of at most that many rows
     (fixed seed): distance-based scores barely move, and large windows take a fraction of the time.
     """
-    skipped = {spec.name: why for spec in features if (why := _usable(spec, reference, current))}
+    embedded = _embedding_vectors(features, reference, current)
+    skipped = {
+        spec.name: why
+        for spec in features
+        if (why := _usable(spec, reference, current, embedded.get(spec.name)))
+    }
     tested = [spec for spec in features if spec.name not in skipped]
     reference_rows, current_rows = len(reference), len(current)
     if sample_rows is not None:
         reference, current = (_sample(frame, sample_rows) for frame in (reference, current))
     embeddings = [
-        _embedding_drift(spec, reference, current, p_value_level) for spec in tested if spec.dim is not None
+        embedding_drift(spec.name, *embedded[spec.name], spec.method, spec.threshold, p_value_level)
+        for spec in tested
+        if spec.dim is not None
     ]
     reference, current, tested = _with_descriptors(
         reference, current, [spec for spec in tested if spec.dim is None]
