@@ -1,5 +1,6 @@
 # The README's commands. Each target creates .venv and installs what it needs on a fresh Debian
-# machine with Python 3.11 (Prometheus, Alertmanager and PostgreSQL with apt when running as root;
+# machine with Python 3.11 (Prometheus, Alertmanager, PostgreSQL, and Redis and HAProxy for
+# `watchkeeper up --ha`, with apt when running as root;
 # the tests find PostgreSQL's binaries under /usr/lib/postgresql/<version>/bin, off the PATH).
 
 PYTHON ?= python3.11
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 LOCK_FLAGS ?= --upgrade
 
-.PHONY: up down status test lint lock system-packages clean
+.PHONY: up up-ha down status test lint lock system-packages clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,8 @@ system-packages:
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
@@ -41,6 +44,10 @@ system-packages:
 
 up: $(STAMP) system-packages
 	$(BIN)/watchkeeper up --demo-traffic
+
+# Two of every process on loopback (docs/operations.md, "Two of every process").
+up-ha: $(STAMP) system-packages
+	$(BIN)/watchkeeper up --ha --demo-traffic
 
 down: $(STAMP)
 	$(BIN)/watchkeeper down

@@ -21,6 +21,7 @@ from watchkeeper.cli.app import (
     open_store,
     state,
 )
+from watchkeeper.local.ha import HaStack, remember_mode, stack_started_last
 from watchkeeper.local.stack import Ports, Stack
 from watchkeeper.runtime.host import healthy
 
@@ -106,9 +107,11 @@ def _stack(
     alertmanager_port: int,
     notifications_port: int,
     demo_traffic: bool = False,
+    ha: bool = False,
 ) -> Stack:
     ports = Ports(prefect_port, service_port, prometheus_port, alertmanager_port, notifications_port)
-    return Stack(state.settings, ports, demo_traffic=demo_traffic)
+    kind = HaStack if ha else Stack
+    return kind(state.settings, ports, demo_traffic=demo_traffic)
 
 
 def _report(name: str, outcome: str) -> None:
@@ -123,13 +126,29 @@ def up(
     prometheus_port: PortOption = 9090,
     alertmanager_port: PortOption = 9093,
     notifications_port: PortOption = 9601,
+    ha: Annotated[
+        bool,
+        typer.Option(
+            "--ha",
+            help="Two of every process (PostgreSQL, Redis, HAProxy, two Prefect API servers, services, "
+            "executors, Alertmanagers, Prometheus servers): see docs/operations.md",
+        ),
+    ] = False,
 ) -> None:
     """Start whatever of the local stack is not already running, on loopback."""
     load_monitoring()
+    running = stack_started_last(state.settings)
+    if isinstance(running, HaStack) != ha and any(
+        (record := running.record(name)) is not None and record.alive() for name in running.all_names()
+    ):
+        errors.print("[red]error:[/red] the other kind of stack is running: 'watchkeeper down' first")
+        raise typer.Exit(1)
     stack = _stack(
-        prefect_port, service_port, prometheus_port, alertmanager_port, notifications_port, demo_traffic
+        prefect_port, service_port, prometheus_port, alertmanager_port, notifications_port, demo_traffic, ha
     )
-    open_store().upgrade()
+    remember_mode(state.settings, ha)
+    if not ha:  # the HA topology's store is its PostgreSQL, upgraded once it runs
+        open_store().upgrade()
     try:
         stack.up(_report)
     except RuntimeError as exc:
@@ -141,6 +160,8 @@ def up(
         for label, url in (record.urls if record else {}).items():
             console.print(f"{label:<18} {url}")
     console.print(f"{'Prefect API':<18} {stack.prefect_api_url}")
+    if isinstance(stack, HaStack):
+        console.print(f"{'Store':<18} WATCHKEEPER_DATABASE_URL={stack.store_url}")
     console.print(f"\nlogs in {state.settings.logs_dir}; stop with 'watchkeeper down'")
 
 
@@ -161,14 +182,14 @@ def notification_sink(
 @app.command()
 def down() -> None:
     """Stop exactly the processes 'watchkeeper up' started."""
-    stack = Stack(state.settings)
+    stack = stack_started_last(state.settings)
     stack.down(_report)
 
 
 @app.command()
 def status() -> None:
     """Show which components run and whether they answer their health checks."""
-    stack = Stack(state.settings)
+    stack = stack_started_last(state.settings)
     table = Table("component", "pid", "running", "healthy", "url")
     for name in stack.all_names():
         record = stack.record(name)

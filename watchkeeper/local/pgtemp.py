@@ -25,7 +25,7 @@ class PostgresMissing(RuntimeError):
     pass
 
 
-def _as_postgres_user(argv: list[str]) -> list[str]:
+def as_postgres_user(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
@@ -54,13 +54,13 @@ def postgres_cluster() -> Iterator[str]:
         shutil.chown(folder, "postgres", "postgres")
     data, port = folder / "data", free_port()
     subprocess.run(
-        _as_postgres_user([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+        as_postgres_user([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
         check=True,
         capture_output=True,
     )
     options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off"
     subprocess.run(
-        _as_postgres_user([pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]),
+        as_postgres_user([pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]),
         check=True,
         capture_output=True,
     )
@@ -68,7 +68,7 @@ def postgres_cluster() -> Iterator[str]:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:
         subprocess.run(
-            _as_postgres_user([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True
+            as_postgres_user([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True
         )
         shutil.rmtree(folder, ignore_errors=True)
 

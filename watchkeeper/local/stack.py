@@ -41,6 +41,9 @@ class Ports:
     notifications: int = 9601
 
 
+DEFAULT_PORTS = Ports()
+
+
 @dataclass
 class Component:
     name: str
@@ -48,9 +51,13 @@ class Component:
     health_url: str | None
     urls: dict[str, str]
     env: dict[str, str] = field(default_factory=dict)
-    readiness: Literal["health", "deployments", "started"] = "health"
+    readiness: Literal["health", "deployments", "started", "probe"] = "health"
     ready_timeout: float = 60.0
     missing_hint: str | None = None
+    # readiness "probe": true once the component answers (a database, a cache: no HTTP health URL)
+    probe: Callable[[], bool] | None = None
+    # run once the component is ready, before the next one starts (databases, migrations)
+    after_ready: Callable[[], None] | None = None
 
     @property
     def available(self) -> bool:
@@ -136,7 +143,7 @@ def recorded_on_local_stack(settings: Settings) -> Iterator[str | None]:
 
 
 class Stack:
-    def __init__(self, settings: Settings, ports: Ports = Ports(), demo_traffic: bool = False) -> None:
+    def __init__(self, settings: Settings, ports: Ports = DEFAULT_PORTS, demo_traffic: bool = False) -> None:
         self.settings = settings
         self.ports = ports
         self.demo_traffic = demo_traffic
@@ -332,6 +339,7 @@ class Stack:
             "health": lambda: healthy(component.health_url),
             "deployments": self._deployments_ready,
             "started": lambda: True,
+            "probe": lambda: component.probe is not None and component.probe(),
         }
         log = self.settings.logs_dir / f"{component.name}.log"
         while time.monotonic() < deadline:
@@ -390,6 +398,8 @@ class Stack:
             else:
                 record = self.start(component)
                 self.wait_ready(component, record)
+                if component.after_ready is not None:
+                    component.after_ready()
                 report(component.name, f"started (pid {record.pid})")
 
     def down(self, report: Callable[[str, str], None]) -> None:

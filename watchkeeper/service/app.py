@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Reques
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -252,7 +252,8 @@ def create_app(
     read_errors = errors(401, 422, 503)
     profiles = ReferenceProfiles(config, partial(reference_frame, store, sampling=Sampling.of(config)))
     registry = store_registry(store, config, profiles)
-    edge = EdgeMetrics(registry)
+    process_registry = CollectorRegistry(auto_describe=False)
+    edge = EdgeMetrics(process_registry)
     edge.install(app)
     intake_authorized = [Depends(credentials_guard(credentials.intake))]
     alertmanager_authorized = [Depends(credentials_guard(credentials.alertmanager))]
@@ -501,6 +502,19 @@ def create_app(
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
+        """Both of the parts below: what one service scraped alone exports."""
+        exposition = generate_latest(registry) + generate_latest(process_registry)
+        return Response(exposition, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/metrics/store", response_class=PlainTextResponse)
+    def store_metrics() -> Response:
+        """What the store says, alike from every replica: scraped once, through the load balancer,
+        so that two replicas never double a sum."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/metrics/process", response_class=PlainTextResponse)
+    def process_metrics() -> Response:
+        """This process's own requests: scraped from each replica, and summed."""
+        return Response(generate_latest(process_registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
