@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from watchkeeper.local.ha import render_ha_prometheus_config
 from watchkeeper.local.stack import INFRA, render_alertmanager_config, render_prometheus_config
 
 RULES = INFRA / "prometheus" / "rules" / "watchkeeper-alerts.yml"
@@ -167,3 +168,47 @@ def test_every_runbook_url_has_a_section(example_config, store) -> None:  # noqa
             assert response.status_code == 200, rule["alert"]
             assert response.text.startswith(f"## {path.rsplit('/', 1)[1]}\n")
         assert httpx.get(f"{live.url}/runbooks/nope").status_code == 404
+
+
+def test_the_ha_pair_drops_its_replica_label_and_scrapes_the_store_once(tmp_path: Path) -> None:
+    prometheus = render_ha_prometheus_config(
+        tmp_path / "p",
+        replica="2",
+        load_balanced="127.0.0.1:1001",
+        services=["127.0.0.1:1011", "127.0.0.1:1012"],
+        prometheus="127.0.0.1:1002",
+        alertmanagers=["127.0.0.1:1003", "127.0.0.1:1004"],
+    )
+    checked = run("promtool", "check", "config", str(prometheus))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    rendered = yaml.safe_load(prometheus.read_text())
+    assert rendered["global"]["external_labels"] == {"replica": "2"}
+    assert rendered["alerting"]["alert_relabel_configs"] == [{"action": "labeldrop", "regex": "replica"}]
+    assert rendered["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
+        "127.0.0.1:1003",
+        "127.0.0.1:1004",
+    ]
+    jobs = {job["job_name"]: job for job in rendered["scrape_configs"]}
+    assert jobs["watchkeeper"]["metrics_path"] == "/metrics/store"
+    assert jobs["watchkeeper"]["static_configs"][0]["targets"] == ["127.0.0.1:1001"]
+    assert jobs["watchkeeper-replicas"]["metrics_path"] == "/metrics/process"
+    assert jobs["watchkeeper-replicas"]["static_configs"][0]["targets"] == [
+        "127.0.0.1:1011",
+        "127.0.0.1:1012",
+    ]
+
+
+def test_the_load_balancer_config_is_valid_and_names_every_replica(tmp_path: Path) -> None:
+    from watchkeeper.local.ha import HaStack
+    from watchkeeper.local.stack import Ports
+    from watchkeeper.settings import Settings
+
+    stack = HaStack(Settings(home=tmp_path), Ports(14200, 18765, 19090, 19093, 19601))
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(stack.haproxy_config())
+    checked = run("haproxy", "-c", "-f", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    text = config.read_text()
+    for port in (*stack.topology.prefect_apis, *stack.topology.services):
+        assert f"127.0.0.1:{port} check" in text
+    assert "bind 127.0.0.1:14200" in text and "bind 127.0.0.1:18765" in text

@@ -19,12 +19,12 @@ PostgreSQL data folder, in `ha/topology.json`: a replica restarted takes its old
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import socket
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,12 +85,10 @@ class Topology:
 
 def _postgres_folder(folder: Path) -> Path:
     """PostgreSQL runs as `postgres`, never root: as root, its folder is one `postgres` can reach
-    (a home under /root is closed to it)."""
+    (a home under /root is closed to it), named after the home."""
     if os.geteuid() != 0:
         return folder / "postgres"
-    folder = Path(tempfile.mkdtemp(prefix="watchkeeper-ha-pg-", dir="/var/tmp"))
-    shutil.chown(folder, "postgres", "postgres")
-    return folder
+    return Path("/var/tmp") / f"watchkeeper-ha-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"
 
 
 def _answers(port: int) -> bool:

@@ -1,0 +1,462 @@
+"""Replicas killed under load: what survives when one process of the HA topology dies.
+
+Real parts: `watchkeeper up --ha` (PostgreSQL, Redis, HAProxy, two Prefect API servers and its
+background-services process, two services, two warm executors, two clustered Alertmanagers, two
+Prometheus servers), on free loopback ports in a temporary home. The load, through the load
+balancer: `--rate` predictions a second of the example's credit model through `watchkeeper.client`
+(80 % labelled two seconds later), and one alert a second (`ModelAccuracyCritical` for a model of
+its own) posted to both Alertmanagers as a Prometheus pair does; each one's playbook opens a
+circuit breaker on an HTTP stand-in, so every alert must reach it exactly once.
+
+For each fault in turn: `--settle` seconds of load, then the victim is killed with SIGKILL (its
+whole process group; PostgreSQL is restarted instead, a fast shutdown), brought back after
+`--restart-after` seconds as a supervisor would (`up` starts what is not running), and watched for
+`--observe` seconds. Then the client is flushed and the store is read:
+
+- `lost`, `duplicated`: predictions and labels the client had acknowledged, against the store's
+  counts (`watchkeeper_predictions_total`, `ai_model_labelled_predictions_total`);
+- `remediations_per_action`: the most requests one alert's breaker received; `missing_actions`:
+  alerts of the phase whose breaker received none within 90 s;
+- `stranded_max_s`: the longest any flow run stayed Pending or Running (polled every second);
+- `late_slots`, `skipped_slots`, `twice_slots`: the 15-second collection's slots from the kill to
+  the end of the phase: started more than 60 s late, never run, or run more than once;
+- `recovery_s`: from the kill until a one-prediction POST through the load balancer is stored again
+  and an alert posted after the kill is acted on within twice the quiet median.
+
+Baseline: the issue's limits (nothing lost or doubled, one action per alert, 60 s for a stranded
+run or a late slot). The client backs off at most 5 s here (30 s by default), so that recovery is
+the topology's, not the client's backoff.
+
+Usage: python benchmarks/scaleout.py [--faults service,executor,...] [--rate 1000]; the last line is
+JSON: {"faults": {"<kind>": {...}}, "ratios": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.standins import HttpRecorder  # noqa: E402
+from watchkeeper.runtime.host import free_port  # noqa: E402
+from watchkeeper.settings import DEFAULT_CONFIG  # noqa: E402
+
+FAULTS = {
+    "service": "service-1",
+    "executor": "executor-1",
+    "prefect_api": "prefect-api-1",
+    "prefect_services": "prefect-services",
+    "redis": "redis",
+    "load_balancer": "load-balancer",
+    "alertmanager": "alertmanager-1",
+    "prometheus": "prometheus-1",
+    "postgres": "postgres",
+}
+MODEL = "credit_approval"
+LABEL_SHARE, LABEL_DELAY_S = 0.8, 2.0
+STRANDED_LIMIT_S = LATE_LIMIT_S = 60.0
+COLLECTION = "collect-model-metrics"
+
+
+def bench_config(folder: Path, recorder: HttpRecorder) -> Path:
+    """The example config, with a playbook that opens a breaker per alerting model, no cooldown."""
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["remediation"] = {
+        "max_actions_per_hour": 100_000,
+        "playbooks": [
+            {
+                "name": "break-the-circuit",
+                "enabled": True,
+                "cooldown": "0s",
+                "match": {"alertname": "ModelAccuracyCritical"},
+                "actions": [
+                    {"action": "circuit_breaker", "url": f"{recorder.url}/breaker/{{model_name}}/open"}
+                ],
+            }
+        ],
+    }
+    path = folder / "watchkeeper.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class PredictionLoad(threading.Thread):
+    """`rate` predictions a second through the client, a share of them labelled a little later."""
+
+    def __init__(self, url: str, rate: float, events: list[Any]) -> None:
+        super().__init__(name="prediction-load", daemon=True)
+        from watchkeeper.client import WatchkeeperClient
+
+        self.events = events
+        self.client = WatchkeeperClient(url, batch_size=500, flush_interval=0.2, max_backoff=5.0)
+        self.rate, self.predictions, self.labels = rate, 0, 0
+        self.halt, self.paused, self.idle = threading.Event(), threading.Event(), threading.Event()
+        self._pending: list[tuple[float, int]] = []
+
+    def run(self) -> None:
+        tick = 0.1
+        while not self.halt.is_set():
+            started, base = time.monotonic(), self.predictions
+            while not (self.halt.is_set() or self.paused.is_set()):
+                due = base + int((time.monotonic() - started) * self.rate)
+                while self.predictions < due:
+                    self._predict(self.predictions)
+                now = time.monotonic()
+                while self._pending and self._pending[0][0] <= now:
+                    self._label(self._pending.pop(0)[1])
+                self.halt.wait(tick)
+            while self._pending:
+                self._label(self._pending.pop(0)[1])
+            self.idle.set()
+            while self.paused.is_set() and not self.halt.wait(tick):
+                pass
+            self.idle.clear()
+
+    @contextlib.contextmanager
+    def pause(self) -> Iterator[None]:
+        """No new record until the block ends: the books can be balanced exactly."""
+        self.paused.set()
+        self.idle.wait()
+        try:
+            yield
+        finally:
+            self.paused.clear()
+
+    def _predict(self, n: int) -> None:
+        event = self.events[n % len(self.events)]
+        self.client.log_prediction(
+            MODEL,
+            "v1",
+            f"p-{n}",
+            event.features,
+            prediction=event.prediction,
+            score=event.score,
+            latency_seconds=event.latency_seconds,
+        )
+        self.predictions += 1
+        if n % 5:  # four in five
+            self._pending.append((time.monotonic() + LABEL_DELAY_S, n))
+
+    def _label(self, n: int) -> None:
+        self.client.log_label(MODEL, f"p-{n}", self.events[n % len(self.events)].label)
+        self.labels += 1
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.paused.clear()
+        self.join()
+
+
+@dataclass
+class AlertLoad:
+    """One new alert a second, posted to every Alertmanager as both Prometheus servers would."""
+
+    alertmanagers: list[str]
+    posted: dict[int, float] = field(default_factory=dict)
+    halt: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="alert-load", daemon=True).start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self.halt.wait(1.0):
+            self.posted[n] = time.monotonic()
+            alert = [
+                {
+                    "labels": {
+                        "alertname": "ModelAccuracyCritical",
+                        "severity": "critical",
+                        "model_name": f"scale-{n}",
+                    },
+                    "annotations": {"summary": "scale-out benchmark"},
+                    "startsAt": datetime.now(UTC).isoformat(),
+                    "endsAt": (datetime.now(UTC) + timedelta(minutes=30)).isoformat(),
+                }
+            ]
+            for _ in range(2):  # each Prometheus of the pair sends it to every Alertmanager
+                for url in self.alertmanagers:
+                    with contextlib.suppress(httpx.HTTPError):
+                        httpx.post(f"{url}/api/v2/alerts", json=alert, timeout=2)
+            n += 1
+
+
+class RunWatch(threading.Thread):
+    """How long each flow run is seen Pending or Running, polled every second through any API."""
+
+    def __init__(self, apis: list[str]) -> None:
+        super().__init__(name="run-watch", daemon=True)
+        self.apis, self.halt = apis, threading.Event()
+        self.seen: dict[str, list[float]] = {}
+
+    def run(self) -> None:
+        body = {"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING"]}}}, "limit": 200}
+        while not self.halt.wait(1.0):
+            for api in self.apis:
+                try:
+                    runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=3).json()
+                except (httpx.HTTPError, ValueError):
+                    continue
+                now = time.monotonic()
+                for run in runs if isinstance(runs, list) else []:
+                    self.seen.setdefault(run["id"], [now, now])[1] = now
+                break
+
+    def longest_since(self, since: float) -> float:
+        spans = [last - first for first, last in self.seen.values() if last >= since]
+        return round(max(spans, default=0.0), 1)
+
+
+def store_counts(url: str) -> tuple[float, float]:
+    """Predictions and labels the store counts for the benchmark's model (from /metrics/store)."""
+    text = httpx.get(f"{url}/metrics/store", timeout=10).text
+    totals = defaultdict(float)
+    for line in text.splitlines():
+        for name in ("watchkeeper_predictions_total", "ai_model_labelled_predictions_total"):
+            if line.startswith(name + "{") and f'model_name="{MODEL}"' in line:
+                totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals["watchkeeper_predictions_total"], totals["ai_model_labelled_predictions_total"]
+
+
+class Scaleout:
+    """The topology, its load, and one fault at a time."""
+
+    def __init__(self, folder: Path, rate: float, recorder: HttpRecorder) -> None:
+        self.folder, self.recorder = folder, recorder
+        os.environ["WATCHKEEPER_HOME"] = str(folder / "home")
+        os.environ["WATCHKEEPER_CONFIG"] = str(bench_config(folder, recorder))
+        for name in ("PREFECT_API_URL", "WATCHKEEPER_DATABASE_URL"):
+            os.environ.pop(name, None)
+        from watchkeeper.local.demo import DemoTraffic, write_reference
+        from watchkeeper.local.ha import HaStack
+        from watchkeeper.local.stack import Ports
+        from watchkeeper.settings import Settings
+
+        ports = Ports(free_port(), free_port(), free_port(), free_port(), free_port())
+        settings = Settings()
+        self.stack = HaStack(settings, ports)
+        traffic = DemoTraffic(model_name=MODEL, train_size=2000, seed=11, reference_size=5000)
+        write_reference(traffic.reference, settings.monitoring.model(MODEL).reference.path)
+        self.events = traffic.next_batch(5000)
+        self.rate = rate
+        self.lb = self.stack.service_url
+        self.probes = 0
+        self.usual_action_s: float | None = None
+
+    def up(self) -> None:
+        self.stack.up(lambda name, outcome: print(f"{name:<18} {outcome}", flush=True))
+        topology = self.stack.topology
+        self.apis = [f"http://127.0.0.1:{p}/api" for p in topology.prefect_apis]
+        self.load = PredictionLoad(self.lb, self.rate, self.events)
+        self.alerts = AlertLoad([f"http://127.0.0.1:{p}" for p in topology.alertmanagers])
+        self.watch = RunWatch([self.stack.prefect_api_url, *self.apis])
+        self.load.start()
+        self.alerts.start()
+        self.watch.start()
+
+    def down(self) -> None:
+        for stopper in (self.alerts.halt.set, self.watch.halt.set, self.load.stop):
+            stopper()
+        self.load.client.close(timeout=10)
+        self.stack.down(lambda name, outcome: None)
+        shutil.rmtree(self.stack.topology.postgres_dir, ignore_errors=True)
+
+    def kill(self, fault: str) -> None:
+        victim = FAULTS[fault]
+        if fault == "postgres":
+            self.stack.stop(victim)
+            self._restart()
+            return
+        record = self.stack.record(victim)
+        if record is not None and record.alive():
+            os.killpg(record.pid, signal.SIGKILL)
+
+    def _restart(self) -> None:
+        self.stack.up(lambda name, outcome: None)
+
+    def probe_intake(self, fault: str, since: float) -> float:
+        """Seconds from `since` until one prediction POSTed through the load balancer is stored; the
+        same request id is sent again until it is (and counted once)."""
+        event = self.events[0]
+        body = [
+            {
+                "model_name": MODEL,
+                "model_version": "v1",
+                "request_id": f"probe-{fault}",
+                "timestamp": datetime.now(UTC).isoformat(),
+                "features": event.features,
+                "prediction": event.prediction,
+            }
+        ]
+        while True:
+            try:
+                answer = httpx.post(f"{self.lb}/v1/predictions", json=body, timeout=2)
+            except httpx.HTTPError:
+                answer = None
+            if answer is not None and answer.status_code == 200:
+                self.probes += 1
+                return time.monotonic() - since
+            if answer is not None and 400 <= answer.status_code < 500:
+                raise SystemExit(f"the probe was refused: {answer.status_code} {answer.text}")
+            time.sleep(0.25)
+
+    def phase(self, fault: str, settle: float, restart_after: float, observe: float) -> dict[str, Any]:
+        time.sleep(settle)
+        first_alert = max(self.alerts.posted, default=-1) + 1
+        if self.usual_action_s is None:
+            self.usual_action_s = self._usual_action()
+        killed_at = time.monotonic()
+        self.kill(fault)
+        intake_s = self.probe_intake(fault, killed_at)
+        time.sleep(max(0.0, killed_at + restart_after - time.monotonic()))
+        self._restart()
+        time.sleep(max(0.0, killed_at + restart_after + observe - time.monotonic()))
+        last_alert = max(self.alerts.posted)
+        return {
+            **self._books(),
+            **self._actions(first_alert, last_alert, killed_at, intake_s),
+            "stranded_max_s": self.watch.longest_since(killed_at),
+            **self._slots(killed_at),
+        }
+
+    def _usual_action(self) -> float:
+        delays = [
+            self.recorder.to(f"/breaker/scale-{n}/open")[0].at - posted
+            for n, posted in list(self.alerts.posted.items())
+            if self.recorder.to(f"/breaker/scale-{n}/open")
+        ]
+        return statistics.median(delays) if delays else 10.0
+
+    def _books(self) -> dict[str, Any]:
+        """Acknowledged against stored, with the load paused and the client flushed (labels may wait
+        for the collection's join a little longer)."""
+        with self.load.pause():
+            self.load.client.flush(timeout=120)
+            expected = (self.load.predictions + self.probes, self.load.labels)
+            deadline = time.monotonic() + 90
+            stored = store_counts(self.lb)
+            while stored != expected and time.monotonic() < deadline:
+                time.sleep(1)
+                stored = store_counts(self.lb)
+        stats = self.load.client.stats()
+        return {
+            "lost": int(sum(max(0, e - s) for e, s in zip(expected, stored, strict=True))),
+            "duplicated": int(sum(max(0, s - e) for e, s in zip(expected, stored, strict=True))),
+            "predictions": expected[0],
+            "labels": expected[1],
+            "client_dropped": stats.dropped,
+            "client_retries": stats.retries,
+        }
+
+    def _actions(self, first: int, last: int, killed_at: float, intake_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + 90
+        wanted = range(first, last + 1)
+        while time.monotonic() < deadline and not all(
+            self.recorder.to(f"/breaker/scale-{n}/open") for n in wanted
+        ):
+            time.sleep(0.5)
+        counts = [len(self.recorder.to(f"/breaker/scale-{n}/open")) for n in wanted]
+        usual = 2 * (self.usual_action_s or 10.0)
+        acted = [
+            self.recorder.to(f"/breaker/scale-{n}/open")[0].at - killed_at
+            for n in wanted
+            if self.alerts.posted[n] >= killed_at
+            and self.recorder.to(f"/breaker/scale-{n}/open")
+            and self.recorder.to(f"/breaker/scale-{n}/open")[0].at - self.alerts.posted[n] <= usual
+        ]
+        return {
+            "remediations_per_action": max(counts, default=0),
+            "missing_actions": counts.count(0),
+            "intake_recovery_s": round(intake_s, 1),
+            "recovery_s": round(max(intake_s, min(acted, default=float("inf"))), 1),
+        }
+
+    def _slots(self, killed_at: float) -> dict[str, Any]:
+        """The collection's slots from the kill until 60 s ago: late, skipped, run twice."""
+        wall = time.time() - time.monotonic()
+        start = datetime.fromtimestamp(killed_at + wall, UTC)
+        end = datetime.now(UTC) - timedelta(seconds=LATE_LIMIT_S)
+        runs = self._collection_runs(start, end)
+        if runs is None:
+            return {"late_slots": None, "skipped_slots": None, "twice_slots": None}
+        by_slot: dict[str, list[dict]] = defaultdict(list)
+        for run in runs:
+            by_slot[run["expected_start_time"]].append(run)
+        late = skipped = twice = 0
+        for slot, found in by_slot.items():
+            started = [r for r in found if r.get("start_time")]
+            if not started:
+                skipped += 1
+                continue
+            delay = min(
+                (datetime.fromisoformat(r["start_time"]) - datetime.fromisoformat(slot)).total_seconds()
+                for r in started
+            )
+            late += delay > LATE_LIMIT_S
+            twice += len(started) > 1 or any(r.get("run_count", 1) > 1 for r in started)
+        expected = int((end - start).total_seconds() // 15)
+        skipped += max(0, expected - len(by_slot))
+        return {"late_slots": late, "skipped_slots": skipped, "twice_slots": twice}
+
+    def _collection_runs(self, start: datetime, end: datetime) -> list[dict] | None:
+        api = self.stack.prefect_api_url
+        try:
+            deployment = httpx.get(f"{api}/deployments/name/{COLLECTION}/{COLLECTION}", timeout=5).json()
+            body = {
+                "deployments": {"id": {"any_": [deployment["id"]]}},
+                "flow_runs": {
+                    "expected_start_time": {"after_": start.isoformat(), "before_": end.isoformat()}
+                },
+                "limit": 200,
+            }
+            return httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--settle", type=float, default=30.0)
+    parser.add_argument("--restart-after", type=float, default=10.0)
+    parser.add_argument("--observe", type=float, default=90.0)
+    args = parser.parse_args()
+    faults = [f for f in args.faults.split(",") if f]
+    unknown = set(faults) - set(FAULTS)
+    if unknown:
+        raise SystemExit(f"unknown faults {sorted(unknown)}: pick from {', '.join(FAULTS)}")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="scaleout-") as folder, HttpRecorder() as recorder:
+        run = Scaleout(Path(folder), args.rate, recorder)
+        run.up()
+        try:
+            for fault in faults:
+                results[fault] = run.phase(fault, args.settle, args.restart_after, args.observe)
+                print(f"{fault:<18} {json.dumps(results[fault])}", flush=True)
+        finally:
+            run.down()
+    print(json.dumps({"faults": results, "rate": args.rate, "usual_action_s": run.usual_action_s}))
+
+
+if __name__ == "__main__":
+    main()
