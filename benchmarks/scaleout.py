@@ -72,8 +72,8 @@ FAULTS = {
     "postgres": "postgres",
 }
 MODEL = "credit_approval"
-LABEL_SHARE, LABEL_DELAY_S = 0.8, 2.0
-STRANDED_LIMIT_S = LATE_LIMIT_S = 60.0
+LABEL_DELAY_S = 2.0
+LATE_LIMIT_S = 60.0
 COLLECTION = "collect-model-metrics"
 
 
