@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import yaml
 
+from watchkeeper.local.ha import render_ha_prometheus_config
 from watchkeeper.local.stack import INFRA, Ports
 
 COMPONENTS = ("postgres", "prefect-server", "watchkeeper", "prometheus", "alertmanager", "grafana")
@@ -16,6 +18,7 @@ DEFAULT_PORTS = {
     "alertmanager": Ports().alertmanager,
     "grafana": 3000,
     "postgres": 5432,
+    "redis": 6379,
 }
 
 
@@ -46,12 +49,39 @@ def containers() -> dict[str, dict]:
 def test_every_component_is_in_both_with_the_same_image() -> None:
     services, pods = compose(), containers()
     for name in (*COMPONENTS, "watchkeeper-executor"):
-        assert services[name]["image"] == pods[name]["image"], name
+        if name != "prefect-server":  # in Kubernetes, Prefect's own Helm chart runs it
+            assert services[name]["image"] == pods[name]["image"], name
+    image = prefect_values()["global"]["prefect"]["image"]
+    assert services["prefect-server"]["image"] == f"{image['repository']}:{image['prefectTag']}"
+
+
+def prefect_values() -> dict:
+    return yaml.safe_load((INFRA / "kubernetes" / "prefect-server-values.yaml").read_text())
+
+
+def test_prefect_runs_as_api_replicas_and_one_services_process_on_redis() -> None:
+    values = prefect_values()
+    assert values["server"]["replicaCount"] >= 2
+    assert values["backgroundServices"]["runAsSeparateDeployment"] is True
+    assert values["backgroundServices"]["messaging"]["redis"]["host"] == "redis"
+    assert values["migrations"]["enabled"] is True  # once, as a Job, never on every start
+    assert values["postgresql"]["enabled"] is False and values["secret"]["create"] is False
+    assert "redis" in k8s("Service") and k8s("Deployment")["redis"]
+
+
+def test_every_replicated_workload_has_a_disruption_budget() -> None:
+    budgets = {b["spec"]["selector"]["matchLabels"]["app"]: b for b in k8s("PodDisruptionBudget").values()}
+    for workload in [*k8s("Deployment").values(), *k8s("StatefulSet").values()]:
+        if workload["spec"]["replicas"] > 1:
+            app = workload["spec"]["selector"]["matchLabels"]["app"]
+            assert budgets[app]["spec"]["minAvailable"] == 1, app
 
 
 def test_kubernetes_services_expose_the_container_ports_on_the_shipped_defaults() -> None:
     pods = containers()
     for name, service in k8s("Service").items():
+        if service["spec"].get("clusterIP") == "None":  # headless: the replicas by their own address
+            continue
         [port] = service["spec"]["ports"]
         assert port["port"] == DEFAULT_PORTS[name], name
         assert port["targetPort"] in {p["containerPort"] for p in pods[name]["ports"]}, name
@@ -60,31 +90,32 @@ def test_kubernetes_services_expose_the_container_ports_on_the_shipped_defaults(
 
 def test_compose_listens_on_loopback_at_the_shipped_default_ports() -> None:
     services = compose()
-    for name, port in DEFAULT_PORTS.items():
+    for name in COMPONENTS:  # compose is the one-machine topology: no Redis
+        port = DEFAULT_PORTS[name]
         text = yaml.safe_dump(services[name])
         assert "127.0.0.1" in text and re.search(rf"\b{port}\b", text), name
         assert services[name]["network_mode"] == "host"
 
 
-def test_kubernetes_prometheus_config_is_the_shipped_one_with_service_targets() -> None:
-    shipped = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
+def test_kubernetes_prometheus_config_is_the_ha_pair_with_service_discovery(tmp_path: Path) -> None:
+    """The cluster's config is what `up --ha` renders for one of its pair, with the cluster's names
+    and DNS discovery in place of loopback targets."""
+    rendered = yaml.safe_load(
+        render_ha_prometheus_config(
+            tmp_path, "${POD_NAME}", "watchkeeper:8765", ["S"], "localhost:9090", ["A"]
+        ).read_text()
+    )
     cluster = yaml.safe_load((INFRA / "kubernetes" / "prometheus.yml").read_text())
-    services = {name: s["spec"]["ports"][0]["port"] for name, s in k8s("Service").items()}
-    for config in (shipped, cluster):
-        for job in config["scrape_configs"]:
-            job["static_configs"] = [{"targets": ["X"]} for _ in job["static_configs"]]
-    targets = [
-        t
-        for job in yaml.safe_load((INFRA / "kubernetes" / "prometheus.yml").read_text())["scrape_configs"]
-        for c in job["static_configs"]
-        for t in c["targets"]
-    ]
-    assert "watchkeeper:8765" in targets and services["watchkeeper"] == 8765
-    am = yaml.safe_load((INFRA / "kubernetes" / "prometheus.yml").read_text())["alerting"]["alertmanagers"]
-    assert am[0]["static_configs"][0]["targets"] == [f"alertmanager:{services['alertmanager']}"]
-    for config in (shipped, cluster):
-        config["alerting"] = None
-    assert shipped == cluster
+    services = k8s("Service")
+    assert cluster["alerting"]["alertmanagers"][0]["dns_sd_configs"][0]["names"] == ["alertmanager-peers"]
+    assert services["alertmanager-peers"]["spec"]["clusterIP"] == "None"
+    jobs = {job["job_name"]: job for job in cluster["scrape_configs"]}
+    assert jobs["watchkeeper-replicas"].pop("dns_sd_configs")[0]["names"] == ["watchkeeper-replicas"]
+    assert services["watchkeeper-replicas"]["spec"]["selector"] == {"app": "watchkeeper"}
+    jobs["watchkeeper-replicas"]["static_configs"] = [{"targets": ["S"]}]
+    cluster["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": ["A"]}]}]
+    rendered["rule_files"] = ["rules/*.yml"]  # relative to /etc/prometheus in the pod
+    assert rendered == cluster
 
 
 def test_kubernetes_alertmanager_config_is_the_shipped_one_with_the_service_webhook() -> None:
