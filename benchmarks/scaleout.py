@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -52,13 +53,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.volume import PROBE, bench_config  # noqa: E402
 from tests.standins import HttpRecorder  # noqa: E402
 from watchkeeper.runtime.host import free_port  # noqa: E402
-from watchkeeper.settings import DEFAULT_CONFIG  # noqa: E402
 
 FAULTS = {
     "service": "service-1",
@@ -77,36 +77,14 @@ LATE_LIMIT_S = 60.0
 COLLECTION = "collect-model-metrics"
 
 
-def bench_config(folder: Path, recorder: HttpRecorder) -> Path:
-    """The example config, with a playbook that opens a breaker per alerting model, no cooldown."""
-    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    data["remediation"] = {
-        "max_actions_per_hour": 100_000,
-        "playbooks": [
-            {
-                "name": "break-the-circuit",
-                "enabled": True,
-                "cooldown": "0s",
-                "match": {"alertname": "ModelAccuracyCritical"},
-                "actions": [
-                    {"action": "circuit_breaker", "url": f"{recorder.url}/breaker/{{model_name}}/open"}
-                ],
-            }
-        ],
-    }
-    path = folder / "watchkeeper.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 class PredictionLoad(threading.Thread):
     """`rate` predictions a second through the client, a share of them labelled a little later."""
 
-    def __init__(self, url: str, rate: float, events: list[Any]) -> None:
+    def __init__(self, url: str, rate: float, events: list[Any], models: list[str]) -> None:
         super().__init__(name="prediction-load", daemon=True)
         from watchkeeper.client import WatchkeeperClient
 
-        self.events = events
+        self.events, self.models = events, models
         self.client = WatchkeeperClient(url, batch_size=500, flush_interval=0.2, max_backoff=5.0)
         self.rate, self.predictions, self.labels = rate, 0, 0
         self.halt, self.paused, self.idle = threading.Event(), threading.Event(), threading.Event()
@@ -144,7 +122,7 @@ class PredictionLoad(threading.Thread):
     def _predict(self, n: int) -> None:
         event = self.events[n % len(self.events)]
         self.client.log_prediction(
-            MODEL,
+            self.models[n % len(self.models)],
             "v1",
             f"p-{n}",
             event.features,
@@ -157,7 +135,8 @@ class PredictionLoad(threading.Thread):
             self._pending.append((time.monotonic() + LABEL_DELAY_S, n))
 
     def _label(self, n: int) -> None:
-        self.client.log_label(MODEL, f"p-{n}", self.events[n % len(self.events)].label)
+        model = self.models[n % len(self.models)]
+        self.client.log_label(model, f"p-{n}", self.events[n % len(self.events)].label)
         self.labels += 1
 
     def stop(self) -> None:
@@ -184,9 +163,12 @@ class AlertLoad:
             alert = [
                 {
                     "labels": {
+                        "bench": "act",  # the benchmark's playbook matches it
                         "alertname": "ModelAccuracyCritical",
                         "severity": "critical",
                         "model_name": f"scale-{n}",
+                        # its own service: an alert with none is near every other (tasks/correlation.py)
+                        "service": f"scale-{n}",
                     },
                     "annotations": {"summary": "scale-out benchmark"},
                     "startsAt": datetime.now(UTC).isoformat(),
@@ -227,12 +209,12 @@ class RunWatch(threading.Thread):
 
 
 def store_counts(url: str) -> tuple[float, float]:
-    """Predictions and labels the store counts for the benchmark's model (from /metrics/store)."""
+    """Predictions and labels the store counts for the benchmark's models (from /metrics/store)."""
     text = httpx.get(f"{url}/metrics/store", timeout=10).text
     totals = defaultdict(float)
     for line in text.splitlines():
         for name in ("watchkeeper_predictions_total", "ai_model_labelled_predictions_total"):
-            if line.startswith(name + "{") and f'model_name="{MODEL}"' in line:
+            if line.startswith(name + "{") and f'model_name="{PROBE}"' not in line:
                 totals[name] += float(line.rsplit(" ", 1)[1])
     return totals["watchkeeper_predictions_total"], totals["ai_model_labelled_predictions_total"]
 
@@ -240,10 +222,10 @@ def store_counts(url: str) -> tuple[float, float]:
 class Scaleout:
     """The topology, its load, and one fault at a time."""
 
-    def __init__(self, folder: Path, rate: float, recorder: HttpRecorder) -> None:
+    def __init__(self, folder: Path, rate: float, recorder: HttpRecorder, models: int = 1) -> None:
         self.folder, self.recorder = folder, recorder
         os.environ["WATCHKEEPER_HOME"] = str(folder / "home")
-        os.environ["WATCHKEEPER_CONFIG"] = str(bench_config(folder, recorder))
+        os.environ["WATCHKEEPER_CONFIG"] = str(bench_config(folder, models, recorder))
         for name in ("PREFECT_API_URL", "WATCHKEEPER_DATABASE_URL"):
             os.environ.pop(name, None)
         from watchkeeper.local.demo import DemoTraffic, write_reference
@@ -257,6 +239,7 @@ class Scaleout:
         traffic = DemoTraffic(model_name=MODEL, train_size=2000, seed=11, reference_size=5000)
         write_reference(traffic.reference, settings.monitoring.model(MODEL).reference.path)
         self.events = traffic.next_batch(5000)
+        self.models = [m.name for m in settings.monitoring.models if m.name != PROBE]
         self.rate = rate
         self.lb = self.stack.service_url
         self.probes = 0
@@ -266,7 +249,7 @@ class Scaleout:
         self.stack.up(lambda name, outcome: print(f"{name:<18} {outcome}", flush=True))
         topology = self.stack.topology
         self.apis = [f"http://127.0.0.1:{p}/api" for p in topology.prefect_apis]
-        self.load = PredictionLoad(self.lb, self.rate, self.events)
+        self.load = PredictionLoad(self.lb, self.rate, self.events, self.models)
         self.alerts = AlertLoad([f"http://127.0.0.1:{p}" for p in topology.alertmanagers])
         self.watch = RunWatch([self.stack.prefect_api_url, *self.apis])
         self.load.start()
@@ -417,6 +400,70 @@ class Scaleout:
         skipped += max(0, expected - len(by_slot))
         return {"late_slots": late, "skipped_slots": skipped, "twice_slots": twice}
 
+    def intake_ratio(self, seconds: float, senders: int = 4) -> dict[str, Any]:
+        """Predictions stored a second by a flood through the load balancer (`senders` threads
+        posting batches of 1,000), two services against one (the other stopped)."""
+        with self.load.pause():
+            two = self._flood("two", seconds, senders)
+            self.stack.stop("service-2")
+            one = self._flood("one", seconds, senders)
+            self._restart()
+        return {"intake_2_vs_1": round(two / one, 3), "intake_two_rps": two, "intake_one_rps": one}
+
+    def _flood(self, name: str, seconds: float, senders: int) -> float:
+        stored = [0] * senders
+
+        def send(sender: int) -> None:
+            deadline, batch = time.monotonic() + seconds, 0
+            with httpx.Client(timeout=30) as client:
+                while time.monotonic() < deadline:
+                    body = [
+                        {
+                            "model_name": self.models[i % len(self.models)],
+                            "model_version": "v1",
+                            "request_id": f"flood-{name}-{sender}-{batch}-{i}",
+                            "timestamp": datetime.now(UTC).isoformat(),
+                            "features": self.events[i].features,
+                            "prediction": self.events[i].prediction,
+                        }
+                        for i in range(1000)
+                    ]
+                    answer = client.post(
+                        f"{self.lb}/v1/predictions",
+                        content=gzip.compress(json.dumps(body).encode()),
+                        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+                    )
+                    if answer.status_code == 200:
+                        stored[sender] += answer.json()["stored"]
+                    batch += 1
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(senders)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.probes += sum(stored)
+        return round(sum(stored) / (time.monotonic() - started), 1)
+
+    def executor_ratio(self, seconds: float) -> dict[str, Any]:
+        """The collection's median run time under the live load, with two executors and with one:
+        the ratio is one's over two's (above 1, two are faster)."""
+        two = self._collection_run_time(seconds)
+        self.stack.stop("executor-2")
+        one = self._collection_run_time(seconds)
+        self._restart()
+        ratio = round(one / two, 3) if one and two else None
+        return {"executors_2_vs_1": ratio, "collection_run_s_two": two, "collection_run_s_one": one}
+
+    def _collection_run_time(self, seconds: float) -> float | None:
+        wall = time.time() - time.monotonic()
+        start = datetime.fromtimestamp(time.monotonic() + wall, UTC)
+        time.sleep(seconds)
+        runs = self._collection_runs(start, datetime.now(UTC)) or []
+        times = [r["total_run_time"] for r in runs if r.get("state_type") == "COMPLETED"]
+        return round(statistics.median(times), 3) if times else None
+
     def _collection_runs(self, start: datetime, end: datetime) -> list[dict] | None:
         api = self.stack.prefect_api_url
         try:
@@ -440,6 +487,8 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=30.0)
     parser.add_argument("--restart-after", type=float, default=10.0)
     parser.add_argument("--observe", type=float, default=90.0)
+    parser.add_argument("--models", type=int, default=50)
+    parser.add_argument("--ratio-seconds", type=float, default=60.0, help="0 skips the ratios")
     args = parser.parse_args()
     faults = [f for f in args.faults.split(",") if f]
     unknown = set(faults) - set(FAULTS)
@@ -447,15 +496,29 @@ def main() -> None:
         raise SystemExit(f"unknown faults {sorted(unknown)}: pick from {', '.join(FAULTS)}")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="scaleout-") as folder, HttpRecorder() as recorder:
-        run = Scaleout(Path(folder), args.rate, recorder)
+        run = Scaleout(Path(folder), args.rate, recorder, args.models)
         run.up()
+        ratios: dict[str, Any] = {}
         try:
             for fault in faults:
                 results[fault] = run.phase(fault, args.settle, args.restart_after, args.observe)
                 print(f"{fault:<18} {json.dumps(results[fault])}", flush=True)
+            if args.ratio_seconds:
+                ratios = {**run.intake_ratio(args.ratio_seconds), **run.executor_ratio(args.ratio_seconds)}
+                print(f"{'ratios':<18} {json.dumps(ratios)}", flush=True)
         finally:
             run.down()
-    print(json.dumps({"faults": results, "rate": args.rate, "usual_action_s": run.usual_action_s}))
+    print(
+        json.dumps(
+            {
+                "faults": results,
+                "ratios": ratios,
+                "rate": args.rate,
+                "models": args.models,
+                "usual_action_s": run.usual_action_s,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.schedules import IntervalSchedule
 from prefect.states import AwaitingRetry, Cancelling, Pending, Running
 from prefect.utilities.engine import propose_state_sync
 
@@ -234,3 +235,44 @@ def test_a_run_stranded_by_a_dead_executor_is_handed_back_and_run(
         names = [s.name for s in client.read_flow_run_states(run.id)]
     handed_back = ["Scheduled"] if left_in == StateType.PENDING else ["Crashed", "AwaitingRetry"]
     assert names[-3 - len(handed_back) : -3] == handed_back  # then Pending, Running, Completed
+
+
+@flow(name="wk-test-scheduled")
+def scheduled() -> None:
+    CALLS["scheduled"] += 1
+
+
+def test_an_executor_that_starts_keeps_the_schedule_a_running_one_registered(
+    prefect_api: None, store: Store
+) -> None:
+    """Each executor builds its deployments anchored at its own start; registering them again would
+    delete the future runs and move the grid. A second executor (a replica, a restart) keeps the
+    schedule as it is; a changed interval is registered anew."""
+
+    def started(interval: timedelta, anchored_in: timedelta) -> WarmExecutor:
+        schedule = IntervalSchedule(interval=interval, anchor_date=datetime.now(UTC) + anchored_in)
+        deployment = scheduled.to_deployment(name="wk-test-scheduled", schedule=schedule)
+        warm = WarmExecutor(store, [deployment], {"wk-test-scheduled": scheduled}, poll_seconds=0.5)
+        warm.start()
+        assert warm.ready.wait(60)
+        return warm
+
+    def registered(warm: WarmExecutor) -> tuple[uuid.UUID, float, datetime]:
+        [deployment_id] = warm.deployment_names
+        with get_client(sync_client=True) as client:
+            [schedule] = client.read_deployment(deployment_id).schedules
+        return deployment_id, schedule.schedule.interval.total_seconds(), schedule.schedule.anchor_date
+
+    first = started(timedelta(hours=1), timedelta(hours=2))
+    kept, second, third = registered(first), None, None
+    try:
+        second = started(timedelta(hours=1), timedelta(hours=3))
+        assert registered(second) == kept
+        third = started(timedelta(hours=2), timedelta(hours=3))
+        deployment_id, interval, anchor = registered(third)
+        assert deployment_id == kept[0] and interval == 7200
+        assert anchor - kept[2] >= timedelta(minutes=59)  # a changed schedule is applied
+    finally:
+        for warm in (first, second, third):
+            if warm is not None:
+                warm.stop()

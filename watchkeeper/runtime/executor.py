@@ -56,7 +56,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import SyncClientContext
 from prefect.deployments.runner import RunnerDeployment
-from prefect.exceptions import Abort
+from prefect.exceptions import Abort, ObjectNotFound
 from prefect.flow_engine import run_flow
 from prefect.settings import (
     PREFECT_API_SSL_CERT_FILE,
@@ -273,14 +273,31 @@ class WarmExecutor:
 
     def _apply_deployments(self) -> bool:
         """Register the deployments; False while the Prefect API does not answer (the owed runs
-        wait in the outbox meanwhile)."""
+        wait in the outbox meanwhile).
+
+        One already registered with the same schedules is kept as it is: registering again deletes
+        its future runs and anchors its schedule anew, so each executor that started (a replica, a
+        restart) would drop a slot and shift the grid (a daily report could never come due)."""
         try:
             for deployment in self.deployments:
-                self.deployment_names[UUID(str(deployment.apply()))] = deployment.name
+                kept = self._registered_alike(deployment)
+                deployment_id = kept if kept is not None else UUID(str(deployment.apply()))
+                self.deployment_names[deployment_id] = deployment.name
         except Exception as exc:  # noqa: BLE001 - any failure of the API means: try again shortly
             log.warning("cannot register the deployments yet (%s); retrying", exc)
             return False
         return True
+
+    def _registered_alike(self, deployment: RunnerDeployment) -> UUID | None:
+        """The id of the registered deployment of that name when its schedules' intervals are
+        these, else None."""
+        try:
+            found = self.client.read_deployment_by_name(f"{deployment.flow_name}/{deployment.name}")
+        except ObjectNotFound:
+            return None
+        wanted = [getattr(s.schedule, "interval", None) for s in deployment.schedules or []]
+        registered = [getattr(s.schedule, "interval", None) for s in found.schedules or []]
+        return found.id if wanted == registered else None
 
     @property
     def client(self) -> SyncPrefectClient:
