@@ -152,6 +152,7 @@ class AlertLoad:
     alertmanagers: list[str]
     posted: dict[int, float] = field(default_factory=dict)
     halt: threading.Event = field(default_factory=threading.Event)
+    paused: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="alert-load", daemon=True).start()
@@ -159,6 +160,8 @@ class AlertLoad:
     def _run(self) -> None:
         n = 0
         while not self.halt.wait(1.0):
+            if self.paused.is_set():
+                continue
             self.posted[n] = time.monotonic()
             alert = [
                 {
@@ -400,6 +403,52 @@ class Scaleout:
         skipped += max(0, expected - len(by_slot))
         return {"late_slots": late, "skipped_slots": skipped, "twice_slots": twice}
 
+    def race(self, copies: int = 6, slow_s: float = 5.0) -> dict[str, Any]:
+        """One alert in `copies` notifications (as Alertmanager re-sends), posted at once through the
+        load balancer: overlapping handle-alerts runs on both executors, and a target that takes
+        `slow_s` to answer. It must receive one request."""
+        target = "/breaker/race-0/open"
+        self.recorder.delay[target] = slow_s
+        labels = {"alertname": "ModelAccuracyCritical", "severity": "critical", "bench": "act"}
+        labels |= {"model_name": "race-0", "service": "race-0"}
+        alert = {
+            "status": "firing",
+            "labels": labels,
+            "annotations": {"summary": "scale-out race"},
+            "startsAt": datetime.now(UTC).isoformat(),
+            "fingerprint": "race000000000000",
+        }
+
+        def post(copy: int) -> None:
+            body = {"version": "4", "groupKey": f"race-{copy}", "status": "firing", "alerts": [alert]}
+            body["receiver"] = "watchkeeper"
+            httpx.post(f"{self.lb}/v1/alertmanager", json=body, timeout=30).raise_for_status()
+
+        logs = self.stack.settings.logs_dir
+        executors = ("executor-1", "executor-2")
+
+        def runs_by() -> dict[str, int]:
+            return {name: (logs / f"{name}.log").read_text().count("handle-alerts run") for name in executors}
+
+        self.alerts.paused.set()
+        time.sleep(10)  # the alerts already posted are handled
+        before = runs_by()
+        posters = [threading.Thread(target=post, args=(copy,)) for copy in range(copies)]
+        for poster in posters:
+            poster.start()
+        for poster in posters:
+            poster.join()
+        deadline = time.monotonic() + 60
+        while not self.recorder.to(target) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2 * slow_s)  # time for a second request, were there to be one
+        after = runs_by()
+        self.alerts.paused.clear()
+        return {
+            "requests": len(self.recorder.to(target)),
+            "runs_by_executor": {name: after[name] - before[name] for name in executors},
+        }
+
     def intake_ratio(self, seconds: float, senders: int = 4) -> dict[str, Any]:
         """Predictions stored a second by a flood through the load balancer (`senders` threads
         posting batches of 1,000), two services against one (the other stopped)."""
@@ -499,12 +548,15 @@ def main() -> None:
         run = Scaleout(Path(folder), args.rate, recorder, args.models)
         run.up()
         ratios: dict[str, Any] = {}
+        race: dict[str, Any] = {}
         try:
             for fault in faults:
                 results[fault] = run.phase(fault, args.settle, args.restart_after, args.observe)
                 print(f"{fault:<18} {json.dumps(results[fault])}", flush=True)
+            race = run.race()
+            print(f"{'race':<18} {json.dumps(race)}", flush=True)
             if args.ratio_seconds:
-                ratios = {**run.intake_ratio(args.ratio_seconds), **run.executor_ratio(args.ratio_seconds)}
+                ratios = run.intake_ratio(args.ratio_seconds) | run.executor_ratio(args.ratio_seconds)
                 print(f"{'ratios':<18} {json.dumps(ratios)}", flush=True)
         finally:
             run.down()
@@ -513,6 +565,7 @@ def main() -> None:
             {
                 "faults": results,
                 "ratios": ratios,
+                "race": race,
                 "rate": args.rate,
                 "models": args.models,
                 "usual_action_s": run.usual_action_s,

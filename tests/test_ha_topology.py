@@ -1,4 +1,4 @@
-"""`watchkeeper up --ha` from the CLI, under load, with a service and an executor killed in turn.
+"""`watchkeeper up --ha` under load, a service and an executor killed in turn, and a remediation race.
 
 The smoke test of benchmarks/scaleout.py (which runs every fault of the matrix): the topology's
 real processes on free loopback ports, predictions and labels through the client and alerts through
@@ -53,6 +53,9 @@ def test_replicas_killed_under_load_lose_nothing_and_act_once(
                 assert outcome["missing_actions"] == 0, (fault, outcome)
                 assert outcome["stranded_max_s"] <= 60, (fault, outcome)
                 assert run.stack.record(FAULTS[fault]).alive(), f"{fault} was not brought back"
+            race = run.race(copies=6, slow_s=3.0)  # overlapping runs, a slow target: one request
+            assert race["requests"] == 1, race
+            assert sum(race["runs_by_executor"].values()) >= 2, race
             prometheus = f"http://127.0.0.1:{run.stack.topology.prometheus[0]}"
             # The store's series come once through the load balancer; each replica's own counters
             # come from it, so a sum over them is the whole service's.

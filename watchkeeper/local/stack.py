@@ -129,10 +129,13 @@ class PidRecord:
 @contextmanager
 def recorded_on_local_stack(settings: Settings) -> Iterator[str | None]:
     """Flows that a command runs in its own process are recorded on the local stack's Prefect server
-    (seen in its UI) when that server is running and PREFECT_API_URL is unset; otherwise Prefect
-    would start a throwaway server of its own. Yields the API used, None for Prefect's default."""
-    record = PidRecord.load(settings.run_dir / "prefect-server.json")
-    ui = record.urls.get("Prefect UI") if record is not None and record.alive() else None
+    (seen in its UI; with `up --ha`, behind its load balancer) when it is running and PREFECT_API_URL
+    is unset; otherwise Prefect would start a throwaway server of its own. Yields the API used, None
+    for Prefect's default."""
+    names = ("prefect-server", "load-balancer")
+    records = (PidRecord.load(settings.run_dir / f"{name}.json") for name in names)
+    alive = [r for r in records if r is not None and r.alive() and "Prefect UI" in r.urls]
+    ui = alive[0].urls["Prefect UI"] if alive else None
     if os.environ.get("PREFECT_API_URL") or ui is None:
         yield os.environ.get("PREFECT_API_URL")
         return
