@@ -312,10 +312,14 @@ class Scaleout:
             self.usual_action_s = self._usual_action()
         killed_at = time.monotonic()
         self.kill(fault)
-        intake_s = self.probe_intake(fault, killed_at)
+        intake: list[float] = []  # probed beside the restart: intake may need the victim back
+        probe = threading.Thread(target=lambda: intake.append(self.probe_intake(fault, killed_at)))
+        probe.start()
         time.sleep(max(0.0, killed_at + restart_after - time.monotonic()))
         self._restart()
         time.sleep(max(0.0, killed_at + restart_after + observe - time.monotonic()))
+        probe.join()
+        intake_s = intake[0]
         last_alert = max(self.alerts.posted)
         return {
             **self._books(),
