@@ -17,7 +17,8 @@ whole process group; PostgreSQL is restarted instead, a fast shutdown), brought 
   counts (`watchkeeper_predictions_total`, `ai_model_labelled_predictions_total`);
 - `remediations_per_action`: the most requests one alert's breaker received; `missing_actions`:
   alerts of the phase whose breaker received none within 90 s;
-- `stranded_max_s`: the longest any flow run stayed Pending or Running (polled every second);
+- `stranded_max_s`: the longest a flow run stayed Pending or Running with no claim of a live
+  executor (a dead one's), until another took it over (polled every second);
 - `late_slots`, `skipped_slots`, `twice_slots`: the 15-second collection's slots from the kill to
   the end of the phase: started more than 60 s late, never run, or run more than once;
 - `recovery_s`: from the kill until a one-prediction POST through the load balancer is stored again
@@ -58,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.volume import PROBE, bench_config  # noqa: E402
 from tests.standins import HttpRecorder  # noqa: E402
-from watchkeeper.runtime.host import free_port  # noqa: E402
+from watchkeeper.runtime.host import free_port, start_ticks  # noqa: E402
 
 FAULTS = {
     "service": "service-1",
@@ -186,16 +187,24 @@ class AlertLoad:
 
 
 class RunWatch(threading.Thread):
-    """How long each flow run is seen Pending or Running, polled every second through any API."""
+    """Runs stranded: `Pending` or `Running` in Prefect with no claim of a live executor in the store
+    (a claim is written before `Pending`, so only a dead executor's runs lack one). Polled every
+    second; a run's span lasts from the first poll that finds it stranded to the last."""
 
-    def __init__(self, apis: list[str]) -> None:
+    def __init__(self, apis: list[str], store_url: str) -> None:
         super().__init__(name="run-watch", daemon=True)
+        from sqlalchemy import create_engine
+
         self.apis, self.halt = apis, threading.Event()
-        self.seen: dict[str, list[float]] = {}
+        self.engine = create_engine(store_url, pool_pre_ping=True)
+        self.stranded: dict[str, list[float]] = {}
 
     def run(self) -> None:
         body = {"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING"]}}}, "limit": 200}
         while not self.halt.wait(1.0):
+            held = self._held_by_live_executors()
+            if held is None:
+                continue
             for api in self.apis:
                 try:
                     runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=3).json()
@@ -203,11 +212,26 @@ class RunWatch(threading.Thread):
                     continue
                 now = time.monotonic()
                 for run in runs if isinstance(runs, list) else []:
-                    self.seen.setdefault(run["id"], [now, now])[1] = now
+                    if run["id"] not in held:
+                        self.stranded.setdefault(run["id"], [now, now])[1] = now
                 break
 
+    def _held_by_live_executors(self) -> set[str] | None:
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        query = text(
+            "SELECT c.flow_run_id, e.pid FROM executor_claims c JOIN executors e ON e.id = c.executor_id"
+        )
+        try:
+            with self.engine.connect() as connection:
+                claims = connection.execute(query).all()
+        except SQLAlchemyError:
+            return None
+        return {run_id for run_id, pid in claims if start_ticks(pid) is not None}
+
     def longest_since(self, since: float) -> float:
-        spans = [last - first for first, last in self.seen.values() if last >= since]
+        spans = [last - first for first, last in self.stranded.values() if last >= since]
         return round(max(spans, default=0.0), 1)
 
 
@@ -254,7 +278,7 @@ class Scaleout:
         self.apis = [f"http://127.0.0.1:{p}/api" for p in topology.prefect_apis]
         self.load = PredictionLoad(self.lb, self.rate, self.events, self.models)
         self.alerts = AlertLoad([f"http://127.0.0.1:{p}" for p in topology.alertmanagers])
-        self.watch = RunWatch([self.stack.prefect_api_url, *self.apis])
+        self.watch = RunWatch([self.stack.prefect_api_url, *self.apis], self.stack.store_url)
         self.load.start()
         self.alerts.start()
         self.watch.start()

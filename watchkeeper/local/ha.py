@@ -25,6 +25,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,13 @@ from watchkeeper.local.pgtemp import as_postgres_user, postgres_bin
 from watchkeeper.local.stack import (
     DEFAULT_PORTS,
     INFRA,
+    STOP_GRACE_SECONDS,
     Component,
     Ports,
     Stack,
     render_alertmanager_config,
 )
-from watchkeeper.runtime.host import BIN, free_port
+from watchkeeper.runtime.host import BIN, free_port, start_ticks
 from watchkeeper.settings import Settings
 
 TOPOLOGY_FILE = "topology.json"
@@ -206,6 +208,18 @@ class HaStack(Stack):
             check=True,
             capture_output=True,
         )
+
+    def stop(self, name: str) -> str:
+        """As for any component; PostgreSQL's postmaster (under `runuser`) is also waited for, so that
+        a restart does not find its port and lock file still held."""
+        outcome = super().stop(name)
+        pid_file = Path(self.topology.postgres_dir) / "data" / "postmaster.pid"
+        if name == "postgres" and pid_file.exists():
+            postmaster = int(pid_file.read_text().split()[0])
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while start_ticks(postmaster) is not None and time.monotonic() < deadline:
+                time.sleep(0.2)
+        return outcome
 
     def _prepare_databases(self) -> None:
         """The store's and Prefect's databases, and their migrations, once, before any replica."""
