@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -210,16 +211,27 @@ class HaStack(Stack):
         )
 
     def stop(self, name: str) -> str:
-        """As for any component; PostgreSQL's postmaster (under `runuser`) is also waited for, so that
-        a restart does not find its port and lock file still held."""
-        outcome = super().stop(name)
-        pid_file = Path(self.topology.postgres_dir) / "data" / "postmaster.pid"
-        if name == "postgres" and pid_file.exists():
-            postmaster = int(pid_file.read_text().split()[0])
-            deadline = time.monotonic() + STOP_GRACE_SECONDS
-            while start_ticks(postmaster) is not None and time.monotonic() < deadline:
-                time.sleep(0.2)
-        return outcome
+        """As for any component, but PostgreSQL is first asked for a fast shutdown (SIGINT to its
+        postmaster: it ends the sessions, checkpoints and exits), which is waited for: the group's
+        SIGTERM would also reach its own helper processes, and a restart could find the port, the
+        lock file or the shared memory still held."""
+        if name == "postgres":
+            self._stop_postmaster()
+        return super().stop(name)
+
+    def _stop_postmaster(self) -> None:
+        try:
+            postmaster = int(
+                (Path(self.topology.postgres_dir) / "data" / "postmaster.pid").read_text().split()[0]
+            )
+        except (OSError, ValueError, IndexError):
+            return
+        if start_ticks(postmaster) is None:
+            return
+        os.kill(postmaster, signal.SIGINT)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while start_ticks(postmaster) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def _prepare_databases(self) -> None:
         """The store's and Prefect's databases, and their migrations, once, before any replica."""
