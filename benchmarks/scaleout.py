@@ -448,7 +448,11 @@ class Scaleout:
         }
 
         def post(copy: int) -> None:
-            body = {"version": "4", "groupKey": f"race-{copy}", "status": "firing", "alerts": [alert]}
+            # Each copy also carries an alert of its own (no playbook matches it), so that it is new to
+            # the intake and owes a run of its own: the runs overlap, each with the racing alert.
+            own = {**alert, "labels": {"alertname": f"RaceCompanion{copy}", "service": f"race-{copy}"}}
+            own["fingerprint"] = f"racecompanion{copy:03d}"
+            body = {"version": "4", "groupKey": f"race-{copy}", "status": "firing", "alerts": [alert, own]}
             body["receiver"] = "watchkeeper"
             httpx.post(f"{self.lb}/v1/alertmanager", json=body, timeout=30).raise_for_status()
 
