@@ -249,9 +249,11 @@ def test_an_executor_that_starts_keeps_the_schedule_a_running_one_registered(
     delete the future runs and move the grid. A second executor (a replica, a restart) keeps the
     schedule as it is; a changed interval is registered anew."""
 
-    def started(interval: timedelta, anchored_in: timedelta) -> WarmExecutor:
+    def started(interval: timedelta, anchored_in: timedelta, description: str = "one") -> WarmExecutor:
         schedule = IntervalSchedule(interval=interval, anchor_date=datetime.now(UTC) + anchored_in)
-        deployment = scheduled.to_deployment(name="wk-test-scheduled", schedule=schedule)
+        deployment = scheduled.to_deployment(
+            name="wk-test-scheduled", schedule=schedule, description=description
+        )
         warm = WarmExecutor(store, [deployment], {"wk-test-scheduled": scheduled}, poll_seconds=0.5)
         warm.start()
         assert warm.ready.wait(60)
@@ -264,7 +266,7 @@ def test_an_executor_that_starts_keeps_the_schedule_a_running_one_registered(
         return deployment_id, schedule.schedule.interval.total_seconds(), schedule.schedule.anchor_date
 
     first = started(timedelta(hours=1), timedelta(hours=2))
-    kept, second, third = registered(first), None, None
+    kept, second, third, fourth = registered(first), None, None, None
     try:
         second = started(timedelta(hours=1), timedelta(hours=3))
         assert registered(second) == kept
@@ -272,7 +274,9 @@ def test_an_executor_that_starts_keeps_the_schedule_a_running_one_registered(
         deployment_id, interval, anchor = registered(third)
         assert deployment_id == kept[0] and interval == 7200
         assert anchor - kept[2] >= timedelta(minutes=59)  # a changed schedule is applied
+        fourth = started(timedelta(hours=2), timedelta(hours=5), description="a new release")
+        assert registered(fourth)[2] - anchor >= timedelta(hours=1, minutes=59)  # so is a new release
     finally:
-        for warm in (first, second, third):
+        for warm in (first, second, third, fourth):
             if warm is not None:
                 warm.stop()

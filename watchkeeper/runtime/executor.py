@@ -289,14 +289,30 @@ class WarmExecutor:
         return True
 
     def _registered_alike(self, deployment: RunnerDeployment) -> UUID | None:
-        """The id of the registered deployment of that name when its schedules' intervals are
-        these, else None."""
+        """The id of the registered deployment of that name when it is this one but for its
+        schedules' anchors (same intervals, entry point, parameters and their schema, description,
+        tags), else None: a new release or configuration is registered."""
         try:
             found = self.client.read_deployment_by_name(f"{deployment.flow_name}/{deployment.name}")
         except ObjectNotFound:
             return None
-        wanted = [getattr(s.schedule, "interval", None) for s in deployment.schedules or []]
-        registered = [getattr(s.schedule, "interval", None) for s in found.schedules or []]
+        schema = deployment._parameter_openapi_schema.model_dump()  # noqa: SLF001 - what apply() sends
+        wanted = (
+            [getattr(s.schedule, "interval", None) for s in deployment.schedules or []],
+            deployment.entrypoint,
+            deployment.parameters,
+            schema.get("properties"),
+            deployment.description,
+            sorted(deployment.tags),
+        )
+        registered = (
+            [getattr(s.schedule, "interval", None) for s in found.schedules or []],
+            found.entrypoint,
+            found.parameters,
+            (found.parameter_openapi_schema or {}).get("properties"),
+            found.description,
+            sorted(found.tags),
+        )
         return found.id if wanted == registered else None
 
     @property
