@@ -115,6 +115,10 @@ class HaStack(Stack):
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.topology.postgres}/{STORE_DATABASE}"
 
     @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.topology.postgres}/postgres"
+
+    @property
     def prefect_database_url(self) -> str:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.topology.postgres}/{PREFECT_DATABASE}"
 
@@ -143,17 +147,18 @@ class HaStack(Stack):
         return self.settings.resolved_home / "ha"
 
     def components(self) -> list[Component]:
+        shared = super().components()  # the notification sink and the demo generators, as they are
         return [
             self._postgres(),
             self._redis(),
             *self._prefect(),
             self._load_balancer(),
-            *[c for c in super().components() if c.name == "notification-sink"],
+            *[c for c in shared if c.name == "notification-sink"],
             *self._services(),
             *self._executors(),
             *self._alertmanagers(),
             *self._prometheus(),
-            *[c for c in super().components() if c.name.startswith("demo-traffic")],
+            *[c for c in shared if c.name.startswith("demo-traffic")],
         ]
 
     def _postgres(self) -> Component:
@@ -185,9 +190,7 @@ class HaStack(Stack):
         import psycopg
 
         try:
-            with psycopg.connect(
-                f"postgresql://postgres@127.0.0.1:{self.topology.postgres}/postgres", connect_timeout=2
-            ):
+            with psycopg.connect(self.admin_url, connect_timeout=2):
                 return True
         except psycopg.Error:
             return False
@@ -237,8 +240,7 @@ class HaStack(Stack):
         """The store's and Prefect's databases, and their migrations, once, before any replica."""
         import psycopg
 
-        admin = f"postgresql://postgres@127.0.0.1:{self.topology.postgres}/postgres"
-        with psycopg.connect(admin, autocommit=True) as connection:
+        with psycopg.connect(self.admin_url, autocommit=True) as connection:
             present = {row[0] for row in connection.execute("SELECT datname FROM pg_database")}
             for name in (STORE_DATABASE, PREFECT_DATABASE):
                 if name not in present:
