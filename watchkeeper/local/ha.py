@@ -218,23 +218,24 @@ class HaStack(Stack):
         postmaster: it ends the sessions, checkpoints and exits), which is waited for: the group's
         SIGTERM would also reach its own helper processes, and a restart could find the port, the
         lock file or the shared memory still held."""
-        if name == "postgres":
-            self._stop_postmaster()
-        return super().stop(name)
+        shut_down = name == "postgres" and self._stop_postmaster()
+        outcome = super().stop(name)
+        return "stopped" if shut_down and outcome == "already stopped" else outcome
 
-    def _stop_postmaster(self) -> None:
+    def _stop_postmaster(self) -> bool:
+        """True when a running postmaster was asked to stop."""
+        pid_file = Path(self.topology.postgres_dir) / "data" / "postmaster.pid"
         try:
-            postmaster = int(
-                (Path(self.topology.postgres_dir) / "data" / "postmaster.pid").read_text().split()[0]
-            )
+            postmaster = int(pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
-            return
+            return False
         if start_ticks(postmaster) is None:
-            return
+            return False
         os.kill(postmaster, signal.SIGINT)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         while start_ticks(postmaster) is not None and time.monotonic() < deadline:
             time.sleep(0.2)
+        return True
 
     def _prepare_databases(self) -> None:
         """The store's and Prefect's databases, and their migrations, once, before any replica."""
