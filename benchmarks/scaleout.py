@@ -19,8 +19,9 @@ whole process group; PostgreSQL is restarted instead, a fast shutdown), brought 
   alerts of the phase whose breaker received none within 90 s;
 - `stranded_max_s`: the longest a flow run stayed Pending or Running with no claim of a live
   executor (a dead one's), until another took it over (polled every second);
-- `late_slots`, `skipped_slots`, `twice_slots`: the 15-second collection's slots from the kill to
-  the end of the phase: started more than 60 s late, never run, or run more than once;
+- `late_slots`, `skipped_slots`, `twice_slots`: the collection's slots (every 15 s in the example)
+  from the kill to the end of the phase: started more than 60 s late, never run, or run more than
+  once;
 - `recovery_s`: from the kill until a one-prediction POST through the load balancer is stored again
   and an alert posted after the kill is acted on within twice the quiet median.
 
@@ -46,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -89,7 +90,7 @@ class PredictionLoad(threading.Thread):
         self.client = WatchkeeperClient(url, batch_size=500, flush_interval=0.2, max_backoff=5.0)
         self.rate, self.predictions, self.labels = rate, 0, 0
         self.halt, self.paused, self.idle = threading.Event(), threading.Event(), threading.Event()
-        self._pending: list[tuple[float, int]] = []
+        self._pending: deque[tuple[float, int]] = deque()
 
     def run(self) -> None:
         tick = 0.1
@@ -101,10 +102,10 @@ class PredictionLoad(threading.Thread):
                     self._predict(self.predictions)
                 now = time.monotonic()
                 while self._pending and self._pending[0][0] <= now:
-                    self._label(self._pending.pop(0)[1])
+                    self._label(self._pending.popleft()[1])
                 self.halt.wait(tick)
             while self._pending:
-                self._label(self._pending.pop(0)[1])
+                self._label(self._pending.popleft()[1])
             self.idle.set()
             while self.paused.is_set() and not self.halt.wait(tick):
                 pass
@@ -250,7 +251,7 @@ class Scaleout:
     """The topology, its load, and one fault at a time."""
 
     def __init__(self, folder: Path, rate: float, recorder: HttpRecorder, models: int = 1) -> None:
-        self.folder, self.recorder = folder, recorder
+        self.recorder = recorder
         os.environ["WATCHKEEPER_HOME"] = str(folder / "home")
         os.environ["WATCHKEEPER_CONFIG"] = str(bench_config(folder, models, recorder))
         for name in ("PREFECT_API_URL", "WATCHKEEPER_DATABASE_URL"):
@@ -267,9 +268,10 @@ class Scaleout:
         write_reference(traffic.reference, settings.monitoring.model(MODEL).reference.path)
         self.events = traffic.next_batch(5000)
         self.models = [m.name for m in settings.monitoring.models if m.name != PROBE]
+        self.collection_interval = settings.monitoring.schedules.collect_model_metrics
         self.rate = rate
         self.lb = self.stack.service_url
-        self.probes = 0
+        self.direct_predictions = 0  # sent beside the client (the probes, the floods): expected too
         self.usual_action_s: float | None = None
 
     def up(self) -> None:
@@ -303,27 +305,29 @@ class Scaleout:
     def _restart(self) -> None:
         self.stack.up(lambda name, outcome: None)
 
+    @staticmethod
+    def _prediction(model: str, request_id: str, event: Any) -> dict[str, Any]:
+        """A prediction record as POSTed to /v1/predictions, outside the client."""
+        return {
+            "model_name": model,
+            "model_version": "v1",
+            "request_id": request_id,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "features": event.features,
+            "prediction": event.prediction,
+        }
+
     def probe_intake(self, fault: str, since: float) -> float:
         """Seconds from `since` until one prediction POSTed through the load balancer is stored; the
         same request id is sent again until it is (and counted once)."""
-        event = self.events[0]
-        body = [
-            {
-                "model_name": MODEL,
-                "model_version": "v1",
-                "request_id": f"probe-{fault}",
-                "timestamp": datetime.now(UTC).isoformat(),
-                "features": event.features,
-                "prediction": event.prediction,
-            }
-        ]
+        body = [self._prediction(MODEL, f"probe-{fault}", self.events[0])]
         while True:
             try:
                 answer = httpx.post(f"{self.lb}/v1/predictions", json=body, timeout=2)
             except httpx.HTTPError:
                 answer = None
             if answer is not None and answer.status_code == 200:
-                self.probes += 1
+                self.direct_predictions += 1
                 return time.monotonic() - since
             if answer is not None and 400 <= answer.status_code < 500:
                 raise SystemExit(f"the probe was refused: {answer.status_code} {answer.text}")
@@ -365,7 +369,7 @@ class Scaleout:
         for the collection's join a little longer)."""
         with self.load.pause():
             self.load.client.flush(timeout=120)
-            expected = (self.load.predictions + self.probes, self.load.labels)
+            expected = (self.load.predictions + self.direct_predictions, self.load.labels)
             deadline = time.monotonic() + 90
             stored = store_counts(self.lb)
             while stored != expected and time.monotonic() < deadline:
@@ -427,7 +431,7 @@ class Scaleout:
             )
             late += delay > LATE_LIMIT_S
             twice += len(started) > 1 or any(r.get("run_count", 1) > 1 for r in started)
-        expected = int((end - start).total_seconds() // 15)
+        expected = int((end - start) // self.collection_interval)
         skipped += max(0, expected - len(by_slot))
         return {"late_slots": late, "skipped_slots": skipped, "twice_slots": twice}
 
@@ -498,15 +502,9 @@ class Scaleout:
             deadline, batch = time.monotonic() + seconds, 0
             with httpx.Client(timeout=30) as client:
                 while time.monotonic() < deadline:
+                    request, models = f"flood-{name}-{sender}-{batch}", self.models
                     body = [
-                        {
-                            "model_name": self.models[i % len(self.models)],
-                            "model_version": "v1",
-                            "request_id": f"flood-{name}-{sender}-{batch}-{i}",
-                            "timestamp": datetime.now(UTC).isoformat(),
-                            "features": self.events[i].features,
-                            "prediction": self.events[i].prediction,
-                        }
+                        self._prediction(models[i % len(models)], f"{request}-{i}", self.events[i])
                         for i in range(1000)
                     ]
                     answer = client.post(
@@ -524,7 +522,7 @@ class Scaleout:
             thread.start()
         for thread in threads:
             thread.join()
-        self.probes += sum(stored)
+        self.direct_predictions += sum(stored)
         return round(sum(stored) / (time.monotonic() - started), 1)
 
     def executor_ratio(self, seconds: float) -> dict[str, Any]:
@@ -538,8 +536,7 @@ class Scaleout:
         return {"executors_2_vs_1": ratio, "collection_run_s_two": two, "collection_run_s_one": one}
 
     def _collection_run_time(self, seconds: float) -> float | None:
-        wall = time.time() - time.monotonic()
-        start = datetime.fromtimestamp(time.monotonic() + wall, UTC)
+        start = datetime.now(UTC)
         time.sleep(seconds)
         runs = self._collection_runs(start, datetime.now(UTC)) or []
         times = [r["total_run_time"] for r in runs if r.get("state_type") == "COMPLETED"]
