@@ -129,7 +129,7 @@ class CorrelationRules:
         self.quiet_period = correlation.quiet_period
         self.similarity_threshold = correlation.similarity_threshold
         self.hops = correlation.dependency_hops
-        self.dependencies = {s: tuple(deps) for s, deps in topology.services.items()}
+        self.dependencies = {s: tuple(deps) for s, deps in topology.dependencies().items()}
         dependents: dict[str, list[str]] = defaultdict(list)
         for service, deps in self.dependencies.items():
             for dep in deps:

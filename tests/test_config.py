@@ -71,6 +71,32 @@ def test_topology_dependency_must_be_a_listed_service(tmp_path: Path) -> None:
         load_config(write(tmp_path, data))
 
 
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        (
+            {"gpu-1:9100": ["gpu-pool"]},
+            "host 'gpu-1:9100' runs 'gpu-pool', which is not listed under services",
+        ),
+        ({"model-server": []}, "host 'model-server' has the name of a service: expected a node exporter"),
+        ({"": []}, r"topology\.hosts\.: .*at least 1 character"),
+    ],
+)
+def test_a_host_runs_listed_services_and_is_not_one(tmp_path: Path, hosts: dict, message: str) -> None:
+    data = example()
+    data["topology"]["hosts"] = hosts
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, data))
+
+
+def test_a_host_is_a_dependency_of_the_services_it_runs() -> None:
+    topology = load_config(DEFAULT_CONFIG).topology
+    graph = topology.dependencies()
+    assert graph["credit-approval-api"] == ["model-server", "feature-store", "localhost"]
+    assert graph["localhost"] == [] and graph["feature-db"] == []
+    assert topology.services["credit-approval-api"] == ["model-server", "feature-store"]  # not changed
+
+
 def test_dataset_must_name_a_configured_model(tmp_path: Path) -> None:
     data = example()
     data["datasets"][0]["model"] = "fraud"

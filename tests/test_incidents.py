@@ -9,12 +9,14 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import yaml
 from sqlalchemy import func, select
 
 from tasks.incidents import correlate_pending_alerts
 from tests.conftest import LiveService
 from tests.test_cli import run as run_cli
 from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
 from watchkeeper.store.alerts import WebhookNotification, store_notification
 from watchkeeper.store.schema import Alert, Incident, IncidentEvent, IncidentMember
@@ -212,3 +214,100 @@ def test_the_cli_prints_incidents_as_tables_and_json(
     assert "DataDriftDetected" in alerts_table.stdout and "credit_approval" in alerts_table.stdout
     missing = run("incidents", "42", home=tmp_path)
     assert missing.returncode == 2 and "no incident 42" in missing.stderr
+
+
+def host_alert(name: str, at: timedelta, instance: str, severity: str = "warning", **labels: str) -> dict:
+    """A host rule's alert as Prometheus labels it: its service is its node exporter's instance."""
+    return alert(
+        name,
+        at,
+        severity=severity,
+        team="platform_engineering",
+        service=instance,
+        instance=instance,
+        job="node",
+        **labels,
+    )
+
+
+def hosts_config(example_config: WatchkeeperConfig) -> WatchkeeperConfig:
+    """The example, its credit model's API and the model server on one GPU node, the feature store on
+    a node of its own."""
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["topology"]["hosts"] = {
+        "gpu-node-1:9100": ["credit-approval-api", "model-server"],
+        "batch-node-2:9100": ["feature-store"],
+    }
+    config = WatchkeeperConfig.model_validate(data)
+    assert config.models == example_config.models
+    return config
+
+
+def test_a_busy_host_joins_its_model_s_incident_as_the_root_cause(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    """Latency rises, then traffic falls, on the credit model; the CPU alert of the node serving it
+    comes last (its rule waits 5 minutes) and is ranked the cause. A disk filling on a host that
+    runs none of the model's services is a problem of its own."""
+    config = hosts_config(example_config)
+    notify(
+        store,
+        alert(
+            "ModelInferenceLatencyHigh", timedelta(0), model_name="credit_approval", service="model-inference"
+        ),
+        alert(
+            "ModelThroughputLow",
+            timedelta(minutes=1),
+            model_name="credit_approval",
+            service="model-inference",
+        ),
+        host_alert("InfrastructureCPUHigh", timedelta(minutes=3), "gpu-node-1:9100"),
+        host_alert(
+            "HostDiskWillFill",
+            timedelta(minutes=3),
+            "web-node-9:9100",
+            "critical",
+            mountpoint="/",
+            device="/dev/sda1",
+        ),
+    )
+    outcome = correlate_pending_alerts(store, config)
+    assert outcome.correlated == 4 and len(outcome.opened) == 2
+    (model, members), (disk, disk_members) = incidents(store)
+    assert members == [
+        ("ModelInferenceLatencyHigh", "opened"),
+        ("ModelThroughputLow", "causal"),
+        ("InfrastructureCPUHigh", "causal"),
+    ]
+    assert model.root_cause_service == "gpu-node-1:9100"
+    assert model.ranking[0]["alertname"] == "InfrastructureCPUHigh"
+    assert any("explains 1 of 1" in reason for reason in model.ranking[0]["reasons"])
+    assert disk_members == [("HostDiskWillFill", "opened")] and disk.root_cause_service == "web-node-9:9100"
+
+
+def test_a_host_alert_after_its_services_failures_are_explained_is_not_their_cause(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    """The feature pipeline fails, the credit model's data and accuracy follow; minutes later the GPU
+    node serving the model reports memory pressure. The model's failure already has its cause (the
+    feature store it depends on alerted first), so the host's alert is a second problem, not the root
+    of the first."""
+    config = hosts_config(example_config)
+    notify(
+        store,
+        alert("PipelineErrorRateHigh", timedelta(0), pipeline_name="credit_feature_pipeline"),
+        alert("DataQualityDegraded", timedelta(minutes=2), model_name="credit_approval"),
+        alert(
+            "ModelAccuracyCritical", timedelta(minutes=4), model_name="credit_approval", severity="critical"
+        ),
+        host_alert("HostMemoryPressure", timedelta(minutes=6), "gpu-node-1:9100"),
+    )
+    correlate_pending_alerts(store, config)
+    (pipeline, members), (host, host_members) = incidents(store)
+    assert [name for name, _ in members] == [
+        "PipelineErrorRateHigh",
+        "DataQualityDegraded",
+        "ModelAccuracyCritical",
+    ]
+    assert pipeline.root_cause_service == "feature-store"
+    assert host_members == [("HostMemoryPressure", "opened")] and host.root_cause_service == "gpu-node-1:9100"

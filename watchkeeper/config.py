@@ -409,9 +409,14 @@ class Pipeline(Strict):
 
 
 class Topology(Strict):
-    """Service -> the services it depends on, for correlation."""
+    """Service -> the services it depends on, and host -> the services it runs, for correlation."""
 
     services: dict[Name, list[Name]] = Field(default_factory=dict)
+    hosts: dict[Annotated[str, Field(min_length=1, max_length=128)], list[Name]] = Field(
+        default_factory=dict,
+        description="Node exporter instance (its `instance` label) -> the services running on it: a host "
+        "alert joins those services' incidents, as a dependency of theirs",
+    )
 
     @model_validator(mode="after")
     def _known_dependencies(self) -> Topology:
@@ -421,7 +426,25 @@ class Topology(Strict):
                     raise ValueError(
                         f"service {service!r} depends on {dep!r}, which is not listed under services"
                     )
+        for host, services in self.hosts.items():
+            if host in self.services:
+                raise ValueError(
+                    f"host {host!r} has the name of a service: expected a node exporter instance"
+                )
+            for service in services:
+                if service not in self.services:
+                    raise ValueError(f"host {host!r} runs {service!r}, which is not listed under services")
         return self
+
+    def dependencies(self) -> dict[str, list[str]]:
+        """Every node of the topology -> the nodes it depends on: a service depends on its services and
+        on the hosts that run it (alerts on a host carry the host's instance as their service)."""
+        graph: dict[str, list[str]] = {service: list(deps) for service, deps in self.services.items()}
+        for host, services in self.hosts.items():
+            graph[host] = []
+            for service in services:
+                graph[service].append(host)
+        return graph
 
 
 # The seed's causal relationships, in Watchkeeper's alert names: a cause alert -> the alerts it explains.
@@ -499,13 +522,32 @@ TASK_CAUSAL_RULES: dict[str, list[str]] = {
         for cause in TASK_QUALITY_ALERTS
     },
 }
+# A host short of CPU or memory slows and fails the requests of the models it serves. They relate
+# only to alerts on the host's own services (`topology.hosts`), like every causal rule (`_near`).
+SERVING_SYMPTOMS = [
+    "ModelInferenceLatencyHigh",
+    "ModelInferenceLatencyCritical",
+    "ModelInferenceLatencySpike",
+    "ModelErrorRateHigh",
+    "ModelErrorBurst",
+    "ModelThroughputLow",
+]
+HOST_CAUSAL_RULES: dict[str, list[str]] = {
+    "InfrastructureCPUHigh": SERVING_SYMPTOMS,
+    "HostMemoryPressure": SERVING_SYMPTOMS,
+}
 DEFAULT_CAUSAL_RULES = {
-    cause: [
-        *SEED_CAUSAL_RULES.get(cause, []),
-        *FAST_CAUSAL_RULES.get(cause, []),
-        *TASK_CAUSAL_RULES.get(cause, []),
-    ]
-    for cause in SEED_CAUSAL_RULES | FAST_CAUSAL_RULES | TASK_CAUSAL_RULES
+    cause: list(
+        dict.fromkeys(
+            [
+                *SEED_CAUSAL_RULES.get(cause, []),
+                *FAST_CAUSAL_RULES.get(cause, []),
+                *TASK_CAUSAL_RULES.get(cause, []),
+                *HOST_CAUSAL_RULES.get(cause, []),
+            ]
+        )
+    )
+    for cause in SEED_CAUSAL_RULES | FAST_CAUSAL_RULES | TASK_CAUSAL_RULES | HOST_CAUSAL_RULES
 }
 
 
