@@ -75,7 +75,7 @@ def test_rule_unit_tests_pass() -> None:
     files = sorted((INFRA / "prometheus" / "tests").glob("*.yml"))
     result = run("promtool", "test", "rules", *map(str, files))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("SUCCESS") == len(files) == 5
+    assert result.stdout.count("SUCCESS") == len(files) == 6
 
 
 def test_every_alert_has_a_promtool_case() -> None:
@@ -141,7 +141,7 @@ def test_every_receiver_has_no_literal_secret() -> None:
 
 def test_rendered_configs_are_valid_and_keep_the_token_out_of_the_config(tmp_path: Path) -> None:
     prometheus = render_prometheus_config(
-        tmp_path / "p", "127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003"
+        tmp_path / "p", "127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003", "127.0.0.1:1004"
     )
     alertmanager = render_alertmanager_config(
         tmp_path / "a", "http://127.0.0.1:1001/v1/alertmanager", "t0ken"
@@ -152,8 +152,20 @@ def test_rendered_configs_are_valid_and_keep_the_token_out_of_the_config(tmp_pat
     token = tmp_path / "a" / "secrets" / "watchkeeper-token"
     assert token.read_text() == "t0ken" and token.stat().st_mode & 0o077 == 0
     rendered = yaml.safe_load(prometheus.read_text())
-    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in rendered["scrape_configs"]}
-    assert jobs == {"watchkeeper": ["127.0.0.1:1001"], "prometheus": ["127.0.0.1:1002"]}
+    jobs = {job["job_name"]: job["static_configs"][0] for job in rendered["scrape_configs"]}
+    assert {name: job["targets"] for name, job in jobs.items()} == {
+        "watchkeeper": ["127.0.0.1:1001"],
+        "prometheus": ["127.0.0.1:1002"],
+        "node": ["127.0.0.1:1004"],
+    }
+    # The host is named for topology.hosts, not for the exporter's port.
+    assert jobs["node"]["labels"] == {"instance": "localhost"}
+    # Without a node exporter (the tests' stacks), no job scrapes one.
+    bare = render_prometheus_config(tmp_path / "q", "127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003")
+    assert [job["job_name"] for job in yaml.safe_load(bare.read_text())["scrape_configs"]] == [
+        "watchkeeper",
+        "prometheus",
+    ]
 
 
 def test_every_runbook_url_has_a_section(example_config, store) -> None:  # noqa: ANN001
@@ -178,6 +190,7 @@ def test_the_ha_pair_drops_its_replica_label_and_scrapes_the_store_once(tmp_path
         services=["127.0.0.1:1011", "127.0.0.1:1012"],
         prometheus="127.0.0.1:1002",
         alertmanagers=["127.0.0.1:1003", "127.0.0.1:1004"],
+        node_exporter="127.0.0.1:1005",
     )
     checked = run("promtool", "check", "config", str(prometheus))
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -196,6 +209,10 @@ def test_the_ha_pair_drops_its_replica_label_and_scrapes_the_store_once(tmp_path
         "127.0.0.1:1011",
         "127.0.0.1:1012",
     ]
+    assert jobs["node"]["static_configs"][0] == {
+        "targets": ["127.0.0.1:1005"],
+        "labels": {"instance": "localhost"},
+    }
 
 
 def test_the_load_balancer_config_is_valid_and_names_every_replica(tmp_path: Path) -> None:
