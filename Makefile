@@ -1,6 +1,6 @@
 # The README's commands. Each target creates .venv and installs what it needs on a fresh Debian
-# machine with Python 3.11 (Prometheus, Alertmanager, PostgreSQL, and Redis and HAProxy for
-# `watchkeeper up --ha`, with apt when running as root;
+# machine with Python 3.11 (Prometheus, Alertmanager, the node exporter, PostgreSQL, and Redis and
+# HAProxy for `watchkeeper up --ha`, with apt when running as root;
 # the tests find PostgreSQL's binaries under /usr/lib/postgresql/<version>/bin, off the PATH).
 
 PYTHON ?= python3.11
@@ -34,6 +34,7 @@ system-packages:
 	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
+	command -v prometheus-node-exporter >/dev/null || missing="$$missing prometheus-node-exporter"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \

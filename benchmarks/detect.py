@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from watchkeeper.evaluation.drill import FAULTS, Drill, DrillOptions  # noqa: E402
-from watchkeeper.runtime.host import free_port  # noqa: E402
+from watchkeeper.local.stack import free_ports  # noqa: E402
 
 SEED_PROMISE_SECONDS = 120.0
 
@@ -44,9 +44,7 @@ def main() -> None:
         args.clean_minutes,
     )
     home = Path(tempfile.mkdtemp(prefix="watchkeeper-detect-"))
-    ports = {
-        name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
-    }
+    ports = free_ports()
     result = Drill(options, home, lambda message: print(message, flush=True)).run(ports)
     for fault, row in result["faults"].items():
         print(

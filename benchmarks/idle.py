@@ -31,8 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watchkeeper.local.stack import PidRecord  # noqa: E402
-from watchkeeper.runtime.host import free_port  # noqa: E402
+from watchkeeper.local.stack import PidRecord, free_ports  # noqa: E402
 
 AIM_CORES = 0.1
 WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
@@ -93,10 +92,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=300, help="seconds measured")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        ports = {
-            name: free_port()
-            for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
-        }
+        ports = free_ports()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
         env["WATCHKEEPER_HOME"] = f"{folder}/home"
         prefect_api = f"http://127.0.0.1:{ports['prefect']}/api"

@@ -33,8 +33,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import free_port  # noqa: E402
 from tests.standins import HttpRecorder  # noqa: E402
+from watchkeeper.local.stack import free_ports  # noqa: E402
 from watchkeeper.settings import DEFAULT_CONFIG  # noqa: E402
 
 AIM_SECONDS = 3.0
@@ -141,10 +141,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder, HttpRecorder() as http:
-        ports = {
-            name: free_port()
-            for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
-        }
+        ports = free_ports()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
         env |= {"WATCHKEEPER_HOME": f"{folder}/home", "WATCHKEEPER_CONFIG": str(config(Path(folder), http))}
         os.environ.update({k: env[k] for k in ("WATCHKEEPER_HOME", "WATCHKEEPER_CONFIG")})

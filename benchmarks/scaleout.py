@@ -49,7 +49,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -261,7 +261,7 @@ class Scaleout:
         from watchkeeper.local.stack import Ports
         from watchkeeper.settings import Settings
 
-        ports = Ports(free_port(), free_port(), free_port(), free_port(), free_port())
+        ports = Ports(*(free_port() for _ in fields(Ports)))
         settings = Settings()
         self.stack = HaStack(settings, ports)
         traffic = DemoTraffic(model_name=MODEL, train_size=2000, seed=11, reference_size=5000)

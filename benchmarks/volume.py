@@ -57,8 +57,7 @@ from tests.standins import HttpRecorder  # noqa: E402
 from watchkeeper.client import WatchkeeperClient  # noqa: E402
 from watchkeeper.evaluation.drill import LABEL_DELAY_SECONDS  # noqa: E402
 from watchkeeper.local.pgtemp import new_database, postgres_cluster  # noqa: E402
-from watchkeeper.local.stack import Stack  # noqa: E402
-from watchkeeper.runtime.host import free_port  # noqa: E402
+from watchkeeper.local.stack import Stack, free_ports  # noqa: E402
 from watchkeeper.settings import DEFAULT_CONFIG, Settings  # noqa: E402
 
 WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
@@ -420,10 +419,7 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
             url = new_database(cluster)
         else:
             url = f"sqlite:///{home}/watchkeeper.db"
-        ports = {
-            name: free_port()
-            for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
-        }
+        ports = free_ports()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
         env |= {
             "WATCHKEEPER_HOME": str(home),

@@ -25,7 +25,7 @@ from tasks.metrics import Window, measure_quality, record_results
 from tests.conftest import free_port
 from watchkeeper.config import Model
 from watchkeeper.intake.aggregates import bucket_start
-from watchkeeper.local.stack import render_alertmanager_config, render_prometheus_config
+from watchkeeper.local.stack import NODE_COLLECTORS, render_alertmanager_config, render_prometheus_config
 from watchkeeper.store import Store
 
 
@@ -116,9 +116,18 @@ class WebhookRecorder:
 class AlertingStack:
     """Prometheus scraping a Watchkeeper service, evaluating the shipped rules, sending to Alertmanager."""
 
-    def __init__(self, folder: Path, service_url: str, webhook_url: str, token: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        service_url: str,
+        webhook_url: str,
+        token: str | None = None,
+        node_exporter: bool = False,
+    ) -> None:
+        """With `node_exporter`, this machine's node exporter too, as `watchkeeper up` runs it."""
         self.folder = folder
         self.prometheus_port, self.alertmanager_port = free_port(), free_port()
+        self.node_exporter_url = f"http://127.0.0.1:{free_port()}" if node_exporter else None
         self.prometheus_url = f"http://127.0.0.1:{self.prometheus_port}"
         self.alertmanager_url = f"http://127.0.0.1:{self.alertmanager_port}"
         am_config = render_alertmanager_config(folder / "alertmanager", webhook_url, token)
@@ -127,6 +136,20 @@ class AlertingStack:
             service=service_url.removeprefix("http://"),
             prometheus=f"127.0.0.1:{self.prometheus_port}",
             alertmanager=f"127.0.0.1:{self.alertmanager_port}",
+            node_exporter=self.node_exporter_url.removeprefix("http://") if self.node_exporter_url else None,
+        )
+        self.node_exporter = (
+            Process(
+                [
+                    "prometheus-node-exporter",
+                    f"--web.listen-address={self.node_exporter_url.removeprefix('http://')}",
+                    "--collector.disable-defaults",
+                    *(f"--collector.{name}" for name in NODE_COLLECTORS),
+                ],
+                folder / "node-exporter.log",
+            )
+            if self.node_exporter_url
+            else None
         )
         self.scrape_interval = yaml.safe_load(prom_config.read_text())["scrape_configs"][0]["scrape_interval"]
         self.alertmanager = Process(
@@ -160,6 +183,8 @@ class AlertingStack:
             "Prometheus to discover Alertmanager",
         )
         wait_until(lambda: self.query('up{job="watchkeeper"} == 1'), "the first scrape of Watchkeeper")
+        if self.node_exporter is not None:
+            wait_until(lambda: self.query('up{job="node"} == 1'), "the first scrape of the node exporter")
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr})
@@ -171,6 +196,8 @@ class AlertingStack:
     def stop(self) -> None:
         self.prometheus.stop()
         self.alertmanager.stop()
+        if self.node_exporter is not None:
+            self.node_exporter.stop()
 
 
 def post_labelled_predictions(

@@ -164,7 +164,7 @@ def live(
     seed(store)
     recorder = WebhookRecorder()
     with LiveService(example_config, store) as service:
-        stack = AlertingStack(folder, service.url, recorder.url)
+        stack = AlertingStack(folder, service.url, recorder.url, node_exporter=True)
         try:
             stack.wait_ready()
             yield service, stack
@@ -174,11 +174,12 @@ def live(
             store.dispose()
 
 
-def exported_names(service_url: str) -> set[str]:
+def exported_names(*metrics_urls: str) -> set[str]:
     names = set()
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
-    for family in text_string_to_metric_families(httpx.get(f"{service_url}/metrics").text):
-        names |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
+    for url in metrics_urls:
+        for family in text_string_to_metric_families(httpx.get(url).text):
+            names |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
     return names
 
 
@@ -206,13 +207,14 @@ def panels() -> list[tuple[str, str, str]]:
     return found
 
 
-def test_the_five_dashboards_are_provisioned() -> None:
+def test_the_six_dashboards_are_provisioned() -> None:
     assert {p.stem for p in DASHBOARDS} == {
         "model-performance",
         "data-pipeline-health",
         "drift",
         "alerts",
         "incidents-and-remediation",
+        "hosts",
     }
     provider = (INFRA / "grafana" / "provisioning" / "dashboards" / "watchkeeper.yml").read_text()
     assert "type: file" in provider
@@ -233,10 +235,13 @@ def test_metric_name_extraction() -> None:
 @pytest.mark.parametrize(("dashboard", "title", "expr"), panels())
 def test_panel_query_runs_on_real_prometheus(live, dashboard: str, title: str, expr: str) -> None:  # noqa: ANN001
     service, stack = live
-    query = expr.replace("$model", ".*").replace("$pipeline", ".*")
+    query = expr.replace("$model", ".*").replace("$pipeline", ".*").replace("$host", ".*")
     stack.query(query)  # raises with Prometheus's error message on a bad query
-    unknown = metric_names(query) - exported_names(service.url) - PROMETHEUS_OWN
-    assert not unknown, f"{dashboard} / {title}: {sorted(unknown)} not exported by Watchkeeper"
+    exported = exported_names(f"{service.url}/metrics", f"{stack.node_exporter_url}/metrics")
+    unknown = metric_names(query) - exported - PROMETHEUS_OWN
+    assert not unknown, (
+        f"{dashboard} / {title}: {sorted(unknown)} exported by neither Watchkeeper nor the node exporter"
+    )
 
 
 def test_template_variables_resolve(live) -> None:  # noqa: ANN001

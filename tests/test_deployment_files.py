@@ -102,7 +102,7 @@ def test_kubernetes_prometheus_config_is_the_ha_pair_with_service_discovery(tmp_
     and DNS discovery in place of loopback targets."""
     rendered = yaml.safe_load(
         render_ha_prometheus_config(
-            tmp_path, "${POD_NAME}", "watchkeeper:8765", ["S"], "localhost:9090", ["A"]
+            tmp_path, "${POD_NAME}", "watchkeeper:8765", ["S"], "localhost:9090", ["A"], "N"
         ).read_text()
     )
     cluster = yaml.safe_load((INFRA / "kubernetes" / "prometheus.yml").read_text())
@@ -113,6 +113,10 @@ def test_kubernetes_prometheus_config_is_the_ha_pair_with_service_discovery(tmp_
     assert jobs["watchkeeper-replicas"].pop("dns_sd_configs")[0]["names"] == ["watchkeeper-replicas"]
     assert services["watchkeeper-replicas"]["spec"]["selector"] == {"app": "watchkeeper"}
     jobs["watchkeeper-replicas"]["static_configs"] = [{"targets": ["S"]}]
+    # Every node's exporter, by its address: a node's instance is its own, not the one machine's.
+    assert jobs["node"].pop("dns_sd_configs")[0]["names"] == ["node-exporter"]
+    assert services["node-exporter"]["spec"]["clusterIP"] == "None"
+    jobs["node"]["static_configs"] = [{"targets": ["N"], "labels": {"instance": "localhost"}}]
     cluster["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": ["A"]}]}]
     rendered["rule_files"] = ["rules/*.yml"]  # relative to /etc/prometheus in the pod
     assert rendered == cluster

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
 from tests.test_remediation import config_path, remediation_config
 from tests.test_stack import wait_for
+from watchkeeper.local.stack import free_ports
 from watchkeeper.store import Store
 
 WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
@@ -63,9 +63,7 @@ def test_alertmanager_to_remediation_with_an_approval_from_the_cli(
     kube, http, smtp = standins
     remediation_config(tmp_path, kube, http, smtp)
     http.delay["/breaker/credit_approval/open"] = 1.5
-    ports = {
-        name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
-    }
+    ports = free_ports()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "WATCHKEEPER_"))}
     env |= {
         "WATCHKEEPER_HOME": str(tmp_path / "home"),

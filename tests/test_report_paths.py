@@ -19,9 +19,10 @@ import yaml
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.conftest import BACK_ENDS, free_port, store_url
+from tests.conftest import BACK_ENDS, store_url
 from tests.realstack import wait_until
 from tests.timepaths import assert_bins_match, prediction_bodies, times_before, written
+from watchkeeper.local.stack import free_ports
 from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.times import as_utc, utcnow
 
@@ -55,9 +56,7 @@ def test_the_scheduled_run_a_quick_run_and_the_cli_each_report_every_prediction_
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
     config["reports"] |= {"first_after": f"{FIRST_REPORT_AFTER.seconds}s", "period": "1h"}
     (tmp_path / "watchkeeper.yaml").write_text(yaml.safe_dump(config))
-    ports = {
-        name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
-    }
+    ports = free_ports()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {
         "WATCHKEEPER_HOME": str(tmp_path),
         "WATCHKEEPER_CONFIG": str(tmp_path / "watchkeeper.yaml"),

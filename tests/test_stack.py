@@ -12,8 +12,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port
-from watchkeeper.local.stack import PidRecord
+from watchkeeper.local.stack import PidRecord, free_ports
 
 WATCHKEEPER = str(Path(sys.executable).parent / "watchkeeper")
 pytestmark = pytest.mark.stack
@@ -56,9 +55,7 @@ def prometheus_has(url: str, query: str) -> bool:
 
 
 def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
-    ports = {
-        name: free_port() for name in ("prefect", "service", "prometheus", "alertmanager", "notifications")
-    }
+    ports = free_ports()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["WATCHKEEPER_HOME"] = str(tmp_path)
     options = [f"--{name}-port={port}" for name, port in ports.items()]
@@ -79,6 +76,7 @@ def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
             "service",
             "executor",
             "alertmanager",
+            "node-exporter",
             "prometheus",
         }
 

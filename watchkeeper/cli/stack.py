@@ -106,10 +106,13 @@ def _stack(
     prometheus_port: int,
     alertmanager_port: int,
     notifications_port: int,
+    node_exporter_port: int,
     demo_traffic: bool = False,
     ha: bool = False,
 ) -> Stack:
-    ports = Ports(prefect_port, service_port, prometheus_port, alertmanager_port, notifications_port)
+    ports = Ports(
+        prefect_port, service_port, prometheus_port, alertmanager_port, notifications_port, node_exporter_port
+    )
     kind = HaStack if ha else Stack
     return kind(state.settings, ports, demo_traffic=demo_traffic)
 
@@ -126,6 +129,7 @@ def up(
     prometheus_port: PortOption = 9090,
     alertmanager_port: PortOption = 9093,
     notifications_port: PortOption = 9601,
+    node_exporter_port: PortOption = 9100,
     ha: Annotated[
         bool,
         typer.Option(
@@ -144,7 +148,14 @@ def up(
         errors.print("[red]error:[/red] the other kind of stack is running: 'watchkeeper down' first")
         raise typer.Exit(1)
     stack = _stack(
-        prefect_port, service_port, prometheus_port, alertmanager_port, notifications_port, demo_traffic, ha
+        prefect_port,
+        service_port,
+        prometheus_port,
+        alertmanager_port,
+        notifications_port,
+        node_exporter_port,
+        demo_traffic,
+        ha,
     )
     remember_mode(state.settings, ha)
     if not ha:  # the HA topology's store is its PostgreSQL, upgraded once it runs

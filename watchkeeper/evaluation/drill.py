@@ -286,6 +286,10 @@ class Subject:
         return self.fault is not None and any(a in self.alerts for a in self.fault.expected)
 
 
+# The Prometheus job of the node exporter (infra/prometheus/prometheus.yml).
+HOST_JOB = "node"
+
+
 def owner(labels: dict[str, str], subjects: list[Subject]) -> Subject | None:
     values = {labels.get(k) for k in ("model_name", "dataset_name", "pipeline_name")}
     return next((s for s in subjects if s.labels & values), None)
@@ -300,6 +304,8 @@ class Drill:
         self.options, self.home, self.log = options, home, log
         self.stop = threading.Event()
         self.unattributed: dict[str, datetime] = {}
+        # Alerts on the machine running the drill (its node exporter's): true, but about no subject.
+        self.host_alerts: dict[str, datetime] = {}
 
     def _watchkeeper(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`watchkeeper ARGS` on the drill's home and configuration, with a Prefect server of its own."""
@@ -361,7 +367,9 @@ class Drill:
             )
             for alert_id, alertname, labels, received in rows:
                 found = owner(labels, subjects)
-                if found is None:
+                if found is None and labels.get("job") == HOST_JOB:
+                    self.host_alerts.setdefault(alertname, received)
+                elif found is None:
                     self.unattributed.setdefault(alertname, received)
                 elif alertname not in found.alerts:
                     found.alerts[alertname] = received
@@ -467,6 +475,7 @@ class Drill:
             "inject_after": self.options.inject_after,
             "faults": results,
             "clean": {"minutes": minutes, "false_alerts": len(false_alerts), "alerts": sorted(false_alerts)},
+            "host_alerts": sorted(self.host_alerts),
             "critical_median_seconds_to_webhook": round(statistics.median(critical), 1) if critical else None,
             "detected": f"{sum(r['detected'] for r in results.values())}/{len(results)}",
         }

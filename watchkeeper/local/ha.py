@@ -153,7 +153,7 @@ class HaStack(Stack):
             self._redis(),
             *self._prefect(),
             self._load_balancer(),
-            *[c for c in shared if c.name == "notification-sink"],
+            *[c for c in shared if c.name in ("notification-sink", "node-exporter")],
             *self._services(),
             *self._executors(),
             *self._alertmanagers(),
@@ -395,6 +395,7 @@ class HaStack(Stack):
                 services=[f"127.0.0.1:{p}" for p in self.topology.services],
                 prometheus=f"127.0.0.1:{port}",
                 alertmanagers=alertmanagers,
+                node_exporter=f"127.0.0.1:{self.ports.node_exporter}",
             )
 
     def haproxy_config(self) -> str:
@@ -447,10 +448,11 @@ def render_ha_prometheus_config(
     services: list[str],
     prometheus: str,
     alertmanagers: list[str],
+    node_exporter: str,
 ) -> Path:
     """infra/prometheus/prometheus.yml for one of a pair: its `replica` label dropped from the alerts
-    it sends to every Alertmanager, the store's metrics scraped once through the load balancer, and
-    each service replica's own counters scraped from it."""
+    it sends to every Alertmanager, the store's metrics scraped once through the load balancer, each
+    service replica's own counters scraped from it, and the host's node exporter."""
     config: dict[str, Any] = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
     config["global"]["external_labels"] = {"replica": replica}
     config["rule_files"] = [str(INFRA / "prometheus" / pattern) for pattern in config.get("rule_files", [])]
@@ -469,7 +471,8 @@ def render_ha_prometheus_config(
         "scrape_interval": store.get("scrape_interval", "5s"),
         "static_configs": [{"targets": services}],
     }
-    config["scrape_configs"] = [store, replicas, jobs["prometheus"]]
+    jobs["node"]["static_configs"][0]["targets"] = [node_exporter]
+    config["scrape_configs"] = [store, replicas, jobs["prometheus"], jobs["node"]]
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / "prometheus.yml"
     out.write_text(yaml.safe_dump(config, sort_keys=False))

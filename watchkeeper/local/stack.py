@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -30,6 +30,9 @@ from watchkeeper.settings import REPO_ROOT, Settings
 INFRA = REPO_ROOT / "infra"
 STOP_GRACE_SECONDS = 15.0
 PREFECT_HISTORY = timedelta(days=7)
+# The node exporter's collectors the host rules and dashboard read (CPU, memory, filesystems), and
+# load, disk and network for the person looking at the host.
+NODE_COLLECTORS = ("cpu", "meminfo", "filesystem", "loadavg", "diskstats", "netdev", "vmstat", "uname")
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,15 @@ class Ports:
     prometheus: int = 9090
     alertmanager: int = 9093
     notifications: int = 9601
+    node_exporter: int = 9100
 
 
 DEFAULT_PORTS = Ports()
+
+
+def free_ports() -> dict[str, int]:
+    """A free loopback port for each component, by the name of its `up` option (`--<name>-port`)."""
+    return {port.name.replace("_", "-"): free_port() for port in fields(Ports)}
 
 
 @dataclass
@@ -64,15 +73,19 @@ class Component:
         return shutil.which(self.argv[0]) is not None or Path(self.argv[0]).exists()
 
 
-def render_prometheus_config(out_dir: Path, service: str, prometheus: str, alertmanager: str) -> Path:
-    """infra/prometheus/prometheus.yml with these host:port targets and absolute rule paths."""
+def render_prometheus_config(
+    out_dir: Path, service: str, prometheus: str, alertmanager: str, node_exporter: str | None = None
+) -> Path:
+    """infra/prometheus/prometheus.yml with these host:port targets and absolute rule paths (without
+    a node exporter, without the host's job)."""
     config = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
     config["rule_files"] = [str(INFRA / "prometheus" / pattern) for pattern in config.get("rule_files", [])]
     for alerting in config.get("alerting", {}).get("alertmanagers", []):
         for static in alerting.get("static_configs", []):
             static["targets"] = [alertmanager]
-    targets = {"watchkeeper": service, "prometheus": prometheus}
-    for job in config.get("scrape_configs", []):
+    targets = {"watchkeeper": service, "prometheus": prometheus, "node": node_exporter}
+    config["scrape_configs"] = [job for job in config["scrape_configs"] if targets.get(job["job_name"], "")]
+    for job in config["scrape_configs"]:
         for static in job.get("static_configs", []):
             static["targets"] = [targets.get(job["job_name"], target) for target in static["targets"]]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -254,6 +267,19 @@ class Stack:
                 missing_hint="sudo apt-get install prometheus-alertmanager",
             ),
             Component(
+                "node-exporter",
+                [
+                    "prometheus-node-exporter",
+                    f"--web.listen-address=127.0.0.1:{ports.node_exporter}",
+                    # What the host alerts read; the rest of the defaults cost scrapes for nothing.
+                    "--collector.disable-defaults",
+                    *(f"--collector.{name}" for name in NODE_COLLECTORS),
+                ],
+                health_url=f"http://127.0.0.1:{ports.node_exporter}/metrics",
+                urls={"Host metrics (node exporter)": f"http://127.0.0.1:{ports.node_exporter}/metrics"},
+                missing_hint="sudo apt-get install prometheus-node-exporter",
+            ),
+            Component(
                 "prometheus",
                 [
                     "prometheus",
@@ -311,6 +337,7 @@ class Stack:
             service=f"127.0.0.1:{self.ports.service}",
             prometheus=f"127.0.0.1:{self.ports.prometheus}",
             alertmanager=f"127.0.0.1:{self.ports.alertmanager}",
+            node_exporter=f"127.0.0.1:{self.ports.node_exporter}",
         )
         render_alertmanager_config(
             home / "alertmanager", f"{self.service_url}/v1/alertmanager", self.settings.webhook_token_value
