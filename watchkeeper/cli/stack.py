@@ -23,6 +23,7 @@ from watchkeeper.cli.app import (
 )
 from watchkeeper.local.ha import HaStack, remember_mode, stack_started_last
 from watchkeeper.local.stack import Ports, Stack
+from watchkeeper.log_lines import log_json_lines
 from watchkeeper.runtime.host import healthy
 
 
@@ -66,10 +67,16 @@ def serve(
     if config.intake.processes == 1:
         serving_process()
         uvicorn.run(
-            create_app(config, store, credentials), host=host, port=port, log_level="info", access_log=False
+            create_app(config, store, credentials),
+            host=host,
+            port=port,
+            log_level="info",
+            log_config=None,  # the process logs JSON lines (serving_process)
+            access_log=False,
         )
         return
     store.dispose()
+    log_json_lines("service")
     uvicorn.run(
         "watchkeeper.service.app:service_from_environment",
         factory=True,
@@ -77,6 +84,7 @@ def serve(
         host=host,
         port=port,
         log_level="info",
+        log_config=None,
         access_log=False,
     )
 
@@ -187,6 +195,7 @@ def notification_sink(
     (GET /messages shows the last 100). For demos and tests on loopback, never production."""
     from watchkeeper.local.notification_sink import NotificationSink
 
+    log_json_lines("notification-sink")
     NotificationSink(port, log).serve_forever()
 
 
@@ -312,6 +321,8 @@ def demo_traffic(
     from watchkeeper.local.demo import DemoTraffic, Injections, run_demo_traffic, write_reference
     from watchkeeper.local.demo_kinds import KindInjections, demo_of
 
+    log_json_lines("demo-traffic")
+
     injections = Injections(
         concept_drift_at=concept_drift_at,
         concept_drift_function=concept_drift_function,
@@ -379,7 +390,6 @@ def demo_traffic(
         batch_size=batch_size,
         label_delay=label_delay,
         token=state.settings.credentials.intake.bearer,
-        console=console,
         pipeline=pipeline or None,
     )
     console.print(

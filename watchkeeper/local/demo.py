@@ -11,6 +11,7 @@ count predictions after the training part.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -26,7 +27,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
-from rich.console import Console
 from river.datasets import synth
 from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -37,6 +37,7 @@ CATEGORICAL = ("elevel", "car", "zipcode")
 MEDIAN_LATENCY_SECONDS = 0.03
 CONCEPT_DRIFT_WIDTH = 50
 POST_RETRY_SECONDS = (0.5, 1, 2, 5, 10)
+LOG = logging.getLogger("watchkeeper.demo")
 
 
 @dataclass(frozen=True)
@@ -322,13 +323,11 @@ def run_demo_traffic(
     batch_size: int,
     label_delay: int,
     token: str | None = None,
-    console: Console | None = None,
     pipeline: str | None = None,
     stop: threading.Event | None = None,
 ) -> Sent:
     """Post until `count` predictions are sent (0: until `stop` is set or forever); `pipeline` also
     reports its runs. A traffic drop stretches the time between batches."""
-    console = console or Console(stderr=True)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     sent = Sent()
     awaiting_label: deque[DemoEvent] = deque()
@@ -345,7 +344,7 @@ def run_demo_traffic(
             sent.predictions += len(events)
             if pipeline:
                 record = traffic.pipeline_run_record(pipeline, events, now)
-                post_with_retry(client, "/v1/pipeline-runs", [record], console.print)
+                post_with_retry(client, "/v1/pipeline-runs", [record], LOG.warning)
                 sent.pipeline_runs += 1
             awaiting_label.extend(events)
             due = [awaiting_label.popleft() for _ in range(max(0, len(awaiting_label) - label_delay))]

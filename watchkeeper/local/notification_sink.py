@@ -9,6 +9,7 @@ notifications and model reports land somewhere an operator can read: `GET /messa
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +18,7 @@ from typing import Any
 
 MAX_BODY_BYTES = 1024 * 1024
 KEPT_IN_MEMORY = 100
+LOG = logging.getLogger("watchkeeper.notification_sink")
 
 
 class NotificationSink:
@@ -76,6 +78,8 @@ class NotificationSink:
         if isinstance(body, dict) and "routing_key" in body:
             body = {**body, "routing_key": "***"}
         entry = {"at": datetime.now(UTC).isoformat(), "path": path, "body": body}
+        # The kind only: a Slack webhook's path is its secret.
+        LOG.info("kept a %s message", path.strip("/").split("/", 1)[0] or "root")
         with self._lock:
             self.messages = [*self.messages[-(KEPT_IN_MEMORY - 1) :], entry]
             with self.log.open("a") as out:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.log_lines import log_json_lines
 from watchkeeper.runtime.host import BIN, free_port, healthy
 from watchkeeper.settings import Settings
 from watchkeeper.store import Store
@@ -100,7 +101,7 @@ def cheap_tls_for_plain_http(home: Path) -> None:
 
 def run_executor(settings: Settings, config: WatchkeeperConfig, store: Store) -> None:
     """Until SIGTERM or SIGINT: then no new run is taken, running ones get a grace period."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log_json_lines("executor")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

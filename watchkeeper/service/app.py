@@ -33,6 +33,7 @@ from watchkeeper.intake.records import (
     Record,
     parse_batch,
 )
+from watchkeeper.log_lines import log_json_lines
 from watchkeeper.service.edge import EdgeMetrics
 from watchkeeper.service.group_commit import GroupCommit
 from watchkeeper.service.metrics import store_registry
@@ -218,6 +219,7 @@ def credentials_guard(role: Role) -> Callable[..., Awaitable[str]]:
 def serving_process() -> None:
     """What a process of the service sets for itself before it serves."""
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    log_json_lines("service")
 
 
 def service_from_environment() -> FastAPI:
