@@ -38,6 +38,7 @@ from watchkeeper.settings import Settings
 from watchkeeper.store import Store
 from watchkeeper.store.actions import automation_report
 from watchkeeper.store.remediation import ActionStatus, settle_approval
+from watchkeeper.tracing import current_trace_id
 
 APPROVAL_POLL_SECONDS = 1
 PREFECT_UI = "prefect-ui"
@@ -105,8 +106,9 @@ def handle_alerts(notification_id: int | None = None) -> dict[str, Any]:
     claimant = f"handle-alerts/{run_id or uuid.uuid4().hex}"
     outcome = correlate_alerts(store, config)
     print(
-        f"notification {notification_id}: {outcome.correlated} alerts correlated; incidents opened "
-        f"{outcome.opened}, updated {outcome.updated}, resolved {outcome.resolved}"
+        f"notification {notification_id} (trace {current_trace_id()}): {outcome.correlated} alerts "
+        f"correlated; incidents opened {outcome.opened}, updated {outcome.updated}, "
+        f"resolved {outcome.resolved}"
     )
     states: dict[int, str] = {}
     handled: dict[int, IncidentDecisions] = {}

@@ -31,6 +31,7 @@ from watchkeeper.store.schema import (
     IncidentStatus,
 )
 from watchkeeper.times import utcnow
+from watchkeeper.tracing import current_trace_id
 
 # Arbitrary constant naming the correlation lock on PostgreSQL.
 CORRELATION_LOCK = 7_246_001
@@ -112,7 +113,11 @@ def _active_incidents(
 
 def _open_incident(session: Session, incidents: dict[int, Incident], alert: AlertEvent) -> int:
     row = Incident(
-        status=IncidentStatus.OPEN, title=alert.name, opened_at=alert.starts_at, last_alert_at=alert.starts_at
+        status=IncidentStatus.OPEN,
+        title=alert.name,
+        opened_at=alert.starts_at,
+        last_alert_at=alert.starts_at,
+        trace_id=current_trace_id(),  # the notification's, whose run opens it
     )
     session.add(row)
     session.flush()

@@ -8,10 +8,12 @@
   a model router, a circuit breaker and a cache endpoint: it records every request and answers
   as the real service documents (PagerDuty 202 with a dedup_key, Jira 201 with an issue key).
 - `SmtpStandIn`: a real SMTP server (aiosmtpd) collecting messages.
+- `OtlpReceiver`: an OTLP/HTTP trace receiver decoding what the exporters send.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
@@ -23,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 from tests.conftest import free_port
 
@@ -245,3 +251,89 @@ class SmtpStandIn:
 
     def __exit__(self, *exc: object) -> None:
         self.controller.stop()
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    service: str
+    name: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    kind: int
+    attributes: dict[str, Any]
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP trace receiver (`POST /v1/traces`, protobuf, gzip or not), as a collector or
+    Jaeger's OTLP port takes them: each request decoded with opentelemetry-proto and its spans
+    kept. No receiver installs from Debian or PyPI here; this speaks the protocol the exporters
+    speak to one."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.spans: list[ReceivedSpan] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    raw = gzip.decompress(raw)
+                if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
+                    self.send_response(404 if self.path != "/v1/traces" else 415)
+                    self.end_headers()
+                    return
+                owner.spans.extend(decoded_spans(raw))
+                data = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def trace(self, trace_id: str) -> list[ReceivedSpan]:
+        return [s for s in list(self.spans) if s.trace_id == trace_id]
+
+    def __enter__(self) -> OtlpReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def decoded_spans(body: bytes) -> list[ReceivedSpan]:
+    request = ExportTraceServiceRequest.FromString(body)
+    found = []
+    for resource_spans in request.resource_spans:
+        resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                found.append(
+                    ReceivedSpan(
+                        service=str(resource.get("service.name")),
+                        name=span.name,
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_span_id=span.parent_span_id.hex() or None,
+                        kind=span.kind,
+                        attributes={a.key: _value(a.value) for a in span.attributes},
+                    )
+                )
+    return found
+
+
+def _value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(v) for v in value.array_value.values]
+    return getattr(value, kind) if kind else None

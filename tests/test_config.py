@@ -162,3 +162,17 @@ def test_intake_volume_settings_say_what_was_expected(
     with pytest.raises(ConfigError) as raised:
         load_config(write(tmp_path, data))
     assert expected in str(raised.value)
+
+
+def test_a_trace_link_names_where_the_trace_id_goes(tmp_path: Path) -> None:
+    data = example()
+    data["traces"] = {"link": "http://jaeger:16686/trace/{trace_id}"}
+    traces = load_config(write(tmp_path, data)).traces
+    assert (
+        traces.url("0af7651916cd43dd8448eb211c80319c")
+        == "http://jaeger:16686/trace/0af7651916cd43dd8448eb211c80319c"
+    )
+    assert traces.url(None) is None
+    data["traces"] = {"link": "http://jaeger:16686/trace/"}
+    with pytest.raises(ConfigError, match=r"traces\.link: .*expected an http\(s\) URL with \{trace_id\}"):
+        load_config(write(tmp_path, data))

@@ -3,15 +3,18 @@ stand-ins -> audit trail, including a playbook that waits for approval given fro
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.standins import OtlpReceiver
 from tests.test_remediation import config_path, remediation_config
 from tests.test_stack import wait_for
 from watchkeeper.local.stack import free_ports
@@ -54,12 +57,18 @@ pytestmark = pytest.mark.stack
 OPERATOR = {"Authorization": "Bearer 0perator"}
 
 
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
 def test_alertmanager_to_remediation_with_an_approval_from_the_cli(
-    tmp_path: Path, standins: tuple, store: Store
+    tmp_path: Path, standins: tuple, store: Store, otlp: OtlpReceiver
 ) -> None:
     """On each back end: a burst of notifications about one failure calls a slow target once; an
     approval-gated playbook waits, and `watchkeeper approve` (through the service, as the operator)
-    makes it act once."""
+    makes it act once. The first notification is one trace, from the webhook to the actions' calls."""
     kube, http, smtp = standins
     remediation_config(tmp_path, kube, http, smtp)
     http.delay["/breaker/credit_approval/open"] = 1.5
@@ -75,6 +84,8 @@ def test_alertmanager_to_remediation_with_an_approval_from_the_cli(
         "TEST_SLACK_URL": f"{http.url}/slack/T000/B000/XXXX",
         "TEST_PD_KEY": "R0UT1NGKEY",
         "TEST_GATEWAY_TOKEN": "g4teway",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
     cli = lambda *args: subprocess.run(  # noqa: E731
         [WATCHKEEPER, *args], capture_output=True, text=True, env=env, timeout=300
@@ -106,6 +117,7 @@ def test_alertmanager_to_remediation_with_an_approval_from_the_cli(
         assert sorted(a["action"] for a in done) == ["circuit_breaker", "fallback_model", "notify", "ticket"]
         assert all(a["flow_run_id"] for a in done)
         assert http.to("/router/activate_fallback")[0].body["active"] is True
+        assert_one_trace(service, done[0]["incident_id"], otlp, http, tmp_path / "home" / "logs")
 
         # Alertmanager's notifications about the same failure on two more versions, each starting a
         # run while the circuit breaker may still be answering: still one call, as the audit says.
@@ -163,3 +175,41 @@ def test_alertmanager_to_remediation_with_an_approval_from_the_cli(
         assert report.returncode == 0 and '"success_rate": 1.0' in report.stdout
     finally:
         cli("down")
+
+
+def assert_one_trace(service: str, incident_id: int, otlp: OtlpReceiver, http: object, logs: Path) -> None:
+    """The incident keeps its notification's trace id; the receiver has that trace whole (every
+    span's parent in it, one root: the webhook) across the service, the executor and Prefect's run
+    and tasks; each action's call carried it to its target; the run's log lines name it."""
+    trace_id = httpx.get(f"{service}/v1/incidents/{incident_id}", headers=OPERATOR).json()["trace_id"]
+    assert trace_id is not None and len(trace_id) == 32
+    actions = {f"action {name}" for name in ("circuit_breaker", "fallback_model", "notify", "ticket")}
+    wanted = {"alertmanager notification", "start handle-alerts/handle-alerts", *actions}
+
+    def whole() -> list | None:
+        found = otlp.trace(trace_id)
+        names = {s.name for s in found}
+        ran = any(s.attributes.get("prefect.run.type") == "flow" for s in found)
+        calls = [s for s in found if s.name == "POST 127.0.0.1"]
+        return found if ran and wanted <= names and len(calls) == len(actions) else None
+
+    spans = wait_for(whole, "the notification's trace at the receiver")
+    by_id = {s.span_id: s for s in spans}
+    [root] = [s for s in spans if s.parent_span_id is None]
+    assert root.name == "alertmanager notification" and root.service == "watchkeeper-service"
+    assert all(s.parent_span_id in by_id for s in spans if s is not root)
+    [flow_run] = [s for s in spans if s.attributes.get("prefect.run.type") == "flow"]
+    assert by_id[flow_run.parent_span_id].name == "start handle-alerts/handle-alerts"
+    tasks = [s for s in spans if s.attributes.get("prefect.run.type") == "task"]
+    assert {by_id[t.parent_span_id].name for t in tasks} == {flow_run.name}
+    assert all(by_id[s.parent_span_id] in tasks for s in spans if s.name in actions)
+    assert all(by_id[s.parent_span_id].name in actions for s in spans if s.name == "POST 127.0.0.1")
+    assert {s.service for s in spans} == {"watchkeeper-service", "watchkeeper-executor"}
+    breaker = http.to("/breaker/credit_approval/open")[0]
+    assert breaker.headers["traceparent"].split("-")[1] == trace_id
+    run_lines = [
+        json.loads(line) for line in (logs / "executor.log").read_text().splitlines() if line.startswith("{")
+    ]
+    assert any(
+        line.get("flow_name") == "handle-alerts" and line.get("trace_id") == trace_id for line in run_lines
+    )

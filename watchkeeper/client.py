@@ -98,6 +98,7 @@ class WatchkeeperClient:
         latency_seconds: float | None = None,
         error: bool = False,
         timestamp: datetime | None = None,
+        trace_id: str | None = None,
     ) -> None:
         record: dict[str, Any] = {
             "model_name": model_name,
@@ -112,6 +113,8 @@ class WatchkeeperClient:
             record["score"] = score
         if latency_seconds is not None:
             record["latency_seconds"] = latency_seconds
+        if trace_id is not None:
+            record["trace_id"] = trace_id
         self._enqueue("prediction", record)
 
     def log_label(

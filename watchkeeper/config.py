@@ -910,6 +910,27 @@ class ExecutorLanes(Strict):
     max_waiting: int = Field(default=32, ge=0, description="Runs paused for people, per lane")
 
 
+class Traces(Strict):
+    """Where people open a trace: Watchkeeper sends spans to whatever OTEL_EXPORTER_OTLP_ENDPOINT
+    names (see watchkeeper/tracing.py) and links incidents to them with this template."""
+
+    link: str | None = Field(
+        default=None,
+        description="A trace's page, with {trace_id}: Jaeger http://host:16686/trace/{trace_id}, "
+        "Zipkin http://host:9411/zipkin/traces/{trace_id}, Tempo through Grafana's Explore URL",
+    )
+
+    @field_validator("link")
+    @classmethod
+    def _has_the_trace_id(cls, link: str | None) -> str | None:
+        if link is not None and not (link.startswith(("http://", "https://")) and "{trace_id}" in link):
+            raise ValueError("expected an http(s) URL with {trace_id} where the trace id goes")
+        return link
+
+    def url(self, trace_id: str | None) -> str | None:
+        return self.link.replace("{trace_id}", trace_id) if self.link and trace_id else None
+
+
 class WatchkeeperConfig(Strict):
     models: list[Model] = Field(min_length=1)
     datasets: list[Dataset] = Field(default_factory=list)
@@ -923,6 +944,7 @@ class WatchkeeperConfig(Strict):
     retention: Retention = Retention()
     executor: ExecutorLanes = ExecutorLanes()
     reports: Reports = Reports()
+    traces: Traces = Traces()
 
     @model_validator(mode="after")
     def _cross_references(self) -> WatchkeeperConfig:

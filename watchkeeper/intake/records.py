@@ -49,6 +49,9 @@ MAX_AMOUNT = 1e15
 MAX_COUNT = 10**12
 
 
+TRACE_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
 class RecordModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     subject_field: ClassVar[str] = "model_name"
@@ -83,6 +86,20 @@ class PredictionRecord(RecordModel):
         examples=[{"dog": 0.7, "cat": 0.2, "bird": 0.1}],
     )
     latency_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    trace_id: str | None = Field(
+        default=None,
+        pattern=TRACE_ID_PATTERN,
+        description="The request's OpenTelemetry trace id, 32 lowercase hex digits as in its traceparent: "
+        "the latency histogram's exemplars and an incident's example requests link to its trace",
+        examples=["0af7651916cd43dd8448eb211c80319c"],
+    )
+
+    @field_validator("trace_id")
+    @classmethod
+    def _not_the_invalid_trace_id(cls, trace_id: str | None) -> str | None:
+        if trace_id is not None and not trace_id.strip("0"):
+            raise ValueError("all zeros is the invalid trace id: send none")
+        return trace_id
 
     @field_validator("prediction")
     @classmethod

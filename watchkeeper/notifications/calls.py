@@ -9,6 +9,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from watchkeeper.tracing import tracer, with_trace_headers
 
 
 class CallFailed(RuntimeError):
@@ -58,9 +61,21 @@ def request(
     refusal = refused_host(url, allowed_hosts)
     if refusal is not None:
         raise CallRefused(f"not sent: {refusal}")
-    response = httpx.request(
-        method, url, json=body, headers=bearer(token), timeout=timeout, verify=tls_context()
-    )
-    if response.status_code >= 400:
-        raise CallFailed(f"{method} {shown_as or url} answered {response.status_code}: {response.text[:200]}")
+    # The span names the host only: a URL can be a secret (a Slack webhook's path).
+    with tracer().start_as_current_span(f"{method} {urlsplit(url).hostname}", kind=SpanKind.CLIENT) as span:
+        span.set_attributes({"http.request.method": method, "server.address": urlsplit(url).hostname or ""})
+        response = httpx.request(
+            method,
+            url,
+            json=body,
+            headers=with_trace_headers(bearer(token)),
+            timeout=timeout,
+            verify=tls_context(),
+        )
+        span.set_attribute("http.response.status_code", response.status_code)
+        if response.status_code >= 400:
+            span.set_status(Status(StatusCode.ERROR))
+            raise CallFailed(
+                f"{method} {shown_as or url} answered {response.status_code}: {response.text[:200]}"
+            )
     return response

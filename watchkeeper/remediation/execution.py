@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from opentelemetry.trace import Status, StatusCode
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import update
@@ -38,6 +39,7 @@ from watchkeeper.store.remediation import (
 )
 from watchkeeper.store.schema import Alert, Incident, IncidentStatus
 from watchkeeper.times import utcnow
+from watchkeeper.tracing import tracer
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,19 @@ def _claim_row(
 
 
 def run_claimed(store: Store, config: WatchkeeperConfig, won: Claim, summary: IncidentSummary) -> Execution:
+    """The claimed action, in a span of its own under the run's (its calls carry that trace on)."""
+    with tracer().start_as_current_span(f"action {won.action}") as span:
+        span.set_attributes(
+            {"watchkeeper.action.row_id": won.row_id, "watchkeeper.incident.id": won.incident_id or 0}
+        )
+        done = _run_claimed(store, config, won, summary)
+        span.set_attribute("watchkeeper.action.outcome", done.outcome)
+        if done.outcome == ActionStatus.FAILED:
+            span.set_status(Status(StatusCode.ERROR, str(done.result.get("error", ""))[:200]))
+        return done
+
+
+def _run_claimed(store: Store, config: WatchkeeperConfig, won: Claim, summary: IncidentSummary) -> Execution:
     context = ActionContext(config, summary, config.remediation.action_timeout.total_seconds())
     kind = ACTIONS[won.action]
     reverting = won.inputs.get("reverting")

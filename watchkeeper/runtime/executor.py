@@ -42,6 +42,7 @@ from uuid import UUID
 import certifi
 import httpx
 import prefect.context
+from opentelemetry.trace import SpanKind
 from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
@@ -64,12 +65,14 @@ from prefect.settings import (
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 )
 from prefect.states import AwaitingRetry, Cancelled, Crashed, Pending, Scheduled
+from prefect.telemetry.run_telemetry import LABELS_TRACEPARENT_KEY
 from prefect.utilities.engine import propose_state_sync
 
 from watchkeeper.config import ExecutorLanes
 from watchkeeper.runtime.control import RunCancelled, RunControl, controlled
 from watchkeeper.runtime.dispatcher import OutboxDispatcher, OwedRun
 from watchkeeper.store import Store, executions
+from watchkeeper.tracing import context_of, current_traceparent, tracer
 
 log = logging.getLogger(__name__)
 
@@ -327,9 +330,18 @@ class WarmExecutor:
         """The outbox's start: create the run with the intake's idempotency key (Prefect answers
         with the run it already has for a key it knows), then execute it here and now."""
         deployment_id = self._deployment_id(owed.deployment)
-        run = self.client.create_flow_run_from_deployment(
-            deployment_id, parameters=owed.parameters, idempotency_key=owed.idempotency_key
-        )
+        with tracer().start_as_current_span(
+            f"start {owed.deployment}", context=context_of(owed.traceparent), kind=SpanKind.PRODUCER
+        ) as span:
+            span.set_attribute("watchkeeper.outbox.idempotency_key", owed.idempotency_key)
+            # Prefect's engine starts the run's span as a child of this one (its telemetry reads
+            # the label), and the run's tasks and actions follow under it.
+            traceparent = current_traceparent()
+            labels = {LABELS_TRACEPARENT_KEY: traceparent} if traceparent else None
+            run = self.client.create_flow_run_from_deployment(
+                deployment_id, parameters=owed.parameters, idempotency_key=owed.idempotency_key, labels=labels
+            )
+            span.set_attribute("prefect.run.id", str(run.id))
         self.try_execute(run)
         return str(run.id)
 

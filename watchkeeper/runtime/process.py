@@ -23,6 +23,7 @@ from watchkeeper.log_lines import log_json_lines
 from watchkeeper.runtime.host import BIN, free_port, healthy
 from watchkeeper.settings import Settings
 from watchkeeper.store import Store
+from watchkeeper.tracing import configure_tracing
 
 log = logging.getLogger("watchkeeper.runtime.executor")
 PR_SET_PDEATHSIG = 1
@@ -102,6 +103,7 @@ def cheap_tls_for_plain_http(home: Path) -> None:
 def run_executor(settings: Settings, config: WatchkeeperConfig, store: Store) -> None:
     """Until SIGTERM or SIGINT: then no new run is taken, running ones get a grace period."""
     log_json_lines("executor")
+    configure_tracing("executor")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -15,6 +15,8 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Reques
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
@@ -59,6 +61,7 @@ from watchkeeper.store.paging import CursorError, Page
 from watchkeeper.store.reports import list_reports, report_html
 from watchkeeper.store.samples import Sampling
 from watchkeeper.store.schema import AlertStatus, IncidentStatus
+from watchkeeper.tracing import configure_tracing, current_traceparent, tracer
 
 
 class RemediationSwitch(BaseModel):
@@ -220,6 +223,7 @@ def serving_process() -> None:
     """What a process of the service sets for itself before it serves."""
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     log_json_lines("service")
+    configure_tracing("service")
 
 
 def service_from_environment() -> FastAPI:
@@ -354,7 +358,18 @@ def create_app(
     async def post_alertmanager(request: Request) -> JSONResponse:
         """Alertmanager's webhook (version 4; Grafana's, version 1): stored before the answer, so no
         accepted alert is lost. Malformed alerts are kept aside and listed in `rejected`; the answer is
-        a 4xx only when nothing in the body is usable (Alertmanager drops what gets a 4xx)."""
+        a 4xx only when nothing in the body is usable (Alertmanager drops what gets a 4xx).
+
+        Each notification is a trace (continuing the request's `traceparent` when it has one): the
+        run it owes, its incident and its actions follow under this span."""
+        with tracer().start_as_current_span(
+            "alertmanager notification", context=propagate.extract(request.headers), kind=SpanKind.SERVER
+        ) as span:
+            answer = await alertmanager_notification(request)
+            span.set_attribute("http.response.status_code", answer.status_code)
+            return answer
+
+    async def alertmanager_notification(request: Request) -> JSONResponse:
         try:
             payload = parse_json(await read_body_text(request, config.intake.max_body_bytes))
             notification, kept, rejected = parse_notification(payload)
@@ -362,10 +377,17 @@ def create_app(
             return refused(exc)
         except NotificationRefused as exc:
             return JSONResponse(exc.as_detail(), status.HTTP_422_UNPROCESSABLE_CONTENT)
+        span = trace.get_current_span()
+        span.set_attribute("alertmanager.receiver", notification.receiver)
+        span.set_attribute("alertmanager.alerts", len(notification.alerts))
         try:
-            stored = await run_in_threadpool(store_notification, store, notification, kept, rejected)
+            stored = await run_in_threadpool(
+                store_notification, store, notification, kept, rejected, current_traceparent()
+            )
         except SQLAlchemyError as exc:
             return store_unavailable("the notification", exc)
+        span.set_attribute("watchkeeper.alerts.new", stored.new_alerts)
+        span.set_attribute("watchkeeper.run_pending", stored.run_key is not None)
         edge.alerts_rejected.inc(len(rejected))
         return JSONResponse(stored.as_json())
 
@@ -394,7 +416,7 @@ def create_app(
         detail = incident_detail(store, incident_id)
         if detail is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": f"no incident {incident_id}"})
-        return JSONResponse(detail)
+        return JSONResponse({**detail, "trace_url": config.traces.url(detail["trace_id"])})
 
     @app.get("/v1/actions", dependencies=authorized, responses=read_errors)
     def get_actions(

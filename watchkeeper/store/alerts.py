@@ -218,6 +218,7 @@ def _write(
     notification: WebhookNotification,
     payload: dict[str, Any],
     rejected: tuple[RejectedAlert, ...],
+    traceparent: str | None,
 ) -> StoredNotification:
     digest = notification.digest()
     if session.scalar(select(AlertNotification.id).where(AlertNotification.digest == digest)) is not None:
@@ -276,6 +277,7 @@ def _write(
                 deployment=HANDLE_ALERTS,
                 parameters={"notification_id": row.id},
                 notification_id=row.id,
+                traceparent=traceparent,
             )
         )
     return StoredNotification(row.id, new, resolved, duplicate=False, run_key=run_key, rejected=rejected)
@@ -286,7 +288,11 @@ def store_notification(
     notification: WebhookNotification,
     payload: dict[str, Any],
     rejected: Sequence[RejectedAlert] = (),
+    traceparent: str | None = None,
 ) -> StoredNotification:
     """Persist the notification and its alerts before anyone answers Alertmanager; the malformed
-    alerts it carried are kept with it, with their reasons."""
-    return store.write_idempotently(lambda session: _write(session, notification, payload, tuple(rejected)))
+    alerts it carried are kept with it, with their reasons. The run it owes continues the trace
+    `traceparent` names (the webhook's)."""
+    return store.write_idempotently(
+        lambda session: _write(session, notification, payload, tuple(rejected), traceparent)
+    )

@@ -68,6 +68,7 @@ def _incident_json(row: Incident, members: int) -> dict[str, Any]:
         if top is None
         else {"subject": top["subject"], "alertname": top["alertname"], "score": top["score"]},
         "ticket_id": row.ticket_id,
+        "trace_id": row.trace_id,
     }
 
 

@@ -460,6 +460,8 @@ def _sample_row(record: PredictionRecord, start: datetime, priority: int) -> dic
         "prediction": record.prediction,
         "score": record.score,
         "error": record.error,
+        "latency_seconds": record.latency_seconds,
+        "trace_id": record.trace_id,
     }
 
 

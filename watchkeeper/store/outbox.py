@@ -32,6 +32,7 @@ class OwedRun:
     idempotency_key: str
     attempts: int
     lease_until: datetime
+    traceparent: str | None = None
 
 
 def claim_due(store: Store, lease: timedelta, batch: int) -> list[OwedRun]:
@@ -68,6 +69,7 @@ def claim_due(store: Store, lease: timedelta, batch: int) -> list[OwedRun]:
                         row.idempotency_key,
                         row.attempts + 1,
                         now + lease,
+                        row.traceparent,
                     )
                 )
         return claimed

@@ -252,6 +252,9 @@ class PredictionSample(Base):
     prediction: Mapped[Any] = mapped_column(JSON)
     score: Mapped[float | None] = mapped_column(Float)
     error: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What an incident shows of its model's slowest and failing requests, with their traces.
+    latency_seconds: Mapped[float | None] = mapped_column(Float)
+    trace_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class WaitingLabel(Base):
@@ -416,6 +419,8 @@ class FlowRunOutbox(Base):
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The notification's trace, which the run continues (W3C traceparent: 55 characters).
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
 
 class Incident(Base):
@@ -434,6 +439,8 @@ class Incident(Base):
     root_cause_confidence: Mapped[float | None] = mapped_column(Float)
     ranking: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     ticket_id: Mapped[str | None] = mapped_column(String(128))
+    # The trace of the notification whose run opened the incident (32 hex digits).
+    trace_id: Mapped[str | None] = mapped_column(String(32))
     revision: Mapped[int] = mapped_column(
         Integer,
         default=0,

@@ -14,6 +14,7 @@ from watchkeeper.config import NotificationTarget, SecretRef, WatchkeeperConfig
 from watchkeeper.notifications.calls import request
 from watchkeeper.notifications.senders import IncidentSummary
 from watchkeeper.secrets import resolve_secret
+from watchkeeper.tracing import with_trace_headers
 
 
 @dataclass
@@ -30,8 +31,15 @@ class ActionContext:
         access = self.config.remediation.kubernetes
         if access.kubeconfig is None:
             kube_config.load_incluster_config()
-            return client.ApiClient()
-        return kube_config.new_client_from_config(config_file=str(access.kubeconfig), context=access.context)
+            api = client.ApiClient()
+        else:
+            api = kube_config.new_client_from_config(
+                config_file=str(access.kubeconfig), context=access.context
+            )
+        # Made inside the action's span: its calls to the API server carry that trace on.
+        for name, value in with_trace_headers({}).items():
+            api.set_default_header(name, value)
+        return api
 
     def input_secret(self, inputs: dict[str, Any]) -> str | None:
         """The bearer token an action's inputs refer to (by name; the value is never in inputs)."""
