@@ -25,7 +25,12 @@ from tasks.metrics import Window, measure_quality, record_results
 from tests.conftest import free_port
 from watchkeeper.config import Model
 from watchkeeper.intake.aggregates import bucket_start
-from watchkeeper.local.stack import NODE_COLLECTORS, render_alertmanager_config, render_prometheus_config
+from watchkeeper.local.stack import (
+    EXEMPLAR_STORAGE,
+    NODE_COLLECTORS,
+    render_alertmanager_config,
+    render_prometheus_config,
+)
 from watchkeeper.store import Store
 
 
@@ -168,6 +173,7 @@ class AlertingStack:
                 f"--config.file={prom_config}",
                 f"--storage.tsdb.path={folder / 'prometheus' / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
+                EXEMPLAR_STORAGE,
             ],
             folder / "prometheus.log",
         )

@@ -36,6 +36,7 @@ import yaml
 from watchkeeper.local.pgtemp import as_postgres_user, postgres_bin
 from watchkeeper.local.stack import (
     DEFAULT_PORTS,
+    EXEMPLAR_STORAGE,
     INFRA,
     STOP_GRACE_SECONDS,
     Component,
@@ -370,6 +371,7 @@ class HaStack(Stack):
                     f"--config.file={home / f'prometheus-{i}' / 'prometheus.yml'}",
                     f"--storage.tsdb.path={home / f'prometheus-{i}' / 'data'}",
                     f"--web.listen-address=127.0.0.1:{port}",
+                    EXEMPLAR_STORAGE,
                 ],
                 health_url=f"http://127.0.0.1:{port}/-/ready",
                 urls={f"Prometheus {i}": f"http://127.0.0.1:{port}"},

@@ -30,6 +30,8 @@ from watchkeeper.settings import REPO_ROOT, Settings
 INFRA = REPO_ROOT / "infra"
 STOP_GRACE_SECONDS = 15.0
 PREFECT_HISTORY = timedelta(days=7)
+# Prometheus keeps the latency buckets' exemplars (a traced request per bucket: a slow bucket's trace).
+EXEMPLAR_STORAGE = "--enable-feature=exemplar-storage"
 # The node exporter's collectors the host rules and dashboard read (CPU, memory, filesystems), and
 # load, disk and network for the person looking at the host.
 NODE_COLLECTORS = ("cpu", "meminfo", "filesystem", "loadavg", "diskstats", "netdev", "vmstat", "uname")
@@ -286,6 +288,7 @@ class Stack:
                     f"--config.file={home / 'prometheus' / 'prometheus.yml'}",
                     f"--storage.tsdb.path={home / 'prometheus' / 'data'}",
                     f"--web.listen-address=127.0.0.1:{ports.prometheus}",
+                    EXEMPLAR_STORAGE,
                 ],
                 health_url=f"http://127.0.0.1:{ports.prometheus}/-/ready",
                 urls={"Prometheus": f"http://127.0.0.1:{ports.prometheus}"},

@@ -17,7 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,7 +39,7 @@ from watchkeeper.intake.records import (
 from watchkeeper.log_lines import log_json_lines
 from watchkeeper.service.edge import EdgeMetrics
 from watchkeeper.service.group_commit import GroupCommit
-from watchkeeper.service.metrics import store_registry
+from watchkeeper.service.metrics import LatencyExemplars, histogram_bounds, store_registry, union_registry
 from watchkeeper.service.openapi import Components, MarkdownResponse, errors, examples
 from watchkeeper.settings import REPO_ROOT, Credentials, Role, Settings
 from watchkeeper.store import Store
@@ -257,8 +258,10 @@ def create_app(
     )
     read_errors = errors(401, 422, 503)
     profiles = ReferenceProfiles(config, partial(reference_frame, store, sampling=Sampling.of(config)))
-    registry = store_registry(store, config, profiles)
+    exemplars = LatencyExemplars(histogram_bounds(config))
+    registry = store_registry(store, config, profiles, exemplars)
     process_registry = CollectorRegistry(auto_describe=False)
+    everything = union_registry(registry, process_registry)
     edge = EdgeMetrics(process_registry)
     edge.install(app)
     intake_authorized = [Depends(credentials_guard(credentials.intake))]
@@ -309,6 +312,8 @@ def create_app(
             stored = await writer.store(records)
         except SQLAlchemyError as exc:
             return store_unavailable("the batch", exc)
+        if record_type is PredictionRecord:
+            exemplars.observe(records)  # type: ignore[arg-type]
         return JSONResponse(
             {"received": stored.received, "stored": stored.stored, "duplicates": stored.duplicates}
         )
@@ -416,6 +421,9 @@ def create_app(
         detail = incident_detail(store, incident_id)
         if detail is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": f"no incident {incident_id}"})
+        for by_kind in detail["example_requests"].values():
+            for request in (r for requests in by_kind.values() for r in requests):
+                request["url"] = config.traces.url(request["trace_id"])
         return JSONResponse({**detail, "trace_url": config.traces.url(detail["trace_id"])})
 
     @app.get("/v1/actions", dependencies=authorized, responses=read_errors)
@@ -524,21 +532,26 @@ def create_app(
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": f"no runbook named {name!r}"})
         return Response(text, media_type="text/markdown; charset=utf-8")
 
+    def exposition(of: CollectorRegistry, accept: str | None) -> Response:
+        """The Prometheus text format, or OpenMetrics (with the latency buckets' exemplars) to a
+        scraper that asks for it, as Prometheus does."""
+        encode, content_type = choose_encoder(accept or "")
+        return Response(encode(of), media_type=content_type)
+
     @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics() -> Response:
+    def metrics(accept: Annotated[str | None, Header()] = None) -> Response:
         """Both of the parts below: what one service scraped alone exports."""
-        exposition = generate_latest(registry) + generate_latest(process_registry)
-        return Response(exposition, media_type=CONTENT_TYPE_LATEST)
+        return exposition(everything, accept)
 
     @app.get("/metrics/store", response_class=PlainTextResponse)
-    def store_metrics() -> Response:
+    def store_metrics(accept: Annotated[str | None, Header()] = None) -> Response:
         """What the store says, alike from every replica: scraped once, through the load balancer,
         so that two replicas never double a sum."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return exposition(registry, accept)
 
     @app.get("/metrics/process", response_class=PlainTextResponse)
-    def process_metrics() -> Response:
+    def process_metrics(accept: Annotated[str | None, Header()] = None) -> Response:
         """This process's own requests: scraped from each replica, and summed."""
-        return Response(generate_latest(process_registry), media_type=CONTENT_TYPE_LATEST)
+        return exposition(process_registry, accept)
 
     return app

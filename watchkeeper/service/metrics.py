@@ -7,6 +7,7 @@ subject; the latency histograms and intake counters are cumulative counters kept
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -16,12 +17,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from watchkeeper.config import Model, WatchkeeperConfig
 from watchkeeper.intake.checks import ReferenceProfile, ReferenceProfiles
 from watchkeeper.intake.kinds import BINARY, MULTICLASS, RANKING, REGRESSION
+from watchkeeper.intake.records import PredictionRecord
 from watchkeeper.store import Store, executions
 from watchkeeper.store.intake import (
     BUCKET,
@@ -430,13 +433,44 @@ def histogram_bounds(config: WatchkeeperConfig) -> Callable[[str, str], Sequence
     return lambda family, subject: by_family.get(family, {}).get(subject, ())
 
 
+class LatencyExemplars:
+    """Each inference latency bucket's latest traced request, (model, version, bound) -> exemplar:
+    what a slow bucket on a dashboard links to. Kept in this process's memory, as prometheus_client
+    keeps its own histograms' exemplars: at most one per bucket of each model version. Only
+    predictions that carry a `trace_id` cost anything (a bisection)."""
+
+    def __init__(self, bounds_for: Callable[[str, str], Sequence[float]] = no_bounds) -> None:
+        self.bounds_for = bounds_for
+        self._latest: dict[tuple[str, str, float], Exemplar] = {}
+
+    def observe(self, records: Iterable[PredictionRecord]) -> None:
+        for record in records:
+            if record.trace_id is None or record.latency_seconds is None:
+                continue
+            bounds = sorted(self.bounds_for(INFERENCE_LATENCY, record.model_name))
+            at = bisect.bisect_left(bounds, record.latency_seconds)
+            le = bounds[at] if at < len(bounds) else math.inf
+            self._latest[(record.model_name, record.model_version, le)] = Exemplar(
+                {"trace_id": record.trace_id}, record.latency_seconds, record.timestamp.timestamp()
+            )
+
+    def of(self, family: str, subject: str, variant: str, le: float) -> Exemplar | None:
+        return self._latest.get((subject, variant, le)) if family == INFERENCE_LATENCY else None
+
+
+def no_exemplars(_family: str, _subject: str, _variant: str, _le: float) -> None:
+    return None
+
+
 def histogram_families(
     tallies: Iterable[tuple[str, str, str, str, float]],
     bounds_for: Callable[[str, str], Sequence[float]] = no_bounds,
+    exemplar_of: Callable[[str, str, str, float], Exemplar | None] = no_exemplars,
 ) -> list[HistogramMetricFamily]:
     """Prometheus histograms from the intake's bucket and sum tallies (see `histogram_tallies`).
     The intake tallies only the buckets that were hit; every configured bound (`bounds_for`) is
-    exported, empty or not, so that each series always has all its buckets."""
+    exported, empty or not, so that each series always has all its buckets. A bucket with an
+    exemplar (`exemplar_of`) carries it (OpenMetrics exposition only)."""
     buckets: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
     sums: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
     for family, subject, variant, detail, total in tallies:
@@ -454,14 +488,20 @@ def histogram_families(
         counts = dict.fromkeys(map(float, bounds_for(family, subject)), 0.0)
         for le, total in buckets[(family, subject, variant)]:
             counts[le] = counts.get(le, 0.0) + total
-        cumulative, running = [], 0.0
+        cumulative: list[Any] = []
+        running = 0.0
         for le, total in sorted(counts.items()):
             running += total
             if not math.isinf(le):
-                cumulative.append((le_text(le), running))
-        cumulative.append(("+Inf", series.get("count", 0.0)))
+                cumulative.append(_bucket(le_text(le), running, exemplar_of(family, subject, variant, le)))
+        infinite = exemplar_of(family, subject, variant, math.inf)
+        cumulative.append(_bucket("+Inf", series.get("count", 0.0), infinite))
         families[family].add_metric([subject, variant], cumulative, series.get("sum", 0.0))
     return list(families.values())
+
+
+def _bucket(le: str, count: float, exemplar: Exemplar | None) -> tuple:
+    return (le, count) if exemplar is None else (le, count, exemplar)
 
 
 @dataclass(frozen=True)
@@ -700,10 +740,15 @@ def operations_families(session: Session) -> list[Metric]:
 
 class StoreCollector(Collector):
     def __init__(
-        self, store: Store, config: WatchkeeperConfig | None = None, profiles: ReferenceProfiles | None = None
+        self,
+        store: Store,
+        config: WatchkeeperConfig | None = None,
+        profiles: ReferenceProfiles | None = None,
+        exemplars: LatencyExemplars | None = None,
     ) -> None:
         self.store, self.config, self.profiles = store, config, profiles
         self.bounds_for = histogram_bounds(config) if config is not None else no_bounds
+        self.exemplars = exemplars
         self.datasets = (
             {d.name: (d.model or "", d.pipeline or "") for d in config.datasets} if config is not None else {}
         )
@@ -729,7 +774,8 @@ class StoreCollector(Collector):
             evaluations = self._evaluation_families(session)
             operations = operations_families(session)
         totals = intake_counts(tallies)
-        histograms = histogram_families(tallies, self.bounds_for)
+        exemplar_of = self.exemplars.of if self.exemplars is not None else no_exemplars
+        histograms = histogram_families(tallies, self.bounds_for, exemplar_of)
         counters = {
             kind: CounterMetricFamily(name, doc, labels=["model_name", "model_version"])
             for kind, (name, doc) in INTAKE_FAMILIES.items()
@@ -749,8 +795,28 @@ class StoreCollector(Collector):
 
 
 def store_registry(
-    store: Store, config: WatchkeeperConfig | None = None, profiles: ReferenceProfiles | None = None
+    store: Store,
+    config: WatchkeeperConfig | None = None,
+    profiles: ReferenceProfiles | None = None,
+    exemplars: LatencyExemplars | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store, config, profiles))
+    registry.register(StoreCollector(store, config, profiles, exemplars))
     return registry
+
+
+class Union(Collector):
+    """Every metric of several registries, for one exposition (OpenMetrics ends with one `# EOF`)."""
+
+    def __init__(self, *registries: CollectorRegistry) -> None:
+        self.registries = registries
+
+    def collect(self) -> Iterator[Metric]:
+        for registry in self.registries:
+            yield from registry.collect()
+
+
+def union_registry(*registries: CollectorRegistry) -> CollectorRegistry:
+    union = CollectorRegistry(auto_describe=False)
+    union.register(Union(*registries))
+    return union

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 
 from watchkeeper.store import Store, paging
 from watchkeeper.store.paging import Page
+from watchkeeper.store.samples import traced_examples
 from watchkeeper.store.schema import (
     Alert,
     AlertStatus,
@@ -17,6 +18,7 @@ from watchkeeper.store.schema import (
     IncidentMember,
     IncidentStatus,
 )
+from watchkeeper.times import utcnow
 
 
 def iso(value: datetime | None) -> str | None:
@@ -51,6 +53,11 @@ def list_alerts(
     with store.reading() as session:
         rows, next_cursor = paging.page(session.scalars(query).all(), limit, lambda a: (a.starts_at, a.id))
         return Page([alert_json(a) for a in rows], next_cursor)
+
+
+# An alert fires minutes after the requests that tripped its rule (its windows and its `for`): the
+# example requests start this much before the incident opened.
+EXAMPLES_BEFORE = timedelta(minutes=15)
 
 
 def _incident_json(row: Incident, members: int) -> dict[str, Any]:
@@ -123,6 +130,9 @@ def incident_detail(store: Store, incident_id: int) -> dict[str, Any] | None:
         ]
         detail["ranking"] = row.ranking
         detail["timeline"] = [{"at": iso(e.at), "kind": e.kind, "detail": e.detail} for e in events]
+        models = sorted({alert.model_name for _, alert in members if alert.model_name})
+        end = row.resolved_at or utcnow()
+        detail["example_requests"] = traced_examples(session, models, row.opened_at - EXAMPLES_BEFORE, end)
         return detail
 
 

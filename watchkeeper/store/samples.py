@@ -10,10 +10,12 @@ sample of the whole window at rate tau / 2^63, the same in every replica and on 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.intake.aggregates import bucket_start
@@ -89,3 +91,42 @@ def trim_samples(store: Store, k: int, since: datetime) -> int:
             )
             removed += session.execute(delete(table).where(*in_bucket, table.priority > kth)).rowcount
         return removed
+
+
+# Buckets are at most this long (`intake.bucket`): the first one that can hold a request at `start`.
+LONGEST_BUCKET = timedelta(hours=1)
+
+
+def traced_examples(
+    session: Session, model_names: list[str], start: datetime, end: datetime, per_kind: int = 3
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Each model's slowest and latest failing requests in [start, end) that carry a trace id, from
+    the intake's sample (a uniform share of every bucket: the slowest of the sample, not always of
+    all requests): {model: {"slowest": [...], "failing": [...]}}, each with its trace id, request
+    id, time and latency."""
+    table = PredictionSample
+    found = {}
+    for model_name in model_names:
+        traced = select(table.trace_id, table.request_id, table.timestamp, table.latency_seconds).where(
+            table.model_name == model_name,
+            table.bucket_start >= start - LONGEST_BUCKET,
+            table.bucket_start < end,
+            table.timestamp >= start,
+            table.timestamp < end,
+            table.trace_id.is_not(None),
+        )
+        slowest = traced.where(table.latency_seconds.is_not(None)).order_by(table.latency_seconds.desc())
+        failing = traced.where(table.error.is_(True)).order_by(table.timestamp.desc())
+        found[model_name] = {
+            kind: [
+                {
+                    "trace_id": trace_id,
+                    "request_id": request_id,
+                    "at": at.isoformat(),
+                    "latency_seconds": latency,
+                }
+                for trace_id, request_id, at, latency in session.execute(query.limit(per_kind))
+            ]
+            for kind, query in (("slowest", slowest), ("failing", failing))
+        }
+    return found
