@@ -311,3 +311,96 @@ def test_a_host_alert_after_its_services_failures_are_explained_is_not_their_cau
     ]
     assert pipeline.root_cause_service == "feature-store"
     assert host_members == [("HostMemoryPressure", "opened")] and host.root_cause_service == "gpu-node-1:9100"
+
+
+def etl_topology() -> WatchkeeperConfig:
+    """The feature pipeline on an ETL node of its own, the model's API on a GPU node."""
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["topology"]["services"] = {
+        "scoring-api": ["feature-etl"],
+        "feature-etl": [],
+    }
+    data["topology"]["hosts"] = {"etl-7.dc2:9100": ["feature-etl"], "gpu-3.dc2:9100": ["scoring-api"]}
+    for model in data["models"]:
+        model["service"] = "scoring-api"
+    for pipeline in data["pipelines"]:
+        pipeline["service"] = "feature-etl"
+    return WatchkeeperConfig.model_validate(data)
+
+
+def test_a_disk_filling_on_the_pipelines_host_is_the_root_of_what_its_failures_cause(store: Store) -> None:
+    """Another topology: the ETL node's data disk fills. The pipeline's stages start failing, the
+    model's records fail their checks, its accuracy collapses: one incident, rooted in the host.
+    The model's serving node, healthy, never enters it."""
+    config = etl_topology()
+    notify(
+        store,
+        host_alert(
+            "HostDiskWillFill",
+            timedelta(0),
+            "etl-7.dc2:9100",
+            "critical",
+            mountpoint="/data",
+            device="/dev/sdb1",
+        ),
+        alert(
+            "PipelineErrorRateCritical",
+            timedelta(minutes=3),
+            pipeline_name="credit_feature_pipeline",
+            severity="critical",
+        ),
+        alert(
+            "DataRecordsFailingChecksCritical",
+            timedelta(minutes=4),
+            model_name="credit_approval",
+            severity="critical",
+        ),
+        alert(
+            "ModelAccuracyCollapse", timedelta(minutes=6), model_name="credit_approval", severity="critical"
+        ),
+    )
+    outcome = correlate_pending_alerts(store, config)
+    assert len(outcome.opened) == 1
+    [(incident, members)] = incidents(store)
+    assert [name for name, _ in members] == [
+        "HostDiskWillFill",
+        "PipelineErrorRateCritical",
+        "DataRecordsFailingChecksCritical",
+        "ModelAccuracyCollapse",
+    ]
+    assert incident.root_cause_service == "etl-7.dc2:9100"
+    assert [c["subject"] for c in incident.ranking][:2] == ["etl-7.dc2:9100", "feature-etl"]
+
+
+def test_a_full_disk_roots_the_failures_its_early_warning_came_too_early_to_join(store: Store) -> None:
+    """HostDiskWillFill fired two hours before the disk filled: too early (by the correlation
+    window) to join what the full disk then broke. HostDiskFull starts with the failures, and the
+    incident is rooted in the host."""
+    config = etl_topology()
+    disk = {"mountpoint": "/data", "device": "/dev/sdb1"}
+    notify(
+        store,
+        host_alert("HostDiskWillFill", timedelta(0), "etl-7.dc2:9100", "critical", **disk),
+        host_alert("HostDiskFull", timedelta(hours=2), "etl-7.dc2:9100", "critical", **disk),
+        alert(
+            "PipelineErrorRateCritical",
+            timedelta(hours=2, minutes=2),
+            pipeline_name="credit_feature_pipeline",
+            severity="critical",
+        ),
+        alert(
+            "ModelAccuracyCollapse",
+            timedelta(hours=2, minutes=5),
+            model_name="credit_approval",
+            severity="critical",
+        ),
+    )
+    correlate_pending_alerts(store, config)
+    (early, early_members), (full, members) = incidents(store)
+    assert early_members == [("HostDiskWillFill", "opened")]
+    assert [name for name, _ in members] == [
+        "HostDiskFull",
+        "PipelineErrorRateCritical",
+        "ModelAccuracyCollapse",
+    ]
+    assert full.root_cause_service == "etl-7.dc2:9100" and full.ranking[0]["alertname"] == "HostDiskFull"

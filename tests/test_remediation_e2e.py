@@ -205,8 +205,13 @@ def assert_one_trace(service: str, incident_id: int, otlp: OtlpReceiver, http: o
     assert all(by_id[s.parent_span_id] in tasks for s in spans if s.name in actions)
     assert all(by_id[s.parent_span_id].name in actions for s in spans if s.name == "POST 127.0.0.1")
     assert {s.service for s in spans} == {"watchkeeper-service", "watchkeeper-executor"}
-    breaker = http.to("/breaker/credit_approval/open")[0]
-    assert breaker.headers["traceparent"].split("-")[1] == trace_id
+    # The target continues the trace under the call that reached it.
+    _, sent_trace, sent_parent, _ = (
+        http.to("/breaker/credit_approval/open")[0].headers["traceparent"].split("-")
+    )
+    assert sent_trace == trace_id
+    assert by_id[sent_parent].name == "POST 127.0.0.1"
+    assert by_id[by_id[sent_parent].parent_span_id].name == "action circuit_breaker"
     run_lines = [
         json.loads(line) for line in (logs / "executor.log").read_text().splitlines() if line.startswith("{")
     ]

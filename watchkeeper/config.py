@@ -522,7 +522,7 @@ TASK_CAUSAL_RULES: dict[str, list[str]] = {
         for cause in TASK_QUALITY_ALERTS
     },
 }
-# A host short of CPU or memory slows and fails the requests of the models it serves. They relate
+# A host short of CPU or memory slows and fails the requests of the models it serves. These relate
 # only to alerts on the host's own services (`topology.hosts`), like every causal rule (`_near`).
 SERVING_SYMPTOMS = [
     "ModelInferenceLatencyHigh",
@@ -532,9 +532,20 @@ SERVING_SYMPTOMS = [
     "ModelErrorBurst",
     "ModelThroughputLow",
 ]
+# A disk filling up fails the writes of whatever runs there: requests, pipeline stages, records.
+DISK_SYMPTOMS = [
+    *SERVING_SYMPTOMS,
+    "PipelineErrorRateHigh",
+    "PipelineErrorRateCritical",
+    "PipelineLatencyHigh",
+    "DataRecordsFailingChecks",
+    "DataRecordsFailingChecksCritical",
+]
 HOST_CAUSAL_RULES: dict[str, list[str]] = {
     "InfrastructureCPUHigh": SERVING_SYMPTOMS,
     "HostMemoryPressure": SERVING_SYMPTOMS,
+    "HostDiskWillFill": DISK_SYMPTOMS,
+    "HostDiskFull": DISK_SYMPTOMS,
 }
 DEFAULT_CAUSAL_RULES = {
     cause: list(

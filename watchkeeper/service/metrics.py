@@ -441,13 +441,18 @@ class LatencyExemplars:
 
     def __init__(self, bounds_for: Callable[[str, str], Sequence[float]] = no_bounds) -> None:
         self.bounds_for = bounds_for
+        self._bounds: dict[str, list[float]] = {}
         self._latest: dict[tuple[str, str, float], Exemplar] = {}
 
     def observe(self, records: Iterable[PredictionRecord]) -> None:
         for record in records:
             if record.trace_id is None or record.latency_seconds is None:
                 continue
-            bounds = sorted(self.bounds_for(INFERENCE_LATENCY, record.model_name))
+            bounds = self._bounds.get(record.model_name)
+            if bounds is None:
+                bounds = self._bounds[record.model_name] = sorted(
+                    self.bounds_for(INFERENCE_LATENCY, record.model_name)
+                )
             at = bisect.bisect_left(bounds, record.latency_seconds)
             le = bounds[at] if at < len(bounds) else math.inf
             self._latest[(record.model_name, record.model_version, le)] = Exemplar(
