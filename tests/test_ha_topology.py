@@ -44,7 +44,8 @@ def test_replicas_killed_under_load_lose_nothing_and_act_once(
                 check=True,
             ).stdout
             running = [line for line in status.splitlines() if "│ yes" in line]
-            assert len(running) == 15, status  # every process of the topology, each replica its row
+            # every process of the topology, each replica its row, and the host's node exporter
+            assert len(running) == 16 and any("node-exporter" in line for line in running), status
             for fault in ("service", "executor"):
                 outcome = run.phase(fault, settle=10, restart_after=5, observe=25)
                 assert outcome["lost"] == 0, (fault, outcome)
@@ -63,6 +64,8 @@ def test_replicas_killed_under_load_lose_nothing_and_act_once(
             assert stored and stored[0]["value"][1] == "1"
             replicas = _prometheus(prometheus, 'count(up{job="watchkeeper-replicas"} == 1)')
             assert replicas and replicas[0]["value"][1] == "2"
+            [host] = _prometheus(prometheus, 'up{job="node"} == 1')  # the host, by its name
+            assert host["metric"]["instance"] == "localhost"
         finally:
             run.down()
     assert not any(run.stack.record(name) for name in run.stack.all_names())
