@@ -18,7 +18,7 @@ from watchkeeper.runtime.dispatcher import CLAIM_BATCH, LEASE, OutboxDispatcher
 from watchkeeper.store import Store
 from watchkeeper.store.alerts import WebhookNotification, store_notification
 from watchkeeper.store.outbox import OwedRun, claim_due, record_failed, record_started
-from watchkeeper.store.schema import FlowRunOutbox, OutboxState
+from watchkeeper.store.schema import FlowRunOutbox, Incident, OutboxState
 
 BIN = Path(sys.executable).parent
 TOKEN = "outbox-test-token"
@@ -131,6 +131,10 @@ def test_alerts_posted_while_prefect_is_down_start_one_run_once_it_is_back(
         assert run["run_count"] == 1
         executed_here = f"handle-alerts run {run['name']}: StateType.COMPLETED"  # once run_flow returned
         wait_until(lambda: executed_here in executor.log.read_text(), "the executor to log the run")
+        # No trace receiver here: the notification's trace still reaches the incident its run opened.
+        _, trace_id, _, _ = row.traceparent.split("-")
+        with store.reading() as session:
+            assert session.scalars(select(Incident.trace_id)).all() == [trace_id]
     finally:
         executor.stop()
         service.stop()

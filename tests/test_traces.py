@@ -8,12 +8,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import yaml
 
 from tasks.incidents import correlate_pending_alerts
 from tests.conftest import LiveService
 from tests.realstack import AlertingStack, WebhookRecorder, wait_until
+from tests.test_cli import run as run_cli
 from tests.test_incidents import alert, notify
 from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
 from watchkeeper.store.incidents import incident_detail
 
@@ -91,7 +94,7 @@ def test_the_slow_bucket_s_exemplar_is_the_traced_request_on_a_real_prometheus(
 
 
 def test_an_incident_shows_its_model_s_slowest_and_failing_traced_requests(
-    example_config: WatchkeeperConfig, store: Store
+    example_config: WatchkeeperConfig, store: Store, tmp_path: Path
 ) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     with LiveService(example_config, store) as service:
@@ -113,6 +116,22 @@ def test_an_incident_shows_its_model_s_slowest_and_failing_traced_requests(
     assert [e["trace_id"] for e in examples["slowest"]] == [f"{i + 1:032x}" for i in (11, 10, 9)]
     assert {e["request_id"] for e in examples["failing"]} == {"t-7", "t-3"}
     assert examples["slowest"][0]["url"] is None  # no traces.link configured
+    # The CLI shows them, linked where the configuration names a trace page.
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) | {
+        "traces": {"link": "http://jaeger:16686/trace/{trace_id}"}
+    }
+    (tmp_path / "watchkeeper.yaml").write_text(yaml.safe_dump(config))
+    shown = run_cli(
+        "--config",
+        str(tmp_path / "watchkeeper.yaml"),
+        "incidents",
+        str(incident["id"]),
+        home=tmp_path,
+        WATCHKEEPER_DATABASE_URL=store.url.render_as_string(hide_password=False),
+        COLUMNS="250",
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "example requests" in shown.stdout and f"http://jaeger:16686/trace/{12:032x}" in shown.stdout
     assert json.dumps(incident_detail(store, incident["id"])["example_requests"]) == json.dumps(
         {
             "credit_approval": {

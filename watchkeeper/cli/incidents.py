@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from watchkeeper.cli.app import JsonOption, LimitOption, app, console, fail, open_store
+from watchkeeper.cli.app import JsonOption, LimitOption, app, console, fail, load_monitoring, open_store
 from watchkeeper.store.schema import AlertStatus, IncidentStatus
 
 
@@ -49,13 +49,14 @@ def incidents(
     as_json: JsonOption = False,
 ) -> None:
     """Incidents with their suggested root cause; with an ID, its members, ranking and timeline."""
-    from watchkeeper.store.incidents import incident_detail, list_incidents
+    from watchkeeper.store.incidents import incident_detail, list_incidents, with_trace_links
 
     store = open_store()
     if incident_id is not None:
         detail = incident_detail(store, incident_id)
         if detail is None:
             raise fail(f"no incident {incident_id}")
+        detail = with_trace_links(detail, load_monitoring().traces)
         if as_json:
             print(json.dumps(detail, indent=2))
         else:
@@ -94,5 +95,16 @@ def _print_incident(detail: dict) -> None:
     timeline = Table("at", "event", "detail", title="timeline")
     for event in detail["timeline"]:
         timeline.add_row(event["at"], event["kind"], json.dumps(event["detail"]))
-    for table in (members, ranking, timeline):
+    examples = Table(
+        "model", "requests", "trace", "request id", "at", "latency (s)", title="example requests"
+    )
+    for model, by_kind in detail["example_requests"].items():
+        for kind, requests in by_kind.items():
+            for r in requests:
+                latency = "-" if r["latency_seconds"] is None else f"{r['latency_seconds']:.3f}"
+                trace = r["url"] or r["trace_id"]
+                examples.add_row(model, kind, trace, r["request_id"], r["at"], latency)
+    for table in (members, ranking, timeline, examples):
         console.print(table)
+    if detail["trace_id"]:
+        console.print(f"trace {detail['trace_url'] or detail['trace_id']}", highlight=False)

@@ -342,7 +342,9 @@ class WarmExecutor:
                 deployment_id, parameters=owed.parameters, idempotency_key=owed.idempotency_key, labels=labels
             )
             span.set_attribute("prefect.run.id", str(run.id))
-        self.try_execute(run)
+            # Its thread starts in this context: without Prefect's run spans (see run_executor), the
+            # run's own spans and the incident's trace id still continue this trace.
+            self.try_execute(run)
         return str(run.id)
 
     def _deployment_id(self, qualified: str) -> UUID:

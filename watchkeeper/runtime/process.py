@@ -23,7 +23,7 @@ from watchkeeper.log_lines import log_json_lines
 from watchkeeper.runtime.host import BIN, free_port, healthy
 from watchkeeper.settings import Settings
 from watchkeeper.store import Store
-from watchkeeper.tracing import configure_tracing
+from watchkeeper.tracing import configure_tracing, exporting
 
 log = logging.getLogger("watchkeeper.runtime.executor")
 PR_SET_PDEATHSIG = 1
@@ -104,6 +104,11 @@ def run_executor(settings: Settings, config: WatchkeeperConfig, store: Store) ->
     """Until SIGTERM or SIGINT: then no new run is taken, running ones get a grace period."""
     log_json_lines("executor")
     configure_tracing("executor")
+    if not exporting():
+        # Prefect's run spans cost each run an API call (the run's traceparent label) and each task
+        # its spans: 0.065 s more from an alert to its action (benchmarks/remediation.py), paid
+        # only where a receiver will see them. Watchkeeper's own spans keep the trace ids.
+        os.environ.setdefault("PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY", "false")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

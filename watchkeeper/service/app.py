@@ -56,7 +56,7 @@ from watchkeeper.store.alerts import (
     parse_notification,
     store_notification,
 )
-from watchkeeper.store.incidents import incident_detail, list_alerts, list_incidents
+from watchkeeper.store.incidents import incident_detail, list_alerts, list_incidents, with_trace_links
 from watchkeeper.store.intake import IntakeRules, feedback_writer, pipeline_run_writer, prediction_writer
 from watchkeeper.store.paging import CursorError, Page
 from watchkeeper.store.reports import list_reports, report_html
@@ -421,10 +421,7 @@ def create_app(
         detail = incident_detail(store, incident_id)
         if detail is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": f"no incident {incident_id}"})
-        for by_kind in detail["example_requests"].values():
-            for request in (r for requests in by_kind.values() for r in requests):
-                request["url"] = config.traces.url(request["trace_id"])
-        return JSONResponse({**detail, "trace_url": config.traces.url(detail["trace_id"])})
+        return JSONResponse(with_trace_links(detail, config.traces))
 
     @app.get("/v1/actions", dependencies=authorized, responses=read_errors)
     def get_actions(

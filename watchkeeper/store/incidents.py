@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from watchkeeper.config import Traces
 from watchkeeper.store import Store, paging
 from watchkeeper.store.paging import Page
 from watchkeeper.store.samples import traced_examples
@@ -134,6 +135,15 @@ def incident_detail(store: Store, incident_id: int) -> dict[str, Any] | None:
         end = row.resolved_at or utcnow()
         detail["example_requests"] = traced_examples(session, models, row.opened_at - EXAMPLES_BEFORE, end)
         return detail
+
+
+def with_trace_links(detail: dict[str, Any], traces: Traces) -> dict[str, Any]:
+    """An incident's detail with a link to its trace and to each example request's (`traces.link`;
+    None without one)."""
+    for by_kind in detail["example_requests"].values():
+        for request in (r for requests in by_kind.values() for r in requests):
+            request["url"] = traces.url(request["trace_id"])
+    return {**detail, "trace_url": traces.url(detail["trace_id"])}
 
 
 def incidents_of_model(
