@@ -19,6 +19,7 @@ from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
 from watchkeeper.store.incidents import incident_detail
+from watchkeeper.store.samples import Sampling
 
 OPENMETRICS = {"Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"}
 
@@ -132,7 +133,9 @@ def test_an_incident_shows_its_model_s_slowest_and_failing_traced_requests(
     )
     assert shown.returncode == 0, shown.stderr
     assert "example requests" in shown.stdout and f"http://jaeger:16686/trace/{12:032x}" in shown.stdout
-    assert json.dumps(incident_detail(store, incident["id"])["example_requests"]) == json.dumps(
+    assert json.dumps(
+        incident_detail(store, incident["id"], Sampling.of(example_config))["example_requests"]
+    ) == json.dumps(
         {
             "credit_approval": {
                 kind: [{k: v for k, v in e.items() if k != "url"} for e in found]

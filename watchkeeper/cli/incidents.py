@@ -50,13 +50,15 @@ def incidents(
 ) -> None:
     """Incidents with their suggested root cause; with an ID, its members, ranking and timeline."""
     from watchkeeper.store.incidents import incident_detail, list_incidents, with_trace_links
+    from watchkeeper.store.samples import Sampling
 
     store = open_store()
     if incident_id is not None:
-        detail = incident_detail(store, incident_id)
+        config = load_monitoring()
+        detail = incident_detail(store, incident_id, Sampling.of(config))
         if detail is None:
             raise fail(f"no incident {incident_id}")
-        detail = with_trace_links(detail, load_monitoring().traces)
+        detail = with_trace_links(detail, config.traces)
         if as_json:
             print(json.dumps(detail, indent=2))
         else:

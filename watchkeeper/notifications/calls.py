@@ -62,8 +62,9 @@ def request(
     if refusal is not None:
         raise CallRefused(f"not sent: {refusal}")
     # The span names the host only: a URL can be a secret (a Slack webhook's path).
-    with tracer().start_as_current_span(f"{method} {urlsplit(url).hostname}", kind=SpanKind.CLIENT) as span:
-        span.set_attributes({"http.request.method": method, "server.address": urlsplit(url).hostname or ""})
+    host = urlsplit(url).hostname or ""
+    with tracer().start_as_current_span(f"{method} {host}", kind=SpanKind.CLIENT) as span:
+        span.set_attributes({"http.request.method": method, "server.address": host})
         response = httpx.request(
             method,
             url,

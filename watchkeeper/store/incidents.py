@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from watchkeeper.config import Traces
 from watchkeeper.store import Store, paging
 from watchkeeper.store.paging import Page
-from watchkeeper.store.samples import traced_examples
+from watchkeeper.store.samples import Sampling, traced_examples
 from watchkeeper.store.schema import (
     Alert,
     AlertStatus,
@@ -104,8 +104,9 @@ def list_incidents(
         return Page([_incident_json(row, counts.get(row.id, 0)) for row in rows], next_cursor)
 
 
-def incident_detail(store: Store, incident_id: int) -> dict[str, Any] | None:
-    """The incident, its members with reason and confidence, its ranking and its timeline."""
+def incident_detail(store: Store, incident_id: int, sampling: Sampling) -> dict[str, Any] | None:
+    """The incident, its members with reason and confidence, its ranking, its timeline, and its
+    models' example requests from the intake's sample (`sampling`)."""
     with store.reading() as session:
         row = session.get(Incident, incident_id)
         if row is None:
@@ -133,7 +134,8 @@ def incident_detail(store: Store, incident_id: int) -> dict[str, Any] | None:
         detail["timeline"] = [{"at": iso(e.at), "kind": e.kind, "detail": e.detail} for e in events]
         models = sorted({alert.model_name for _, alert in members if alert.model_name})
         end = row.resolved_at or utcnow()
-        detail["example_requests"] = traced_examples(session, models, row.opened_at - EXAMPLES_BEFORE, end)
+        start = row.opened_at - EXAMPLES_BEFORE
+        detail["example_requests"] = traced_examples(session, models, start, end, sampling)
         return detail
 
 

@@ -10,7 +10,7 @@ sample of the whole window at rate tau / 2^63, the same in every replica and on 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -93,23 +93,25 @@ def trim_samples(store: Store, k: int, since: datetime) -> int:
         return removed
 
 
-# Buckets are at most this long (`intake.bucket`): the first one that can hold a request at `start`.
-LONGEST_BUCKET = timedelta(hours=1)
-
-
 def traced_examples(
-    session: Session, model_names: list[str], start: datetime, end: datetime, per_kind: int = 3
+    session: Session,
+    model_names: list[str],
+    start: datetime,
+    end: datetime,
+    sampling: Sampling,
+    per_kind: int = 3,
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Each model's slowest and latest failing requests in [start, end) that carry a trace id, from
     the intake's sample (a uniform share of every bucket: the slowest of the sample, not always of
     all requests): {model: {"slowest": [...], "failing": [...]}}, each with its trace id, request
     id, time and latency."""
     table = PredictionSample
+    first = bucket_start(start, sampling.bucket_seconds)
     found = {}
     for model_name in model_names:
         traced = select(table.trace_id, table.request_id, table.timestamp, table.latency_seconds).where(
             table.model_name == model_name,
-            table.bucket_start >= start - LONGEST_BUCKET,
+            table.bucket_start >= first,
             table.bucket_start < end,
             table.timestamp >= start,
             table.timestamp < end,
