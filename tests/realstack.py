@@ -27,7 +27,7 @@ from watchkeeper.config import Model
 from watchkeeper.intake.aggregates import bucket_start
 from watchkeeper.local.stack import (
     EXEMPLAR_STORAGE,
-    NODE_COLLECTORS,
+    node_exporter_argv,
     render_alertmanager_config,
     render_prometheus_config,
 )
@@ -145,12 +145,7 @@ class AlertingStack:
         )
         self.node_exporter = (
             Process(
-                [
-                    "prometheus-node-exporter",
-                    f"--web.listen-address={self.node_exporter_url.removeprefix('http://')}",
-                    "--collector.disable-defaults",
-                    *(f"--collector.{name}" for name in NODE_COLLECTORS),
-                ],
+                node_exporter_argv(self.node_exporter_url.removeprefix("http://")),
                 folder / "node-exporter.log",
             )
             if self.node_exporter_url

@@ -33,7 +33,7 @@ PREFECT_HISTORY = timedelta(days=7)
 # Prometheus keeps the latency buckets' exemplars (a traced request per bucket: a slow bucket's trace).
 EXEMPLAR_STORAGE = "--enable-feature=exemplar-storage"
 # The node exporter's collectors the host rules and dashboard read (CPU, memory, filesystems), and
-# load, disk and network for the person looking at the host.
+# load, disk and network for the person looking at the host; the rest cost scrapes for nothing.
 NODE_COLLECTORS = ("cpu", "meminfo", "filesystem", "loadavg", "diskstats", "netdev", "vmstat", "uname")
 
 
@@ -75,6 +75,16 @@ class Component:
         return shutil.which(self.argv[0]) is not None or Path(self.argv[0]).exists()
 
 
+def node_exporter_argv(address: str) -> list[str]:
+    """Debian's node exporter on `address`, with only the collectors of NODE_COLLECTORS."""
+    return [
+        "prometheus-node-exporter",
+        f"--web.listen-address={address}",
+        "--collector.disable-defaults",
+        *(f"--collector.{name}" for name in NODE_COLLECTORS),
+    ]
+
+
 def render_prometheus_config(
     out_dir: Path, service: str, prometheus: str, alertmanager: str, node_exporter: str | None = None
 ) -> Path:
@@ -86,7 +96,8 @@ def render_prometheus_config(
         for static in alerting.get("static_configs", []):
             static["targets"] = [alertmanager]
     targets = {"watchkeeper": service, "prometheus": prometheus, "node": node_exporter}
-    config["scrape_configs"] = [job for job in config["scrape_configs"] if targets.get(job["job_name"], "")]
+    unscraped = {name for name, target in targets.items() if target is None}
+    config["scrape_configs"] = [job for job in config["scrape_configs"] if job["job_name"] not in unscraped]
     for job in config["scrape_configs"]:
         for static in job.get("static_configs", []):
             static["targets"] = [targets.get(job["job_name"], target) for target in static["targets"]]
@@ -270,13 +281,7 @@ class Stack:
             ),
             Component(
                 "node-exporter",
-                [
-                    "prometheus-node-exporter",
-                    f"--web.listen-address=127.0.0.1:{ports.node_exporter}",
-                    # What the host alerts read; the rest of the defaults cost scrapes for nothing.
-                    "--collector.disable-defaults",
-                    *(f"--collector.{name}" for name in NODE_COLLECTORS),
-                ],
+                node_exporter_argv(f"127.0.0.1:{ports.node_exporter}"),
                 health_url=f"http://127.0.0.1:{ports.node_exporter}/metrics",
                 urls={"Host metrics (node exporter)": f"http://127.0.0.1:{ports.node_exporter}/metrics"},
                 missing_hint="sudo apt-get install prometheus-node-exporter",
