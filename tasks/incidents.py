@@ -39,13 +39,19 @@ MAX_ALERTS_PER_RUN = 10_000
 
 
 def topology_service(config: WatchkeeperConfig, labels: dict[str, str]) -> str | None:
-    """The topology service an alert is about: its model's or pipeline's, else its `service` label."""
+    """The topology service an alert is about: its model's, pipeline's or feature store's (named, or
+    found by its exporter's instance), else its `service` label."""
     model = config.models_by_name.get(labels.get("model_name", ""))
     if model is not None and model.service is not None:
         return model.service
     pipeline = config.pipelines_by_name.get(labels.get("pipeline_name", ""))
     if pipeline is not None and pipeline.service is not None:
         return pipeline.service
+    for feature_store in config.feature_stores:
+        named = feature_store.name == labels.get("feature_store")
+        exported = feature_store.instance is not None and feature_store.instance == labels.get("instance")
+        if (named or exported) and feature_store.service is not None:
+            return feature_store.service
     return labels.get("service")
 
 

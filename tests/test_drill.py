@@ -18,7 +18,7 @@ from watchkeeper.evaluation.drill import (
     drill_config,
     owner,
 )
-from watchkeeper.local.demo import DemoTraffic
+from watchkeeper.local.demo import DemoFeatureStore, DemoTraffic
 from watchkeeper.settings import DEFAULT_CONFIG
 from watchkeeper.store import Store
 
@@ -44,6 +44,11 @@ def test_each_subject_gets_its_own_model_dataset_pipeline_and_services(tmp_path)
         ("drill_clean_data", "drill_clean", "drill_clean_pipeline"),
     }
     assert config.remediation.playbooks == load_config(DEFAULT_CONFIG, home=tmp_path).remediation.playbooks
+    stores = {f.name: f for f in config.feature_stores}
+    assert set(stores) == {"drill_null_burst_credit_online_features", "drill_clean_credit_online_features"}
+    view = stores["drill_null_burst_credit_online_features"].views[0]
+    assert (view.models, view.materialized_by) == (["drill_null_burst"], "drill_null_burst_pipeline")
+    assert stores["drill_null_burst_credit_online_features"].service == "drill_null_burst-feature-store"
 
 
 def test_alerts_belong_to_the_subject_they_name() -> None:
@@ -52,8 +57,12 @@ def test_alerts_belong_to_the_subject_they_name() -> None:
         Subject("drill_null_burst", FAULTS["null_burst"], traffic),
         Subject("drill_clean", None, traffic),
     )
+    burst.feature_store = DemoFeatureStore("drill_null_burst_online", ["profile"], seed=1)
+    clean.feature_store = DemoFeatureStore("drill_clean_online", ["profile"], seed=1)
     assert owner({"dataset_name": "drill_null_burst_data"}, [burst, clean]) is burst
     assert owner({"pipeline_name": "drill_clean_pipeline"}, [burst, clean]) is clean
+    assert owner({"feature_store": "drill_clean_online"}, [burst, clean]) is clean
+    assert owner({"feature_store": "drill_null_burst_online"}, [burst, clean]) is burst
     assert owner({"alertname": "WatchkeeperTargetDown"}, [burst, clean]) is None
 
 
@@ -73,6 +82,8 @@ def test_options_are_checked() -> None:
         "traffic_drop",
         "pipeline_failure",
         "business_decline",
+        "stale_features",
+        "feature_store_slow",
         "regression_bias",
         "ranking_collapse",
         "popularity_shift",

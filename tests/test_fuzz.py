@@ -140,7 +140,14 @@ def test_no_operation_answers_a_5xx_or_off_its_schema(fuzzed: LiveService) -> No
         ]
         for mode, strategy in strategies:
             _fuzz(strategy, mode, checks, fuzzed.url, statuses[key])
-    for write in ("/v1/predictions", "/v1/feedback", "/v1/pipeline-runs", "/v1/alertmanager"):
+    writes = (
+        "/v1/predictions",
+        "/v1/feedback",
+        "/v1/pipeline-runs",
+        "/v1/feature-lookups",
+        "/v1/alertmanager",
+    )
+    for write in writes:
         seen = statuses[("POST", write)]
         assert 200 in seen and any(400 <= code < 500 for code in seen), (write, seen)
 

@@ -36,6 +36,13 @@ PIPELINE_RUN = {
     "duration_seconds": 12.5,
     "records": 100,
 }
+FEATURE_LOOKUP = {
+    "feature_store": "credit_online_features",
+    "feature_view": "applicant_profile",
+    "request_id": "r-1",
+    "timestamp": "2026-11-26T09:00:00Z",
+    "latency_seconds": 0.004,
+}
 SURROGATE = '"\\ud800"'  # a lone surrogate, as JSON text writes it
 UNCONVERTIBLE = ("0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00", "1900-01-01T00:00:00Z")
 HOSTILE_NUMBERS = ("NaN", "Infinity", "-Infinity", "1e999", str(2**64), "9" * 5000)
@@ -121,6 +128,18 @@ def pipeline_bodies() -> Iterator[tuple[str, bytes, dict]]:
             "records": [str(2**63), "1e999", "NaN"],
             "started_at": [f'"{t}"' for t in UNCONVERTIBLE],
             "run_id": [SURROGATE],
+        },
+    )
+
+
+def lookup_bodies() -> Iterator[tuple[str, bytes, dict]]:
+    yield from record_bodies(
+        FEATURE_LOOKUP,
+        {
+            "latency_seconds": [*HOSTILE_NUMBERS, "-1"],
+            "keys": [str(2**63), "0", "NaN"],
+            "materialized_at": [f'"{t}"' for t in UNCONVERTIBLE],
+            "feature_view": [SURROGATE, '"no_such_view"'],
         },
     )
 
@@ -211,6 +230,7 @@ def test_every_write_endpoint_refuses_the_hostile_corpus_with_a_4xx(
         "/v1/predictions": prediction_bodies,
         "/v1/feedback": feedback_bodies,
         "/v1/pipeline-runs": pipeline_bodies,
+        "/v1/feature-lookups": lookup_bodies,
         "/v1/alertmanager": alertmanager_bodies,
     }
     seen = 0

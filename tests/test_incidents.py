@@ -323,8 +323,8 @@ def etl_topology() -> WatchkeeperConfig:
     data["topology"]["hosts"] = {"etl-7.dc2:9100": ["feature-etl"], "gpu-3.dc2:9100": ["scoring-api"]}
     for model in data["models"]:
         model["service"] = "scoring-api"
-    for pipeline in data["pipelines"]:
-        pipeline["service"] = "feature-etl"
+    for owner in [*data["pipelines"], *data["feature_stores"]]:
+        owner["service"] = "feature-etl"
     return WatchkeeperConfig.model_validate(data)
 
 

@@ -18,6 +18,7 @@ from watchkeeper.store.schema import (
     Alert,
     AlertNotification,
     EvaluationResult,
+    FeatureLookup,
     Feedback,
     FlowRunOutbox,
     Incident,
@@ -156,6 +157,18 @@ def seed(store: Store) -> None:
                 )
             )
             session.add(
+                FeatureLookup(
+                    feature_store="f",
+                    feature_view="v",
+                    request_id=f"r{index}",
+                    timestamp=at,
+                    latency_seconds=0.01,
+                    keys=1,
+                    errors=0,
+                    received_at=at,
+                )
+            )
+            session.add(
                 EvaluationResult(
                     kind="model_quality",
                     subject="m",
@@ -204,6 +217,7 @@ def counts(store: Store) -> dict[str, int]:
         "predictions": Prediction,
         "feedback": Feedback,
         "pipeline_runs": PipelineRun,
+        "feature_lookups": FeatureLookup,
         "aggregates": ModelTally,
         "samples": PredictionSample,
         "prediction_keys": PredictionKey,
@@ -244,6 +258,7 @@ def test_retention_removes_the_old_in_batches_and_keeps_what_is_referred_to(
         "predictions": 3,
         "feedback": 3,
         "pipeline_runs": 3,
+        "feature_lookups": 3,
         "aggregates": 3,
         "samples": 3,
         "evaluation_results": 3,
@@ -261,6 +276,7 @@ def test_retention_removes_the_old_in_batches_and_keeps_what_is_referred_to(
         "predictions": 1,
         "feedback": 1,
         "pipeline_runs": 1,
+        "feature_lookups": 1,
         "aggregates": 1,
         "samples": 1,
         "prediction_keys": 1,

@@ -408,6 +408,75 @@ class Pipeline(Strict):
     latency_buckets: Buckets = DEFAULT_PIPELINE_BUCKETS
 
 
+DEFAULT_FEATURE_LOOKUP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+FeatureValue = bool | float | str
+
+
+class FeatureView(Strict):
+    """A group of features the store serves together, materialised by one job."""
+
+    name: Name
+    features: list[Name] = Field(min_length=1)
+    max_age: Duration = Field(
+        description="How old the newest materialised value may be before FeatureViewStale fires"
+    )
+    materialized_by: Name | None = Field(
+        default=None,
+        description="The pipeline (under pipelines) whose runs materialise the view: a run that "
+        "handled records and did not fail them all is a materialisation at its end",
+    )
+    models: list[Name] = Field(
+        default_factory=list,
+        description="Models that read the view: the null and default share of its features are "
+        "measured on their predictions",
+    )
+    default_values: dict[Name, FeatureValue] = Field(
+        default_factory=dict,
+        description="The value the store serves for a feature when it has none for the key",
+    )
+
+    @model_validator(mode="after")
+    def _defaults_are_features(self) -> FeatureView:
+        _require_unique(self.features, f"feature of view {self.name!r}")
+        for feature in self.default_values:
+            if feature not in self.features:
+                raise ValueError(f"default_values names {feature!r}, which is not one of the view's features")
+        return self
+
+
+class FeatureStore(Strict):
+    """An online feature store: its views' freshness, its lookups' latency and errors."""
+
+    name: Name
+    kind: Literal["redis", "feast", "other"] = "other"
+    service: Name | None = None
+    instance: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Its exporter's `instance` label (redis_exporter for Redis): alerts on that "
+        "instance, such as RedisMemoryHigh, are about this store",
+    )
+    latency_limit_seconds: float = Field(
+        default=0.05, gt=0, description="FeatureStoreLatencyHigh fires when a view's p95 lookup exceeds it"
+    )
+    latency_buckets: Buckets = DEFAULT_FEATURE_LOOKUP_BUCKETS
+    window: Duration = Field(
+        default=timedelta(minutes=15),
+        description="The predictions whose served features' null and default share are measured",
+    )
+    views: list[FeatureView] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_views(self) -> FeatureStore:
+        _require_unique([v.name for v in self.views], f"view of feature store {self.name!r}")
+        return self
+
+    @property
+    def views_by_name(self) -> dict[str, FeatureView]:
+        return {v.name: v for v in self.views}
+
+
 class Topology(Strict):
     """Service -> the services it depends on, and host -> the services it runs, for correlation."""
 
@@ -547,6 +616,38 @@ HOST_CAUSAL_RULES: dict[str, list[str]] = {
     "HostDiskWillFill": DISK_SYMPTOMS,
     "HostDiskFull": DISK_SYMPTOMS,
 }
+# Feature stores: memory pressure in Redis slows and fails lookups; slow or failing lookups slow and
+# fail the predictions that read them; stale features degrade them; a failing materialising
+# pipeline leaves its views stale.
+FEATURE_STORE_CAUSAL_RULES: dict[str, list[str]] = {
+    "RedisMemoryHigh": ["FeatureStoreLatencyHigh", "FeatureStoreErrorRateHigh"],
+    "FeatureStoreLatencyHigh": [
+        "ModelInferenceLatencyHigh",
+        "ModelInferenceLatencyCritical",
+        "ModelInferenceLatencySpike",
+        "ModelErrorRateHigh",
+        "ModelErrorBurst",
+    ],
+    "FeatureStoreErrorRateHigh": [
+        "ModelErrorRateHigh",
+        "ModelErrorBurst",
+        "DataRecordsFailingChecks",
+        "DataRecordsFailingChecksCritical",
+        "DataQualityDegraded",
+        "DataQualityCritical",
+    ],
+    "FeatureViewStale": [
+        "DataDriftDetected",
+        "SevereDataDrift",
+        "ModelAccuracyDegraded",
+        "ModelAccuracyCritical",
+        "BusinessImpactDecline",
+    ],
+    "PipelineErrorRateHigh": ["FeatureViewStale"],
+    "PipelineErrorRateCritical": ["FeatureViewStale"],
+    "InfrastructureCPUHigh": ["FeatureStoreLatencyHigh"],
+    "HostMemoryPressure": ["FeatureStoreLatencyHigh"],
+}
 DEFAULT_CAUSAL_RULES = {
     cause: list(
         dict.fromkeys(
@@ -555,10 +656,17 @@ DEFAULT_CAUSAL_RULES = {
                 *FAST_CAUSAL_RULES.get(cause, []),
                 *TASK_CAUSAL_RULES.get(cause, []),
                 *HOST_CAUSAL_RULES.get(cause, []),
+                *FEATURE_STORE_CAUSAL_RULES.get(cause, []),
             ]
         )
     )
-    for cause in SEED_CAUSAL_RULES | FAST_CAUSAL_RULES | TASK_CAUSAL_RULES | HOST_CAUSAL_RULES
+    for cause in (
+        SEED_CAUSAL_RULES
+        | FAST_CAUSAL_RULES
+        | TASK_CAUSAL_RULES
+        | HOST_CAUSAL_RULES
+        | FEATURE_STORE_CAUSAL_RULES
+    )
 }
 
 
@@ -820,6 +928,7 @@ class Retention(Strict):
     predictions: Duration = timedelta(days=30)
     feedback: Duration = timedelta(days=30)
     pipeline_runs: Duration = timedelta(days=30)
+    feature_lookups: Duration = timedelta(days=14)
     aggregates: Duration = Field(
         default=timedelta(days=30), description="The intake's per-bucket aggregates of each model"
     )
@@ -956,6 +1065,7 @@ class WatchkeeperConfig(Strict):
     executor: ExecutorLanes = ExecutorLanes()
     reports: Reports = Reports()
     traces: Traces = Traces()
+    feature_stores: list[FeatureStore] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _cross_references(self) -> WatchkeeperConfig:
@@ -987,13 +1097,38 @@ class WatchkeeperConfig(Strict):
                 raise ValueError(
                     f"dataset {d.name!r} names pipeline {d.pipeline!r}, which is not under pipelines"
                 )
+        self._check_feature_stores(models, pipelines)
         services = self.topology.services
-        for owner in [*self.models, *self.pipelines]:
+        for owner in [*self.models, *self.pipelines, *self.feature_stores]:
             if owner.service is not None and services and owner.service not in services:
                 raise ValueError(
                     f"{owner.name!r} names service {owner.service!r}, which is not under topology"
                 )
         return self
+
+    def _check_feature_stores(self, models: set[str], pipelines: set[str]) -> None:
+        _require_unique([f.name for f in self.feature_stores], "feature store")
+        for store in self.feature_stores:
+            for view in store.views:
+                where = f"feature store {store.name!r}, view {view.name!r}"
+                if view.materialized_by is not None and view.materialized_by not in pipelines:
+                    raise ValueError(
+                        f"{where}: materialized_by names {view.materialized_by!r}, "
+                        "which is not under pipelines"
+                    )
+                for model in view.models:
+                    if model not in models:
+                        raise ValueError(f"{where}: names model {model!r}, which is not under models")
+                    missing = set(view.features) - {f.name for f in self.models_by_name[model].features}
+                    if missing:
+                        raise ValueError(
+                            f"{where}: model {model!r} has no feature {', '.join(sorted(missing))}: "
+                            "expected the view's features among the model's"
+                        )
+
+    @property
+    def feature_stores_by_name(self) -> dict[str, FeatureStore]:
+        return {f.name: f for f in self.feature_stores}
 
     @property
     def models_by_name(self) -> dict[str, Model]:

@@ -282,6 +282,13 @@ def demo_traffic(
         int | None, typer.Option(help="Multiply business values by --business-factor from here")
     ] = None,
     business_factor: Annotated[float, typer.Option(min=0, max=1)] = 0.3,
+    stale_features_at: Annotated[
+        int | None, typer.Option(help="The feature views stop being materialised from here")
+    ] = None,
+    feature_store_slow_at: Annotated[
+        int | None, typer.Option(help="Feature lookups take --feature-store-factor times longer from here")
+    ] = None,
+    feature_store_factor: Annotated[float, typer.Option(min=1)] = 30.0,
     regression_bias_at: Annotated[
         int | None, typer.Option(help="A regression model: shift every prediction from here")
     ] = None,
@@ -318,7 +325,13 @@ def demo_traffic(
     generator beside a running stack leaves its reference alone) unless --replace-reference."""
     from watchkeeper.config import FileReference
     from watchkeeper.intake.kinds import BINARY
-    from watchkeeper.local.demo import DemoTraffic, Injections, run_demo_traffic, write_reference
+    from watchkeeper.local.demo import (
+        DemoTraffic,
+        Injections,
+        demo_feature_store,
+        run_demo_traffic,
+        write_reference,
+    )
     from watchkeeper.local.demo_kinds import KindInjections, demo_of
 
     log_json_lines("demo-traffic")
@@ -344,6 +357,9 @@ def demo_traffic(
         pipeline_failure_at=pipeline_failure_at,
         business_decline_at=business_decline_at,
         business_factor=business_factor,
+        stale_features_at=stale_features_at,
+        feature_store_slow_at=feature_store_slow_at,
+        feature_store_factor=feature_store_factor,
     )
     monitoring = load_monitoring()
     configured = monitoring.model(model)
@@ -391,8 +407,9 @@ def demo_traffic(
         label_delay=label_delay,
         token=state.settings.credentials.intake.bearer,
         pipeline=pipeline or None,
+        feature_store=demo_feature_store(monitoring, model, seed, injections) if task == BINARY else None,
     )
     console.print(
-        f"sent {sent.predictions} predictions, {sent.feedback} labels and {sent.pipeline_runs} "
-        f"pipeline runs to {url}"
+        f"sent {sent.predictions} predictions, {sent.feedback} labels, {sent.pipeline_runs} "
+        f"pipeline runs and {sent.feature_lookups} feature lookups to {url}"
     )

@@ -33,7 +33,13 @@ import yaml
 from sqlalchemy import select
 
 from watchkeeper.intake.kinds import BINARY
-from watchkeeper.local.demo import DemoTraffic, Injections, run_demo_traffic
+from watchkeeper.local.demo import (
+    DemoFeatureStore,
+    DemoTraffic,
+    Injections,
+    demo_feature_store,
+    run_demo_traffic,
+)
 from watchkeeper.local.demo_kinds import KindInjections, demo_of
 from watchkeeper.settings import DEFAULT_CONFIG, REPO_ROOT, Settings
 from watchkeeper.store import Store
@@ -156,6 +162,16 @@ FAULTS: dict[str, Fault] = {
             ("BusinessImpactDrop", "BusinessImpactDecline"),
         ),
         Fault(
+            "stale_features",
+            lambda at: Injections(stale_features_at=at),
+            ("FeatureViewStale",),
+        ),
+        Fault(
+            "feature_store_slow",
+            lambda at: Injections(feature_store_slow_at=at, feature_store_factor=30),
+            ("FeatureStoreLatencyHigh",),
+        ),
+        Fault(
             "regression_bias",
             lambda at: KindInjections(regression_bias_at=at),
             (
@@ -243,14 +259,15 @@ def model_name(subject: str) -> str:
 
 def drill_config(example: dict[str, Any], subjects: list[str], rate: float) -> dict[str, Any]:
     """The example configuration with one of its models (`template_of`) copied once per subject, each
-    on its own dataset, pipeline and services (so correlation never mixes two faults), and a
-    throughput floor of rate/2."""
+    on its own dataset, pipeline, feature store and services (so correlation never mixes two
+    faults), and a throughput floor of rate/2."""
     config = copy.deepcopy(example)
     templates = {m["name"]: m for m in example["models"]}
     services = example["topology"]["services"]
     config["models"], config["datasets"] = [], []
     config["pipelines"] = [p for p in example["pipelines"] if "prefect_deployment" in p]
     config["topology"] = {"services": {}}
+    config["feature_stores"] = []
     for subject in subjects:
         name = model_name(subject)
         template = templates[template_of(subject)]
@@ -261,9 +278,27 @@ def drill_config(example: dict[str, Any], subjects: list[str], rate: float) -> d
         config["models"].append(model)
         config["datasets"].append({"name": f"{name}_data", "model": name, "pipeline": f"{name}_pipeline"})
         config["pipelines"].append({"name": f"{name}_pipeline", "service": f"{name}-feature-store"})
+        config["feature_stores"] += feature_stores_of(example, template["name"], name)
         for service, calls in services.items():
             config["topology"]["services"][f"{name}-{service}"] = [f"{name}-{c}" for c in calls]
     return config
+
+
+def feature_stores_of(example: dict[str, Any], template: str, name: str) -> list[dict[str, Any]]:
+    """The example's feature stores with views `template` reads, copied for the subject `name`: its
+    own store and services, its views materialised by its own pipeline and read by it alone."""
+    stores = []
+    for feature_store in example.get("feature_stores", []):
+        views = [
+            {**view, "models": [name], "materialized_by": f"{name}_pipeline"}
+            for view in feature_store["views"]
+            if template in view.get("models", [])
+        ]
+        if views:
+            copy_name = f"{name}_{feature_store['name']}"
+            service = f"{name}-{feature_store['service']}" if "service" in feature_store else None
+            stores.append({**feature_store, "name": copy_name, "service": service, "views": views})
+    return stores
 
 
 @dataclass
@@ -274,12 +309,21 @@ class Subject:
     fault: Fault | None
     traffic: Any  # DemoTraffic, or a regression or ranking model's (`demo_kinds`)
     thread: threading.Thread | None = None
+    feature_store: DemoFeatureStore | None = None
     alerts: dict[str, datetime] = field(default_factory=dict)
     first_ids: dict[str, int] = field(default_factory=dict)
 
     @property
     def labels(self) -> set[str]:
         return {self.name, f"{self.name}_data", f"{self.name}_pipeline"}
+
+    def owns(self, labels: dict[str, str]) -> bool:
+        """An alert about its model, dataset, pipeline or one of its feature stores."""
+        values = {labels.get(k) for k in ("model_name", "dataset_name", "pipeline_name")}
+        feature_store = self.feature_store.store if self.feature_store is not None else None
+        return bool(self.labels & values) or (
+            feature_store is not None and labels.get("feature_store") == feature_store
+        )
 
     @property
     def detected(self) -> bool:
@@ -291,8 +335,7 @@ HOST_JOB = "node"
 
 
 def owner(labels: dict[str, str], subjects: list[Subject]) -> Subject | None:
-    values = {labels.get(k) for k in ("model_name", "dataset_name", "pipeline_name")}
-    return next((s for s in subjects if s.labels & values), None)
+    return next((s for s in subjects if s.owns(labels)), None)
 
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
@@ -354,6 +397,7 @@ class Drill:
                     "label_delay": int(rate * LABEL_DELAY_SECONDS),
                     "pipeline": f"{subject.name}_pipeline",
                     "stop": self.stop,
+                    "feature_store": subject.feature_store,
                 },
                 daemon=True,
                 name=f"traffic-{subject.name}",
@@ -415,6 +459,9 @@ class Drill:
         (self.home / "drill.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         settings = Settings(home=self.home, config=self.home / "drill.yaml")
         for subject in subjects:  # each kind's reference, from its clean model's held-back rows
+            subject.feature_store = demo_feature_store(
+                settings.monitoring, subject.name, self.options.seed, subject.traffic.injections
+            )
             if subject.fault is None:
                 reference = settings.monitoring.model(subject.name).reference.path  # type: ignore[union-attr]
                 reference.parent.mkdir(parents=True, exist_ok=True)

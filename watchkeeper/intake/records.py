@@ -140,7 +140,36 @@ class PipelineRunRecord(RecordModel):
         return [p.name for p in config.pipelines]
 
 
-Record = TypeVar("Record", PredictionRecord, FeedbackRecord, PipelineRunRecord)
+class FeatureLookupRecord(RecordModel):
+    """One lookup of one feature view by the serving path: how long it took, how many entity keys
+    it asked for, how many of them failed or came back empty, and the newest materialisation time
+    among the values it served (the view's freshness as served)."""
+
+    subject_field: ClassVar[str] = "feature_store"
+
+    feature_store: str = Field(min_length=1, max_length=128)
+    feature_view: str = Field(min_length=1, max_length=128)
+    request_id: str = Field(min_length=1, max_length=256)
+    timestamp: Timestamp
+    latency_seconds: float = Field(ge=0, le=MAX_SECONDS)
+    keys: int = Field(default=1, ge=1, le=MAX_COUNT)
+    errors: int = Field(default=0, ge=0, le=MAX_COUNT, description="Keys that failed or were missing")
+    materialized_at: Timestamp | None = None
+
+    @classmethod
+    def known_subjects(cls, config: WatchkeeperConfig) -> list[str]:
+        return [f.name for f in config.feature_stores]
+
+    @field_validator("errors")
+    @classmethod
+    def _at_most_keys(cls, errors: int, info: ValidationInfo) -> int:
+        keys = info.data.get("keys")
+        if keys is not None and errors > keys:
+            raise ValueError(f"expected at most keys ({keys}) errors")
+        return errors
+
+
+Record = TypeVar("Record", PredictionRecord, FeedbackRecord, PipelineRunRecord, FeatureLookupRecord)
 
 
 class BatchError(Exception):
@@ -192,7 +221,7 @@ def _loads(text: str, prefix: str = "", index: int | None = None) -> Any:
 
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {
     record_type: TypeAdapter(list[record_type])  # type: ignore[valid-type]
-    for record_type in (PredictionRecord, FeedbackRecord, PipelineRunRecord)
+    for record_type in (PredictionRecord, FeedbackRecord, PipelineRunRecord, FeatureLookupRecord)
 }
 
 
@@ -215,9 +244,24 @@ def validate_batch(items: list[Any], record_type: type[Record], config: Watchkee
                 index=index,
                 field=field,
             )
-    if record_type is not PipelineRunRecord:
+    if record_type is FeatureLookupRecord:
+        _check_views(records, config)
+    elif record_type is not PipelineRunRecord:
         _check_shapes(records, config)
     return records
+
+
+def _check_views(records: list[Any], config: WatchkeeperConfig) -> None:
+    stores = config.feature_stores_by_name
+    for index, record in enumerate(records):
+        views = stores[record.feature_store].views_by_name
+        if record.feature_view not in views:
+            raise BatchError(
+                f"unknown feature view {record.feature_view!r} of {record.feature_store}: expected one "
+                f"of its configured views ({', '.join(sorted(views))})",
+                index=index,
+                field="feature_view",
+            )
 
 
 def _check_shapes(records: list[Any], config: WatchkeeperConfig) -> None:

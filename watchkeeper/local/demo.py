@@ -5,8 +5,9 @@ intake as predictions, and the true labels follow later as feedback, as in produ
 injections are the failures the monitors must catch: concept drift (the stream switches to
 another Agrawal function), covariate drift (salary and age shift), nulls in a feature, latency
 spikes, error bursts, a prediction collapse (one class for every request), a feature that stops
-arriving, a drop in traffic, a failing feature pipeline and a decline in business value. Positions
-count predictions after the training part.
+arriving, a drop in traffic, a failing feature pipeline, a decline in business value, and in the
+online feature store the model reads, features left stale (its materialisation stops) or slow
+lookups. Positions count predictions after the training part.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,12 @@ from river.datasets import synth
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from watchkeeper.client import WatchkeeperClient
+from watchkeeper.config import WatchkeeperConfig
 
 FEATURES = ("salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan")
 CATEGORICAL = ("elevel", "car", "zipcode")
 MEDIAN_LATENCY_SECONDS = 0.03
+MEDIAN_LOOKUP_SECONDS = 0.003
 CONCEPT_DRIFT_WIDTH = 50
 POST_RETRY_SECONDS = (0.5, 1, 2, 5, 10)
 LOG = logging.getLogger("watchkeeper.demo")
@@ -62,6 +65,9 @@ class Injections:
     pipeline_failure_at: int | None = None
     business_decline_at: int | None = None
     business_factor: float = 0.3
+    stale_features_at: int | None = None
+    feature_store_slow_at: int | None = None
+    feature_store_factor: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("null_feature", "missing_feature"):
@@ -289,11 +295,67 @@ def write_reference(reference: pd.DataFrame, path: Path, replace: bool = False) 
         partial.unlink(missing_ok=True)
 
 
+class DemoFeatureStore:
+    """The online feature store the demo model reads its features from: a lookup of each of its
+    views per prediction, carrying the time of the newest materialisation, which is the end of the
+    feature pipeline's latest run that did not fail every record. Its faults: the materialisation
+    stops (`stale_features_at`: the pipeline's schedule died, so it reports no runs) and lookups
+    slow down (`feature_store_slow_at`)."""
+
+    def __init__(
+        self, store: str, views: list[str], seed: int, injections: Injections = Injections()
+    ) -> None:
+        self.store, self.views, self.injections = store, views, injections
+        self.rng = np.random.default_rng(seed + 1)
+        self.materialized_at: datetime | None = None
+
+    def materialises(self, position: int) -> bool:
+        """Whether the feature pipeline still runs at this position."""
+        return not self.injections.during(self.injections.stale_features_at, position)
+
+    def materialised(self, run: dict[str, Any]) -> None:
+        if run["errors"] < run["records"]:
+            ended = datetime.fromisoformat(run["started_at"]) + timedelta(seconds=run["duration_seconds"])
+            self.materialized_at = max(self.materialized_at or ended, ended)
+
+    def lookup_records(self, events: list[DemoEvent], timestamp: datetime) -> list[dict[str, Any]]:
+        inj = self.injections
+        records = []
+        for event in events:
+            for view in self.views:
+                latency = float(self.rng.lognormal(np.log(MEDIAN_LOOKUP_SECONDS), 0.3))
+                if inj.during(inj.feature_store_slow_at, event.position):
+                    latency *= inj.feature_store_factor
+                records.append(
+                    {
+                        "feature_store": self.store,
+                        "feature_view": view,
+                        "request_id": event.request_id,
+                        "timestamp": timestamp.isoformat(),
+                        "latency_seconds": round(latency, 6),
+                        "materialized_at": self.materialized_at.isoformat() if self.materialized_at else None,
+                    }
+                )
+        return records
+
+
+def demo_feature_store(
+    config: WatchkeeperConfig, model: str, seed: int, injections: Injections
+) -> DemoFeatureStore | None:
+    """The first configured feature store with views the model reads, serving those views."""
+    for feature_store in config.feature_stores:
+        views = [v.name for v in feature_store.views if model in v.models]
+        if views:
+            return DemoFeatureStore(feature_store.name, views, seed, injections)
+    return None
+
+
 @dataclass
 class Sent:
     predictions: int = 0
     feedback: int = 0
     pipeline_runs: int = 0
+    feature_lookups: int = 0
 
 
 def post_with_retry(
@@ -325,9 +387,11 @@ def run_demo_traffic(
     token: str | None = None,
     pipeline: str | None = None,
     stop: threading.Event | None = None,
+    feature_store: DemoFeatureStore | None = None,
 ) -> Sent:
     """Post until `count` predictions are sent (0: until `stop` is set or forever); `pipeline` also
-    reports its runs. A traffic drop stretches the time between batches."""
+    reports its runs, and `feature_store` the lookups of each prediction's features. A traffic drop
+    stretches the time between batches."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     sent = Sent()
     awaiting_label: deque[DemoEvent] = deque()
@@ -342,10 +406,16 @@ def run_demo_traffic(
             for event in events:
                 records.log_prediction(**traffic.prediction_record(event, now))
             sent.predictions += len(events)
-            if pipeline:
+            if pipeline and (feature_store is None or feature_store.materialises(events[0].position)):
                 record = traffic.pipeline_run_record(pipeline, events, now)
                 post_with_retry(client, "/v1/pipeline-runs", [record], LOG.warning)
                 sent.pipeline_runs += 1
+                if feature_store is not None:
+                    feature_store.materialised(record)
+            if feature_store is not None:
+                lookups = feature_store.lookup_records(events, now)
+                post_with_retry(client, "/v1/feature-lookups", lookups, LOG.warning)
+                sent.feature_lookups += len(lookups)
             awaiting_label.extend(events)
             due = [awaiting_label.popleft() for _ in range(max(0, len(awaiting_label) - label_delay))]
             if count and sent.predictions >= count:

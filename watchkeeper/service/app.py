@@ -30,6 +30,7 @@ from watchkeeper.intake.checks import ReferenceProfiles
 from watchkeeper.intake.records import (
     BatchError,
     BatchTooLarge,
+    FeatureLookupRecord,
     FeedbackRecord,
     PipelineRunRecord,
     PredictionRecord,
@@ -57,7 +58,13 @@ from watchkeeper.store.alerts import (
     store_notification,
 )
 from watchkeeper.store.incidents import incident_detail, list_alerts, list_incidents, with_trace_links
-from watchkeeper.store.intake import IntakeRules, feedback_writer, pipeline_run_writer, prediction_writer
+from watchkeeper.store.intake import (
+    IntakeRules,
+    feature_lookup_writer,
+    feedback_writer,
+    pipeline_run_writer,
+    prediction_writer,
+)
 from watchkeeper.store.paging import CursorError, Page
 from watchkeeper.store.reports import list_reports, report_html
 from watchkeeper.store.samples import Sampling
@@ -241,9 +248,9 @@ def create_app(
     credentials: Credentials = NO_CREDENTIALS,
     resume_run: Callable[[str, dict[str, Any]], None] = resume_paused_run,
 ) -> FastAPI:
-    """Each role's credentials guard its endpoints: intake (predictions, feedback, pipeline runs),
-    the Alertmanager webhook, operators (reads, the kill switch, approvals). The Prefect runs the
-    intake owes are started by the warm executor (`watchkeeper executor`), not here."""
+    """Each role's credentials guard its endpoints: intake (predictions, feedback, pipeline runs,
+    feature lookups), the Alertmanager webhook, operators (reads, the kill switch, approvals). The
+    Prefect runs the intake owes are started by the warm executor (`watchkeeper executor`), not here."""
     app = FastAPI(title="Watchkeeper", version="0.1.0")
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -253,8 +260,11 @@ def create_app(
     model_names = [m.name for m in config.models]
     pipeline_names = [p.name for p in config.pipelines]
     write_errors = errors(400, 401, 413, 415, 422, 503)
+    feature_store_names = [f.name for f in config.feature_stores]
     example = examples(
-        model_names[0] if model_names else "model", pipeline_names[0] if pipeline_names else "pipeline"
+        model_names[0] if model_names else "model",
+        pipeline_names[0] if pipeline_names else "pipeline",
+        *[(f.name, f.views[0].name) for f in config.feature_stores[:1]],
     )
     read_errors = errors(401, 422, 503)
     profiles = ReferenceProfiles(config, partial(reference_frame, store, sampling=Sampling.of(config)))
@@ -284,6 +294,8 @@ def create_app(
     predictions = GroupCommit(store, prediction_writer(rules), intake_threads)
     feedback = GroupCommit(store, feedback_writer(rules), intake_threads)
     pipeline_runs = GroupCommit(store, pipeline_run_writer(pipeline_buckets), intake_threads)
+    lookup_buckets = {f.name: f.latency_buckets for f in config.feature_stores}.__getitem__
+    feature_lookups = GroupCommit(store, feature_lookup_writer(lookup_buckets), intake_threads)
 
     async def intake(request: Request, record_type: type[Record], writer: GroupCommit) -> JSONResponse:
         try:
@@ -353,6 +365,17 @@ def create_app(
     async def post_pipeline_runs(request: Request) -> JSONResponse:
         """Store pipeline stage runs (duration, records, errors), idempotent by pipeline, run id and stage."""
         return await intake(request, PipelineRunRecord, pipeline_runs)
+
+    @app.post(
+        "/v1/feature-lookups",
+        dependencies=intake_authorized,
+        responses=write_errors,
+        openapi_extra=batch_of(FeatureLookupRecord, feature_store_names, "feature-lookups"),
+    )
+    async def post_feature_lookups(request: Request) -> JSONResponse:
+        """Store feature-store lookups (latency, keys, failed keys, newest materialisation served),
+        idempotent by feature store, view and request id."""
+        return await intake(request, FeatureLookupRecord, feature_lookups)
 
     @app.post(
         "/v1/alertmanager",

@@ -28,6 +28,9 @@ from watchkeeper.intake.records import PredictionRecord
 from watchkeeper.store import Store, executions
 from watchkeeper.store.intake import (
     BUCKET,
+    FEATURE_KEY_ERRORS,
+    FEATURE_KEYS,
+    FEATURE_LOOKUP_LATENCY,
     INFERENCE_LATENCY,
     PIPELINE_LATENCY,
     SUM,
@@ -349,6 +352,28 @@ GAUGES: dict[tuple[str, str], Gauge] = {
         subject_label="pipeline_name",
         versioned=False,
     ),
+    ("feature_store", "last_materialized_timestamp_seconds"): Gauge(
+        "ai_feature_view_last_materialized_timestamp_seconds",
+        "When the view's newest materialised value was written (Unix seconds), from its lookups and "
+        "its materialising pipeline's runs.",
+        subject_label="feature_store",
+        versioned=False,
+        extra=("feature_view",),
+    ),
+    ("feature_store", "null_share"): Gauge(
+        "ai_feature_view_null_share",
+        "Share of a model's sampled predictions whose value of the view's feature is null or absent.",
+        subject_label="feature_store",
+        versioned=False,
+        extra=("feature_view", "model_name", "feature"),
+    ),
+    ("feature_store", "default_share"): Gauge(
+        "ai_feature_view_default_share",
+        "Share of a model's sampled predictions served the store's configured default for the feature.",
+        subject_label="feature_store",
+        versioned=False,
+        extra=("feature_view", "model_name", "feature"),
+    ),
 }
 
 HISTOGRAMS = {
@@ -361,6 +386,11 @@ HISTOGRAMS = {
         "ai_pipeline_processing_latency_seconds",
         "Pipeline stage duration.",
         ["pipeline_name", "stage"],
+    ),
+    FEATURE_LOOKUP_LATENCY: (
+        "ai_feature_store_lookup_latency_seconds",
+        "Feature-store lookup latency, per view.",
+        ["feature_store", "feature_view"],
     ),
 }
 
@@ -425,10 +455,11 @@ def no_bounds(_family: str, _subject: str) -> Sequence[float]:
 
 
 def histogram_bounds(config: WatchkeeperConfig) -> Callable[[str, str], Sequence[float]]:
-    """Each histogram's configured bounds: a model's latency buckets, a pipeline's."""
+    """Each histogram's configured bounds: a model's latency buckets, a pipeline's, a feature store's."""
     by_family = {
         INFERENCE_LATENCY: {m.name: m.latency_buckets for m in config.models},
         PIPELINE_LATENCY: {p.name: p.latency_buckets for p in config.pipelines},
+        FEATURE_LOOKUP_LATENCY: {f.name: f.latency_buckets for f in config.feature_stores},
     }
     return lambda family, subject: by_family.get(family, {}).get(subject, ())
 
@@ -569,6 +600,16 @@ TALLY_COUNTERS = {
         "Prediction records failing one intake check on one column.",
         ("dataset_name", "model_name", "pipeline_name", "check", "column"),
     ),
+    FEATURE_KEYS: TallyCounter(
+        "ai_feature_store_keys",
+        "Entity keys looked up in a feature view.",
+        ("feature_store", "feature_view"),
+    ),
+    FEATURE_KEY_ERRORS: TallyCounter(
+        "ai_feature_store_key_errors",
+        "Entity keys whose lookup failed or found no value.",
+        ("feature_store", "feature_view"),
+    ),
 }
 
 
@@ -656,6 +697,32 @@ def threshold_families(config: WatchkeeperConfig) -> list[GaugeMetricFamily]:
             segment_limits.add_metric([*key, "accuracy_warning"], thresholds.segment_accuracy_warning)
             segment_limits.add_metric([*key, "positive_rate_shift"], thresholds.segment_positive_rate_shift)
     return [floor, latency, capacity, segment_limits, quality_limits]
+
+
+def feature_store_families(config: WatchkeeperConfig) -> list[GaugeMetricFamily]:
+    """Each feature store's configured limits, and which exporter instance is the store (the Redis
+    rules join on it)."""
+    max_age = GaugeMetricFamily(
+        "ai_feature_view_max_age_seconds",
+        "Configured age the view's newest value may reach: FeatureViewStale fires beyond it.",
+        labels=["feature_store", "feature_view"],
+    )
+    latency = GaugeMetricFamily(
+        "ai_feature_store_latency_limit_seconds",
+        "Configured p95 lookup latency: FeatureStoreLatencyHigh fires above it.",
+        labels=["feature_store"],
+    )
+    info = GaugeMetricFamily(
+        "ai_feature_store_info",
+        "1 per configured feature store: its kind and its exporter's instance label.",
+        labels=["feature_store", "kind", "instance"],
+    )
+    for feature_store in config.feature_stores:
+        latency.add_metric([feature_store.name], feature_store.latency_limit_seconds)
+        info.add_metric([feature_store.name, feature_store.kind, feature_store.instance or ""], 1.0)
+        for view in feature_store.views:
+            max_age.add_metric([feature_store.name, view.name], view.max_age.total_seconds())
+    return [max_age, latency, info]
 
 
 def quality_limits_of(model: Model) -> dict[str, float]:
@@ -794,6 +861,7 @@ class StoreCollector(Collector):
             yield from reference_families(self.profiles.loaded())
         if self.config is not None:
             yield from threshold_families(self.config)
+            yield from feature_store_families(self.config)
         yield from histograms
         yield from evaluations
         yield from operations

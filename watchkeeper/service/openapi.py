@@ -86,8 +86,11 @@ class Components:
 EXAMPLE_TIME = "2026-11-26T09:00:00Z"
 
 
-def examples(model: str, pipeline: str) -> dict[str, Any]:
-    """A body each raw-body endpoint takes, for the configured model and pipeline named."""
+def examples(
+    model: str, pipeline: str, feature_view: tuple[str, str] = ("online", "customer")
+) -> dict[str, Any]:
+    """A body each raw-body endpoint takes, for the configured model, pipeline and (feature store,
+    view) named."""
     return {
         "predictions": [
             {
@@ -111,6 +114,18 @@ def examples(model: str, pipeline: str) -> dict[str, Any]:
                 "duration_seconds": 12.5,
                 "records": 1000,
                 "errors": 3,
+            }
+        ],
+        "feature-lookups": [
+            {
+                "feature_store": feature_view[0],
+                "feature_view": feature_view[1],
+                "request_id": "r-1",
+                "timestamp": EXAMPLE_TIME,
+                "latency_seconds": 0.004,
+                "keys": 1,
+                "errors": 0,
+                "materialized_at": "2026-11-26T08:58:30Z",
             }
         ],
         "alertmanager": {

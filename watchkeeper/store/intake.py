@@ -43,10 +43,16 @@ from watchkeeper.intake.kinds import (
     multiclass_class,
     regression_error,
 )
-from watchkeeper.intake.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
+from watchkeeper.intake.records import (
+    FeatureLookupRecord,
+    FeedbackRecord,
+    PipelineRunRecord,
+    PredictionRecord,
+)
 from watchkeeper.store import Store
 from watchkeeper.store.bulk import insert_rows, one_of
 from watchkeeper.store.schema import (
+    FeatureLookup,
     Feedback,
     ModelTallyAppend,
     PipelineRun,
@@ -68,6 +74,9 @@ UNKNOWN_VERSION = "unknown"
 T = TypeVar("T")
 INFERENCE_LATENCY = "inference_latency"
 PIPELINE_LATENCY = "pipeline_latency"
+FEATURE_LOOKUP_LATENCY = "feature_lookup_latency"
+FEATURE_KEYS = "feature_keys"
+FEATURE_KEY_ERRORS = "feature_key_errors"
 PREDICTION_FIELDS = (
     "model_name",
     "model_version",
@@ -711,20 +720,48 @@ def join_waiting_labels(store: Store, rules: IntakeRules, limit: int = 10_000) -
     return joined
 
 
+def _insert_new(
+    session: Session, table: Table, records: Sequence[Any], key: tuple[str, ...], **columns: Any
+) -> tuple[set[tuple[str, ...]], list[dict[str, Any]]]:
+    """Insert the first record of each key not stored before (with `columns` added); the keys
+    inserted, and their rows (what the tallies count: a duplicate is counted once)."""
+    firsts: dict[tuple[str, ...], dict[str, Any]] = {}
+    for record in records:
+        row = record.model_dump()
+        firsts.setdefault(tuple(row[k] for k in key), {**row, **columns})
+    inserted = insert_rows(session, table, list(firsts.values()), key)
+    return inserted, [row for k, row in firsts.items() if k in inserted]
+
+
 def _write_pipeline_runs(
     session: Session, records: Sequence[PipelineRunRecord], buckets_for: Callable[[str], Sequence[float]]
-) -> set[tuple[str, str, str]]:
-    firsts: dict[tuple[str, str, str], PipelineRunRecord] = {}
-    for record in records:
-        firsts.setdefault((record.pipeline_name, record.run_id, record.stage), record)
-    now = utcnow()
-    candidates = [{**r.model_dump(), "source": "intake", "received_at": now} for r in firsts.values()]
+) -> set[tuple[str, ...]]:
     key = ("pipeline_name", "run_id", "stage")
-    inserted = insert_rows(session, PipelineRun.__table__, candidates, key)
-    rows = [r for r in candidates if tuple(r[k] for k in key) in inserted]
+    inserted, rows = _insert_new(
+        session, PipelineRun.__table__, records, key, source="intake", received_at=utcnow()
+    )
     durations = ((r["pipeline_name"], r["stage"], r["duration_seconds"]) for r in rows)
     tallies = TallyRows()
     tallies.histogram(PIPELINE_LATENCY, durations, buckets_for)
+    tallies.write(session)
+    return inserted
+
+
+def _write_feature_lookups(
+    session: Session, records: Sequence[FeatureLookupRecord], buckets_for: Callable[[str], Sequence[float]]
+) -> set[tuple[str, ...]]:
+    key = ("feature_store", "feature_view", "request_id")
+    inserted, rows = _insert_new(session, FeatureLookup.__table__, records, key, received_at=utcnow())
+    keys: Counter[tuple[str, str, str]] = Counter()
+    errors: Counter[tuple[str, str, str]] = Counter()
+    for row in rows:
+        keys[(row["feature_store"], row["feature_view"], "")] += row["keys"]
+        errors[(row["feature_store"], row["feature_view"], "")] += row["errors"]
+    tallies = TallyRows()
+    latencies = ((r["feature_store"], r["feature_view"], r["latency_seconds"]) for r in rows)
+    tallies.histogram(FEATURE_LOOKUP_LATENCY, latencies, buckets_for)
+    tallies.add(FEATURE_KEYS, keys)
+    tallies.add(FEATURE_KEY_ERRORS, errors)
     tallies.write(session)
     return inserted
 
@@ -786,6 +823,15 @@ def pipeline_run_writer(duration_buckets: Callable[[str], Sequence[float]]) -> B
     return BatchWriter(
         lambda records: lambda session: _write_pipeline_runs(session, records, duration_buckets),
         lambda record: (record.pipeline_name, record.run_id, record.stage),
+    )
+
+
+def feature_lookup_writer(latency_buckets: Callable[[str], Sequence[float]]) -> BatchWriter:
+    """Idempotent by (feature_store, feature_view, request_id); `latency_buckets(store)` bounds its
+    histogram."""
+    return BatchWriter(
+        lambda records: lambda session: _write_feature_lookups(session, records, latency_buckets),
+        lambda record: (record.feature_store, record.feature_view, record.request_id),
     )
 
 

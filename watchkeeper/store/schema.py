@@ -298,6 +298,28 @@ class PipelineRun(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class FeatureLookup(Base):
+    """One lookup of one feature view, as the serving path reported it: its latency, its keys
+    and how many failed, and the newest materialisation among the values it served."""
+
+    __tablename__ = "feature_lookups"
+    __table_args__ = (
+        UniqueConstraint("feature_store", "feature_view", "request_id", name="uq_feature_lookup"),
+        Index("ix_feature_lookups_time", "feature_store", "feature_view", "timestamp"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    feature_store: Mapped[str] = mapped_column(String(128))
+    feature_view: Mapped[str] = mapped_column(String(128))
+    request_id: Mapped[str] = mapped_column(String(256))
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime())
+    latency_seconds: Mapped[float] = mapped_column(Float)
+    keys: Mapped[int] = mapped_column(BigInteger, default=1)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    materialized_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class EvaluationResult(Base):
     """One number computed by a monitoring flow for one window.
 
