@@ -15,10 +15,15 @@ from tasks.metrics import Measurement, Window, save_results
 from tests.conftest import BACK_ENDS, LiveService, save_predictions, store_feedback, store_url
 from tests.realstack import AlertingStack, WebhookRecorder
 from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.intake.records import FeedbackRecord, PipelineRunRecord, PredictionRecord
+from watchkeeper.intake.records import (
+    FeatureLookupRecord,
+    FeedbackRecord,
+    PipelineRunRecord,
+    PredictionRecord,
+)
 from watchkeeper.local.stack import INFRA
 from watchkeeper.store import Store
-from watchkeeper.store.intake import store_pipeline_runs
+from watchkeeper.store.intake import feature_lookup_writer, store_pipeline_runs
 
 DASHBOARDS = sorted((INFRA / "grafana" / "dashboards").glob("*.json"))
 PROMETHEUS_OWN = {"ALERTS", "ALERTS_FOR_STATE", "up"}
@@ -147,6 +152,31 @@ def seed(store: Store) -> None:
         [
             Measurement("throughput_records_per_second", 3.0),
             Measurement("error_rate", 0.1),
+        ],
+    )
+    view = {"feature_view": "applicant_profile"}
+    lookup = FeatureLookupRecord(
+        feature_store="credit_online_features",
+        feature_view="applicant_profile",
+        request_id="r1",
+        timestamp=now,
+        latency_seconds=0.004,
+        keys=2,
+        errors=1,
+        materialized_at=now,
+    )
+    feature_lookup_writer(lambda _store: (0.01,)).store(store, [[lookup]])
+    served = {**view, "model_name": "credit_approval", "feature": "hyears"}
+    save_results(
+        store,
+        "feature_store",
+        "credit_online_features",
+        "",
+        window,
+        [
+            Measurement("last_materialized_timestamp_seconds", now.timestamp(), view),
+            Measurement("null_share", 0.1, served),
+            Measurement("default_share", 0.2, served),
         ],
     )
 

@@ -715,7 +715,7 @@ def feature_store_families(config: WatchkeeperConfig) -> list[GaugeMetricFamily]
     info = GaugeMetricFamily(
         "ai_feature_store_info",
         "1 per configured feature store: its kind and its exporter's instance label.",
-        labels=["feature_store", "kind", "instance"],
+        labels=["feature_store", "kind", "exporter_instance"],
     )
     for feature_store in config.feature_stores:
         latency.add_metric([feature_store.name], feature_store.latency_limit_seconds)
