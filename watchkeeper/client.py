@@ -1,5 +1,6 @@
-"""Logging predictions and labels from a model service: `log_prediction` and `log_label` return in
-microseconds; a background thread sends them in gzipped batches.
+"""Logging predictions, labels and feature lookups from a model service: `log_prediction`,
+`log_label` and `log_feature_lookup` return in microseconds; a background thread sends them in
+gzipped batches.
 
 Only the standard library is imported, so a model service can vendor this file or install
 Watchkeeper without its server's dependencies::
@@ -38,7 +39,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 RETRIED_STATUSES = {408, 425, 429, 500, 502, 503, 504}
-PATHS = {"prediction": "/v1/predictions", "label": "/v1/feedback"}
+# In the order batches take turns: predictions first, and no kind twice in a row while another waits.
+PATHS = {"prediction": "/v1/predictions", "label": "/v1/feedback", "feature_lookup": "/v1/feature-lookups"}
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class WatchkeeperClient:
         self._closing = False
         self._counts = {"sent": 0, "dropped": 0, "refused": 0, "retries": 0}
         self._last_refusal: str | None = None
-        self._last_kind = "label"
+        self._last_kind = "feature_lookup"
         self._thread = threading.Thread(target=self._run, name="watchkeeper-client", daemon=True)
         self._thread.start()
         atexit.register(self.close, self.exit_timeout)
@@ -131,6 +133,32 @@ class WatchkeeperClient:
         if timestamp is not None:
             record["timestamp"] = _iso(timestamp)
         self._enqueue("label", record)
+
+    def log_feature_lookup(
+        self,
+        feature_store: str,
+        feature_view: str,
+        request_id: str,
+        latency_seconds: float,
+        keys: int = 1,
+        errors: int = 0,
+        materialized_at: datetime | None = None,
+        timestamp: datetime | None = None,
+    ) -> None:
+        """One lookup of a feature view: `errors` of its `keys` failed or found no value;
+        `materialized_at` is the newest materialisation time among the values it served."""
+        record: dict[str, Any] = {
+            "feature_store": feature_store,
+            "feature_view": feature_view,
+            "request_id": request_id,
+            "timestamp": _iso(timestamp),
+            "latency_seconds": latency_seconds,
+            "keys": keys,
+            "errors": errors,
+        }
+        if materialized_at is not None:
+            record["materialized_at"] = _iso(materialized_at)
+        self._enqueue("feature_lookup", record)
 
     def _enqueue(self, kind: str, record: dict[str, Any]) -> None:
         with self._lock:
@@ -182,11 +210,14 @@ class WatchkeeperClient:
         return flushed
 
     def _take(self) -> tuple[str, list[dict[str, Any]]] | None:
-        """The next batch: predictions first, but never twice in a row while labels wait: against a
-        slow service, predictions arrive faster than they are sent, and labels would never go. A
-        label never goes before its prediction (it would wait in the store, counted under an
-        unknown version): labels go in order up to the first whose prediction is still unsent."""
-        order = ("label", "prediction") if self._last_kind == "prediction" else ("prediction", "label")
+        """The next batch: predictions first, but no kind twice in a row while another waits (in
+        turns, `PATHS`' order): against a slow service, predictions arrive faster than they are
+        sent, and labels would never go. A label never goes before its prediction (it would wait in
+        the store, counted under an unknown version): labels go in order up to the first whose
+        prediction is still unsent."""
+        kinds = list(PATHS)
+        after = kinds.index(self._last_kind) + 1
+        order = kinds[after:] + kinds[:after]
         with self._lock:
             for kind in order:
                 queue = self._queues[kind]

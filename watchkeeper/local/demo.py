@@ -331,9 +331,9 @@ class DemoFeatureStore:
                         "feature_store": self.store,
                         "feature_view": view,
                         "request_id": event.request_id,
-                        "timestamp": timestamp.isoformat(),
+                        "timestamp": timestamp,
                         "latency_seconds": round(latency, 6),
-                        "materialized_at": self.materialized_at.isoformat() if self.materialized_at else None,
+                        "materialized_at": self.materialized_at,
                     }
                 )
         return records
@@ -414,7 +414,8 @@ def run_demo_traffic(
                     feature_store.materialised(record)
             if feature_store is not None:
                 lookups = feature_store.lookup_records(events, now)
-                post_with_retry(client, "/v1/feature-lookups", lookups, LOG.warning)
+                for lookup in lookups:
+                    records.log_feature_lookup(**lookup)
                 sent.feature_lookups += len(lookups)
             awaiting_label.extend(events)
             due = [awaiting_label.popleft() for _ in range(max(0, len(awaiting_label) - label_delay))]
