@@ -48,7 +48,7 @@ MAX_TOKEN_POSTINGS = 64
 ROUTING_LABELS = frozenset({"alertname", "severity", "team", "job", "receiver", "prometheus"})
 # Labels naming what is monitored: two alerts that name different ones are not "similar", however
 # alike the rest of their labels (the same rule firing for two models is two problems).
-IDENTITY_LABELS = ("model_name", "dataset_name", "pipeline_name")
+IDENTITY_LABELS = ("model_name", "dataset_name", "pipeline_name", "feature_store")
 _WORD = re.compile(r"[a-z][a-z_]{2,}")
 _VECTORIZER = HashingVectorizer(
     n_features=2**18, analyzer=lambda tokens: tokens, alternate_sign=False, norm="l2"
@@ -103,7 +103,8 @@ class IncidentState:
     identities: dict[str, set[str]] = field(default_factory=dict)
 
     def names_another(self, alert: AlertEvent) -> bool:
-        """Whether the alert names a model, dataset or pipeline none of whose kind in the incident is."""
+        """Whether the alert names a model, dataset, pipeline or feature store none of whose kind in
+        the incident is."""
         return any(
             key in self.identities and alert.labels[key] not in self.identities[key]
             for key in IDENTITY_LABELS

@@ -157,6 +157,22 @@ def test_the_demo_s_feature_store_goes_stale_and_its_nulls_are_measured(
     assert measured["null_share:age"] == 0 and measured["default_share:hyears"] == 0
 
 
+def test_two_stores_going_stale_together_are_two_incidents(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    """Alike in every label but the store (the drill's stale view and its failed pipeline's)."""
+    online = example_config.feature_stores[0]
+    other = online.model_copy(update={"name": "fraud_online_features", "service": "model-registry"})
+    config = example_config.model_copy(update={"feature_stores": [online, other]})
+    labels = {"feature_view": VIEW, "service": "feature-store", "team": "data_engineering"}
+    notify(
+        store,
+        alert("FeatureViewStale", timedelta(0), feature_store=STORE, **labels),
+        alert("FeatureViewStale", timedelta(seconds=1), feature_store="fraud_online_features", **labels),
+    )
+    assert len(correlate_pending_alerts(store, config).opened) == 2
+
+
 def test_slow_lookups_of_a_store_on_redis_short_of_memory_explain_the_model_s_latency(
     store: Store, example_config: WatchkeeperConfig
 ) -> None:
