@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import exists, or_, select, text
+from sqlalchemy import and_, exists, or_, select, text
 from sqlalchemy.orm import Session
 
 from tasks.correlation import AlertEvent, CorrelationRules, Correlator, IncidentState, rank_root_causes
@@ -87,11 +87,15 @@ def lock_incidents(session: Session) -> None:
 def _active_incidents(
     session: Session, config: WatchkeeperConfig, since: datetime
 ) -> tuple[dict[int, Incident], list[IncidentState]]:
-    """Incidents a pending alert could join, with their members: a bounded, indexed read."""
+    """Incidents a pending alert could join, with their members: a bounded, indexed read. One
+    resolved by hand is not among them: a person said it is over, so what fires next is new."""
     rows = session.scalars(
         select(Incident).where(
             Incident.last_alert_at >= since,
-            or_(Incident.status == IncidentStatus.OPEN, Incident.resolved_at >= since),
+            or_(
+                Incident.status == IncidentStatus.OPEN,
+                and_(Incident.resolved_at >= since, Incident.resolved_by.is_(None)),
+            ),
         )
     ).all()
     incidents = {row.id: row for row in rows}
@@ -117,6 +121,19 @@ def _active_incidents(
     return incidents, states
 
 
+def _resolved_by_hand_before(session: Session, alert_id: int) -> int | None:
+    """The latest incident resolved by hand that had this alert (its fingerprint) as a member."""
+    fingerprint = select(Alert.fingerprint).where(Alert.id == alert_id).scalar_subquery()
+    return session.scalar(
+        select(Incident.id)
+        .join(IncidentMember, IncidentMember.incident_id == Incident.id)
+        .join(Alert, Alert.id == IncidentMember.alert_id)
+        .where(Alert.fingerprint == fingerprint, Incident.resolved_by.is_not(None))
+        .order_by(Incident.id.desc())
+        .limit(1)
+    )
+
+
 def _open_incident(session: Session, incidents: dict[int, Incident], alert: AlertEvent) -> int:
     row = Incident(
         status=IncidentStatus.OPEN,
@@ -124,6 +141,7 @@ def _open_incident(session: Session, incidents: dict[int, Incident], alert: Aler
         opened_at=alert.starts_at,
         last_alert_at=alert.starts_at,
         trace_id=current_trace_id(),  # the notification's, whose run opens it
+        follows_incident_id=_resolved_by_hand_before(session, alert.id),
     )
     session.add(row)
     session.flush()

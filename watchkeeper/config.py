@@ -1030,6 +1030,30 @@ class ExecutorLanes(Strict):
     max_waiting: int = Field(default=32, ge=0, description="Runs paused for people, per lane")
 
 
+PASSWORD_HASH_PATTERN = r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$"
+
+
+class User(Strict):
+    """A person who reads incidents (`viewer`) or also acts on them (`operator`), signing in with
+    their own token or password; their name is what the timeline, the audit trail and the assignee
+    show."""
+
+    name: Name
+    role: Literal["operator", "viewer"]
+    token: SecretRef | None = Field(default=None, description="Their API token (sent as a bearer token)")
+    password_hash: str | None = Field(
+        default=None,
+        pattern=PASSWORD_HASH_PATTERN,
+        description="Their password's salted hash, as `watchkeeper users hash-password` prints it",
+    )
+
+    @model_validator(mode="after")
+    def _some_credential(self) -> User:
+        if self.token is None and self.password_hash is None:
+            raise ValueError(f"user {self.name!r} has no credential: expected 'token' or 'password_hash'")
+        return self
+
+
 class Traces(Strict):
     """Where people open a trace: Watchkeeper sends spans to whatever OTEL_EXPORTER_OTLP_ENDPOINT
     names (see watchkeeper/tracing.py) and links incidents to them with this template."""
@@ -1066,6 +1090,7 @@ class WatchkeeperConfig(Strict):
     reports: Reports = Reports()
     traces: Traces = Traces()
     feature_stores: list[FeatureStore] = Field(default_factory=list)
+    users: list[User] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _cross_references(self) -> WatchkeeperConfig:
@@ -1073,6 +1098,7 @@ class WatchkeeperConfig(Strict):
         _require_unique([d.name for d in self.datasets], "dataset")
         _require_unique([p.name for p in self.pipelines], "pipeline")
         _require_unique([n.name for n in self.notifications], "notification target")
+        _require_unique([u.name for u in self.users], "user")
         _require_unique([p.name for p in self.remediation.playbooks], "playbook")
         targets = {n.name for n in self.notifications}
         for playbook in self.remediation.playbooks:

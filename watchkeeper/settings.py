@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     operator_token: SecretStr | None = Field(
         default=None, description="Bearer token of operators: reads, the kill switch, approvals"
     )
+    token: SecretStr | None = Field(
+        default=None,
+        description="Your own token, as a configured user: what CLI commands that use the service send "
+        "(else WATCHKEEPER_OPERATOR_TOKEN or WATCHKEEPER_API_TOKEN)",
+    )
     alertmanager_url: str | None = Field(
         default=None, description="Alertmanager asked about silences before acting (overrides the config)"
     )
@@ -52,7 +57,12 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "api_token", "intake_token", "alertmanager_token", "alertmanager_basic_auth", "operator_token"
+        "api_token",
+        "intake_token",
+        "alertmanager_token",
+        "alertmanager_basic_auth",
+        "operator_token",
+        "token",
     )
     @classmethod
     def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from watchkeeper.cli.app import JsonOption, LimitOption, app, console, fail, load_monitoring, open_store
+from watchkeeper.cli.remediation import ServiceOption, post_to_service
 from watchkeeper.store.schema import AlertStatus, IncidentStatus
 
 
@@ -110,3 +111,89 @@ def _print_incident(detail: dict) -> None:
         console.print(table)
     if detail["trace_id"]:
         console.print(f"trace {detail['trace_url'] or detail['trace_id']}", highlight=False)
+
+
+IncidentArgument = Annotated[int, typer.Argument(metavar="INCIDENT")]
+
+
+def _on_call(incident_id: int, action: str, body: dict, url: str | None) -> None:
+    done = post_to_service(f"/v1/incidents/{incident_id}/{action}", body, url, f"incident {incident_id}")
+    shown = ", ".join(f"{k} {v}" for k, v in done.items() if k not in ("incident", "event"))
+    console.print(f"incident {incident_id}: {done['event']} ({shown})", highlight=False)
+
+
+@app.command()
+def ack(incident_id: IncidentArgument, url: ServiceOption = None) -> None:
+    """Acknowledge: you have it; Watchkeeper's own repeat pages and escalations for it stop."""
+    _on_call(incident_id, "acknowledge", {}, url)
+
+
+@app.command()
+def assign(
+    incident_id: IncidentArgument,
+    assignee: Annotated[str, typer.Argument(help="A configured user's name")],
+    url: ServiceOption = None,
+) -> None:
+    """Say who owns the incident."""
+    _on_call(incident_id, "assign", {"assignee": assignee}, url)
+
+
+@app.command()
+def note(
+    incident_id: IncidentArgument,
+    text: Annotated[str, typer.Argument(help="The note, for the next shift")],
+    url: ServiceOption = None,
+) -> None:
+    """Leave a note on the incident's timeline."""
+    _on_call(incident_id, "notes", {"text": text}, url)
+
+
+@app.command()
+def snooze(
+    incident_id: IncidentArgument,
+    duration: Annotated[str, typer.Argument(help="How long: 30m, 2h (1m to 7d)")],
+    url: ServiceOption = None,
+) -> None:
+    """Hold Watchkeeper's own repeat pages and escalations for the incident this long."""
+    _on_call(incident_id, "snooze", {"duration": duration}, url)
+
+
+@app.command()
+def resolve(
+    incident_id: IncidentArgument,
+    reason: Annotated[str, typer.Option(help="Why it is over: kept on the timeline")],
+    url: ServiceOption = None,
+) -> None:
+    """Resolve the incident by hand; actions awaiting approval are rejected, and an alert that
+    fires again opens a new incident that follows this one."""
+    _on_call(incident_id, "resolve", {"reason": reason}, url)
+
+
+@app.command()
+def tick(
+    incident_id: IncidentArgument,
+    step: Annotated[str, typer.Argument(help="The checklist step done, as the playbook words it")],
+    url: ServiceOption = None,
+) -> None:
+    """Tick a step of the incident's manual checklist."""
+    _on_call(incident_id, "checklist", {"step": step}, url)
+
+
+users_app = typer.Typer(no_args_is_help=True, help="The people who read and act on incidents.")
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("hash-password")
+def hash_password(
+    password: Annotated[
+        str | None, typer.Option(help="The password (asked for without echo, on stderr, when not given)")
+    ] = None,
+) -> None:
+    """Print a password's salted hash for a user's `password_hash` in the configuration."""
+    from watchkeeper.service.people import hash_password as salted_hash
+
+    if password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    if len(password) < 12:
+        raise fail("expected a password of at least 12 characters")
+    print(salted_hash(password))

@@ -6,7 +6,7 @@ import getpass
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -121,27 +121,40 @@ ServiceOption = Annotated[
 ]
 
 
-def _answer(incident_id: int, approved: bool, comment: str, url: str | None) -> None:
-    """Through the service, with the operator credential: the audit trail records that credential."""
+def post_to_service(path: str, body: dict[str, Any], url: str | None, what: str) -> dict[str, Any]:
+    """POST to the service as you: your own token (WATCHKEEPER_TOKEN), else the operator
+    credential; the timeline and the audit trail record whom it names."""
     import httpx
 
-    token = state.settings.credentials.operator.bearer
-    running = Stack(state.settings).record("service")
+    settings = state.settings
+    token = settings.token.get_secret_value() if settings.token else settings.credentials.operator.bearer
+    running = Stack(settings).record("service")
     local = running.health_url.removesuffix("/healthz") if running and running.health_url else None
-    base = (url or state.settings.url or local or "http://127.0.0.1:8765").rstrip("/")
+    base = (url or settings.url or local or "http://127.0.0.1:8765").rstrip("/")
     try:
         response = httpx.post(
-            f"{base}/v1/incidents/{incident_id}/approval",
-            json={"approved": approved, "comment": comment},
+            f"{base}{path}",
+            json=body,
             headers={"Authorization": f"Bearer {token}"} if token else {},
             timeout=30,
         )
     except httpx.HTTPError as exc:
         raise fail(f"the service at {base} could not be reached: {exc}") from exc
     if response.status_code != 200:
-        detail = response.json().get("detail", response.text) if response.content else response.reason_phrase
-        raise fail(f"incident {incident_id}: {response.status_code}: {detail}")
-    body = response.json()
+        problem = response.json() if response.content else {}
+        detail = problem.get("error") or problem.get("detail") or response.reason_phrase
+        raise fail(f"{what}: {response.status_code}: {detail}")
+    return response.json()
+
+
+def _answer(incident_id: int, approved: bool, comment: str, url: str | None) -> None:
+    """Through the service, with your credential: the audit trail records whom it names."""
+    body = post_to_service(
+        f"/v1/incidents/{incident_id}/approval",
+        {"approved": approved, "comment": comment},
+        url,
+        f"incident {incident_id}",
+    )
     resumed = len(body["resumed_runs"])
     console.print(
         f"incident {incident_id}: {body['verdict']} ({len(body['actions'])} action(s), by {body['by']}; "

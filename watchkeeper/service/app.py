@@ -19,13 +19,13 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.logs import reference_frame
 from watchkeeper.config import NAME_PATTERN, WatchkeeperConfig
-from watchkeeper.intake.bodies import MAX_INT, BodyError, decoded_text, parse_json, text_problem
+from watchkeeper.intake.bodies import MAX_INT, BodyError, decoded_text, parse_json
 from watchkeeper.intake.checks import ReferenceProfiles
 from watchkeeper.intake.records import (
     BatchError,
@@ -41,7 +41,9 @@ from watchkeeper.log_lines import log_json_lines
 from watchkeeper.service.edge import EdgeMetrics
 from watchkeeper.service.group_commit import GroupCommit
 from watchkeeper.service.metrics import LatencyExemplars, histogram_bounds, store_registry, union_registry
+from watchkeeper.service.on_call import IncidentId, StorableText, on_call_router
 from watchkeeper.service.openapi import Components, MarkdownResponse, errors, examples
+from watchkeeper.service.people import ANONYMOUS, People, Person
 from watchkeeper.settings import REPO_ROOT, Credentials, Role, Settings
 from watchkeeper.store import Store
 from watchkeeper.store.actions import (
@@ -76,16 +78,9 @@ class RemediationSwitch(BaseModel):
     enabled: bool
 
 
-def _storable_text(text: str) -> str:
-    problem = text_problem(text)
-    if problem:
-        raise ValueError(problem)
-    return text
-
-
 class ApprovalAnswer(BaseModel):
     approved: bool
-    comment: Annotated[str, AfterValidator(_storable_text)] = Field(default="", max_length=2000)
+    comment: StorableText = Field(default="", max_length=2000)
 
 
 # Intake batches parsing or writing at once in one service process (see `intake_threads`): one
@@ -111,7 +106,6 @@ def paged(name: str, read: Callable[[], Page[dict[str, Any]]]) -> JSONResponse:
 
 
 # Row ids are 64-bit: a larger one is refused as a 422, not sent to the store to overflow there.
-IncidentId = Annotated[int, Path(ge=1, le=MAX_INT)]
 ReportId = Annotated[int, Path(ge=1, le=MAX_INT)]
 ModelName = Annotated[str | None, Query(alias="model", pattern=NAME_PATTERN, description="Only this model's")]
 
@@ -227,6 +221,40 @@ def credentials_guard(role: Role) -> Callable[..., Awaitable[str]]:
     return require_credentials
 
 
+def person_guard(people: People, acting: bool = False) -> Callable[..., Awaitable[Person]]:
+    """A dependency naming the person asking, from their bearer token or HTTP basic name and
+    password; `acting` also requires the operator role (a viewer gets 403). With no credential
+    configured at all, everyone is `anonymous (loopback)`."""
+
+    async def require_person(authorization: Annotated[str | None, Header()] = None) -> Person:
+        if not people.required:
+            return ANONYMOUS
+        scheme, _, presented = (authorization or "").partition(" ")
+        person = None
+        if scheme.lower() == "bearer":
+            person = people.by_token(presented)
+        elif scheme.lower() == "basic":
+            try:
+                name, _, password = base64.b64decode(presented, validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                name, password = "", ""
+            person = await anyio.to_thread.run_sync(people.by_password, name, password) if name else None
+        if person is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                detail={"error": "valid operator or viewer credentials are required"},
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if acting and not person.can_act:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail={"error": f"{person.name} is a {person.role}: acting needs the operator role"},
+            )
+        return person
+
+    return require_person
+
+
 def serving_process() -> None:
     """What a process of the service sets for itself before it serves."""
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
@@ -276,8 +304,10 @@ def create_app(
     edge.install(app)
     intake_authorized = [Depends(credentials_guard(credentials.intake))]
     alertmanager_authorized = [Depends(credentials_guard(credentials.alertmanager))]
-    operator = credentials_guard(credentials.operator)
-    authorized = [Depends(operator)]
+    people = People(config.users, credentials.operator)
+    operator = person_guard(people, acting=True)
+    authorized = [Depends(person_guard(people))]
+    app.include_router(on_call_router(store, config, operator))
     head = store.head_revision()
 
     rules = IntakeRules.of(config, profiles)
@@ -489,19 +519,25 @@ def create_app(
         with store.reading() as session:
             return JSONResponse({"enabled": remediation_on(session)})
 
-    @app.put("/v1/remediation", responses=errors(400, 401, 422, 503))
-    def put_remediation(switch: RemediationSwitch, who: str = Depends(operator)) -> JSONResponse:
+    @app.put("/v1/remediation", responses=errors(400, 401, 403, 422, 503))
+    def put_remediation(
+        switch: RemediationSwitch,
+        person: Person = Depends(operator),  # noqa: B008 - FastAPI's dependency
+    ) -> JSONResponse:
         """The global kill switch, kept in the store so it survives restarts and holds for replicas;
-        recorded as changed by the credential that changed it."""
-        set_remediation(store, switch.enabled, who)
-        return JSONResponse({"enabled": switch.enabled, "changed_by": who})
+        recorded as changed by the person who changed it."""
+        set_remediation(store, switch.enabled, person.name)
+        return JSONResponse({"enabled": switch.enabled, "changed_by": person.name})
 
-    @app.post("/v1/incidents/{incident_id}/approval", responses=errors(400, 401, 409, 422, 503))
+    @app.post("/v1/incidents/{incident_id}/approval", responses=errors(400, 401, 403, 409, 422, 503))
     def post_approval(
-        incident_id: IncidentId, answer: ApprovalAnswer, who: str = Depends(operator)
+        incident_id: IncidentId,
+        answer: ApprovalAnswer,
+        person: Person = Depends(operator),  # noqa: B008 - FastAPI's dependency
     ) -> JSONResponse:
         """Approve or reject the actions an incident's playbook waits for, then resume its paused run
         so the approved actions run now (the reconciler runs them if the run cannot be resumed)."""
+        who = person.name
         settled = answer_approval(store, incident_id, answer.approved, answer.comment, who)
         if not settled.rows:
             raise HTTPException(

@@ -29,6 +29,7 @@ class MarkdownResponse(PlainTextResponse):
 WHY = {
     400: "The body is not UTF-8 JSON, or not valid JSON",
     401: "Credentials for the endpoint's role are required",
+    403: "The person signed in may read but not act (a viewer)",
     404: "Not found",
     409: "Conflict with the stored state",
     413: "The body or batch is larger than the intake's limits",

@@ -77,6 +77,12 @@ def _incident_json(row: Incident, members: int) -> dict[str, Any]:
         else {"subject": top["subject"], "alertname": top["alertname"], "score": top["score"]},
         "ticket_id": row.ticket_id,
         "trace_id": row.trace_id,
+        "acknowledged_at": iso(row.acknowledged_at),
+        "acknowledged_by": row.acknowledged_by,
+        "assignee": row.assignee,
+        "snoozed_until": iso(row.snoozed_until),
+        "resolved_by": row.resolved_by,
+        "follows_incident_id": row.follows_incident_id,
     }
 
 

@@ -475,6 +475,15 @@ class Incident(Base):
         server_default="0",
         doc="the revision whose remediation decisions (or reverts) are recorded; behind it, owed",
     )
+    # What the people on call did (`store/lifecycle.py`).
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    assignee: Mapped[str | None] = mapped_column(String(128))
+    snoozed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    resolved_by: Mapped[str | None] = mapped_column(String(128), doc="a person, when resolved by hand")
+    follows_incident_id: Mapped[int | None] = mapped_column(
+        ForeignKey("incidents.id"), doc="the incident resolved by hand whose alert fired again"
+    )
 
 
 class IncidentMember(Base):

@@ -1,0 +1,120 @@
+"""The people on call's endpoints: acknowledge, assign, note, snooze, resolve by hand and tick a
+checklist step, each as the person the credential names (`service/people.py`), each a
+compare-and-set transition (`store/lifecycle.py`): 404 for no such incident, 409 when its state
+refuses it (resolved, or acknowledged by someone else first), 403 for a viewer."""
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from watchkeeper.config import NAME_PATTERN, Duration, WatchkeeperConfig
+from watchkeeper.intake.bodies import MAX_INT, text_problem
+from watchkeeper.service.openapi import errors
+from watchkeeper.service.people import Person
+from watchkeeper.store import Store, lifecycle
+
+IncidentId = Annotated[int, Path(ge=1, le=MAX_INT)]
+LONGEST_SNOOZE = timedelta(days=7)
+
+
+def _storable_text(text: str) -> str:
+    problem = text_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+StorableText = Annotated[str, AfterValidator(_storable_text)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Assignment(Body):
+    assignee: str = Field(
+        pattern=NAME_PATTERN, description="A configured user's name (any name without users)"
+    )
+
+
+class Note(Body):
+    text: StorableText = Field(min_length=1, max_length=4000)
+
+
+class Snooze(Body):
+    duration: Duration = Field(description="How long Watchkeeper's own repeat pages wait: '30m', '2h'")
+
+    @field_validator("duration")
+    @classmethod
+    def _bounded(cls, duration: timedelta) -> timedelta:
+        if not timedelta(minutes=1) <= duration <= LONGEST_SNOOZE:
+            raise ValueError("expected a duration from 1m to 7d")
+        return duration
+
+
+class Resolution(Body):
+    reason: StorableText = Field(min_length=1, max_length=2000)
+
+
+class Step(Body):
+    step: StorableText = Field(min_length=1, max_length=500)
+
+
+def on_call_router(
+    store: Store, config: WatchkeeperConfig, acting: Callable[..., Awaitable[Person]]
+) -> APIRouter:
+    router = APIRouter(prefix="/v1/incidents/{incident_id}", tags=["on call"])
+    Acting = Annotated[Person, Depends(acting)]
+    refusals = errors(400, 401, 403, 404, 409, 422, 503)
+    users = [u.name for u in config.users]
+
+    def answer(transition: Callable[[], lifecycle.Transition]) -> JSONResponse:
+        try:
+            return JSONResponse(transition().as_json())
+        except lifecycle.LifecycleError as exc:
+            raise HTTPException(exc.status, detail={"error": exc.message}) from exc
+
+    @router.post("/acknowledge", responses=refusals)
+    def acknowledge(incident_id: IncidentId, person: Acting) -> JSONResponse:
+        """I have it: Watchkeeper's own repeat pages and escalations for it stop."""
+        return answer(lambda: lifecycle.acknowledge(store, incident_id, person.name))
+
+    @router.post("/assign", responses=refusals)
+    def assign(incident_id: IncidentId, body: Assignment, person: Acting) -> JSONResponse:
+        """Who owns it."""
+        if users and body.assignee not in users:
+            raise HTTPException(
+                422,
+                detail={
+                    "error": f"unknown user {body.assignee!r}: expected one of {', '.join(users)}",
+                    "field": "body.assignee",
+                },
+            )
+        return answer(lambda: lifecycle.assign(store, incident_id, body.assignee, person.name))
+
+    @router.post("/notes", responses=refusals)
+    def add_note(incident_id: IncidentId, body: Note, person: Acting) -> JSONResponse:
+        """A note on the timeline, for the next shift."""
+        return answer(lambda: lifecycle.note(store, incident_id, body.text, person.name))
+
+    @router.post("/snooze", responses=refusals)
+    def snooze(incident_id: IncidentId, body: Snooze, person: Acting) -> JSONResponse:
+        """Watchkeeper's own repeat pages and escalations wait this long."""
+        return answer(lambda: lifecycle.snooze(store, incident_id, body.duration, person.name))
+
+    @router.post("/resolve", responses=refusals)
+    def resolve(incident_id: IncidentId, body: Resolution, person: Acting) -> JSONResponse:
+        """Resolved by hand, with a reason; actions awaiting approval are rejected. An alert that
+        fires again opens a new incident, which follows this one."""
+        return answer(lambda: lifecycle.resolve(store, incident_id, body.reason, person.name))
+
+    @router.post("/checklist", responses=refusals)
+    def tick(incident_id: IncidentId, body: Step, person: Acting) -> JSONResponse:
+        """A step left to people (the playbook's `manual_actions`), done."""
+        return answer(lambda: lifecycle.tick(store, incident_id, body.step, person.name))
+
+    return router

@@ -1,0 +1,144 @@
+"""What the people on call do to an incident: acknowledge it, assign it, leave a note, snooze
+Watchkeeper's own repeat pages, resolve it by hand with a reason, tick a step of its checklist.
+
+Correlation opens and resolves incidents from their alerts (`tasks/incidents.py`); this module owns
+the transitions people make. Each is one compare-and-set (an UPDATE whose WHERE is the state it
+expects), recorded on the incident's timeline with who made it, in the same transaction: of two
+people acknowledging at once, one wins and the other is told who did. An incident resolved by hand
+is not reopened by its alerts: one that fires again opens a new incident that follows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from watchkeeper.store import Store
+from watchkeeper.store.remediation import ActionStatus, RemediationAction, settle_approval
+from watchkeeper.store.schema import Incident, IncidentEvent, IncidentStatus
+from watchkeeper.times import utcnow
+
+
+class LifecycleError(Exception):
+    """A transition refused: `status` is the HTTP answer (404 no such incident, 409 its state)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass(frozen=True)
+class Transition:
+    incident_id: int
+    event: str
+    detail: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"incident": self.incident_id, "event": self.event, **self.detail}
+
+
+def _record(session: Session, incident_id: int, kind: str, detail: dict[str, Any]) -> Transition:
+    session.add(IncidentEvent(incident_id=incident_id, kind=kind, detail=detail))
+    return Transition(incident_id, kind, detail)
+
+
+def _refusal(session: Session, incident_id: int, wanted: str) -> LifecycleError:
+    """Why a compare-and-set on an incident found nothing to change."""
+    row = session.get(Incident, incident_id)
+    if row is None:
+        return LifecycleError(404, f"no incident {incident_id}")
+    if row.status == IncidentStatus.RESOLVED:
+        by = f" by {row.resolved_by}" if row.resolved_by else " (its alerts stopped)"
+        return LifecycleError(409, f"incident {incident_id} is resolved{by}: it cannot be {wanted}")
+    if wanted == "acknowledged" and row.acknowledged_by is not None:
+        at = row.acknowledged_at.isoformat() if row.acknowledged_at else "?"
+        return LifecycleError(
+            409, f"incident {incident_id} was already acknowledged by {row.acknowledged_by} at {at}"
+        )
+    return LifecycleError(409, f"incident {incident_id} cannot be {wanted} now")
+
+
+def _open(incident_id: int) -> Any:
+    return update(Incident).where(Incident.id == incident_id, Incident.status == IncidentStatus.OPEN)
+
+
+def acknowledge(store: Store, incident_id: int, by: str) -> Transition:
+    """Someone has it: Watchkeeper's own repeat pages and escalations for it stop."""
+    now = utcnow()
+    with store.writing() as session:
+        changed = session.execute(
+            _open(incident_id)
+            .where(Incident.acknowledged_at.is_(None))
+            .values(acknowledged_at=now, acknowledged_by=by)
+        ).rowcount
+        if not changed:
+            raise _refusal(session, incident_id, "acknowledged")
+        return _record(session, incident_id, "acknowledged", {"by": by})
+
+
+def assign(store: Store, incident_id: int, assignee: str, by: str) -> Transition:
+    with store.writing() as session:
+        if not session.execute(_open(incident_id).values(assignee=assignee)).rowcount:
+            raise _refusal(session, incident_id, "assigned")
+        return _record(session, incident_id, "assigned", {"assignee": assignee, "by": by})
+
+
+def note(store: Store, incident_id: int, text: str, by: str) -> Transition:
+    """A note for the next shift: on an open incident or a resolved one."""
+    with store.writing() as session:
+        if session.get(Incident, incident_id) is None:
+            raise LifecycleError(404, f"no incident {incident_id}")
+        return _record(session, incident_id, "note", {"text": text, "by": by})
+
+
+def snooze(store: Store, incident_id: int, length: timedelta, by: str) -> Transition:
+    """Watchkeeper's own repeat pages and escalations wait until then."""
+    until = utcnow() + length
+    with store.writing() as session:
+        if not session.execute(_open(incident_id).values(snoozed_until=until)).rowcount:
+            raise _refusal(session, incident_id, "snoozed")
+        return _record(session, incident_id, "snoozed", {"until": until.isoformat(), "by": by})
+
+
+def resolve(store: Store, incident_id: int, reason: str, by: str) -> Transition:
+    """Resolved by hand, with a reason. Actions still awaiting approval are rejected with it (an
+    approval racing this resolve either settles them first, and they run, or finds none)."""
+    now = utcnow()
+    with store.writing() as session:
+        changed = session.execute(
+            _open(incident_id).values(
+                status=IncidentStatus.RESOLVED,
+                resolved_at=now,
+                resolved_by=by,
+                revision=Incident.revision + 1,
+            )
+        ).rowcount
+        if not changed:
+            raise _refusal(session, incident_id, "resolved")
+        waiting = session.scalars(
+            select(RemediationAction.id).where(
+                RemediationAction.incident_id == incident_id,
+                RemediationAction.status == ActionStatus.AWAITING_APPROVAL,
+            )
+        ).all()
+        rejected = settle_approval(session, waiting, ActionStatus.REJECTED, f"incident resolved by {by}", by)
+        detail = {"by": by, "reason": reason, "rejected_actions": rejected}
+        return _record(session, incident_id, "resolved_by_hand", detail)
+
+
+def tick(store: Store, incident_id: int, step: str, by: str) -> Transition:
+    """A step of the playbook's manual checklist, done."""
+    with store.writing() as session:
+        if session.get(Incident, incident_id) is None:
+            raise LifecycleError(404, f"no incident {incident_id}")
+        return _record(session, incident_id, "step_done", {"step": step, "by": by})
+
+
+def quiet(row: Incident, now: datetime | None = None) -> bool:
+    """Whether Watchkeeper's own repeat pages and escalations hold back: acknowledged, or snoozed."""
+    now = now or utcnow()
+    return row.acknowledged_at is not None or (row.snoozed_until is not None and row.snoozed_until > now)
