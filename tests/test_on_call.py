@@ -14,17 +14,21 @@ from typer.testing import CliRunner
 
 from tasks.incidents import correlate_pending_alerts
 from tests.conftest import LiveService
-from tests.test_incidents import alert, notify
+from tests.test_incidents import T0, alert, notify
 from tests.test_remediation import remediation_config, secrets  # noqa: F401 - autouse
 from tests.test_remediation_state import quality_incident
 from watchkeeper.cli import app
 from watchkeeper.config import SecretRef, User, WatchkeeperConfig
 from watchkeeper.remediation.decisions import handle_incident
+from watchkeeper.remediation.reconciler import escalate_unacknowledged
 from watchkeeper.service.people import hash_password, password_matches
 from watchkeeper.settings import Credentials
 from watchkeeper.store import Store, lifecycle
 from watchkeeper.store.actions import answer_approval
+from watchkeeper.store.incidents import incident_detail
+from watchkeeper.store.samples import Sampling
 from watchkeeper.store.schema import Incident, IncidentEvent
+from watchkeeper.times import utcnow
 
 ALICE_TOKEN = "alice-token-0123456789"
 BOB_PASSWORD = "bob's long passphrase"
@@ -224,3 +228,71 @@ def test_the_cli_acts_through_the_service_as_the_token_it_holds(
     monkeypatch.setenv("WATCHKEEPER_TOKEN", "not-a-token-0123456")
     refused = runner.invoke(app, ["note", str(incident_id), "hello", *url])
     assert refused.exit_code == 2 and "401" in refused.output
+
+
+def on_call_config(tmp_path: Path, standins: tuple) -> WatchkeeperConfig:
+    """The stand-ins' remediation config; its approval playbook escalates to the webhook after 10
+    minutes and leaves two steps to people."""
+    config = remediation_config(tmp_path, *standins)
+    changes = {
+        "escalation_time": timedelta(minutes=10),
+        "escalate_to": "hook",
+        "manual_actions": ["review recent deployments", "check the feature store"],
+    }
+    playbooks = [
+        p.model_copy(update=changes) if p.name == "quality" else p for p in config.remediation.playbooks
+    ]
+    return config.model_copy(
+        update={"remediation": config.remediation.model_copy(update={"playbooks": playbooks})}
+    )
+
+
+def test_nobody_acknowledging_in_time_pages_the_escalation_target_once(
+    tmp_path: Path, store: Store, standins: tuple
+) -> None:
+    _kube, http, _smtp = standins
+    config = on_call_config(tmp_path, standins)
+    incident_id = quality_incident(store, config)
+    handle_incident(store, config, incident_id, None)
+    assert escalate_unacknowledged(store, config, T0 + timedelta(minutes=9)) == {}
+    http.fail_next("/hook", 500)
+    failed = escalate_unacknowledged(store, config, T0 + timedelta(minutes=11))
+    assert failed[incident_id].startswith("failed: ")  # the claim is given back
+    due = T0 + timedelta(minutes=12)
+    pages = race(*(lambda: escalate_unacknowledged(store, config, due) for _ in range(3)))
+    assert [p for p in pages if p] == [{incident_id: "hook"}]  # of three reconcilers, one pages
+    assert escalate_unacknowledged(store, config, due + timedelta(hours=1)) == {}  # once per step
+    kinds = [k for k, _ in timeline(store, incident_id)]
+    assert kinds.count("escalated") == 1 and kinds.count("escalation_failed") == 1
+
+
+def test_acknowledging_or_snoozing_holds_the_escalation(
+    tmp_path: Path, store: Store, standins: tuple
+) -> None:
+    config = on_call_config(tmp_path, standins)
+    acknowledged = quality_incident(store, config, fp="dq-a")
+    handle_incident(store, config, acknowledged, None)
+    lifecycle.acknowledge(store, acknowledged, "ann")
+    lifecycle.resolve(store, acknowledged, "next case", "ann")
+    assert escalate_unacknowledged(store, config, T0 + timedelta(minutes=11)) == {}  # acknowledged
+    snoozed = quality_incident(store, config, fp="dq-b")
+    handle_incident(store, config, snoozed, None)
+    lifecycle.snooze(store, snoozed, timedelta(hours=1), "ann")
+    assert escalate_unacknowledged(store, config, utcnow()) == {}  # snoozed
+    assert escalate_unacknowledged(store, config, utcnow() + timedelta(hours=2)) == {snoozed: "hook"}
+
+
+def test_the_playbook_s_manual_steps_are_the_incident_s_checklist(
+    tmp_path: Path, store: Store, standins: tuple
+) -> None:
+    config = on_call_config(tmp_path, standins)
+    incident_id = quality_incident(store, config)
+    handle_incident(store, config, incident_id, None)
+    lifecycle.tick(store, incident_id, "check the feature store", "ann", config.manual_actions)
+    with pytest.raises(lifecycle.LifecycleError, match="'restart everything' is not on incident"):
+        lifecycle.tick(store, incident_id, "restart everything", "ann", config.manual_actions)
+    detail = incident_detail(store, incident_id, Sampling.of(config), config.manual_actions)
+    assert [(s["step"], s["done_by"]) for s in detail["checklist"]] == [
+        ("review recent deployments", None),
+        ("check the feature store", "ann"),
+    ]

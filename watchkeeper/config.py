@@ -836,9 +836,25 @@ class Playbook(Strict):
     require_approval: bool = False
     approval_timeout: Duration = timedelta(minutes=15)
     escalate_to: Name | None = Field(
-        default=None, description="Notification target told when approval times out"
+        default=None,
+        description="Notification target paged when approval times out, or when the incident is "
+        "neither acknowledged nor resolved within escalation_time",
+    )
+    escalation_time: Duration | None = Field(
+        default=None, description="Page escalate_to (once) when nobody acknowledged the incident by then"
+    )
+    manual_actions: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list,
+        description='Steps left to people ("review recent deployments"): the incident\'s checklist',
     )
     cooldown: Duration = Field(default=timedelta(minutes=15), description="Per action and target")
+
+    @model_validator(mode="after")
+    def _escalation_has_a_target(self) -> Playbook:
+        if self.escalation_time is not None and self.escalate_to is None:
+            raise ValueError("escalation_time needs escalate_to: the target paged")
+        _require_unique(self.manual_actions, "manual action")
+        return self
 
 
 class KubernetesAccess(Strict):
@@ -1151,6 +1167,11 @@ class WatchkeeperConfig(Strict):
                             f"{where}: model {model!r} has no feature {', '.join(sorted(missing))}: "
                             "expected the view's features among the model's"
                         )
+
+    @property
+    def manual_actions(self) -> dict[str, list[str]]:
+        """Each playbook's steps left to people, by playbook name."""
+        return {p.name: p.manual_actions for p in self.remediation.playbooks}
 
     @property
     def feature_stores_by_name(self) -> dict[str, FeatureStore]:

@@ -56,7 +56,7 @@ def incidents(
     store = open_store()
     if incident_id is not None:
         config = load_monitoring()
-        detail = incident_detail(store, incident_id, Sampling.of(config))
+        detail = incident_detail(store, incident_id, Sampling.of(config), config.manual_actions)
         if detail is None:
             raise fail(f"no incident {incident_id}")
         detail = with_trace_links(detail, config.traces)
@@ -107,8 +107,19 @@ def _print_incident(detail: dict) -> None:
                 latency = "-" if r["latency_seconds"] is None else f"{r['latency_seconds']:.3f}"
                 trace = r["url"] or r["trace_id"]
                 examples.add_row(model, kind, trace, r["request_id"], r["at"], latency)
-    for table in (members, ranking, timeline, examples):
-        console.print(table)
+    checklist = Table("step", "done by", "at", title="checklist")
+    for step in detail["checklist"]:
+        checklist.add_row(step["step"], step["done_by"] or "-", step["done_at"] or "-")
+    on_call = [
+        f"acknowledged by {detail['acknowledged_by']}" if detail["acknowledged_by"] else "not acknowledged",
+        f"assigned to {detail['assignee']}" if detail["assignee"] else "unassigned",
+    ]
+    if detail["resolved_by"]:
+        on_call.append(f"resolved by {detail['resolved_by']}")
+    console.print("; ".join(on_call), highlight=False)
+    for table in (members, ranking, timeline, checklist, examples):
+        if table.row_count or table is not checklist:
+            console.print(table)
     if detail["trace_id"]:
         console.print(f"trace {detail['trace_url'] or detail['trace_id']}", highlight=False)
 

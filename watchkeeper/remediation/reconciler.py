@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from watchkeeper.config import WatchkeeperConfig
@@ -15,7 +16,7 @@ from watchkeeper.remediation.actions import ACTIONS
 from watchkeeper.remediation.actions.kind import ActionContext
 from watchkeeper.remediation.decisions import handle_incident, owed_incidents, summary_of
 from watchkeeper.remediation.execution import execute_action, run_claimed
-from watchkeeper.store import Store
+from watchkeeper.store import Store, lifecycle
 from watchkeeper.store.remediation import (
     ActionStatus,
     awaiting_since,
@@ -26,7 +27,7 @@ from watchkeeper.store.remediation import (
     take_over,
     unclaimed,
 )
-from watchkeeper.store.schema import Incident, IncidentEvent
+from watchkeeper.store.schema import Incident, IncidentEvent, IncidentStatus
 from watchkeeper.times import utcnow
 
 
@@ -37,10 +38,13 @@ class Reconciliation:
     resent: dict[int, str] = field(default_factory=dict)
     outcome_unknown: list[int] = field(default_factory=list)
     timed_out: list[int] = field(default_factory=list)
+    escalated: dict[int, str] = field(default_factory=dict)
 
     @property
     def anything(self) -> bool:
-        return any((self.handled, self.executed, self.resent, self.outcome_unknown, self.timed_out))
+        return any(
+            (self.handled, self.executed, self.resent, self.outcome_unknown, self.timed_out, self.escalated)
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +53,7 @@ class Reconciliation:
             "resent": self.resent,
             "outcome_unknown": self.outcome_unknown,
             "timed_out": self.timed_out,
+            "escalated": self.escalated,
         }
 
 
@@ -64,7 +69,7 @@ def _summary(session: Session, incident_id: int | None) -> IncidentSummary:
 
 
 def escalate(config: WatchkeeperConfig, playbook_name: str, summary: IncidentSummary) -> str | None:
-    """Tell the playbook's escalation target that approval timed out; returns the target's name."""
+    """Page the playbook's escalation target about the incident; returns the target's name."""
     playbook = next((p for p in config.remediation.playbooks if p.name == playbook_name), None)
     if playbook is None or playbook.escalate_to is None:
         return None
@@ -95,6 +100,47 @@ def time_out_approvals(
                     )
                 )
     return settled
+
+
+def escalate_unacknowledged(store: Store, config: WatchkeeperConfig, now: datetime) -> dict[int, str]:
+    """Page each playbook's `escalate_to` once for its incidents nobody acknowledged within its
+    `escalation_time` (not while snoozed; acknowledging or resolving stops it). The page goes only
+    after winning the incident's escalation claim; a failed one gives the claim back, so the next
+    reconciliation tries again. Returns incident -> target paged (or the error)."""
+    timed = {p.name: p for p in config.remediation.playbooks if p.escalation_time is not None}
+    if not timed:
+        return {}
+    with store.reading() as session:
+        waiting = session.execute(
+            select(Incident.id, Incident.opened_at, IncidentEvent.detail)
+            .join(IncidentEvent, IncidentEvent.incident_id == Incident.id)
+            .where(
+                IncidentEvent.kind == "playbook",
+                Incident.status == IncidentStatus.OPEN,
+                Incident.acknowledged_at.is_(None),
+                Incident.escalated_at.is_(None),
+            )
+        ).all()
+        due = [
+            (incident_id, playbook.name)
+            for incident_id, opened_at, detail in waiting
+            if (playbook := timed.get(detail.get("playbook", ""))) is not None
+            and opened_at + (playbook.escalation_time or timedelta(0)) <= now
+        ]
+        summaries = {incident_id: _summary(session, incident_id) for incident_id, _ in due}
+    paged: dict[int, str] = {}
+    for incident_id, playbook_name in dict(due).items():
+        if not lifecycle.claim_escalation(store, incident_id, now):
+            continue
+        target = timed[playbook_name].escalate_to or ""
+        try:
+            escalate(config, playbook_name, summaries[incident_id])
+            error = None
+        except Exception as exc:  # noqa: BLE001 - recorded; the claim is given back and tried again
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        lifecycle.record_escalation(store, incident_id, target, error)
+        paged[incident_id] = target if error is None else f"failed: {error}"
+    return paged
 
 
 def reconcile(
@@ -168,4 +214,5 @@ def reconcile(
                     )
     for (playbook_name, incident_id), row_ids in overdue.items():
         done.timed_out += time_out_approvals(store, config, row_ids, playbook_name, summaries[incident_id])
+    done.escalated = escalate_unacknowledged(store, config, now)
     return done

@@ -471,7 +471,7 @@ def create_app(
     @app.get("/v1/incidents/{incident_id}", dependencies=authorized, responses=errors(401, 404, 422, 503))
     def get_incident(incident_id: IncidentId) -> JSONResponse:
         """One incident: members with reason and confidence, root-cause ranking, timeline."""
-        detail = incident_detail(store, incident_id, Sampling.of(config))
+        detail = incident_detail(store, incident_id, Sampling.of(config), config.manual_actions)
         if detail is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": f"no incident {incident_id}"})
         return JSONResponse(with_trace_links(detail, config.traces))

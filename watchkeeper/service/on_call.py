@@ -115,6 +115,8 @@ def on_call_router(
     @router.post("/checklist", responses=refusals)
     def tick(incident_id: IncidentId, body: Step, person: Acting) -> JSONResponse:
         """A step left to people (the playbook's `manual_actions`), done."""
-        return answer(lambda: lifecycle.tick(store, incident_id, body.step, person.name))
+        return answer(
+            lambda: lifecycle.tick(store, incident_id, body.step, person.name, config.manual_actions)
+        )
 
     return router

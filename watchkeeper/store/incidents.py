@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import func, select
 
 from watchkeeper.config import Traces
 from watchkeeper.store import Store, paging
+from watchkeeper.store.lifecycle import checklist
 from watchkeeper.store.paging import Page
 from watchkeeper.store.samples import Sampling, traced_examples
 from watchkeeper.store.schema import (
@@ -110,9 +113,15 @@ def list_incidents(
         return Page([_incident_json(row, counts.get(row.id, 0)) for row in rows], next_cursor)
 
 
-def incident_detail(store: Store, incident_id: int, sampling: Sampling) -> dict[str, Any] | None:
-    """The incident, its members with reason and confidence, its ranking, its timeline, and its
-    models' example requests from the intake's sample (`sampling`)."""
+def incident_detail(
+    store: Store,
+    incident_id: int,
+    sampling: Sampling,
+    manual_actions: Mapping[str, list[str]] = MappingProxyType({}),
+) -> dict[str, Any] | None:
+    """The incident, its members with reason and confidence, its ranking, its timeline, its
+    checklist (the `manual_actions` of its playbooks, by name), and its models' example requests
+    from the intake's sample (`sampling`)."""
     with store.reading() as session:
         row = session.get(Incident, incident_id)
         if row is None:
@@ -138,6 +147,7 @@ def incident_detail(store: Store, incident_id: int, sampling: Sampling) -> dict[
         ]
         detail["ranking"] = row.ranking
         detail["timeline"] = [{"at": iso(e.at), "kind": e.kind, "detail": e.detail} for e in events]
+        detail["checklist"] = checklist(session, incident_id, manual_actions)
         models = sorted({alert.model_name for _, alert in members if alert.model_name})
         end = row.resolved_at or utcnow()
         start = row.opened_at - EXAMPLES_BEFORE

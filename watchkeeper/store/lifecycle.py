@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from watchkeeper.store import Store
@@ -130,15 +130,65 @@ def resolve(store: Store, incident_id: int, reason: str, by: str) -> Transition:
         return _record(session, incident_id, "resolved_by_hand", detail)
 
 
-def tick(store: Store, incident_id: int, step: str, by: str) -> Transition:
-    """A step of the playbook's manual checklist, done."""
+def tick(
+    store: Store, incident_id: int, step: str, by: str, manual_actions: dict[str, list[str]]
+) -> Transition:
+    """A step of the incident's checklist (its playbooks' `manual_actions`), done."""
     with store.writing() as session:
         if session.get(Incident, incident_id) is None:
             raise LifecycleError(404, f"no incident {incident_id}")
+        steps = [s["step"] for s in checklist(session, incident_id, manual_actions)]
+        if step not in steps:
+            listed = ", ".join(repr(s) for s in steps) or "none: its playbook leaves no step to people"
+            raise LifecycleError(409, f"{step!r} is not on incident {incident_id}'s checklist ({listed})")
         return _record(session, incident_id, "step_done", {"step": step, "by": by})
 
 
-def quiet(row: Incident, now: datetime | None = None) -> bool:
-    """Whether Watchkeeper's own repeat pages and escalations hold back: acknowledged, or snoozed."""
-    now = now or utcnow()
-    return row.acknowledged_at is not None or (row.snoozed_until is not None and row.snoozed_until > now)
+def claim_escalation(store: Store, incident_id: int, now: datetime) -> bool:
+    """Whether this caller pages the escalation: the incident is open, nobody acknowledged it, it is
+    not snoozed, and no one claimed its escalation before (of two reconcilers, one wins)."""
+    with store.writing() as session:
+        claimed = session.execute(
+            _open(incident_id)
+            .where(
+                Incident.acknowledged_at.is_(None),
+                Incident.escalated_at.is_(None),
+                or_(Incident.snoozed_until.is_(None), Incident.snoozed_until <= now),
+            )
+            .values(escalated_at=now)
+        ).rowcount
+        return bool(claimed)
+
+
+def record_escalation(store: Store, incident_id: int, target: str, error: str | None) -> None:
+    """The page's outcome on the timeline; a failed page gives the claim back, to be tried again."""
+    with store.writing() as session:
+        if error is None:
+            _record(session, incident_id, "escalated", {"target": target})
+            return
+        session.execute(update(Incident).where(Incident.id == incident_id).values(escalated_at=None))
+        _record(session, incident_id, "escalation_failed", {"target": target, "error": error})
+
+
+def checklist(
+    session: Session, incident_id: int, manual_actions: dict[str, list[str]]
+) -> list[dict[str, Any]]:
+    """The steps its playbooks (`manual_actions` by playbook name) leave to people, each with who
+    ticked it and when."""
+    events = session.scalars(
+        select(IncidentEvent)
+        .where(IncidentEvent.incident_id == incident_id, IncidentEvent.kind.in_(("playbook", "step_done")))
+        .order_by(IncidentEvent.id)
+    ).all()
+    steps: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if event.kind == "playbook":
+            for step in manual_actions.get(event.detail.get("playbook", ""), []):
+                steps.setdefault(step, {"step": step, "done_by": None, "done_at": None})
+    for event in events:
+        if event.kind == "step_done" and event.detail.get("step") in steps:
+            steps[event.detail["step"]] |= {
+                "done_by": event.detail.get("by"),
+                "done_at": event.at.isoformat(),
+            }
+    return list(steps.values())

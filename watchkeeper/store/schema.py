@@ -480,6 +480,7 @@ class Incident(Base):
     acknowledged_by: Mapped[str | None] = mapped_column(String(128))
     assignee: Mapped[str | None] = mapped_column(String(128))
     snoozed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), doc="claimed by its escalation")
     resolved_by: Mapped[str | None] = mapped_column(String(128), doc="a person, when resolved by hand")
     follows_incident_id: Mapped[int | None] = mapped_column(
         ForeignKey("incidents.id"), doc="the incident resolved by hand whose alert fired again"
