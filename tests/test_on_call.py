@@ -14,17 +14,21 @@ from typer.testing import CliRunner
 
 from tasks.incidents import correlate_pending_alerts
 from tests.conftest import LiveService
+from tests.realstack import Process, wait_until
 from tests.test_incidents import T0, alert, notify
 from tests.test_remediation import remediation_config, secrets  # noqa: F401 - autouse
 from tests.test_remediation_state import quality_incident
 from watchkeeper.cli import app
 from watchkeeper.config import SecretRef, User, WatchkeeperConfig
+from watchkeeper.local.stack import free_port, render_alertmanager_config
 from watchkeeper.remediation.decisions import handle_incident
 from watchkeeper.remediation.reconciler import escalate_unacknowledged
+from watchkeeper.remediation.silences import keep_mutes
 from watchkeeper.service.people import hash_password, password_matches
 from watchkeeper.settings import Credentials
 from watchkeeper.store import Store, lifecycle
 from watchkeeper.store.actions import answer_approval
+from watchkeeper.store.alerts import WebhookNotification, store_notification
 from watchkeeper.store.incidents import incident_detail
 from watchkeeper.store.samples import Sampling
 from watchkeeper.store.schema import Incident, IncidentEvent
@@ -296,3 +300,90 @@ def test_the_playbook_s_manual_steps_are_the_incident_s_checklist(
         ("review recent deployments", None),
         ("check the feature store", "ann"),
     ]
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    """Debian's Alertmanager on a free port, its webhook pointed nowhere (this test posts to it and
+    reads from it; Watchkeeper learns its alerts as the webhook would tell it)."""
+    port = free_port()
+    config = render_alertmanager_config(tmp_path / "alertmanager", "http://127.0.0.1:9/unused", None)
+    process = Process(
+        [
+            "prometheus-alertmanager",
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'alertmanager' / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        tmp_path / "alertmanager.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/-/ready").status_code == 200, "Alertmanager ready")
+        yield url
+    finally:
+        process.stop()
+
+
+def test_muting_silences_the_incident_s_alerts_until_alertmanager_says_they_resolved(
+    alertmanager: str, store: Store, example_config: WatchkeeperConfig
+) -> None:
+    labels = {"alertname": "ModelErrorBurst", "model_name": "credit_approval", "severity": "critical"}
+    started = utcnow()
+    httpx.post(f"{alertmanager}/api/v2/alerts", json=[{"labels": labels, "startsAt": started.isoformat()}])
+    [held] = wait_until(lambda: httpx.get(f"{alertmanager}/api/v2/alerts").json(), "Alertmanager to hold it")
+    notification = {  # what Alertmanager's webhook sends for it
+        "version": "4",
+        "groupKey": '{}:{alertname="ModelErrorBurst"}',
+        "status": "firing",
+        "receiver": "watchkeeper",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": labels,
+                "annotations": {},
+                "startsAt": held["startsAt"],
+                "fingerprint": held["fingerprint"],
+            }
+        ],
+    }
+    store_notification(store, WebhookNotification.model_validate(notification), notification)
+    [incident_id] = correlate_pending_alerts(store, example_config).opened
+    with LiveService(example_config, store, alertmanager_url=alertmanager) as service:
+        muted = httpx.post(f"{service.url}/v1/incidents/{incident_id}/mute")
+        assert muted.status_code == 200, muted.text
+        assert muted.json() == {
+            "incident": incident_id,
+            "event": "muted",
+            "by": "anonymous (loopback)",
+            "silences": 1,
+        }
+        twice = httpx.post(f"{service.url}/v1/incidents/{incident_id}/mute")
+        assert twice.status_code == 409 and "already muted by anonymous (loopback)" in twice.json()["error"]
+    [silenced] = httpx.get(f"{alertmanager}/api/v2/alerts").json()
+    assert silenced["status"]["state"] == "suppressed" and len(silenced["status"]["silencedBy"]) == 1
+    settle = lambda: correlate_pending_alerts(store, example_config)  # noqa: E731
+    assert keep_mutes(store, alertmanager, 5, settle) == {
+        "resolved_alerts": [],
+        "unmuted": [],
+    }  # still firing
+    # It resolves while silenced: Alertmanager tells no webhook, so Watchkeeper asks it.
+    ended = [{"labels": labels, "startsAt": held["startsAt"], "endsAt": utcnow().isoformat()}]
+    httpx.post(f"{alertmanager}/api/v2/alerts", json=ended)
+    wait_until(lambda: not httpx.get(f"{alertmanager}/api/v2/alerts").json(), "Alertmanager to resolve it")
+    done = keep_mutes(store, alertmanager, 5, settle)
+    assert done["unmuted"] == [incident_id] and len(done["resolved_alerts"]) == 1
+    with store.reading() as session:
+        assert session.get(Incident, incident_id).status == "resolved"
+    silence_id = silenced["status"]["silencedBy"][0]
+    assert httpx.get(f"{alertmanager}/api/v2/silence/{silence_id}").json()["status"]["state"] == "expired"
+    assert [k for k, _ in timeline(store, incident_id)][-3:] == ["muted", "resolved", "unmuted"]
+
+
+def test_muting_without_alertmanager_says_so_and_mutes_nothing(
+    service: LiveService, store: Store, example_config: WatchkeeperConfig
+) -> None:
+    incident_id = opened_incident(store, example_config)
+    refused = httpx.post(f"{service.url}/v1/incidents/{incident_id}/mute")
+    assert refused.status_code == 409 and "no Alertmanager is configured" in refused.json()["error"]

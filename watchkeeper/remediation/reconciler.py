@@ -10,12 +10,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tasks.incidents import correlate_pending_alerts
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.notifications.senders import IncidentSummary
 from watchkeeper.remediation.actions import ACTIONS
 from watchkeeper.remediation.actions.kind import ActionContext
 from watchkeeper.remediation.decisions import handle_incident, owed_incidents, summary_of
 from watchkeeper.remediation.execution import execute_action, run_claimed
+from watchkeeper.remediation.silences import keep_mutes
 from watchkeeper.store import Store, lifecycle
 from watchkeeper.store.remediation import (
     ActionStatus,
@@ -39,12 +41,19 @@ class Reconciliation:
     outcome_unknown: list[int] = field(default_factory=list)
     timed_out: list[int] = field(default_factory=list)
     escalated: dict[int, str] = field(default_factory=dict)
+    mutes: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def anything(self) -> bool:
-        return any(
-            (self.handled, self.executed, self.resent, self.outcome_unknown, self.timed_out, self.escalated)
+        work = (
+            self.handled,
+            self.executed,
+            self.resent,
+            self.outcome_unknown,
+            self.timed_out,
+            self.escalated,
         )
+        return any(work) or any(self.mutes.values())
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +63,7 @@ class Reconciliation:
             "outcome_unknown": self.outcome_unknown,
             "timed_out": self.timed_out,
             "escalated": self.escalated,
+            "mutes": self.mutes,
         }
 
 
@@ -215,4 +225,11 @@ def reconcile(
     for (playbook_name, incident_id), row_ids in overdue.items():
         done.timed_out += time_out_approvals(store, config, row_ids, playbook_name, summaries[incident_id])
     done.escalated = escalate_unacknowledged(store, config, now)
+    done.mutes = keep_mutes(
+        store,
+        alertmanager_url,
+        config.remediation.action_timeout.total_seconds(),
+        lambda: correlate_pending_alerts(store, config),
+        now,
+    )
     return done

@@ -267,7 +267,12 @@ def service_from_environment() -> FastAPI:
     start from the environment; the parent has checked credentials and upgraded the store)."""
     serving_process()
     settings = Settings()
-    return create_app(settings.monitoring, settings.open_store(), settings.credentials)
+    return create_app(
+        settings.monitoring,
+        settings.open_store(),
+        settings.credentials,
+        alertmanager_url=settings.alertmanager_url,
+    )
 
 
 def create_app(
@@ -275,6 +280,7 @@ def create_app(
     store: Store,
     credentials: Credentials = NO_CREDENTIALS,
     resume_run: Callable[[str, dict[str, Any]], None] = resume_paused_run,
+    alertmanager_url: str | None = None,
 ) -> FastAPI:
     """Each role's credentials guard its endpoints: intake (predictions, feedback, pipeline runs,
     feature lookups), the Alertmanager webhook, operators (reads, the kill switch, approvals). The
@@ -307,7 +313,9 @@ def create_app(
     people = People(config.users, credentials.operator)
     operator = person_guard(people, acting=True)
     authorized = [Depends(person_guard(people))]
-    app.include_router(on_call_router(store, config, operator))
+    app.include_router(
+        on_call_router(store, config, operator, alertmanager_url or config.remediation.alertmanager_url)
+    )
     head = store.head_revision()
 
     rules = IntakeRules.of(config, profiles)

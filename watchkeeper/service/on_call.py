@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from watchkeeper.config import NAME_PATTERN, Duration, WatchkeeperConfig
 from watchkeeper.intake.bodies import MAX_INT, text_problem
+from watchkeeper.remediation import silences
 from watchkeeper.service.openapi import errors
 from watchkeeper.service.people import Person
 from watchkeeper.store import Store, lifecycle
@@ -65,7 +66,10 @@ class Step(Body):
 
 
 def on_call_router(
-    store: Store, config: WatchkeeperConfig, acting: Callable[..., Awaitable[Person]]
+    store: Store,
+    config: WatchkeeperConfig,
+    acting: Callable[..., Awaitable[Person]],
+    alertmanager_url: str | None,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/incidents/{incident_id}", tags=["on call"])
     Acting = Annotated[Person, Depends(acting)]
@@ -111,6 +115,21 @@ def on_call_router(
         """Resolved by hand, with a reason; actions awaiting approval are rejected. An alert that
         fires again opens a new incident, which follows this one."""
         return answer(lambda: lifecycle.resolve(store, incident_id, body.reason, person.name))
+
+    @router.post("/mute", responses=refusals)
+    def mute(incident_id: IncidentId, person: Acting) -> JSONResponse:
+        """Silence its firing alerts in Alertmanager until it resolves (Alertmanager's own receivers
+        stop repeating them too); Watchkeeper expires the silences when it resolves."""
+        if not alertmanager_url:
+            raise HTTPException(
+                409, detail={"error": "no Alertmanager is configured (WATCHKEEPER_ALERTMANAGER_URL)"}
+            )
+        try:
+            return answer(lambda: silences.mute(store, config, alertmanager_url, incident_id, person.name))
+        except silences.AlertmanagerUnavailable as exc:
+            raise HTTPException(
+                503, detail={"error": f"Alertmanager could not silence the alerts; nothing was muted: {exc}"}
+            ) from exc
 
     @router.post("/checklist", responses=refusals)
     def tick(incident_id: IncidentId, body: Step, person: Acting) -> JSONResponse:

@@ -19,7 +19,14 @@ from sqlalchemy.orm import Session
 
 from watchkeeper.store import Store
 from watchkeeper.store.remediation import ActionStatus, RemediationAction, settle_approval
-from watchkeeper.store.schema import Incident, IncidentEvent, IncidentStatus
+from watchkeeper.store.schema import (
+    Alert,
+    AlertStatus,
+    Incident,
+    IncidentEvent,
+    IncidentMember,
+    IncidentStatus,
+)
 from watchkeeper.times import utcnow
 
 
@@ -168,6 +175,97 @@ def record_escalation(store: Store, incident_id: int, target: str, error: str | 
             return
         session.execute(update(Incident).where(Incident.id == incident_id).values(escalated_at=None))
         _record(session, incident_id, "escalation_failed", {"target": target, "error": error})
+
+
+def claim_mute(store: Store, incident_id: int, by: str) -> list[tuple[str, dict[str, str]]]:
+    """Claim the incident's mute (of two people muting, one silences); its firing alerts'
+    fingerprints and labels, to be silenced."""
+    with store.writing() as session:
+        claimed = session.execute(
+            _open(incident_id).where(Incident.muted_by.is_(None)).values(muted_by=by, silences={})
+        ).rowcount
+        if not claimed:
+            row = session.get(Incident, incident_id)
+            if row is not None and row.status == IncidentStatus.OPEN and row.muted_by is not None:
+                raise LifecycleError(409, f"incident {incident_id} was already muted by {row.muted_by}")
+            raise _refusal(session, incident_id, "muted")
+        return [(a.fingerprint, dict(a.labels)) for a in _members(session, incident_id, firing=True)]
+
+
+def release_mute(store: Store, incident_id: int) -> None:
+    with store.writing() as session:
+        session.execute(
+            update(Incident).where(Incident.id == incident_id).values(muted_by=None, silences=None)
+        )
+
+
+def record_mute(store: Store, incident_id: int, by: str, silences: dict[str, str]) -> Transition:
+    with store.writing() as session:
+        session.execute(update(Incident).where(Incident.id == incident_id).values(silences=silences))
+        return _record(session, incident_id, "muted", {"by": by, "silences": len(silences)})
+
+
+def muted_members(store: Store) -> list[tuple[int, str]]:
+    """(alert id, fingerprint) of each firing alert of the open muted incidents."""
+    with store.reading() as session:
+        return [
+            (alert.id, alert.fingerprint)
+            for alert in session.scalars(
+                select(Alert)
+                .join(IncidentMember, IncidentMember.alert_id == Alert.id)
+                .join(Incident, Incident.id == IncidentMember.incident_id)
+                .where(
+                    Incident.status == IncidentStatus.OPEN,
+                    Incident.muted_by.is_not(None),
+                    Alert.status == AlertStatus.FIRING,
+                )
+            )
+        ]
+
+
+def resolve_alerts(store: Store, alert_ids: list[int], now: datetime) -> list[int]:
+    """Alerts Alertmanager no longer holds active, resolved (a silenced alert's resolution reaches
+    no webhook); each only once."""
+    resolved = []
+    with store.writing() as session:
+        for alert_id in alert_ids:
+            changed = session.execute(
+                update(Alert)
+                .where(Alert.id == alert_id, Alert.status == AlertStatus.FIRING)
+                .values(status=AlertStatus.RESOLVED, ends_at=now, resolved_at=now)
+            ).rowcount
+            if changed:
+                resolved.append(alert_id)
+    return resolved
+
+
+def silences_to_expire(store: Store) -> dict[int, list[str]]:
+    """The silences of muted incidents that resolved."""
+    with store.reading() as session:
+        rows = session.execute(
+            select(Incident.id, Incident.silences).where(
+                Incident.status == IncidentStatus.RESOLVED, Incident.muted_by.is_not(None)
+            )
+        ).all()
+        return {incident_id: list(silences.values()) for incident_id, silences in rows if silences}
+
+
+def record_unmute(store: Store, incident_id: int, expired: list[str]) -> None:
+    with store.writing() as session:
+        session.execute(update(Incident).where(Incident.id == incident_id).values(silences={}))
+        _record(session, incident_id, "unmuted", {"expired_silences": len(expired)})
+
+
+def _members(session: Session, incident_id: int, firing: bool = False) -> list[Alert]:
+    query = (
+        select(Alert)
+        .join(IncidentMember, IncidentMember.alert_id == Alert.id)
+        .where(IncidentMember.incident_id == incident_id)
+        .order_by(Alert.id)
+    )
+    if firing:
+        query = query.where(Alert.status == AlertStatus.FIRING)
+    return list(session.scalars(query))
 
 
 def checklist(

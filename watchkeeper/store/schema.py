@@ -481,6 +481,10 @@ class Incident(Base):
     assignee: Mapped[str | None] = mapped_column(String(128))
     snoozed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), doc="claimed by its escalation")
+    muted_by: Mapped[str | None] = mapped_column(String(128), doc="who muted it until it resolves")
+    silences: Mapped[dict[str, str] | None] = mapped_column(
+        JSON, doc="alert fingerprint -> the Alertmanager silence muting it, until expired"
+    )
     resolved_by: Mapped[str | None] = mapped_column(String(128), doc="a person, when resolved by hand")
     follows_incident_id: Mapped[int | None] = mapped_column(
         ForeignKey("incidents.id"), doc="the incident resolved by hand whose alert fired again"

@@ -1,6 +1,6 @@
 """What the people on call did to an incident: acknowledged (when, by whom), assigned, snoozed,
-resolved by hand; when its escalation was claimed; and the incident a re-firing alert opens
-after a manual resolve follows
+muted (by whom, with which silences), resolved by hand; when its escalation was claimed; and the
+incident a re-firing alert opens after a manual resolve follows
 
 Revision ID: 0017
 Revises: 0016
@@ -28,6 +28,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("assignee", sa.String(128), nullable=True))
         batch.add_column(sa.Column("snoozed_until", When(), nullable=True))
         batch.add_column(sa.Column("escalated_at", When(), nullable=True))
+        batch.add_column(sa.Column("muted_by", sa.String(128), nullable=True))
+        batch.add_column(sa.Column("silences", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("resolved_by", sa.String(128), nullable=True))
         batch.add_column(
             sa.Column(
@@ -45,6 +47,8 @@ def downgrade() -> None:
         for column in (
             "follows_incident_id",
             "resolved_by",
+            "silences",
+            "muted_by",
             "escalated_at",
             "snoozed_until",
             "assignee",
