@@ -170,6 +170,13 @@ def snooze(
 
 
 @app.command()
+def mute(incident_id: IncidentArgument, url: ServiceOption = None) -> None:
+    """Silence the incident's alerts in Alertmanager until it resolves (Watchkeeper expires the
+    silences then)."""
+    _on_call(incident_id, "mute", {}, url)
+
+
+@app.command()
 def resolve(
     incident_id: IncidentArgument,
     reason: Annotated[str, typer.Option(help="Why it is over: kept on the timeline")],
