@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from watchkeeper.config import WatchkeeperConfig, load_config
+from watchkeeper.config import SecretRef, User, WatchkeeperConfig, load_config
 from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.local.pgtemp import PostgresMissing, new_database, postgres_cluster
 from watchkeeper.runtime.host import free_port
 from watchkeeper.service.app import create_app
+from watchkeeper.service.people import hash_password
 from watchkeeper.settings import DEFAULT_CONFIG, Credentials, Role
 from watchkeeper.store import Store
 from watchkeeper.store.intake import (
@@ -186,3 +187,18 @@ def standins(tmp_path: Path) -> Iterator[tuple]:
     )
     with kube, HttpRecorder() as http, SmtpStandIn() as smtp:
         yield kube, http, smtp
+
+
+ALICE_TOKEN = "alice-token-0123456789"
+BOB_PASSWORD = "bob's long passphrase"
+
+
+@pytest.fixture
+def people_config(example_config: WatchkeeperConfig, monkeypatch: pytest.MonkeyPatch) -> WatchkeeperConfig:
+    """The example with two people: alice, an operator with a token; bob, a viewer with a password."""
+    monkeypatch.setenv("WATCHKEEPER_TEST_ALICE_TOKEN", ALICE_TOKEN)
+    users = [
+        User(name="alice", role="operator", token=SecretRef(env="WATCHKEEPER_TEST_ALICE_TOKEN")),
+        User(name="bob", role="viewer", password_hash=hash_password(BOB_PASSWORD)),
+    ]
+    return example_config.model_copy(update={"users": users})

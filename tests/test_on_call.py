@@ -13,13 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from tasks.incidents import correlate_pending_alerts
-from tests.conftest import LiveService
+from tests.conftest import ALICE_TOKEN, BOB_PASSWORD, LiveService
 from tests.realstack import Process, wait_until
 from tests.test_incidents import T0, alert, notify
 from tests.test_remediation import remediation_config, secrets  # noqa: F401 - autouse
 from tests.test_remediation_state import quality_incident
 from watchkeeper.cli import app
-from watchkeeper.config import SecretRef, User, WatchkeeperConfig
+from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.local.stack import free_port, render_alertmanager_config
 from watchkeeper.remediation.decisions import handle_incident
 from watchkeeper.remediation.reconciler import escalate_unacknowledged
@@ -33,9 +33,6 @@ from watchkeeper.store.incidents import incident_detail
 from watchkeeper.store.samples import Sampling
 from watchkeeper.store.schema import Incident, IncidentEvent
 from watchkeeper.times import utcnow
-
-ALICE_TOKEN = "alice-token-0123456789"
-BOB_PASSWORD = "bob's long passphrase"
 
 
 def opened_incident(store: Store, config: WatchkeeperConfig, fp: str = "lat") -> int:
@@ -54,16 +51,6 @@ def test_a_password_is_kept_salted_and_checked_in_constant_time() -> None:
     assert first != second and first.startswith("scrypt$16384$8$1$")
     assert password_matches(BOB_PASSWORD, first) and password_matches(BOB_PASSWORD, second)
     assert not password_matches(BOB_PASSWORD + " ", first)
-
-
-@pytest.fixture
-def people_config(example_config: WatchkeeperConfig, monkeypatch: pytest.MonkeyPatch) -> WatchkeeperConfig:
-    monkeypatch.setenv("WATCHKEEPER_TEST_ALICE_TOKEN", ALICE_TOKEN)
-    users = [
-        User(name="alice", role="operator", token=SecretRef(env="WATCHKEEPER_TEST_ALICE_TOKEN")),
-        User(name="bob", role="viewer", password_hash=hash_password(BOB_PASSWORD)),
-    ]
-    return example_config.model_copy(update={"users": users})
 
 
 @pytest.fixture

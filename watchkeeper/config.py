@@ -1091,6 +1091,14 @@ class Traces(Strict):
         return self.link.replace("{trace_id}", trace_id) if self.link and trace_id else None
 
 
+class UILinks(Strict):
+    """Base URLs the incident page links to (none: no such link)."""
+
+    prefect_url: str | None = Field(default=None, description="The Prefect UI, e.g. http://127.0.0.1:4200")
+    grafana_url: str | None = Field(default=None, description="Grafana, with Watchkeeper's dashboards")
+    evidently_url: str | None = Field(default=None, description="The Evidently UI of the drift workspace")
+
+
 class WatchkeeperConfig(Strict):
     models: list[Model] = Field(min_length=1)
     datasets: list[Dataset] = Field(default_factory=list)
@@ -1107,6 +1115,7 @@ class WatchkeeperConfig(Strict):
     traces: Traces = Traces()
     feature_stores: list[FeatureStore] = Field(default_factory=list)
     users: list[User] = Field(default_factory=list)
+    ui: UILinks = UILinks()
 
     @model_validator(mode="after")
     def _cross_references(self) -> WatchkeeperConfig:

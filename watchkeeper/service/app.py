@@ -41,13 +41,13 @@ from watchkeeper.log_lines import log_json_lines
 from watchkeeper.service.edge import EdgeMetrics
 from watchkeeper.service.group_commit import GroupCommit
 from watchkeeper.service.metrics import LatencyExemplars, histogram_bounds, store_registry, union_registry
-from watchkeeper.service.on_call import IncidentId, StorableText, on_call_router
+from watchkeeper.service.on_call import IncidentId, StorableText, answer_and_resume, on_call_router
 from watchkeeper.service.openapi import Components, MarkdownResponse, errors, examples
 from watchkeeper.service.people import ANONYMOUS, People, Person
+from watchkeeper.service.ui import ui_router
 from watchkeeper.settings import REPO_ROOT, Credentials, Role, Settings
-from watchkeeper.store import Store
+from watchkeeper.store import Store, lifecycle
 from watchkeeper.store.actions import (
-    answer_approval,
     automation_report,
     list_actions,
     remediation_on,
@@ -313,9 +313,9 @@ def create_app(
     people = People(config.users, credentials.operator)
     operator = person_guard(people, acting=True)
     authorized = [Depends(person_guard(people))]
-    app.include_router(
-        on_call_router(store, config, operator, alertmanager_url or config.remediation.alertmanager_url)
-    )
+    alertmanager = alertmanager_url or config.remediation.alertmanager_url
+    app.include_router(on_call_router(store, config, operator, alertmanager))
+    app.include_router(ui_router(store, config, people, alertmanager, resume_run))
     head = store.head_revision()
 
     rules = IntakeRules.of(config, profiles)
@@ -545,30 +545,13 @@ def create_app(
     ) -> JSONResponse:
         """Approve or reject the actions an incident's playbook waits for, then resume its paused run
         so the approved actions run now (the reconciler runs them if the run cannot be resumed)."""
-        who = person.name
-        settled = answer_approval(store, incident_id, answer.approved, answer.comment, who)
-        if not settled.rows:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                detail={"error": f"incident {incident_id} has no actions awaiting approval"},
+        try:
+            answered = answer_and_resume(
+                store, incident_id, answer.approved, answer.comment, person.name, resume_run
             )
-        resumed, unresumed = [], {}
-        for run_id in settled.runs:
-            try:
-                resume_run(run_id, {"approved": answer.approved, "comment": answer.comment})
-                resumed.append(run_id)
-            except Exception as exc:  # noqa: BLE001 - the decision is recorded; the reconciler acts on it
-                unresumed[run_id] = f"{type(exc).__name__}: {exc}"[:500]
-        return JSONResponse(
-            {
-                "incident": incident_id,
-                "verdict": settled.verdict,
-                "actions": settled.rows,
-                "by": who,
-                "resumed_runs": resumed,
-                "not_resumed": unresumed,
-            }
-        )
+        except lifecycle.LifecycleError as exc:
+            raise HTTPException(exc.status, detail={"error": exc.message}) from exc
+        return JSONResponse(answered)
 
     @app.get("/healthz", responses=errors(503))
     def healthz() -> JSONResponse:

@@ -5,7 +5,7 @@ refuses it (resolved, or acknowledged by someone else first), 403 for a viewer."
 
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.responses import JSONResponse
@@ -17,6 +17,7 @@ from watchkeeper.remediation import silences
 from watchkeeper.service.openapi import errors
 from watchkeeper.service.people import Person
 from watchkeeper.store import Store, lifecycle
+from watchkeeper.store.actions import answer_approval
 
 IncidentId = Annotated[int, Path(ge=1, le=MAX_INT)]
 LONGEST_SNOOZE = timedelta(days=7)
@@ -63,6 +64,36 @@ class Resolution(Body):
 
 class Step(Body):
     step: StorableText = Field(min_length=1, max_length=500)
+
+
+def answer_and_resume(
+    store: Store,
+    incident_id: int,
+    approved: bool,
+    comment: str,
+    by: str,
+    resume_run: Callable[[str, dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Approve or reject the actions the incident's playbook waits for, then resume the paused runs
+    so approved actions run now (the reconciler runs them if a run cannot be resumed)."""
+    settled = answer_approval(store, incident_id, approved, comment, by)
+    if not settled.rows:
+        raise lifecycle.LifecycleError(409, f"incident {incident_id} has no actions awaiting approval")
+    resumed, unresumed = [], {}
+    for run_id in settled.runs:
+        try:
+            resume_run(run_id, {"approved": approved, "comment": comment})
+            resumed.append(run_id)
+        except Exception as exc:  # noqa: BLE001 - the decision is recorded; the reconciler acts on it
+            unresumed[run_id] = f"{type(exc).__name__}: {exc}"[:500]
+    return {
+        "incident": incident_id,
+        "verdict": settled.verdict,
+        "actions": settled.rows,
+        "by": by,
+        "resumed_runs": resumed,
+        "not_resumed": unresumed,
+    }
 
 
 def on_call_router(
