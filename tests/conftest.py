@@ -202,3 +202,32 @@ def people_config(example_config: WatchkeeperConfig, monkeypatch: pytest.MonkeyP
         User(name="bob", role="viewer", password_hash=hash_password(BOB_PASSWORD)),
     ]
     return example_config.model_copy(update={"users": users})
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    """Debian's Alertmanager on a free port, its webhook pointed nowhere (this test posts to it and
+    reads from it; Watchkeeper learns its alerts as the webhook would tell it)."""
+    import httpx
+
+    from tests.realstack import Process, wait_until
+    from watchkeeper.local.stack import render_alertmanager_config
+
+    port = free_port()
+    config = render_alertmanager_config(tmp_path / "alertmanager", "http://127.0.0.1:9/unused", None)
+    process = Process(
+        [
+            "prometheus-alertmanager",
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'alertmanager' / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        tmp_path / "alertmanager.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/-/ready").status_code == 200, "Alertmanager ready")
+        yield url
+    finally:
+        process.stop()

@@ -14,13 +14,12 @@ from typer.testing import CliRunner
 
 from tasks.incidents import correlate_pending_alerts
 from tests.conftest import ALICE_TOKEN, BOB_PASSWORD, LiveService
-from tests.realstack import Process, wait_until
+from tests.realstack import wait_until
 from tests.test_incidents import T0, alert, notify
 from tests.test_remediation import remediation_config, secrets  # noqa: F401 - autouse
 from tests.test_remediation_state import quality_incident
 from watchkeeper.cli import app
 from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.local.stack import free_port, render_alertmanager_config
 from watchkeeper.remediation.decisions import handle_incident
 from watchkeeper.remediation.reconciler import escalate_unacknowledged
 from watchkeeper.remediation.silences import keep_mutes
@@ -287,30 +286,6 @@ def test_the_playbook_s_manual_steps_are_the_incident_s_checklist(
         ("review recent deployments", None),
         ("check the feature store", "ann"),
     ]
-
-
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[str]:
-    """Debian's Alertmanager on a free port, its webhook pointed nowhere (this test posts to it and
-    reads from it; Watchkeeper learns its alerts as the webhook would tell it)."""
-    port = free_port()
-    config = render_alertmanager_config(tmp_path / "alertmanager", "http://127.0.0.1:9/unused", None)
-    process = Process(
-        [
-            "prometheus-alertmanager",
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'alertmanager' / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        tmp_path / "alertmanager.log",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/-/ready").status_code == 200, "Alertmanager ready")
-        yield url
-    finally:
-        process.stop()
 
 
 def test_muting_silences_the_incident_s_alerts_until_alertmanager_says_they_resolved(

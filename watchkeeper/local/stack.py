@@ -255,6 +255,7 @@ class Stack:
                 health_url=f"{self.service_url}/healthz",
                 urls={
                     "Watchkeeper API": f"{self.service_url}/docs",
+                    "Incidents": f"{self.service_url}/ui/incidents",
                     "Metrics": f"{self.service_url}/metrics",
                 },
             ),

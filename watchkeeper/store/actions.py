@@ -14,7 +14,7 @@ from watchkeeper.store import Store, paging
 from watchkeeper.store.incidents import iso
 from watchkeeper.store.paging import Page
 from watchkeeper.store.remediation import ActionStatus, RemediationAction, settle_approval
-from watchkeeper.store.schema import ControlFlag
+from watchkeeper.store.schema import ControlFlag, IncidentEvent
 from watchkeeper.times import utcnow
 
 FINISHED = (ActionStatus.SUCCEEDED, ActionStatus.FAILED, ActionStatus.OUTCOME_UNKNOWN)
@@ -56,6 +56,9 @@ def answer_approval(store: Store, incident_id: int, approved: bool, comment: str
         ).all()
         runs = sorted({r.flow_run_id for r in waiting if r.flow_run_id})
         settled = settle_approval(session, [r.id for r in waiting], verdict, note, by)
+        if settled:
+            detail = {"by": by, "actions": settled, "comment": comment}
+            session.add(IncidentEvent(incident_id=incident_id, kind=str(verdict), detail=detail))
     return SettledApproval(verdict.value, settled, runs if settled else [])
 
 
