@@ -132,6 +132,8 @@ def test_up_runs_the_stack_and_down_stops_exactly_it(tmp_path: Path) -> None:
             "the alerts to become one incident",
         )
         assert incidents[0]["root_cause"]["subject"] == "feature-store"
+        page = httpx.get(f"{service}/ui/incidents/{incidents[0]['id']}")  # loopback: no sign-in
+        assert page.status_code == 200 and "ModelAccuracyDegraded" in page.text and "Acknowledge" in page.text
         # The incident is committed before its run finishes deciding remediation: wait for the run.
         completed = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
         handled = wait_for(
