@@ -170,6 +170,7 @@ def test_a_person_on_call_handles_the_drill_s_accuracy_collapse_in_the_browser(
         expect(viewer.get_by_role("button", name="Approve")).to_be_disabled()
         viewer.evaluate("document.querySelector('form[action$=\"/approve\"]').submit()")
         expect(viewer.get_by_role("alert")).to_contain_text("bob is a viewer")
+        viewer.goto(incident_url)  # and keeps watching it
         # The operator opens it from the list; the markup in its labels is text, never run.
         page = browser.new_page()
         sign_in(page, site.url, "", ALICE_TOKEN)
@@ -201,6 +202,9 @@ def test_a_person_on_call_handles_the_drill_s_accuracy_collapse_in_the_browser(
             s for s in httpx.get(f"{alertmanager}/api/v2/silences").json() if s["status"]["state"] == "active"
         ]
         assert len(silences) == 2 and {s["createdBy"] for s in silences} == {"alice"}
+        # The viewer's page shows what alice did without being reloaded (it refreshes every 10 s).
+        expect(viewer.locator("#live")).to_contain_text("acknowledged by alice", timeout=15_000)
+        expect(viewer.locator("#live .state")).to_have_text("muted")
         # A page of another origin posting the resolve form: refused, nothing resolved.
         evil = EvilSite(f"{incident_url}/resolve")
         try:

@@ -326,21 +326,37 @@ def test_muting_silences_the_incident_s_alerts_until_alertmanager_says_they_reso
     [silenced] = httpx.get(f"{alertmanager}/api/v2/alerts").json()
     assert silenced["status"]["state"] == "suppressed" and len(silenced["status"]["silencedBy"]) == 1
     settle = lambda: correlate_pending_alerts(store, example_config)  # noqa: E731
-    assert keep_mutes(store, alertmanager, 5, settle) == {
-        "resolved_alerts": [],
-        "unmuted": [],
-    }  # still firing
-    # It resolves while silenced: Alertmanager tells no webhook, so Watchkeeper asks it.
-    ended = [{"labels": labels, "startsAt": held["startsAt"], "endsAt": utcnow().isoformat()}]
+    still = keep_mutes(store, alertmanager, 5, settle)
+    assert still == {"resolved_alerts": [], "muted_more": [], "unmuted": []}  # still firing
+    # Another alert of the model joins the muted incident: it is silenced too.
+    joiner = {**labels, "alertname": "ModelErrorRateHigh", "severity": "warning"}
+    httpx.post(f"{alertmanager}/api/v2/alerts", json=[{"labels": joiner, "startsAt": started.isoformat()}])
+
+    def the_joiner() -> list[dict]:
+        return [a for a in httpx.get(f"{alertmanager}/api/v2/alerts").json() if a["labels"] == joiner]
+
+    [held_too] = wait_until(the_joiner, "Alertmanager to hold the joiner")
+    late_alert = {**notification["alerts"][0], "labels": joiner, "fingerprint": held_too["fingerprint"]}
+    late = {**notification, "alerts": [late_alert]}
+    store_notification(store, WebhookNotification.model_validate(late), late)
+    assert correlate_pending_alerts(store, example_config).updated == [incident_id]
+    assert keep_mutes(store, alertmanager, 5, settle)["muted_more"] == [incident_id]
+    assert all(a["status"]["silencedBy"] for a in httpx.get(f"{alertmanager}/api/v2/alerts").json())
+    # They resolve while silenced: Alertmanager tells no webhook, so Watchkeeper asks it.
+    ended = [
+        {"labels": each, "startsAt": held["startsAt"], "endsAt": utcnow().isoformat()}
+        for each in (labels, joiner)
+    ]
     httpx.post(f"{alertmanager}/api/v2/alerts", json=ended)
-    wait_until(lambda: not httpx.get(f"{alertmanager}/api/v2/alerts").json(), "Alertmanager to resolve it")
+    wait_until(lambda: not httpx.get(f"{alertmanager}/api/v2/alerts").json(), "Alertmanager to resolve them")
     done = keep_mutes(store, alertmanager, 5, settle)
-    assert done["unmuted"] == [incident_id] and len(done["resolved_alerts"]) == 1
+    assert done["unmuted"] == [incident_id] and len(done["resolved_alerts"]) == 2
     with store.reading() as session:
         assert session.get(Incident, incident_id).status == "resolved"
     silence_id = silenced["status"]["silencedBy"][0]
     assert httpx.get(f"{alertmanager}/api/v2/silence/{silence_id}").json()["status"]["state"] == "expired"
-    assert [k for k, _ in timeline(store, incident_id)][-3:] == ["muted", "resolved", "unmuted"]
+    kinds = [k for k, _ in timeline(store, incident_id)]
+    assert kinds[kinds.index("muted") :] == ["muted", "alert_joined", "muted_more", "resolved", "unmuted"]
 
 
 def test_muting_without_alertmanager_says_so_and_mutes_nothing(

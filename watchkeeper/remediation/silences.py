@@ -9,6 +9,7 @@ members that are not, and expires the silences once the incident is resolved.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -104,13 +105,31 @@ def mute(
     return lifecycle.record_mute(store, incident_id, by, made)
 
 
+def silence_joiners(store: Store, base: str, timeout: float, now: datetime) -> list[int]:
+    """Silence the alerts that joined muted incidents after they were muted; returns the incidents."""
+    muted = []
+    for incident_id, alerts in lifecycle.unsilenced_members(store).items():
+        if not lifecycle.lease_mute(store, incident_id, now, timedelta(seconds=timeout * len(alerts) + 60)):
+            continue
+        made: dict[str, str] = {}
+        # Alertmanager unreachable: the lease is given back with nothing made, to be tried again.
+        with contextlib.suppress(AlertmanagerUnavailable):
+            comment = f"Watchkeeper: incident {incident_id} is muted"
+            made = create_silences(base, alerts, "watchkeeper", comment, timeout)
+        lifecycle.add_silences(store, incident_id, made)
+        if made:
+            muted.append(incident_id)
+    return muted
+
+
 def keep_mutes(
     store: Store, base: str | None, timeout: float, settle: Callable[[], object], now: datetime | None = None
 ) -> dict[str, list[int]]:
     """What the reconciler does for muted incidents: resolve the members Alertmanager no longer
-    holds active, let correlation resolve the incidents left quiet (`settle`), and expire the
-    silences of muted incidents that resolved. Returns what it did."""
-    done: dict[str, list[int]] = {"resolved_alerts": [], "unmuted": []}
+    holds active, let correlation resolve the incidents left quiet (`settle`), silence the alerts
+    that joined them since, and expire the silences of muted incidents that resolved. Returns what
+    it did."""
+    done: dict[str, list[int]] = {"resolved_alerts": [], "muted_more": [], "unmuted": []}
     if not base:
         return done
     base = base.rstrip("/")
@@ -124,6 +143,7 @@ def keep_mutes(
         done["resolved_alerts"] = lifecycle.resolve_alerts(store, gone, now or utcnow())
         if done["resolved_alerts"]:
             settle()
+    done["muted_more"] = silence_joiners(store, base, timeout, now or utcnow())
     for incident_id, silence_ids in lifecycle.silences_to_expire(store).items():
         if not expire_silences(base, silence_ids, timeout):
             lifecycle.record_unmute(store, incident_id, silence_ids)

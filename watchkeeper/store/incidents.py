@@ -85,6 +85,7 @@ def _incident_json(row: Incident, members: int) -> dict[str, Any]:
         "assignee": row.assignee,
         "snoozed_until": iso(row.snoozed_until),
         "resolved_by": row.resolved_by,
+        "muted_by": row.muted_by,
         "follows_incident_id": row.follows_incident_id,
     }
 

@@ -205,6 +205,50 @@ def record_mute(store: Store, incident_id: int, by: str, silences: dict[str, str
         return _record(session, incident_id, "muted", {"by": by, "silences": len(silences)})
 
 
+def unsilenced_members(store: Store) -> dict[int, list[tuple[str, dict[str, str]]]]:
+    """Firing alerts that joined a muted open incident after it was muted, by incident."""
+    found: dict[int, list[tuple[str, dict[str, str]]]] = {}
+    with store.reading() as session:
+        rows = session.execute(
+            select(Incident.id, Incident.silences, Alert.fingerprint, Alert.labels)
+            .join(IncidentMember, IncidentMember.incident_id == Incident.id)
+            .join(Alert, Alert.id == IncidentMember.alert_id)
+            .where(
+                Incident.status == IncidentStatus.OPEN,
+                Incident.muted_by.is_not(None),
+                Alert.status == AlertStatus.FIRING,
+            )
+        ).all()
+    for incident_id, silences, fingerprint, labels in rows:
+        if fingerprint not in (silences or {}):
+            found.setdefault(incident_id, []).append((fingerprint, dict(labels)))
+    return found
+
+
+def lease_mute(store: Store, incident_id: int, now: datetime, length: timedelta) -> bool:
+    """Whether this caller silences the incident's newly joined alerts now (one reconciler at a
+    time; a lease left by one that died expires)."""
+    with store.writing() as session:
+        return bool(
+            session.execute(
+                _open(incident_id)
+                .where(or_(Incident.mute_lease_until.is_(None), Incident.mute_lease_until < now))
+                .values(mute_lease_until=now + length)
+            ).rowcount
+        )
+
+
+def add_silences(store: Store, incident_id: int, made: dict[str, str]) -> None:
+    """The lease holder's new silences, kept beside the others; the lease given back."""
+    with store.writing() as session:
+        row = session.get(Incident, incident_id, with_for_update=True)
+        if row is not None:
+            row.silences = {**(row.silences or {}), **made}
+            row.mute_lease_until = None
+            if made:
+                _record(session, incident_id, "muted_more", {"silences": len(made)})
+
+
 def muted_members(store: Store) -> list[tuple[int, str]]:
     """(alert id, fingerprint) of each firing alert of the open muted incidents."""
     with store.reading() as session:

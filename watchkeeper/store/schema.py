@@ -485,6 +485,9 @@ class Incident(Base):
     silences: Mapped[dict[str, str] | None] = mapped_column(
         JSON, doc="alert fingerprint -> the Alertmanager silence muting it, until expired"
     )
+    mute_lease_until: Mapped[datetime | None] = mapped_column(
+        UTCDateTime(), doc="held by the reconciler silencing the alerts that joined it muted"
+    )
     resolved_by: Mapped[str | None] = mapped_column(String(128), doc="a person, when resolved by hand")
     follows_incident_id: Mapped[int | None] = mapped_column(
         ForeignKey("incidents.id"), doc="the incident resolved by hand whose alert fired again"

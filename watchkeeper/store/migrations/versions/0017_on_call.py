@@ -30,6 +30,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("escalated_at", When(), nullable=True))
         batch.add_column(sa.Column("muted_by", sa.String(128), nullable=True))
         batch.add_column(sa.Column("silences", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("mute_lease_until", When(), nullable=True))
         batch.add_column(sa.Column("resolved_by", sa.String(128), nullable=True))
         batch.add_column(
             sa.Column(
@@ -47,6 +48,7 @@ def downgrade() -> None:
         for column in (
             "follows_incident_id",
             "resolved_by",
+            "mute_lease_until",
             "silences",
             "muted_by",
             "escalated_at",
