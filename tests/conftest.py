@@ -206,28 +206,8 @@ def people_config(example_config: WatchkeeperConfig, monkeypatch: pytest.MonkeyP
 
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[str]:
-    """Debian's Alertmanager on a free port, its webhook pointed nowhere (this test posts to it and
-    reads from it; Watchkeeper learns its alerts as the webhook would tell it)."""
-    import httpx
+    """A real Alertmanager of this test's own (`tests.realstack.alertmanager_at`)."""
+    from tests.realstack import alertmanager_at
 
-    from tests.realstack import Process, wait_until
-    from watchkeeper.local.stack import render_alertmanager_config
-
-    port = free_port()
-    config = render_alertmanager_config(tmp_path / "alertmanager", "http://127.0.0.1:9/unused", None)
-    process = Process(
-        [
-            "prometheus-alertmanager",
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'alertmanager' / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        tmp_path / "alertmanager.log",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/-/ready").status_code == 200, "Alertmanager ready")
+    with alertmanager_at(tmp_path / "alertmanager") as url:
         yield url
-    finally:
-        process.stop()

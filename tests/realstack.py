@@ -11,7 +11,8 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -233,3 +234,29 @@ def collect_quality(store: Store, model: Model, window: Window) -> float | None:
     record_results(store, model, {window: results}, None)
     quality = results["model_quality"].get(model.version, [])
     return next((m.value for m in quality if m.metric == "accuracy"), None)
+
+
+@contextmanager
+def alertmanager_at(folder: Path) -> Iterator[str]:
+    """Debian's Alertmanager on a free loopback port, routing to nowhere: a test posts alerts to it
+    and reads from it (Watchkeeper learns them as the webhook would tell it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "alertmanager.yml"
+    config.write_text(yaml.safe_dump({"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}))
+    port = free_port()
+    process = Process(
+        [
+            "prometheus-alertmanager",
+            f"--config.file={config}",
+            f"--storage.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        folder / "alertmanager.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/-/ready").status_code == 200, "Alertmanager ready")
+        yield url
+    finally:
+        process.stop()

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from tests.realstack import Process, wait_until
+from tests.realstack import alertmanager_at, wait_until
 from tests.test_incidents import alert
 from tests.test_remediation import incident_for, remediation_config, secrets  # noqa: F401 - autouse
 from watchkeeper.config import ConfigError, MaintenanceWindow, load_config
@@ -28,27 +28,9 @@ from watchkeeper.store.remediation import RemediationAction
 
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Alertmanager on a free loopback port, routing to nowhere."""
-    folder = tmp_path_factory.mktemp("alertmanager")
-    config = folder / "alertmanager.yml"
-    config.write_text(yaml.safe_dump({"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}))
-    port = free_port()
-    process = Process(
-        [
-            "prometheus-alertmanager",
-            f"--config.file={config}",
-            f"--storage.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        folder / "alertmanager.log",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/-/ready").status_code == 200, "Alertmanager ready")
+    """One real Alertmanager for the module, routing to nowhere."""
+    with alertmanager_at(tmp_path_factory.mktemp("alertmanager")) as url:
         yield url
-    finally:
-        process.stop()
 
 
 def fired_at(alertmanager: str, labels: dict[str, str]) -> str:

@@ -205,12 +205,11 @@ def record_mute(store: Store, incident_id: int, by: str, silences: dict[str, str
         return _record(session, incident_id, "muted", {"by": by, "silences": len(silences)})
 
 
-def unsilenced_members(store: Store) -> dict[int, list[tuple[str, dict[str, str]]]]:
-    """Firing alerts that joined a muted open incident after it was muted, by incident."""
-    found: dict[int, list[tuple[str, dict[str, str]]]] = {}
-    with store.reading() as session:
-        rows = session.execute(
-            select(Incident.id, Incident.silences, Alert.fingerprint, Alert.labels)
+def _muted_firing(session: Session) -> list[Any]:
+    """(incident id, its silences, alert) for each firing alert of the open muted incidents."""
+    return list(
+        session.execute(
+            select(Incident.id, Incident.silences, Alert)
             .join(IncidentMember, IncidentMember.incident_id == Incident.id)
             .join(Alert, Alert.id == IncidentMember.alert_id)
             .where(
@@ -218,10 +217,17 @@ def unsilenced_members(store: Store) -> dict[int, list[tuple[str, dict[str, str]
                 Incident.muted_by.is_not(None),
                 Alert.status == AlertStatus.FIRING,
             )
-        ).all()
-    for incident_id, silences, fingerprint, labels in rows:
-        if fingerprint not in (silences or {}):
-            found.setdefault(incident_id, []).append((fingerprint, dict(labels)))
+        )
+    )
+
+
+def unsilenced_members(store: Store) -> dict[int, list[tuple[str, dict[str, str]]]]:
+    """Firing alerts that joined a muted open incident after it was muted, by incident."""
+    found: dict[int, list[tuple[str, dict[str, str]]]] = {}
+    with store.reading() as session:
+        for incident_id, silences, alert in _muted_firing(session):
+            if alert.fingerprint not in (silences or {}):
+                found.setdefault(incident_id, []).append((alert.fingerprint, dict(alert.labels)))
     return found
 
 
@@ -252,19 +258,7 @@ def add_silences(store: Store, incident_id: int, made: dict[str, str]) -> None:
 def muted_members(store: Store) -> list[tuple[int, str]]:
     """(alert id, fingerprint) of each firing alert of the open muted incidents."""
     with store.reading() as session:
-        return [
-            (alert.id, alert.fingerprint)
-            for alert in session.scalars(
-                select(Alert)
-                .join(IncidentMember, IncidentMember.alert_id == Alert.id)
-                .join(Incident, Incident.id == IncidentMember.incident_id)
-                .where(
-                    Incident.status == IncidentStatus.OPEN,
-                    Incident.muted_by.is_not(None),
-                    Alert.status == AlertStatus.FIRING,
-                )
-            )
-        ]
+        return [(alert.id, alert.fingerprint) for _, _, alert in _muted_firing(session)]
 
 
 def resolve_alerts(store: Store, alert_ids: list[int], now: datetime) -> list[int]:
