@@ -17,8 +17,9 @@ from tests.test_incidents import alert, notify
 from tests.test_on_call import opened_incident, timeline
 from tests.test_remediation import remediation_config, secrets  # noqa: F401 - autouse
 from tests.test_remediation_state import quality_incident
-from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.config import UILinks, WatchkeeperConfig
 from watchkeeper.remediation.decisions import handle_incident
+from watchkeeper.service.ui import incident_links
 from watchkeeper.settings import Credentials
 from watchkeeper.store import Store
 from watchkeeper.store.actions import list_actions
@@ -155,3 +156,22 @@ def test_an_approval_pressed_on_the_page_settles_the_waiting_action(
         assert pressed.status_code == 303 and pressed.headers["location"].endswith("done=approved")
     [action] = list_actions(store, incident_id).items
     assert (action["status"], action["settled_by"]) == ("approved", "anonymous (loopback)")
+
+
+def test_the_incident_links_where_to_look_next_and_only_over_http() -> None:
+    detail = {
+        "members": [{"labels": {"model_name": "credit_approval"}}, {"labels": {"pipeline_name": "etl"}}],
+        "trace_url": "javascript:alert(1)",
+    }
+    actions = [{"flow_run_id": "0193a0f2-aaaa"}, {"flow_run_id": None}, {"flow_run_id": "0193a0f2-aaaa"}]
+    ui = UILinks(prefect_url="http://127.0.0.1:4200", grafana_url="https://grafana.example")
+    links = incident_links(detail, actions, ui, {"credit_approval": 7}, "http://127.0.0.1:8000")
+    assert links == [
+        ("Prefect run 0193a0f2", "http://127.0.0.1:4200/runs/flow-run/0193a0f2-aaaa"),
+        ("credit_approval report", "/ui/reports/7"),
+        (
+            "credit_approval in Grafana",
+            "https://grafana.example/d/watchkeeper-model-performance?var-model=credit_approval",
+        ),
+        ("credit_approval drift (Evidently)", "http://127.0.0.1:8000"),
+    ]

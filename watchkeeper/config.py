@@ -1092,11 +1092,11 @@ class Traces(Strict):
 
 
 class UILinks(Strict):
-    """Base URLs the incident page links to (none: no such link)."""
+    """Base URLs the incident page links to (none: no such link); Evidently's is
+    `reports.evidently_ui_url`."""
 
     prefect_url: str | None = Field(default=None, description="The Prefect UI, e.g. http://127.0.0.1:4200")
     grafana_url: str | None = Field(default=None, description="Grafana, with Watchkeeper's dashboards")
-    evidently_url: str | None = Field(default=None, description="The Evidently UI of the drift workspace")
 
 
 class WatchkeeperConfig(Strict):

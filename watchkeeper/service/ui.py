@@ -80,7 +80,11 @@ TEMPLATES.filters["web_url"] = web_url
 
 
 def incident_links(
-    detail: dict[str, Any], actions: list[dict[str, Any]], ui: UILinks, report_ids: dict[str, int]
+    detail: dict[str, Any],
+    actions: list[dict[str, Any]],
+    ui: UILinks,
+    report_ids: dict[str, int],
+    evidently_url: str | None,
 ) -> list[tuple[str, str]]:
     """Where to look next, from the configured base URLs: the Prefect runs that handled it, the
     models' latest report and Evidently project, Grafana, and its trace."""
@@ -99,8 +103,8 @@ def incident_links(
                     f"{ui.grafana_url}/d/watchkeeper-model-performance?var-model={quote(model)}",
                 )
             )
-        if ui.evidently_url:
-            links.append((f"{model} drift (Evidently)", ui.evidently_url))
+        if evidently_url:
+            links.append((f"{model} drift (Evidently)", evidently_url))
     if detail.get("trace_url"):
         links.append(("trace", detail["trace_url"]))
     return [(label, url) for label, url in links if web_url(url)]
@@ -297,7 +301,7 @@ def ui_router(
             for model in {m["labels"].get("model_name") for m in detail["members"]} - {None}
             if (page_ := list_reports(store, model, 1).items)
         }
-        links = incident_links(detail, actions, config.ui, reports)
+        links = incident_links(detail, actions, config.ui, reports, config.reports.evidently_ui_url)
         return {
             "incident": detail,
             "actions": actions,
