@@ -119,9 +119,11 @@ def evaluate_feature_store(
         since = previous_end - LATE_MARGIN if previous_end is not None else window.end - FIRST_LOOKBACK
         found = found_materialisations(session, feature_store, since)
     measurements = latest_materialisations([v.name for v in feature_store.views], previous, found)
+    samples: dict[str, pd.DataFrame] = {}  # a model reading several views is sampled once
     for view in feature_store.views:
         for model in view.models:
-            _log, features = window_sample(store, model, window.start, window.end, sampling)
-            measurements += served_shares(features, view, model)
+            if model not in samples:
+                samples[model] = window_sample(store, model, window.start, window.end, sampling)[1]
+            measurements += served_shares(samples[model], view, model)
     save_results(store, KIND, feature_store.name, "", window, measurements, flow_run_id)
     return measurements

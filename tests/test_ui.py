@@ -175,3 +175,19 @@ def test_the_incident_links_where_to_look_next_and_only_over_http() -> None:
         ),
         ("credit_approval drift (Evidently)", "http://127.0.0.1:8000"),
     ]
+
+
+def test_a_form_s_text_is_checked_as_the_api_checks_it(
+    service: LiveService, example_config: WatchkeeperConfig, store: Store
+) -> None:
+    incident_id = opened_incident(store, example_config)
+    client = httpx.Client(base_url=service.url)
+    token = csrf_of(client, incident_id)
+    for text, says in (
+        ("a\x00b", "text: text may not contain NUL"),
+        ("x" * 4001, "at most 4000"),
+        ("  ", "expected"),
+    ):
+        refused = client.post(f"/ui/incidents/{incident_id}/note", data={"csrf": token, "text": text})
+        assert refused.status_code == 422 and says in refused.text
+    assert "note" not in [k for k, _ in timeline(store, incident_id)]

@@ -26,6 +26,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from watchkeeper.config import UILinks, WatchkeeperConfig
+from watchkeeper.intake.bodies import text_problem
 from watchkeeper.remediation import silences
 from watchkeeper.service.on_call import answer_and_resume
 from watchkeeper.service.people import ANONYMOUS, OPERATOR, People, Person
@@ -328,23 +329,18 @@ def ui_router(
 
     def perform(action: str, incident_id: int, form: dict[str, str], who: str) -> str:
         """The press: one of the on-call transitions, or the approval; what the page then says."""
-        comment = form.get("comment", "")
         moves: dict[str, Callable[[], Any]] = {
             "acknowledge": lambda: lifecycle.acknowledge(store, incident_id, who),
-            "note": lambda: lifecycle.note(
-                store, incident_id, form.get("text", "").strip() or _missing("text"), who
-            ),
-            "resolve": lambda: lifecycle.resolve(
-                store, incident_id, form.get("reason", "").strip() or _missing("reason"), who
-            ),
+            "note": lambda: lifecycle.note(store, incident_id, _text(form, "text", 4000), who),
+            "resolve": lambda: lifecycle.resolve(store, incident_id, _text(form, "reason", 2000), who),
             "tick": lambda: lifecycle.tick(
-                store, incident_id, form.get("step", ""), who, config.manual_actions
+                store, incident_id, _text(form, "step", 500), who, config.manual_actions
             ),
             "mute": lambda: silences.mute(
                 store, config, alertmanager_url or _no_alertmanager(), incident_id, who
             ),
-            "approve": lambda: answer_and_resume(store, incident_id, True, comment, who, resume_run),
-            "reject": lambda: answer_and_resume(store, incident_id, False, comment, who, resume_run),
+            "approve": lambda: answer_and_resume(store, incident_id, True, _comment(form), who, resume_run),
+            "reject": lambda: answer_and_resume(store, incident_id, False, _comment(form), who, resume_run),
         }
         if action not in moves:
             raise lifecycle.LifecycleError(404, f"no action {action!r}")
@@ -384,8 +380,21 @@ def ui_router(
     return router
 
 
-def _missing(field: str) -> str:
-    raise lifecycle.LifecycleError(422, f"{field}: expected some text")
+def _text(form: dict[str, str], field: str, limit: int, required: bool = True) -> str:
+    """A form's text field as the API's bodies take it: present, bounded and storable (or 422)."""
+    value = form.get(field, "").strip()
+    problem = text_problem(value)
+    if required and not value:
+        problem = "expected some text"
+    elif len(value) > limit:
+        problem = f"expected at most {limit} characters"
+    if problem:
+        raise lifecycle.LifecycleError(422, f"{field}: {problem}")
+    return value
+
+
+def _comment(form: dict[str, str]) -> str:
+    return _text(form, "comment", 2000, required=False)
 
 
 def _no_alertmanager() -> str:
