@@ -190,6 +190,14 @@ def _matches(presented: str, expected: str | None) -> bool:
     return expected is not None and hmac.compare_digest(presented.encode(), expected.encode())
 
 
+def basic_credentials(presented: str) -> str:
+    """HTTP basic's `user:password`, decoded; empty when it is not base64 of UTF-8."""
+    try:
+        return base64.b64decode(presented, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+
+
 def credentials_guard(role: Role) -> Callable[..., Awaitable[str]]:
     """A dependency requiring the role's credentials (`Bearer <token>`, or HTTP basic `user:password`
     where the role has it) when any is configured; it returns who the caller is, for the audit trail.
@@ -206,10 +214,7 @@ def credentials_guard(role: Role) -> Callable[..., Awaitable[str]]:
         if scheme.lower() == "bearer" and _matches(presented, role.bearer):
             return role.identity("bearer")
         if scheme.lower() == "basic":
-            try:
-                decoded = base64.b64decode(presented, validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                decoded = ""
+            decoded = basic_credentials(presented)
             if _matches(decoded, role.basic):
                 return role.identity("basic", decoded.partition(":")[0])
         raise HTTPException(
@@ -234,10 +239,7 @@ def person_guard(people: People, acting: bool = False) -> Callable[..., Awaitabl
         if scheme.lower() == "bearer":
             person = people.by_token(presented)
         elif scheme.lower() == "basic":
-            try:
-                name, _, password = base64.b64decode(presented, validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                name, password = "", ""
+            name, _, password = basic_credentials(presented).partition(":")
             person = await anyio.to_thread.run_sync(people.by_password, name, password) if name else None
         if person is None:
             raise HTTPException(
