@@ -365,3 +365,16 @@ def test_muting_without_alertmanager_says_so_and_mutes_nothing(
     incident_id = opened_incident(store, example_config)
     refused = httpx.post(f"{service.url}/v1/incidents/{incident_id}/mute")
     assert refused.status_code == 409 and "no Alertmanager is configured" in refused.json()["error"]
+
+
+def test_a_reconciler_does_not_silence_again_what_a_mute_in_progress_is_silencing(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    incident_id = opened_incident(store, example_config)
+    [(fingerprint, _labels)] = lifecycle.claim_mute(store, incident_id, "ann", timedelta(minutes=5))
+    assert lifecycle.unsilenced_members(store) == {incident_id: [(fingerprint, _labels)]}
+    assert not lifecycle.lease_mute(store, incident_id, utcnow(), timedelta(minutes=1))  # ann's, for now
+    lifecycle.record_mute(store, incident_id, "ann", {fingerprint: "silence-1"})
+    assert lifecycle.unsilenced_members(store) == {}
+    with pytest.raises(lifecycle.LifecycleError, match="already muted by ann"):
+        lifecycle.claim_mute(store, incident_id, "ben", timedelta(minutes=5))

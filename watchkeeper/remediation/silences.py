@@ -23,6 +23,8 @@ from watchkeeper.times import utcnow
 
 # A silence outlives any incident Watchkeeper watches; it is expired when the incident resolves.
 LONGEST_MUTE = timedelta(days=7)
+# How long muting may take before a reconciler may silence the incident's alerts itself.
+MUTE_LEASE = timedelta(minutes=5)
 
 
 class AlertmanagerUnavailable(Exception):
@@ -94,8 +96,8 @@ def mute(
     store: Store, config: WatchkeeperConfig, base: str, incident_id: int, by: str
 ) -> lifecycle.Transition:
     """Silence the incident's firing alerts until it resolves; only after winning its mute claim."""
-    alerts = lifecycle.claim_mute(store, incident_id, by)
     timeout = config.remediation.action_timeout.total_seconds()
+    alerts = lifecycle.claim_mute(store, incident_id, by, MUTE_LEASE)
     comment = f"Watchkeeper: incident {incident_id} muted until resolved by {by}"
     try:
         made = create_silences(base.rstrip("/"), alerts, by, comment, timeout)

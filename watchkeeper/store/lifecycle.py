@@ -177,12 +177,15 @@ def record_escalation(store: Store, incident_id: int, target: str, error: str | 
         _record(session, incident_id, "escalation_failed", {"target": target, "error": error})
 
 
-def claim_mute(store: Store, incident_id: int, by: str) -> list[tuple[str, dict[str, str]]]:
+def claim_mute(store: Store, incident_id: int, by: str, lease: timedelta) -> list[tuple[str, dict[str, str]]]:
     """Claim the incident's mute (of two people muting, one silences); its firing alerts'
-    fingerprints and labels, to be silenced."""
+    fingerprints and labels, to be silenced. The claim holds the mute lease too, so a reconciler
+    does not silence them again as alerts that joined later."""
     with store.writing() as session:
         claimed = session.execute(
-            _open(incident_id).where(Incident.muted_by.is_(None)).values(muted_by=by, silences={})
+            _open(incident_id)
+            .where(Incident.muted_by.is_(None))
+            .values(muted_by=by, silences={}, mute_lease_until=utcnow() + lease)
         ).rowcount
         if not claimed:
             row = session.get(Incident, incident_id)
@@ -195,13 +198,19 @@ def claim_mute(store: Store, incident_id: int, by: str) -> list[tuple[str, dict[
 def release_mute(store: Store, incident_id: int) -> None:
     with store.writing() as session:
         session.execute(
-            update(Incident).where(Incident.id == incident_id).values(muted_by=None, silences=None)
+            update(Incident)
+            .where(Incident.id == incident_id)
+            .values(muted_by=None, silences=None, mute_lease_until=None)
         )
 
 
 def record_mute(store: Store, incident_id: int, by: str, silences: dict[str, str]) -> Transition:
     with store.writing() as session:
-        session.execute(update(Incident).where(Incident.id == incident_id).values(silences=silences))
+        session.execute(
+            update(Incident)
+            .where(Incident.id == incident_id)
+            .values(silences=silences, mute_lease_until=None)
+        )
         return _record(session, incident_id, "muted", {"by": by, "silences": len(silences)})
 
 
