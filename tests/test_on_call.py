@@ -22,7 +22,7 @@ from watchkeeper.cli import app
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.remediation.decisions import handle_incident
 from watchkeeper.remediation.reconciler import escalate_unacknowledged
-from watchkeeper.remediation.silences import keep_mutes
+from watchkeeper.remediation.silences import comment_of, create_silences, keep_mutes
 from watchkeeper.service.people import hash_password, password_matches
 from watchkeeper.settings import Credentials
 from watchkeeper.store import Store, lifecycle
@@ -378,3 +378,33 @@ def test_a_reconciler_does_not_silence_again_what_a_mute_in_progress_is_silencin
     assert lifecycle.unsilenced_members(store) == {}
     with pytest.raises(lifecycle.LifecycleError, match="already muted by ann"):
         lifecycle.claim_mute(store, incident_id, "ben", timedelta(minutes=5))
+
+
+def test_a_silence_made_by_a_run_that_died_before_recording_it_is_expired_with_the_incident(
+    alertmanager: str, store: Store, example_config: WatchkeeperConfig
+) -> None:
+    labels = {"alertname": "ModelErrorBurst", "model_name": "credit_approval", "severity": "critical"}
+    httpx.post(f"{alertmanager}/api/v2/alerts", json=[{"labels": labels}])
+    [held] = wait_until(lambda: httpx.get(f"{alertmanager}/api/v2/alerts").json(), "Alertmanager to hold it")
+    fired = {"status": "firing", "labels": labels, "annotations": {}, "startsAt": held["startsAt"]}
+    body = {
+        "version": "4",
+        "groupKey": "g",
+        "status": "firing",
+        "receiver": "watchkeeper",
+        "alerts": [{**fired, "fingerprint": held["fingerprint"]}],
+    }
+    store_notification(store, WebhookNotification.model_validate(body), body)
+    [incident_id] = correlate_pending_alerts(store, example_config).opened
+    alerts = lifecycle.claim_mute(store, incident_id, "ann", timedelta(minutes=5))
+    [orphan] = create_silences(
+        alertmanager, alerts, "ann", f"{comment_of(incident_id)}muted by ann", 5
+    ).values()
+    # ... and the run dies here: nothing recorded. The alert resolves while silenced.
+    ended = [{"labels": labels, "startsAt": held["startsAt"], "endsAt": utcnow().isoformat()}]
+    httpx.post(f"{alertmanager}/api/v2/alerts", json=ended)
+    wait_until(lambda: not httpx.get(f"{alertmanager}/api/v2/alerts").json(), "Alertmanager to resolve it")
+    done = keep_mutes(store, alertmanager, 5, lambda: correlate_pending_alerts(store, example_config))
+    assert done["unmuted"] == [incident_id]
+    assert httpx.get(f"{alertmanager}/api/v2/silence/{orphan}").json()["status"]["state"] == "expired"
+    assert keep_mutes(store, alertmanager, 5, lambda: None)["unmuted"] == []  # once

@@ -98,7 +98,7 @@ def mute(
     """Silence the incident's firing alerts until it resolves; only after winning its mute claim."""
     timeout = config.remediation.action_timeout.total_seconds()
     alerts = lifecycle.claim_mute(store, incident_id, by, MUTE_LEASE)
-    comment = f"Watchkeeper: incident {incident_id} muted until resolved by {by}"
+    comment = f"{comment_of(incident_id)}muted until resolved by {by}"
     try:
         made = create_silences(base.rstrip("/"), alerts, by, comment, timeout)
     except AlertmanagerUnavailable:
@@ -116,7 +116,7 @@ def silence_joiners(store: Store, base: str, timeout: float, now: datetime) -> l
         made: dict[str, str] = {}
         # Alertmanager unreachable: the lease is given back with nothing made, to be tried again.
         with contextlib.suppress(AlertmanagerUnavailable):
-            comment = f"Watchkeeper: incident {incident_id} is muted"
+            comment = f"{comment_of(incident_id)}is muted"
             made = create_silences(base, alerts, "watchkeeper", comment, timeout)
         lifecycle.add_silences(store, incident_id, made)
         if made:
@@ -146,8 +146,28 @@ def keep_mutes(
         if done["resolved_alerts"]:
             settle()
     done["muted_more"] = silence_joiners(store, base, timeout, now or utcnow())
-    for incident_id, silence_ids in lifecycle.silences_to_expire(store).items():
+    for incident_id, recorded in lifecycle.silences_to_expire(store).items():
+        try:
+            silence_ids = sorted(set(recorded) | made_for(base, incident_id, timeout))
+        except AlertmanagerUnavailable:
+            continue
         if not expire_silences(base, silence_ids, timeout):
             lifecycle.record_unmute(store, incident_id, silence_ids)
             done["unmuted"].append(incident_id)
     return done
+
+
+def comment_of(incident_id: int) -> str:
+    """How each silence of an incident's begins: a silence made by a run that died before
+    recording it is still found, and expired with the others."""
+    return f"Watchkeeper: incident {incident_id} "
+
+
+def made_for(base: str, incident_id: int, timeout: float) -> set[str]:
+    """The active silences Alertmanager holds for the incident, recorded or not."""
+    prefix = comment_of(incident_id)
+    return {
+        s["id"]
+        for s in _call("GET", f"{base}/api/v2/silences", timeout)
+        if str(s.get("comment", "")).startswith(prefix) and s.get("status", {}).get("state") == "active"
+    }

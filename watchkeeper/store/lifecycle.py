@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import null, or_, select, update
 from sqlalchemy.orm import Session
 
 from watchkeeper.store import Store
@@ -200,7 +200,7 @@ def release_mute(store: Store, incident_id: int) -> None:
         session.execute(
             update(Incident)
             .where(Incident.id == incident_id)
-            .values(muted_by=None, silences=None, mute_lease_until=None)
+            .values(muted_by=None, silences=null(), mute_lease_until=None)
         )
 
 
@@ -287,19 +287,23 @@ def resolve_alerts(store: Store, alert_ids: list[int], now: datetime) -> list[in
 
 
 def silences_to_expire(store: Store) -> dict[int, list[str]]:
-    """The silences of muted incidents that resolved."""
+    """The recorded silences of muted incidents that resolved and are not unmuted yet (none
+    recorded when the run muting it died before recording them)."""
     with store.reading() as session:
         rows = session.execute(
             select(Incident.id, Incident.silences).where(
-                Incident.status == IncidentStatus.RESOLVED, Incident.muted_by.is_not(None)
+                Incident.status == IncidentStatus.RESOLVED,
+                Incident.muted_by.is_not(None),
+                Incident.silences.is_not(None),
             )
         ).all()
-        return {incident_id: list(silences.values()) for incident_id, silences in rows if silences}
+        return {incident_id: list((silences or {}).values()) for incident_id, silences in rows}
 
 
 def record_unmute(store: Store, incident_id: int, expired: list[str]) -> None:
+    """Its silences expired: none left to keep (`silences` empty, not an empty map)."""
     with store.writing() as session:
-        session.execute(update(Incident).where(Incident.id == incident_id).values(silences={}))
+        session.execute(update(Incident).where(Incident.id == incident_id).values(silences=null()))
         _record(session, incident_id, "unmuted", {"expired_silences": len(expired)})
 
 
