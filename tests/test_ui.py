@@ -17,10 +17,11 @@ from tests.test_incidents import alert, notify
 from tests.test_on_call import opened_incident, timeline
 from tests.test_remediation import remediation_config, secrets  # noqa: F401 - autouse
 from tests.test_remediation_state import quality_incident
-from watchkeeper.config import UILinks, WatchkeeperConfig
+from watchkeeper.config import UILinks, User, WatchkeeperConfig
 from watchkeeper.remediation.decisions import handle_incident
-from watchkeeper.service.ui import incident_links
-from watchkeeper.settings import Credentials
+from watchkeeper.service.people import People, Person, hash_password
+from watchkeeper.service.ui import Sessions, incident_links
+from watchkeeper.settings import Credentials, Role
 from watchkeeper.store import Store
 from watchkeeper.store.actions import list_actions
 from watchkeeper.store.schema import Incident
@@ -191,3 +192,17 @@ def test_a_form_s_text_is_checked_as_the_api_checks_it(
         refused = client.post(f"/ui/incidents/{incident_id}/note", data={"csrf": token, "text": text})
         assert refused.status_code == 422 and says in refused.text
     assert "note" not in [k for k, _ in timeline(store, incident_id)]
+
+
+def test_a_session_follows_the_configuration_as_it_is_now() -> None:
+    secret = hash_password(BOB_PASSWORD)
+    as_viewer, as_operator = (
+        People([User(name="bob", role=role, password_hash=secret)], Role("operator", None, "X"))
+        for role in ("viewer", "operator")
+    )
+    cookie = Sessions(b"k" * 32, as_viewer).issue(Person("bob", "viewer"))
+    assert Sessions(b"k" * 32, as_viewer).person(cookie) == Person("bob", "viewer")
+    assert Sessions(b"k" * 32, as_operator).person(cookie) == Person("bob", "operator")  # promoted
+    nobody = People([User(name="ann", role="viewer", password_hash=secret)], Role("operator", None, "X"))
+    assert Sessions(b"k" * 32, nobody).person(cookie) is None  # removed
+    assert Sessions(b"j" * 32, as_viewer).person(cookie) is None  # another key: a forgery

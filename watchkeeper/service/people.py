@@ -80,10 +80,19 @@ class People:
         self.tokens = [(resolve(u.token), Person(u.name, u.role)) for u in users if u.token is not None]
         self.passwords = {u.name: (u.password_hash, Person(u.name, u.role)) for u in users if u.password_hash}
         self.legacy = operator
+        self.roles = {u.name: u.role for u in users}
+        if operator.required:
+            self.roles[operator.identity("bearer")] = OPERATOR
 
     @property
     def required(self) -> bool:
         return bool(self.tokens or self.passwords) or self.legacy.required
+
+    def now(self, name: str) -> Person | None:
+        """The person of this name as the configuration has them now (a session outlives neither
+        their removal nor a change of role)."""
+        role = self.roles.get(name)
+        return Person(name, role) if role is not None else None
 
     def by_token(self, token: str) -> Person | None:
         found = None

@@ -133,7 +133,7 @@ class Sessions:
         return hmac.new(self.key, payload.encode(), hashlib.sha256).hexdigest()
 
     def issue(self, person: Person) -> str:
-        body = {"name": person.name, "role": person.role, "expires": int(time.time()) + SESSION_SECONDS}
+        body = {"name": person.name, "expires": int(time.time()) + SESSION_SECONDS}
         payload = base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
         return f"{payload}.{self._sign(payload)}"
 
@@ -147,7 +147,7 @@ class Sessions:
         body = json.loads(base64.urlsafe_b64decode(payload))
         if body["expires"] < time.time():
             return None
-        return Person(body["name"], body["role"])
+        return self.people.now(body["name"])
 
     def csrf(self, cookie: str | None) -> str:
         """The token a form of this session carries (or of anonymous use, without sign-in)."""
