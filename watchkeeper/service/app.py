@@ -250,7 +250,7 @@ def person_guard(people: People, acting: bool = False) -> Callable[..., Awaitabl
         if acting and not person.can_act:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
-                detail={"error": f"{person.name} is a {person.role}: acting needs the operator role"},
+                detail={"error": person.refusal},
             )
         return person
 

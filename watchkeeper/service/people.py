@@ -37,6 +37,11 @@ class Person:
     def can_act(self) -> bool:
         return self.role == OPERATOR
 
+    @property
+    def refusal(self) -> str:
+        """What a press of theirs is told when they may not act."""
+        return f"{self.name} is a {self.role}: acting needs the operator role"
+
 
 ANONYMOUS = Person("anonymous (loopback)", OPERATOR)
 

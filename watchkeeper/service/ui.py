@@ -29,7 +29,7 @@ from watchkeeper.config import UILinks, WatchkeeperConfig
 from watchkeeper.intake.bodies import text_problem
 from watchkeeper.remediation import silences
 from watchkeeper.service.on_call import answer_and_resume
-from watchkeeper.service.people import ANONYMOUS, OPERATOR, People, Person
+from watchkeeper.service.people import ANONYMOUS, People, Person
 from watchkeeper.store import Store, lifecycle
 from watchkeeper.store.actions import list_actions
 from watchkeeper.store.bulk import insert_rows
@@ -309,7 +309,7 @@ def ui_router(
             "awaiting": any(a["status"] == "awaiting_approval" for a in actions),
             "links": links,
             "person": person,
-            "can_act": person.role == OPERATOR,
+            "can_act": person.can_act,
             "csrf": the_sessions().csrf(request.cookies.get(COOKIE)),
             "people_required": people.required,
         }
@@ -359,13 +359,8 @@ def ui_router(
             return page(
                 "message.html", 403, message="Refused: this form did not come from this page", person=person
             )
-        if person.role != OPERATOR:
-            return page(
-                "message.html",
-                403,
-                message=f"{person.name} is a viewer: acting needs the operator role",
-                person=person,
-            )
+        if not person.can_act:
+            return page("message.html", 403, message=person.refusal, person=person)
         try:
             outcome = perform(action, incident_id, form, person.name)
         except (lifecycle.LifecycleError, silences.AlertmanagerUnavailable) as exc:

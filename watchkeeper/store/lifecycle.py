@@ -192,7 +192,7 @@ def claim_mute(store: Store, incident_id: int, by: str, lease: timedelta) -> lis
             if row is not None and row.status == IncidentStatus.OPEN and row.muted_by is not None:
                 raise LifecycleError(409, f"incident {incident_id} was already muted by {row.muted_by}")
             raise _refusal(session, incident_id, "muted")
-        return [(a.fingerprint, dict(a.labels)) for a in _members(session, incident_id, firing=True)]
+        return [(a.fingerprint, dict(a.labels)) for a in _firing_members(session, incident_id)]
 
 
 def release_mute(store: Store, incident_id: int) -> None:
@@ -307,16 +307,15 @@ def record_unmute(store: Store, incident_id: int, expired: list[str]) -> None:
         _record(session, incident_id, "unmuted", {"expired_silences": len(expired)})
 
 
-def _members(session: Session, incident_id: int, firing: bool = False) -> list[Alert]:
-    query = (
-        select(Alert)
-        .join(IncidentMember, IncidentMember.alert_id == Alert.id)
-        .where(IncidentMember.incident_id == incident_id)
-        .order_by(Alert.id)
+def _firing_members(session: Session, incident_id: int) -> list[Alert]:
+    return list(
+        session.scalars(
+            select(Alert)
+            .join(IncidentMember, IncidentMember.alert_id == Alert.id)
+            .where(IncidentMember.incident_id == incident_id, Alert.status == AlertStatus.FIRING)
+            .order_by(Alert.id)
+        )
     )
-    if firing:
-        query = query.where(Alert.status == AlertStatus.FIRING)
-    return list(session.scalars(query))
 
 
 def checklist(
