@@ -166,7 +166,7 @@ def test_the_incident_links_where_to_look_next_and_only_over_http() -> None:
     }
     actions = [{"flow_run_id": "0193a0f2-aaaa"}, {"flow_run_id": None}, {"flow_run_id": "0193a0f2-aaaa"}]
     ui = UILinks(prefect_url="http://127.0.0.1:4200", grafana_url="https://grafana.example")
-    links = incident_links(detail, actions, ui, {"credit_approval": 7}, "http://127.0.0.1:8000")
+    links = incident_links(detail, actions, ui, {"credit_approval": 7}.get, "http://127.0.0.1:8000")
     assert links == [
         ("Prefect run 0193a0f2", "http://127.0.0.1:4200/runs/flow-run/0193a0f2-aaaa"),
         ("credit_approval report", "/ui/reports/7"),

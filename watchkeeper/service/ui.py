@@ -84,7 +84,7 @@ def incident_links(
     detail: dict[str, Any],
     actions: list[dict[str, Any]],
     ui: UILinks,
-    report_ids: dict[str, int],
+    latest_report: Callable[[str], int | None],
     evidently_url: str | None,
 ) -> list[tuple[str, str]]:
     """Where to look next, from the configured base URLs: the Prefect runs that handled it, the
@@ -95,8 +95,9 @@ def incident_links(
         links += [(f"Prefect run {run[:8]}", f"{ui.prefect_url}/runs/flow-run/{run}") for run in runs]
     models = sorted({m["labels"].get("model_name") for m in detail["members"]} - {None})
     for model in models:
-        if model in report_ids:
-            links.append((f"{model} report", f"/ui/reports/{report_ids[model]}"))
+        report_id = latest_report(model)
+        if report_id is not None:
+            links.append((f"{model} report", f"/ui/reports/{report_id}"))
         if ui.grafana_url:
             links.append(
                 (
@@ -273,6 +274,10 @@ def ui_router(
         response.delete_cookie(COOKIE, path="/ui")
         return response
 
+    def latest_report(model: str) -> int | None:
+        newest = list_reports(store, model, 1).items
+        return newest[0]["id"] if newest else None
+
     def incidents_rows() -> list[dict[str, Any]]:
         rows = list_incidents(store, None, 200).items
         for row in rows:
@@ -297,12 +302,7 @@ def ui_router(
         detail = with_trace_links(detail, config.traces)
         detail["state"] = _state(detail)
         actions = list_actions(store, incident_id, 200).items
-        reports = {
-            model: page_[0]["id"]
-            for model in {m["labels"].get("model_name") for m in detail["members"]} - {None}
-            if (page_ := list_reports(store, model, 1).items)
-        }
-        links = incident_links(detail, actions, config.ui, reports, config.reports.evidently_ui_url)
+        links = incident_links(detail, actions, config.ui, latest_report, config.reports.evidently_ui_url)
         return {
             "incident": detail,
             "actions": actions,
