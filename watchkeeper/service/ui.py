@@ -36,7 +36,7 @@ from watchkeeper.store.bulk import insert_rows
 from watchkeeper.store.incidents import incident_detail, list_incidents, with_trace_links
 from watchkeeper.store.reports import list_reports, report_html
 from watchkeeper.store.samples import Sampling
-from watchkeeper.store.schema import ControlFlag
+from watchkeeper.store.schema import ControlFlag, IncidentStatus
 from watchkeeper.times import utcnow
 
 COOKIE = "watchkeeper_session"
@@ -279,7 +279,12 @@ def ui_router(
         return newest[0]["id"] if newest else None
 
     def incidents_rows() -> list[dict[str, Any]]:
-        rows = list_incidents(store, None, 200).items
+        """Every open incident (up to 500), however long ago it last alerted, then the 50 resolved
+        most recently."""
+        rows = [
+            *list_incidents(store, IncidentStatus.OPEN, 500).items,
+            *list_incidents(store, IncidentStatus.RESOLVED, 50).items,
+        ]
         for row in rows:
             row["state"], row["age"] = _state(row), _age(row["opened_at"])
         return sorted(
