@@ -194,7 +194,9 @@ def test_latency_is_a_cumulative_histogram_with_the_configured_buckets(
     assert samples(service.url, "ai_model_inference_latency_seconds_sum")[series] == pytest.approx(20.223)
 
 
-def test_pipeline_runs_are_stored_once_and_feed_the_duration_histogram(service: LiveService) -> None:
+def test_pipeline_runs_are_stored_once_and_feed_the_duration_histogram_and_record_counters(
+    service: LiveService,
+) -> None:
     runs = [
         {
             "pipeline_name": "credit_feature_pipeline",
@@ -210,10 +212,11 @@ def test_pipeline_runs_are_stored_once_and_feed_the_duration_histogram(service: 
     assert httpx.post(f"{service.url}/v1/pipeline-runs", json=runs).json()["stored"] == 2
     assert httpx.post(f"{service.url}/v1/pipeline-runs", json=runs).json()["duplicates"] == 2
     counts = samples(service.url, "ai_pipeline_processing_latency_seconds_count")
-    assert counts == {
-        (("pipeline_name", "credit_feature_pipeline"), ("stage", "extract")): 1,
-        (("pipeline_name", "credit_feature_pipeline"), ("stage", "transform")): 1,
-    }
+    stages = [(("pipeline_name", "credit_feature_pipeline"), ("stage", s)) for s in ("extract", "transform")]
+    assert counts == dict.fromkeys(stages, 1)
+    # Records and failed records, counted once per run: the anomaly rules' error ratio.
+    assert samples(service.url, "ai_pipeline_records_total") == dict.fromkeys(stages, 1000)
+    assert samples(service.url, "ai_pipeline_record_errors_total") == dict.fromkeys(stages, 3)
     unknown = httpx.post(f"{service.url}/v1/pipeline-runs", json=[{**runs[0], "pipeline_name": "etl"}])
     assert unknown.status_code == 422 and unknown.json()["field"] == "pipeline_name"
 

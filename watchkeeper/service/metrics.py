@@ -33,6 +33,8 @@ from watchkeeper.store.intake import (
     FEATURE_LOOKUP_LATENCY,
     INFERENCE_LATENCY,
     PIPELINE_LATENCY,
+    PIPELINE_RECORD_ERRORS,
+    PIPELINE_RECORDS,
     SUM,
     intake_counts,
     le_text,
@@ -609,6 +611,16 @@ TALLY_COUNTERS = {
         "ai_feature_store_key_errors",
         "Entity keys whose lookup failed or found no value.",
         ("feature_store", "feature_view"),
+    ),
+    PIPELINE_RECORDS: TallyCounter(
+        "ai_pipeline_records",
+        "Records a pipeline stage handled, from /v1/pipeline-runs (the anomaly rules' error ratio).",
+        ("pipeline_name", "stage"),
+    ),
+    PIPELINE_RECORD_ERRORS: TallyCounter(
+        "ai_pipeline_record_errors",
+        "Records a pipeline stage failed, from /v1/pipeline-runs.",
+        ("pipeline_name", "stage"),
     ),
 }
 

@@ -77,6 +77,8 @@ PIPELINE_LATENCY = "pipeline_latency"
 FEATURE_LOOKUP_LATENCY = "feature_lookup_latency"
 FEATURE_KEYS = "feature_keys"
 FEATURE_KEY_ERRORS = "feature_key_errors"
+PIPELINE_RECORDS = "pipeline_records"
+PIPELINE_RECORD_ERRORS = "pipeline_record_errors"
 PREDICTION_FIELDS = (
     "model_name",
     "model_version",
@@ -741,8 +743,15 @@ def _write_pipeline_runs(
         session, PipelineRun.__table__, records, key, source="intake", received_at=utcnow()
     )
     durations = ((r["pipeline_name"], r["stage"], r["duration_seconds"]) for r in rows)
+    handled: Counter[tuple[str, str, str]] = Counter()
+    failed: Counter[tuple[str, str, str]] = Counter()
+    for row in rows:
+        handled[(row["pipeline_name"], row["stage"], "")] += row["records"]
+        failed[(row["pipeline_name"], row["stage"], "")] += row["errors"]
     tallies = TallyRows()
     tallies.histogram(PIPELINE_LATENCY, durations, buckets_for)
+    tallies.add(PIPELINE_RECORDS, handled)
+    tallies.add(PIPELINE_RECORD_ERRORS, failed)
     tallies.write(session)
     return inserted
 
