@@ -597,15 +597,19 @@ SERVING_SYMPTOMS = [
     "ModelInferenceLatencyHigh",
     "ModelInferenceLatencyCritical",
     "ModelInferenceLatencySpike",
+    "ModelLatencyAnomalous",
     "ModelErrorRateHigh",
     "ModelErrorBurst",
+    "ModelErrorRateAnomalous",
     "ModelThroughputLow",
+    "ModelThroughputAnomalous",
 ]
 # A disk filling up fails the writes of whatever runs there: requests, pipeline stages, records.
 DISK_SYMPTOMS = [
     *SERVING_SYMPTOMS,
     "PipelineErrorRateHigh",
     "PipelineErrorRateCritical",
+    "PipelineErrorRateAnomalous",
     "PipelineLatencyHigh",
     "DataRecordsFailingChecks",
     "DataRecordsFailingChecksCritical",
@@ -648,6 +652,43 @@ FEATURE_STORE_CAUSAL_RULES: dict[str, list[str]] = {
     "InfrastructureCPUHigh": ["FeatureStoreLatencyHigh"],
     "HostMemoryPressure": ["FeatureStoreLatencyHigh"],
 }
+# The anomaly alerts (watchkeeper/anomalies.py) in the places of their fixed-threshold twins: slow
+# requests explain failing and fewer ones, fewer or worse decisions explain lost business value, a
+# failing pipeline explains broken records and stale features; and what explains a twin explains
+# the anomaly.
+QUALITY_COLLAPSES = [
+    "ModelAccuracyCollapse",
+    "ModelAccuracyCritical",
+    "ModelAccuracyDegraded",
+    "ModelPredictionCollapse",
+]
+ANOMALY_CAUSAL_RULES: dict[str, list[str]] = {
+    "ModelLatencyAnomalous": [
+        "ModelThroughputAnomalous",
+        "ModelErrorRateAnomalous",
+        "ModelThroughputLow",
+        "ModelErrorRateHigh",
+        "BusinessImpactAnomalous",
+    ],
+    "ModelInferenceLatencySpike": ["ModelThroughputAnomalous", "ModelErrorRateAnomalous"],
+    "ModelInferenceLatencyHigh": ["ModelThroughputAnomalous", "ModelErrorRateAnomalous"],
+    "ModelInferenceLatencyCritical": ["ModelThroughputAnomalous", "ModelErrorRateAnomalous"],
+    "ModelErrorRateAnomalous": ["BusinessImpactAnomalous", "BusinessImpactDrop"],
+    "ModelThroughputAnomalous": ["BusinessImpactAnomalous", "BusinessImpactDrop", "BusinessImpactDecline"],
+    "ModelThroughputLow": ["BusinessImpactAnomalous"],
+    **{cause: ["BusinessImpactAnomalous"] for cause in [*QUALITY_COLLAPSES, *TASK_QUALITY_ALERTS]},
+    "PipelineErrorRateAnomalous": [
+        "DataRecordsFailingChecks",
+        "DataRecordsFailingChecksCritical",
+        "DataQualityDegraded",
+        "DataQualityCritical",
+        "ModelLabelCoverageLow",
+        "FeatureViewStale",
+    ],
+    "FeatureStoreLatencyHigh": ["ModelLatencyAnomalous", "ModelErrorRateAnomalous"],
+    "FeatureStoreErrorRateHigh": ["ModelErrorRateAnomalous"],
+    "KafkaBrokerDown": ["PipelineErrorRateAnomalous"],
+}
 DEFAULT_CAUSAL_RULES = {
     cause: list(
         dict.fromkeys(
@@ -657,6 +698,7 @@ DEFAULT_CAUSAL_RULES = {
                 *TASK_CAUSAL_RULES.get(cause, []),
                 *HOST_CAUSAL_RULES.get(cause, []),
                 *FEATURE_STORE_CAUSAL_RULES.get(cause, []),
+                *ANOMALY_CAUSAL_RULES.get(cause, []),
             ]
         )
     )
@@ -666,6 +708,7 @@ DEFAULT_CAUSAL_RULES = {
         | TASK_CAUSAL_RULES
         | HOST_CAUSAL_RULES
         | FEATURE_STORE_CAUSAL_RULES
+        | ANOMALY_CAUSAL_RULES
     )
 }
 
