@@ -9,7 +9,9 @@ Baseline: the seed's promise of detection under 2 minutes (120 s) for critical f
 the first expected alert's webhook at Watchkeeper, divided by 120.
 
 Usage: python benchmarks/detect.py [--faults a,b] [--seed N] [--inject-after S] [--rate R]
-[--clean-minutes M]; the last line is JSON (the drill's result with the ratio added).
+[--clean-minutes M] [--day-minutes D]; the last line is JSON (the drill's result with the ratio
+added, and the anomaly rules' cost on its Prometheus). Faults start after the anomaly rules'
+ten-minute warm-up; every model's traffic follows a daily cycle compressed to D minutes (120).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watchkeeper.evaluation.drill import FAULTS, Drill, DrillOptions  # noqa: E402
+from watchkeeper.evaluation.drill import FAULTS, INJECT_AFTER_SECONDS, Drill, DrillOptions  # noqa: E402
 from watchkeeper.local.stack import free_ports  # noqa: E402
 
 SEED_PROMISE_SECONDS = 120.0
@@ -32,9 +34,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--inject-after", type=float, default=120.0)
+    parser.add_argument("--inject-after", type=float, default=INJECT_AFTER_SECONDS)
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--clean-minutes", type=float, default=30.0)
+    parser.add_argument("--day-minutes", type=float, default=DrillOptions.day_minutes)
     args = parser.parse_args()
     options = DrillOptions(
         tuple(f for f in args.faults.split(",") if f),
@@ -42,6 +45,7 @@ def main() -> None:
         args.inject_after,
         args.rate,
         args.clean_minutes,
+        day_minutes=args.day_minutes,
     )
     home = Path(tempfile.mkdtemp(prefix="watchkeeper-detect-"))
     ports = free_ports()

@@ -16,7 +16,7 @@ from tasks.measurements import Window
 from tests.conftest import LiveService
 from tests.test_model_kinds import collect
 from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.local.demo import DemoTraffic, Injections, run_demo_traffic, write_reference
+from watchkeeper.local.demo import DailyCycle, DemoTraffic, Injections, run_demo_traffic, write_reference
 from watchkeeper.local.demo_kinds import KindInjections, RecommendationTraffic, RegressionTraffic
 from watchkeeper.store import Store
 from watchkeeper.store.samples import Sampling
@@ -94,6 +94,17 @@ def test_collapse_missing_feature_pipeline_failure_business_and_traffic_start_wh
     assert all(e.business_value == pytest.approx(e.features["loan"], abs=0.01) for e in before)
     assert traffic.pipeline_run_record("p", before, now)["errors"] == 0
     assert traffic.pipeline_run_record("p", after, now)["errors"] == 100
+
+
+def test_the_daily_cycle_starts_at_the_mean_falls_to_its_trough_and_rises_to_its_peak() -> None:
+    day = DailyCycle(period_seconds=3600, amplitude=0.3)
+    assert day.factor(0) == pytest.approx(1.0)
+    assert day.factor(900) == pytest.approx(0.7)  # a quarter day in: the trough
+    assert day.factor(2700) == pytest.approx(1.3)  # three quarters: the peak
+    assert day.factor(3600 + 900) == pytest.approx(0.7)  # every day alike
+    for bad in ({"period_seconds": 0}, {"amplitude": 1.0}, {"amplitude": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            DailyCycle(**bad)
 
 
 def test_unknown_null_feature_is_refused() -> None:

@@ -25,7 +25,9 @@ from watchkeeper.store import Store
 
 def test_each_subject_gets_its_own_model_dataset_pipeline_and_services(tmp_path) -> None:  # noqa: ANN001
     example = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    derived = drill_config(example, ["null_burst", "clean"], rate=6)
+    derived = drill_config(
+        example, ["null_burst", "clean"], DrillOptions(rate=6, day_minutes=0).min_throughput_rps
+    )
     (tmp_path / "drill.yaml").write_text(yaml.safe_dump(derived))
     config: WatchkeeperConfig = load_config(tmp_path / "drill.yaml", home=tmp_path)
     template = load_config(DEFAULT_CONFIG, home=tmp_path).models[0]
@@ -71,6 +73,11 @@ def test_options_are_checked() -> None:
         DrillOptions(faults=("nope",))
     with pytest.raises(ValueError, match="rate: expected 5 to 100"):
         DrillOptions(rate=2)
+    with pytest.raises(ValueError, match="amplitude"):
+        DrillOptions(day_amplitude=1.0)
+    # The floor sits at half the daily trough's rate, so the cycle itself never reads as low.
+    assert DrillOptions(rate=10, day_amplitude=0.3).min_throughput_rps == pytest.approx(3.5)
+    assert DrillOptions().inject_after >= 600  # after the anomaly rules' warm-up
     assert set(DrillOptions().faults) == {
         "concept_drift",
         "covariate_drift",
@@ -96,7 +103,9 @@ def test_each_kinds_faults_run_on_a_copy_of_that_kinds_model_beside_a_clean_one(
     faults = ("null_burst", "regression_bias", "popularity_shift", "ranking_collapse")
     names = [*faults, *clean_subjects(faults)]
     assert names[len(faults) :] == ["clean", "clean_demand_forecast", "clean_product_recommendations"]
-    (tmp_path / "drill.yaml").write_text(yaml.safe_dump(drill_config(example, names, rate=10)))
+    (tmp_path / "drill.yaml").write_text(
+        yaml.safe_dump(drill_config(example, names, DrillOptions().min_throughput_rps))
+    )
     config = load_config(tmp_path / "drill.yaml", home=tmp_path)
     tasks = {m.name: m.task for m in config.models}
     assert tasks == {

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from watchkeeper.anomalies import WARM_UP_SECONDS
 from watchkeeper.cli.app import app, console, errors, fail
 from watchkeeper.runtime.host import free_port
 
@@ -82,12 +83,19 @@ def drill(
     faults: Annotated[str, typer.Option(help="Comma-separated fault ids (default: all)")] = "",
     seed: Annotated[int, typer.Option(help="Demo stream seed")] = 7,
     inject_after: Annotated[
-        float, typer.Option(min=0, help="Seconds from the stack being healthy to the injections")
-    ] = 120.0,
+        float,
+        typer.Option(
+            min=0, help="Seconds from the stack being healthy to the injections (after the warm-up)"
+        ),
+    ] = float(WARM_UP_SECONDS),
     rate: Annotated[float, typer.Option(min=5, max=100, help="Predictions per second per model")] = 10.0,
     clean_minutes: Annotated[
         float, typer.Option(min=1, help="Minutes the clean model runs without injection")
     ] = 30.0,
+    day_minutes: Annotated[
+        float,
+        typer.Option(min=0, help="Every model's daily traffic cycle, compressed to this long (0: flat)"),
+    ] = 120.0,
     home: Annotated[
         Path | None, typer.Option(help="Folder for the drill's stack (default: a new temp dir)")
     ] = None,
@@ -99,7 +107,7 @@ def drill(
 
     wanted = tuple(f for f in faults.split(",") if f) or tuple(FAULTS)
     try:
-        options = DrillOptions(wanted, seed, inject_after, rate, clean_minutes)
+        options = DrillOptions(wanted, seed, inject_after, rate, clean_minutes, day_minutes=day_minutes)
     except ValueError as exc:
         raise fail(str(exc)) from exc
     folder = home or Path(tempfile.mkdtemp(prefix="watchkeeper-drill-"))

@@ -314,6 +314,15 @@ def demo_traffic(
     replace_reference: Annotated[
         bool, typer.Option(help="Overwrite an existing reference file (by default it is kept)")
     ] = False,
+    day_minutes: Annotated[
+        float,
+        typer.Option(
+            min=0, help="A daily cycle in the traffic, a day compressed to this many minutes (0: none)"
+        ),
+    ] = 0.0,
+    day_amplitude: Annotated[
+        float, typer.Option(min=0, max=0.95, help="How far the daily cycle moves the rate from its mean")
+    ] = 0.3,
 ) -> None:
     """Train the model's demo on its stream and post its predictions and labels: by the configured
     model's task, a classifier on river's Agrawal credit stream, a regressor on river's Friedman
@@ -326,6 +335,7 @@ def demo_traffic(
     from watchkeeper.config import FileReference
     from watchkeeper.intake.kinds import BINARY
     from watchkeeper.local.demo import (
+        DailyCycle,
         DemoTraffic,
         Injections,
         demo_feature_store,
@@ -408,6 +418,7 @@ def demo_traffic(
         token=state.settings.credentials.intake.bearer,
         pipeline=pipeline or None,
         feature_store=demo_feature_store(monitoring, model, seed, injections) if task == BINARY else None,
+        daily_cycle=DailyCycle(day_minutes * 60, day_amplitude) if day_minutes else None,
     )
     console.print(
         f"sent {sent.predictions} predictions, {sent.feedback} labels, {sent.pipeline_runs} "

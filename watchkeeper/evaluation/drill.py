@@ -10,7 +10,9 @@ opened, the incident's root cause and the playbook's decision.
 
 The example's model, rules and routes are used as shipped (their SHA-256 is in the result); the
 one per-model setting the drill makes is the throughput floor (`thresholds.min_throughput_rps`),
-set to half the drill's rate, as an operator sets it for a model of that traffic.
+set to half the rate at the daily cycle's trough, as an operator sets it for a model of that
+traffic. Every model's traffic follows a compressed daily cycle, and the faults start after the
+anomaly rules' ten-minute warm-up.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from sqlalchemy import select
 
+from watchkeeper.anomalies import WARM_UP_SECONDS
 from watchkeeper.intake.kinds import BINARY
 from watchkeeper.local.demo import (
+    DailyCycle,
     DemoFeatureStore,
     DemoTraffic,
     Injections,
@@ -47,6 +52,7 @@ from watchkeeper.store.remediation import RemediationAction
 from watchkeeper.store.schema import Alert, Incident, IncidentMember
 
 RULES = REPO_ROOT / "infra" / "prometheus" / "rules" / "watchkeeper-alerts.yml"
+ANOMALY_RULES = RULES.with_name("watchkeeper-anomalies.yml")
 TRAIN_ROWS = 5000
 REFERENCE_ROWS = 5000
 LABEL_DELAY_SECONDS = 20
@@ -104,6 +110,7 @@ FAULTS: dict[str, Fault] = {
                 "DataQualityDegraded",
                 "PipelineErrorRateCritical",
                 "PipelineErrorRateHigh",
+                "PipelineErrorRateAnomalous",
                 "SevereDataDrift",
                 "DataDriftDetected",
             ),
@@ -125,13 +132,18 @@ FAULTS: dict[str, Fault] = {
         Fault(
             "latency_spike",
             lambda at: Injections(latency_spike_at=at, latency_factor=200, incident_length=NEVER_ENDING),
-            ("ModelInferenceLatencySpike", "ModelInferenceLatencyCritical", "ModelInferenceLatencyHigh"),
+            (
+                "ModelInferenceLatencySpike",
+                "ModelInferenceLatencyCritical",
+                "ModelInferenceLatencyHigh",
+                "ModelLatencyAnomalous",
+            ),
             critical=True,
         ),
         Fault(
             "error_burst",
             lambda at: Injections(error_burst_at=at, error_rate=0.3, incident_length=NEVER_ENDING),
-            ("ModelErrorBurst", "ModelErrorRateHigh"),
+            ("ModelErrorBurst", "ModelErrorRateHigh", "ModelErrorRateAnomalous"),
             critical=True,
         ),
         Fault(
@@ -149,17 +161,17 @@ FAULTS: dict[str, Fault] = {
         Fault(
             "traffic_drop",
             lambda at: Injections(traffic_drop_at=at, traffic_factor=0.1),
-            ("ModelThroughputLow",),
+            ("ModelThroughputAnomalous", "ModelThroughputLow"),
         ),
         Fault(
             "pipeline_failure",
             lambda at: Injections(pipeline_failure_at=at),
-            ("PipelineErrorRateCritical", "PipelineErrorRateHigh"),
+            ("PipelineErrorRateAnomalous", "PipelineErrorRateCritical", "PipelineErrorRateHigh"),
         ),
         Fault(
             "business_decline",
             lambda at: Injections(business_decline_at=at, business_factor=0.3),
-            ("BusinessImpactDrop", "BusinessImpactDecline"),
+            ("BusinessImpactAnomalous", "BusinessImpactDrop", "BusinessImpactDecline"),
         ),
         Fault(
             "stale_features",
@@ -232,14 +244,24 @@ def clean_subjects(faults: tuple[str, ...]) -> list[str]:
     return [CLEAN, *(f"{CLEAN}_{template}" for template in templates)]
 
 
+# Faults start once the anomaly rules' warm-up is over (no baseline, no anomaly alert).
+INJECT_AFTER_SECONDS = float(WARM_UP_SECONDS)
+
+
 @dataclass(frozen=True)
 class DrillOptions:
+    """`day_minutes`: every model's traffic follows a daily cycle compressed to this long (0: flat),
+    moving the rate `day_amplitude` from its mean, so the clean models prove the anomaly rules
+    quiet through a falling rate and its trough."""
+
     faults: tuple[str, ...] = tuple(FAULTS)
     seed: int = 7
-    inject_after: float = 120.0
+    inject_after: float = INJECT_AFTER_SECONDS
     rate: float = 10.0
     clean_minutes: float = 30.0
     budget_minutes: float = 45.0
+    day_minutes: float = 120.0
+    day_amplitude: float = 0.3
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.faults if f not in FAULTS]
@@ -247,6 +269,18 @@ class DrillOptions:
             raise ValueError(f"faults: unknown {', '.join(unknown)}; expected some of {', '.join(FAULTS)}")
         if not 5 <= self.rate <= 100:
             raise ValueError(f"rate: expected 5 to 100 predictions per second, got {self.rate}")
+        if self.day_minutes:
+            DailyCycle(self.day_minutes * 60, self.day_amplitude)
+
+    @property
+    def min_throughput_rps(self) -> float:
+        """Half the daily trough's rate: where an operator puts the floor of a model of this traffic."""
+        trough = self.rate * (1 - self.day_amplitude) if self.day_minutes else self.rate
+        return trough / 2
+
+    @property
+    def daily_cycle(self) -> DailyCycle | None:
+        return DailyCycle(self.day_minutes * 60, self.day_amplitude) if self.day_minutes else None
 
 
 def sha256(path: Path) -> str:
@@ -257,10 +291,10 @@ def model_name(subject: str) -> str:
     return f"drill_{subject}"
 
 
-def drill_config(example: dict[str, Any], subjects: list[str], rate: float) -> dict[str, Any]:
+def drill_config(example: dict[str, Any], subjects: list[str], min_throughput_rps: float) -> dict[str, Any]:
     """The example configuration with one of its models (`template_of`) copied once per subject, each
     on its own dataset, pipeline, feature store and services (so correlation never mixes two
-    faults), and a throughput floor of rate/2."""
+    faults), and a throughput floor (`DrillOptions.min_throughput_rps`)."""
     config = copy.deepcopy(example)
     templates = {m["name"]: m for m in example["models"]}
     services = example["topology"]["services"]
@@ -274,7 +308,7 @@ def drill_config(example: dict[str, Any], subjects: list[str], rate: float) -> d
         model = copy.deepcopy(template)
         model["name"] = name
         model["service"] = f"{name}-{template['service']}"
-        model["thresholds"] = {**model.get("thresholds", {}), "min_throughput_rps": rate / 2}
+        model["thresholds"] = {**model.get("thresholds", {}), "min_throughput_rps": min_throughput_rps}
         config["models"].append(model)
         config["datasets"].append({"name": f"{name}_data", "model": name, "pipeline": f"{name}_pipeline"})
         config["pipelines"].append({"name": f"{name}_pipeline", "service": f"{name}-feature-store"})
@@ -338,6 +372,31 @@ def owner(labels: dict[str, str], subjects: list[Subject]) -> Subject | None:
     return next((s for s in subjects if s.owns(labels)), None)
 
 
+def anomaly_rules_cost(prometheus: str, models: int) -> dict[str, Any]:
+    """What the anomaly rules cost the drill's Prometheus: the series they keep per model (each
+    model of the drill has its own pipeline and business value), and each of their groups' mean
+    evaluation time over the last ten minutes beside all of the rules'."""
+
+    def query(expr: str) -> list[dict[str, Any]]:
+        answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+        answer.raise_for_status()
+        return answer.json()["data"]["result"]
+
+    durations = "avg_over_time(prometheus_rule_group_last_duration_seconds{%s}[10m])"
+    series = query('count({__name__=~"ai_anomaly:.+"})')
+    groups = query(durations % 'rule_group=~".*;ai_anomaly_.*"')
+    every = query(f"sum({durations % ''})")
+    total = float(series[0]["value"][1]) if series else 0.0
+    return {
+        "series": total,
+        "series_per_model": round(total / models, 1),
+        "evaluation_seconds": {
+            g["metric"]["rule_group"].split(";")[-1]: round(float(g["value"][1]), 5) for g in groups
+        },
+        "all_rules_evaluation_seconds": round(float(every[0]["value"][1]), 5) if every else None,
+    }
+
+
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
     return None if start is None or end is None else round((end - start).total_seconds(), 1)
 
@@ -398,6 +457,7 @@ class Drill:
                     "pipeline": f"{subject.name}_pipeline",
                     "stop": self.stop,
                     "feature_store": subject.feature_store,
+                    "daily_cycle": self.options.daily_cycle,
                 },
                 daemon=True,
                 name=f"traffic-{subject.name}",
@@ -455,7 +515,7 @@ class Drill:
         self.home.mkdir(parents=True, exist_ok=True)
         subjects = self._subjects({m["name"]: m.get("task", BINARY) for m in example["models"]})
         names = [*self.options.faults, *clean_subjects(self.options.faults)]
-        config = drill_config(example, names, self.options.rate)
+        config = drill_config(example, names, self.options.min_throughput_rps)
         (self.home / "drill.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         settings = Settings(home=self.home, config=self.home / "drill.yaml")
         for subject in subjects:  # each kind's reference, from its clean model's held-back rows
@@ -481,11 +541,13 @@ class Drill:
                 self._read_alerts(store, subjects)
             clean_minutes = round((time.monotonic() - healthy) / 60, 1)
             results = {s.name.removeprefix("drill_"): self._result(store, s) for s in subjects if s.fault}
+            cost = anomaly_rules_cost(f"http://127.0.0.1:{ports['prometheus']}", len(subjects))
         finally:
             self.stop.set()
             self._watchkeeper("down")
         cleans = [s for s in subjects if s.fault is None]
-        return self._summary(results, cleans, clean_minutes) | {"started_at": started_at.isoformat()}
+        summary = self._summary(results, cleans, clean_minutes)
+        return summary | {"anomaly_rules": cost, "started_at": started_at.isoformat()}
 
     def _result(self, store: Store, subject: Subject) -> dict[str, Any]:
         assert subject.fault is not None
@@ -517,6 +579,8 @@ class Drill:
         return {
             "config_sha256": sha256(DEFAULT_CONFIG),
             "rules_sha256": sha256(RULES),
+            "anomaly_rules_sha256": sha256(ANOMALY_RULES),
+            "day_minutes": self.options.day_minutes,
             "seed": self.options.seed,
             "rate": self.options.rate,
             "inject_after": self.options.inject_after,

@@ -93,6 +93,26 @@ class Injections:
 
 
 @dataclass(frozen=True)
+class DailyCycle:
+    """Real traffic rises and falls every day; the demo's day is compressed to `period_seconds`.
+    The rate starts at its mean and falls first: `amplitude` below it a quarter day in (the trough),
+    `amplitude` above it three quarters in (the peak)."""
+
+    period_seconds: float = 7200.0
+    amplitude: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.period_seconds <= 0:
+            raise ValueError(f"period_seconds: expected more than 0, got {self.period_seconds}")
+        if not 0 <= self.amplitude < 1:
+            raise ValueError(f"amplitude: expected 0 to below 1, got {self.amplitude}")
+
+    def factor(self, elapsed_seconds: float) -> float:
+        """How much of the mean rate arrives this far into the run."""
+        return 1 - self.amplitude * math.sin(2 * math.pi * elapsed_seconds / self.period_seconds)
+
+
+@dataclass(frozen=True)
 class DemoEvent:
     """One scored application: the prediction record (without timestamp) and its later label."""
 
@@ -388,14 +408,15 @@ def run_demo_traffic(
     pipeline: str | None = None,
     stop: threading.Event | None = None,
     feature_store: DemoFeatureStore | None = None,
+    daily_cycle: DailyCycle | None = None,
 ) -> Sent:
     """Post until `count` predictions are sent (0: until `stop` is set or forever); `pipeline` also
     reports its runs, and `feature_store` the lookups of each prediction's features. A traffic drop
-    stretches the time between batches."""
+    and the `daily_cycle` stretch or shorten the time between batches."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     sent = Sent()
     awaiting_label: deque[DemoEvent] = deque()
-    next_batch_at = time.monotonic()
+    started = next_batch_at = time.monotonic()
     stop = stop or threading.Event()
     records = WatchkeeperClient(url, token=token, batch_size=1000, flush_interval=0.2)
     with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
@@ -425,7 +446,8 @@ def run_demo_traffic(
                 records.log_label(**traffic.feedback_record(event, now))
             sent.feedback += len(due)
             if rate > 0:
-                next_batch_at += len(events) / (rate * traffic.rate_factor())
+                cycle = daily_cycle.factor(time.monotonic() - started) if daily_cycle else 1.0
+                next_batch_at += len(events) / (rate * traffic.rate_factor() * cycle)
                 stop.wait(max(0.0, next_batch_at - time.monotonic()))
     records.close(timeout=60)
     lost = records.stats()
