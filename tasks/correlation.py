@@ -504,18 +504,21 @@ def rank_root_causes(
 
 def _lead_alert(alerts: Sequence[AlertEvent], rules: CorrelationRules) -> AlertEvent:
     """The alert that stands for its subject, and so selects the incident's playbook: the most severe
-    (strongest), then the earliest, then the one a causal rule makes the cause of more of the others.
+    (strongest), then the one a causal rule makes the cause of more of the others, then the earliest.
 
-    Severity before onset and causes: an incident opened by a critical accuracy alert stays an
-    accuracy incident when latency and error warnings join it later on the same service.
+    Severity first: an incident opened by a critical accuracy alert stays an accuracy incident when
+    latency and error warnings join it later on the same service. Causes before onset: on one
+    service an effect can be seen first (a model's business value falls as soon as its traffic does,
+    its labels thinning out, seconds before the throughput alert's `for` ends), and the cause is
+    what the playbook should answer.
     """
     names = {a.name for a in alerts}
     return min(
         alerts,
         key=lambda a: (
             -a.strength,
-            a.starts_at,
             -sum(rules.causes_effect(a.name, other) for other in names),
+            a.starts_at,
             a.id,
         ),
     )

@@ -108,3 +108,18 @@ def test_a_second_fault_under_callers_already_explained_opens_its_own_incident()
         ]
     )
     assert cache_with_api.incident_id == api_again.incident_id and not cache_with_api.opened
+
+
+def test_on_one_service_the_cause_stands_for_it_even_when_its_effect_fired_first(
+    example_config: WatchkeeperConfig,
+) -> None:
+    """The drill's traffic drop: business value falls as soon as the labels thin out, five seconds
+    before the throughput anomaly's `for` ends; both warnings on the model's service. The throughput
+    is the root cause (a causal rule), and selects the playbook."""
+    rules = CorrelationRules(Topology(services={"credit-api": []}), example_config.correlation)
+    business = _alert(1, "BusinessImpactAnomalous", "credit-api", 0)
+    throughput = _alert(2, "ModelThroughputAnomalous", "credit-api", 5)
+    [top] = rank_root_causes([business, throughput], rules)
+    assert (top.alertname, top.alert_id) == ("ModelThroughputAnomalous", 2)
+    [alone] = rank_root_causes([business], rules)  # before the throughput alert joins
+    assert alone.alertname == "BusinessImpactAnomalous"
