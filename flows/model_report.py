@@ -50,7 +50,14 @@ def model_report(
         if model is not None and configured.name != model:
             continue
         built = build_model_report(
-            store, config, configured, Period(start, end), settings.resolved_home, base_url, flow_run.id
+            store,
+            config,
+            configured,
+            Period(start, end),
+            settings.resolved_home,
+            base_url,
+            flow_run.id,
+            settings.prometheus_url,
         )
         create_markdown_artifact(
             key=artifact_key(configured.name),

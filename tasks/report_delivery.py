@@ -9,6 +9,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.anomaly_bands import expected_bands
 from tasks.evidently_workspace import project_id
 from tasks.references import model_reference
 from tasks.report_render import html_report, markdown, slack_text, title
@@ -50,8 +51,10 @@ def produce_report(
     home: Path,
     base_url: str | None,
     flow_run_id: str | None,
+    prometheus_url: str | None = None,
 ) -> BuiltReport:
-    """Gather, render and keep the model's report for `period` (replacing an earlier one)."""
+    """Gather, render and keep the model's report for `period` (replacing an earlier one), with its
+    metrics beside their expected bands as `prometheus_url` recorded them."""
     reference = model_reference(store, config, model)
     summary = gather_report(
         store,
@@ -62,6 +65,7 @@ def produce_report(
         reference.segment_values if reference else {},
         project_id(home / "evidently", model.name),
     )
+    summary["bands"] = expected_bands(prometheus_url, config, model, period.start, period.end)
     text = markdown(summary, base_url)
     page = html_report(summary, base_url)
     key = ReportPeriod(model.name, period.start, period.end)

@@ -322,6 +322,10 @@ def markdown(summary: Summary, base_url: str | None = None) -> str:
         "",
         f"**Capacity:** {_capacity_line(summary)}.",
         "",
+        "## Against its normal",
+        _bands_text(summary),
+        "",
+        *([table(BAND_HEADER, _band_rows(summary)), ""] if _bands(summary) else []),
         "## Business impact",
         table(
             ["", summary["business"]["metric"], "missed", "detection rate"],
@@ -441,6 +445,88 @@ def charts(summary: Summary) -> go.Figure:
     return figure
 
 
+BAND_HEADER = ["metric", "series", "last", "expected", "beyond the band", "alert"]
+
+
+def _bands(summary: Summary) -> list[dict[str, Any]]:
+    """The period's metrics beside their bands (`tasks/anomaly_bands.py`); none in older reports."""
+    bands = summary.get("bands") or {}
+    return bands.get("metrics", []) if bands.get("available") else []
+
+
+def _bands_text(summary: Summary) -> str:
+    bands = summary.get("bands")
+    if bands is None:
+        return "Not recorded for this report."
+    if not bands["available"]:
+        return f"Expected bands not available: {bands['reason']}."
+    if not bands["metrics"]:
+        return "No band recorded yet: a series has one after ten minutes (the anomaly rules' warm-up)."
+    return (
+        "Each metric's last minute beside what its recent level, the same time yesterday and a week ago "
+        "expected; beyond the band's edge its anomaly alert fires."
+    )
+
+
+def _band_value(row: dict[str, Any], value: float | None) -> str:
+    if row["unit"] == "":
+        return _pct(value)
+    return f"{_num(value)} {row['unit']}"
+
+
+def _band_rows(summary: Summary) -> list[list[str]]:
+    return [
+        [
+            row["title"],
+            " ".join(v for k, v in row["series"].items() if k != "model_name")
+            or row["series"].get("model_name", ""),
+            _band_value(row, row["last"]),
+            _band_value(row, row["last_expected"]),
+            f"{row['minutes_beyond']:g} min",
+            row["alert"],
+        ]
+        for row in _bands(summary)
+    ]
+
+
+def band_chart(summary: Summary) -> go.Figure:
+    """Each metric's series with its expected value and the band between them, one panel each."""
+    rows = _bands(summary)
+    figure = make_subplots(
+        rows=len(rows),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.04,
+        subplot_titles=[f"{r['title']} ({' '.join(r['series'].values())})" for r in rows],
+    )
+    for index, row in enumerate(rows, start=1):
+        band = {"row": index, "col": 1}
+        figure.add_trace(
+            go.Scatter(
+                x=row["at"], y=row["expected"], name="expected", line={"dash": "dash", "color": "#7f8c8d"}
+            ),
+            **band,
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=row["at"],
+                y=row["edge"],
+                name="edge of the band",
+                fill="tonexty",
+                fillcolor="rgba(127,140,141,0.15)",
+                line={"color": "#c0392b", "width": 1},
+            ),
+            **band,
+        )
+        figure.add_trace(
+            go.Scatter(x=row["at"], y=row["value"], name="last minute", line={"color": "#2c3e50"}), **band
+        )
+    figure.update_layout(
+        height=220 * len(rows) + 80, showlegend=False, margin={"l": 60, "r": 30, "t": 60, "b": 40}
+    )
+    return figure
+
+
 def segment_chart(summary: Summary) -> go.Figure | None:
     rows = [s for s in summary["segments"] if s["positive_rate"] is not None][:20]
     if not rows:
@@ -489,7 +575,14 @@ def html_report(summary: Summary, base_url: str | None = None) -> str:
         if summary["quality"].get("classes")
         else "",
         f"<p><b>Capacity:</b> {html.escape(_capacity_line(summary))}.</p>",
+        "<h2>Against its normal</h2>",
+        f"<p>{html.escape(_bands_text(summary))}</p>",
     ]
+    if _bands(summary):
+        parts += [
+            band_chart(summary).to_html(full_html=False, include_plotlyjs=False, div_id="bands"),
+            _html_table(BAND_HEADER, _band_rows(summary)),
+        ]
     if summary["segments"]:
         chart = segment_chart(summary)  # positive rates: a binary model's
         parts += [

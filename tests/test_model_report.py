@@ -193,6 +193,10 @@ def test_a_report_sets_the_period_against_the_previous_one(reported: tuple, tmp_
     # The reference's top three values keep their labels; the hostile value is among the rest.
     assert {s["segment"] for s in summary["segments"]} == {"1", "2", "3", "_other_"}
     assert "## Incidents" in built.markdown and "[#1](http://wk.example/v1/incidents/1)" in built.markdown
+    assert (
+        "Expected bands not available: no Prometheus to ask (set WATCHKEEPER_PROMETHEUS_URL)"
+        in built.markdown
+    )
     assert built.link == f"http://wk.example/v1/reports/{built.report_id}"
     page = report_html(store, built.report_id)
     assert page is not None and page.startswith("<!DOCTYPE html>")

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     url: str | None = Field(
         default=None, description="The service, for CLI commands that use it (default: the local stack's)"
     )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus that evaluates the shipped rules: the model report reads each metric's "
+        "expected band from it",
+    )
 
     outbox_max_backoff_seconds: float = Field(
         default=30.0, gt=0, description="Longest wait between attempts to start an owed Prefect run"

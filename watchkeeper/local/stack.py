@@ -196,6 +196,7 @@ class Stack:
             "WATCHKEEPER_CONFIG": str(self.settings.config.resolve()),
             "PREFECT_API_URL": self.prefect_api_url,
             "WATCHKEEPER_ALERTMANAGER_URL": f"http://127.0.0.1:{self.ports.alertmanager}",
+            "WATCHKEEPER_PROMETHEUS_URL": f"http://127.0.0.1:{self.ports.prometheus}",
             "WATCHKEEPER_URL": self.service_url,
             # The notification sink stands in for Slack and PagerDuty unless real ones are named.
             "WATCHKEEPER_SLACK_WEBHOOK_URL": os.environ.get(
