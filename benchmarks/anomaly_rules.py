@@ -112,6 +112,7 @@ def history(models: int, end: float) -> str:
 
 def run(folder: Path, models: int, seconds: float, rule_files: list[str]) -> dict:
     ports = free_ports()
+    folder.mkdir(parents=True)
     data = folder / "data"
     source = folder / "history.om"
     source.write_text(history(models, time.time() - 60))

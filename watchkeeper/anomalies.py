@@ -90,7 +90,7 @@ MODEL = ("model_name", "model_version")
 PREDICTIONS_RATE = "sum by (model_name, model_version) (rate(watchkeeper_predictions_total[1m]))"
 # At least one prediction every two seconds over the last minute: below that a ratio or a quantile
 # is a handful of requests.
-ENOUGH_PREDICTIONS = f"{PREDICTIONS_RATE} >= 0.5"
+ENOUGH_PREDICTIONS = f"{PREFIX}:throughput_rps:rate1m >= 0.5"
 PIPELINE_RECORDS_RATE = "sum by (pipeline_name) (rate(ai_pipeline_records_total[1m]))"
 
 METRICS: tuple[AnomalyMetric, ...] = (
