@@ -33,8 +33,10 @@ def model_report(
     start: UtcTime | None = None,
     end: UtcTime | None = None,
     deliver: bool = True,
+    prometheus_url: str | None = None,
 ) -> dict[str, int]:
-    """Reports of `model` (every configured model when unset) for [start, end); returns their ids."""
+    """Reports of `model` (every configured model when unset) for [start, end); returns their ids.
+    Each metric's expected band is read from `prometheus_url` (default WATCHKEEPER_PROMETHEUS_URL)."""
     settings = Settings()
     config = settings.monitoring
     if model is not None and config.model(model) is None:
@@ -57,7 +59,7 @@ def model_report(
             settings.resolved_home,
             base_url,
             flow_run.id,
-            settings.prometheus_url,
+            prometheus_url or settings.prometheus_url,
         )
         create_markdown_artifact(
             key=artifact_key(configured.name),

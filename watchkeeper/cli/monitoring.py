@@ -21,7 +21,7 @@ from watchkeeper.cli.app import (
     open_store,
     state,
 )
-from watchkeeper.local.stack import recorded_on_local_stack
+from watchkeeper.local.stack import Stack, recorded_on_local_stack
 from watchkeeper.times import utcnow
 
 
@@ -202,8 +202,17 @@ def model_report_command(
     if end <= start:
         raise fail(f"--end ({end.isoformat()}) must be after --start ({start.isoformat()})")
     store = open_store()
+    # The bands come from WATCHKEEPER_PROMETHEUS_URL, else from the local stack's Prometheus.
+    running = Stack(state.settings).record("prometheus")
+    local = running.health_url.removesuffix("/-/ready") if running and running.health_url else None
     with recorded_on_local_stack(state.settings):
-        report_id = model_report(model=model, start=start, end=end, deliver=deliver)[model]
+        report_id = model_report(
+            model=model,
+            start=start,
+            end=end,
+            deliver=deliver,
+            prometheus_url=state.settings.prometheus_url or local,
+        )[model]
     listed = get_report(store, report_id)
     assert listed is not None
     if html is not None:
