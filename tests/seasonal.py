@@ -76,8 +76,13 @@ class Series:
         return f"      - series: '{self.name}{{{labels}}}'\n        values: '{self.values}'\n"
 
 
-def model(name: str) -> dict[str, str]:
-    return {"model_name": name, "model_version": "v1"}
+def model(name: str, version: str = "v1") -> dict[str, str]:
+    return {"model_name": name, "model_version": version}
+
+
+def named(name: str) -> dict[str, str]:
+    """The labels of a model's throughput and business series: traffic is the model's, not a version's."""
+    return {"model_name": name}
 
 
 def predictions(name: str, rate: Rate, seed: int) -> Series:
@@ -86,6 +91,10 @@ def predictions(name: str, rate: Rate, seed: int) -> Series:
 
 fault = during(FAULT_MINUTE, 30)
 SHIFT_MINUTE = DAYS * 1440 + 10 * 60
+
+
+def switched(minute: int) -> bool:
+    return minute >= DAYS * 1440 + 12 * 60
 
 
 def base(minute: int) -> float:
@@ -126,6 +135,15 @@ def scenarios() -> list[Series]:
         predictions("holiday", lambda m: traffic(m, 60, holidays=(1,)), 5),
         predictions("level_shift", changed(base, 0.5, lambda m: m >= SHIFT_MINUTE), 6),
         predictions("tiny", changed(lambda m: traffic(m, 0.6), 0.1, fault), 7),
+        # v2 takes all the traffic from day 8, 12:00; v1's counter stays where it was.
+        Series(
+            "watchkeeper_predictions_total", model("version_switch"), counter(changed(base, 0, switched), 16)
+        ),
+        Series(
+            "watchkeeper_predictions_total",
+            model("version_switch", "v2"),
+            counter(lambda m: base(m) if switched(m) else 0.0, 17),
+        ),
     ]
     # Errors: about 1 % of requests, 12 % during the fault.
     for name, seed, burst in (("errors", 8, 12.0), ("errors_quiet", 9, 1.0)):
@@ -209,20 +227,22 @@ def checks() -> str:
     whole = f"{END_MINUTE - 1}m"
     throughput = "ModelThroughputAnomalous"
     # Fires within two minutes of an off-pattern drop at the afternoon peak and in the night trough.
-    out.append(fires(throughput, model("drop"), at(DAYS, 14, 2), **MODEL_ALERT))
-    out.append(fires(throughput, model("trough_drop"), at(DAYS, 3, 2), **MODEL_ALERT))
-    out.append(never(throughput, model("drop"), at(DAYS, 13, 59), f"{DAYS}d"))
+    out.append(fires(throughput, named("drop"), at(DAYS, 14, 2), **MODEL_ALERT))
+    out.append(fires(throughput, named("trough_drop"), at(DAYS, 3, 2), **MODEL_ALERT))
+    out.append(never(throughput, named("drop"), at(DAYS, 13, 59), f"{DAYS}d"))
     # Quiet through eight daily troughs, a weekend, a holiday (and its weekday a week later), growth.
     for name in ("seasonal", "holiday", "errors_quiet", "latency_quiet", "value_quiet"):
         out.append(never(throughput, model(name), whole, f"{DAYS + 1}d"))
     # The nightly batch stops at 22:00: the first night it is news; from the second, yesterday knew it.
-    out.append(fires(throughput, model("nightly_batch"), at(0, 22, 2), **MODEL_ALERT))
-    out.append(never(throughput, model("nightly_batch"), whole, f"{DAYS - 1}d12h"))
+    out.append(fires(throughput, named("nightly_batch"), at(0, 22, 2), **MODEL_ALERT))
+    out.append(never(throughput, named("nightly_batch"), whole, f"{DAYS - 1}d12h"))
     # A level shift pages, then becomes the level: resolved within half an hour.
-    out.append(fires(throughput, model("level_shift"), at(DAYS, 10, 2), **MODEL_ALERT))
-    out.append(never(throughput, model("level_shift"), at(DAYS, 10, 40), "5m"))
+    out.append(fires(throughput, named("level_shift"), at(DAYS, 10, 2), **MODEL_ALERT))
+    out.append(never(throughput, named("level_shift"), at(DAYS, 10, 40), "5m"))
     # A model of under one request per second dropping 90 %: less than the minimum change.
-    out.append(never(throughput, model("tiny"), whole, f"{DAYS + 1}d"))
+    out.append(never(throughput, named("tiny"), whole, f"{DAYS + 1}d"))
+    # Traffic moving from v1 to v2 is not a drop: throughput is the model's, not a version's.
+    out.append(never(throughput, named("version_switch"), whole, f"{DAYS + 1}d"))
     for alert, name, quiet, labels in (
         ("ModelErrorRateAnomalous", "errors", "errors_quiet", MODEL_ALERT),
         ("ModelLatencyAnomalous", "latency", "latency_quiet", MODEL_ALERT),

@@ -18,7 +18,7 @@ from tests.conftest import free_port
 from tests.realstack import Process, wait_until
 from watchkeeper.config import WatchkeeperConfig
 
-MODEL = 'model_name="credit_approval",model_version="v1"'
+MODEL = 'model_name="credit_approval"'
 # The model report's own hour of traffic, on each back end (tests/test_model_report.py).
 reported = test_model_report.reported
 DIP_MINUTES = 10
@@ -81,7 +81,7 @@ def test_the_report_shows_throughput_beside_its_band_and_time_beyond_it(
     bands = expected_bands(url, example_config, model, end - timedelta(hours=2), end)
     assert bands["available"] and bands["step_seconds"] == 60
     [throughput] = bands["metrics"]  # the other metrics recorded nothing here
-    assert throughput["series"] == {"model_name": "credit_approval", "model_version": "v1"}
+    assert throughput["series"] == {"model_name": "credit_approval"}  # the model's, every version
     assert throughput["minutes_beyond"] == DIP_MINUTES
     assert (throughput["last"], throughput["last_expected"]) == (10.0, 10.0)
     assert min(throughput["value"]) == 2.0 and set(throughput["edge"]) == {6.0}
@@ -93,7 +93,7 @@ def test_the_report_page_draws_each_metric_beside_its_band(
     url, _ = backfilled
     store, config, period = reported
     built = produce_report(store, config, config.models[0], period, tmp_path, None, None, url)
-    row = "| Throughput | v1 | 10.000 rps | 10.000 rps | 10 min | ModelThroughputAnomalous |"
+    row = "| Throughput | credit_approval | 10.000 rps | 10.000 rps | 10 min | ModelThroughputAnomalous |"
     assert "## Against its normal" in built.markdown and row in built.markdown
     assert 'id="bands"' in built.html and "edge of the band" in built.html
     assert built.summary["bands"]["metrics"][0]["minutes_beyond"] == DIP_MINUTES

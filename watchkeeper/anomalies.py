@@ -88,18 +88,20 @@ class AnomalyMetric:
 
 MODEL = ("model_name", "model_version")
 PREDICTIONS_RATE = "sum by (model_name, model_version) (rate(watchkeeper_predictions_total[1m]))"
-# At least one prediction every two seconds over the last minute: below that a ratio or a quantile
-# is a handful of requests.
-ENOUGH_PREDICTIONS = f"{PREFIX}:throughput_rps:rate1m >= 0.5"
+# At least one prediction every two seconds over the version's last minute: below that a ratio or a
+# quantile is a handful of requests (a canary's, say).
+ENOUGH_PREDICTIONS = f"{PREDICTIONS_RATE} >= 0.5"
 PIPELINE_RECORDS_RATE = "sum by (pipeline_name) (rate(ai_pipeline_records_total[1m]))"
 
 METRICS: tuple[AnomalyMetric, ...] = (
+    # Traffic is the callers', not a version's: judged per model, so that moving traffic from one
+    # version to the next is not a drop (errors and latency are a version's own).
     AnomalyMetric(
         key="throughput_rps",
         title="Throughput",
         unit="rps",
-        signal=PREDICTIONS_RATE,
-        labels=MODEL,
+        signal="sum by (model_name) (rate(watchkeeper_predictions_total[1m]))",
+        labels=("model_name",),
         direction="drop",
         alert="ModelThroughputAnomalous",
         spreads=4,
@@ -264,7 +266,7 @@ def alert_rule(metric: AnomalyMetric) -> dict[str, Any]:
     compare = "<" if metric.direction == "drop" else ">"
     expr = f"{metric.series('rate1m')} {compare} {metric.series(metric.edge)}"
     if metric.volume:
-        on = metric.by if metric.labels == MODEL else "model_name"
+        on = metric.by if metric.labels == MODEL else "model_name"  # business value: the model's labels
         expr += f"\nand on ({on}) ({metric.volume})"
     summary, description = _describe(metric)
     return {
