@@ -48,17 +48,25 @@ def traffic(minute: int, peak: float, holidays: tuple[int, ...] = ()) -> float:
 Rate = Callable[[int], float]
 
 
-def counter(rate: Rate, seed: int, noise: float = 0.03) -> str:
-    """A counter per minute whose rate (per second) is `rate` at each ten-minute step, with noise."""
+def counter(rate: Rate, seed: int, noise: float = 0.03, every: int = 1, end: int = END_MINUTE) -> str:
+    """A counter sampled every `every` minutes until minute `end`, whose rate (per second) is `rate`
+    at each ten-minute step, with noise."""
     rng = np.random.default_rng(seed)
     parts, total = [], 0.0
-    for start in range(0, END_MINUTE, STEP_MINUTES):
-        per_minute = max(0.0, rate(start) * 60 * (1 + noise * rng.standard_normal()))
-        step = round(per_minute, 1)
-        parts.append(f"{round(total, 1):g}+{step:g}x{STEP_MINUTES - 1}")
-        total += step * STEP_MINUTES
-    parts.append(f"{round(total, 1):g}")
+    samples = STEP_MINUTES // every
+    for start in range(0, end, STEP_MINUTES):
+        per_sample = max(0.0, rate(start) * 60 * every * (1 + noise * rng.standard_normal()))
+        step = round(per_sample, 1)
+        parts.append(f"{number(total)}+{number(step)}x{samples - 1}")
+        total += step * samples
+    parts.append(number(total))
     return " ".join(parts)
+
+
+def number(value: float) -> str:
+    """Every digit to the tenth (`:g` would round a counter past a million, and a rounded-down
+    total reads as a counter reset)."""
+    return f"{value:.1f}".removesuffix(".0")
 
 
 def during(start: int, minutes: int) -> Callable[[int], bool]:
@@ -280,15 +288,43 @@ def quiet_everywhere(when: str) -> str:
     )
 
 
+COARSE_END = 2 * 1440 + 16 * 60
+
+
+def coarse_test() -> str:
+    """A Prometheus scraping every five minutes: a minute holds one sample at most, so the signals
+    fall back to five- and fifteen-minute rates. Two days; a drop to 30 % on day 1 at 14:00 pages
+    once fifteen minutes hold nothing else (three scrapes), the troughs do not."""
+    drop = during(1440 + 14 * 60, 30)
+    series = [
+        Series("watchkeeper_predictions_total", model("coarse"), counter(base, 18, every=5, end=COARSE_END)),
+        Series(
+            "watchkeeper_predictions_total",
+            model("coarse_drop"),
+            counter(changed(base, 0.3, drop), 19, every=5, end=COARSE_END),
+        ),
+    ]
+    checks = [
+        fires("ModelThroughputAnomalous", named("coarse_drop"), at(1, 14, 13), **MODEL_ALERT),
+        never("ModelThroughputAnomalous", named("coarse_drop"), at(1, 13, 59), "1d13h"),
+        never("ModelThroughputAnomalous", named("coarse"), f"{COARSE_END - 1}m", "3d"),
+    ]
+    body = "".join(s.yaml() for s in series)
+    return f"  - interval: 5m\n    input_series:\n{body}    promql_expr_test:\n{''.join(checks)}"
+
+
 def document() -> str:
     header = (__doc__ or "").strip().splitlines()
     comment = "".join(f"# {line}".rstrip() + "\n" for line in header)
     body = "".join(s.yaml() for s in scenarios())
     return (
-        f"{comment}rule_files:\n  - ../rules/watchkeeper-anomalies.yml\nevaluation_interval: 1m\n\n"
+        f"{comment}rule_files:\n  - ../rules/watchkeeper-anomalies.yml\nevaluation_interval: 1m\n"
+        # As Prometheus runs them: the signals, then the bands, then the alerts on both. Unordered,
+        # promtool could judge a minute's signal against the band a minute behind.
+        f"group_eval_order: [ai_anomaly_signals, ai_anomaly_baselines, ai_anomaly_alerts]\n\n"
         f"tests:\n  - interval: 1m\n    input_series:\n{body}"
         f"    alert_rule_test:\n{quiet_everywhere(at(7, 19))}"
-        f"    promql_expr_test:\n{checks()}"
+        f"    promql_expr_test:\n{checks()}\n{coarse_test()}"
     )
 
 

@@ -67,6 +67,7 @@ class AnomalyMetric:
     team: str
     service: str
     for_: str = "30s"
+    otherwise: str = ""
 
     def series(self, part: str) -> str:
         return f"{PREFIX}:{self.key}:{part}"
@@ -171,10 +172,9 @@ METRICS: tuple[AnomalyMetric, ...] = (
         # counters) is judged on the pipeline-health flow's error rate instead.
         signal=(
             "(sum by (pipeline_name) (rate(ai_pipeline_record_errors_total[1m]))"
-            f" or {PIPELINE_RECORDS_RATE} * 0)\n/ ({PIPELINE_RECORDS_RATE} > 0)\n"
-            "or (max by (pipeline_name) (ai_pipeline_error_rate)"
-            " unless on (pipeline_name) ai_pipeline_records_total)"
+            f" or {PIPELINE_RECORDS_RATE} * 0)\n/ ({PIPELINE_RECORDS_RATE} > 0)"
         ),
+        otherwise="max by (pipeline_name) (ai_pipeline_error_rate) unless on (pipeline_name) ai_pipeline_records_total",
         labels=("pipeline_name",),
         direction="rise",
         alert="PipelineErrorRateAnomalous",
@@ -206,10 +206,20 @@ def _seasonal(metric: AnomalyMetric, how: str) -> str:
     return f"{how} without (season) (\n  {OR.join([*parts, none])}\n)"
 
 
+def over_a_minute(expr: str) -> str:
+    """`expr` over the last minute; where a minute holds fewer than two samples (a Prometheus that
+    scrapes every minute, as its default does, or less often), over five, then fifteen."""
+    longer = [expr.replace("[1m]", f"[{window}]") for window in ("5m", "15m")]
+    return "(\n  " + "\n)\nor (\n  ".join([expr, *longer]) + "\n)"
+
+
 def signal_rules(metric: AnomalyMetric) -> list[dict[str, str]]:
     rate = metric.series("rate1m")
+    signal = over_a_minute(metric.signal)
+    if metric.otherwise:
+        signal += f"\nor ({metric.otherwise})"
     return [
-        {"record": rate, "expr": metric.signal},
+        {"record": rate, "expr": signal},
         {"record": metric.series("change1m"), "expr": f"{rate} - {rate} offset 1m"},
     ]
 
@@ -267,7 +277,7 @@ def alert_rule(metric: AnomalyMetric) -> dict[str, Any]:
     expr = f"{metric.series('rate1m')} {compare} {metric.series(metric.edge)}"
     if metric.volume:
         on = metric.by if metric.labels == MODEL else "model_name"  # business value: the model's labels
-        expr += f"\nand on ({on}) ({metric.volume})"
+        expr += f"\nand on ({on}) (\n{over_a_minute(metric.volume)}\n)"
     summary, description = _describe(metric)
     return {
         "alert": metric.alert,
