@@ -174,7 +174,10 @@ METRICS: tuple[AnomalyMetric, ...] = (
             "(sum by (pipeline_name) (rate(ai_pipeline_record_errors_total[1m]))"
             f" or {PIPELINE_RECORDS_RATE} * 0)\n/ ({PIPELINE_RECORDS_RATE} > 0)"
         ),
-        otherwise="max by (pipeline_name) (ai_pipeline_error_rate) unless on (pipeline_name) ai_pipeline_records_total",
+        otherwise=(
+            "max by (pipeline_name) (ai_pipeline_error_rate)"
+            " unless on (pipeline_name) ai_pipeline_records_total"
+        ),
         labels=("pipeline_name",),
         direction="rise",
         alert="PipelineErrorRateAnomalous",
