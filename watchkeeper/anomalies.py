@@ -40,7 +40,7 @@ WARM_UP_SECONDS = 600
 WARM_UP = f"{WARM_UP_SECONDS // 60}m"
 SPREAD_WINDOW = "1h"
 # The interquartile range of a normal variable is 1.349 standard deviations, and a change between
-# two independent minutes has sqrt(2) times the variance of one: 1.349 * sqrt(2).
+# two independent minutes has twice the variance of one (sqrt(2) times its deviation): 1.349 * sqrt(2).
 IQR_OF_CHANGES_PER_SPREAD = 1.908
 SEASONS = {"day": "1d", "week": "1w"}
 KEEP_FIRING_FOR = "10m"
