@@ -497,7 +497,7 @@ def band_chart(summary: Summary) -> go.Figure:
         cols=1,
         shared_xaxes=True,
         vertical_spacing=0.04,
-        subplot_titles=[f"{r['title']} ({' '.join(r['series'].values())})" for r in rows],
+        subplot_titles=[html.escape(f"{r['title']} ({' '.join(r['series'].values())})") for r in rows],
     )
     for index, row in enumerate(rows, start=1):
         band = {"row": index, "col": 1}
