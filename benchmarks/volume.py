@@ -343,15 +343,16 @@ def store_bytes(url: str, home: Path) -> tuple[int, dict[str, int]]:
 
 def cycle_cpu(home: Path, start: datetime, end: datetime) -> float | None:
     """p95 of the collection's CPU per cycle and model over [start, end), from the executor's log
-    (`2026-12-05 11:06:21,490 INFO prefect.flow_runs collection cycle: 0.4246 s CPU for 2 models`)."""
+    (JSON lines, `watchkeeper.log_lines`: a `time` and the message `collection cycle: 0.4246 s CPU
+    for 2 models`)."""
     per_model = []
     for log in (home / "logs").glob("executor*.log"):
         for line in log.read_text(errors="replace").splitlines():
-            if "collection cycle:" not in line:
+            if "collection cycle:" not in line or not line.startswith("{"):
                 continue
-            at = datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-            if start <= at < end:
-                seconds, models = line.split("collection cycle:")[1].split(" s CPU for ")
+            record = json.loads(line)
+            if start <= datetime.fromisoformat(record["time"]) < end:
+                seconds, models = record["message"].split("collection cycle:")[1].split(" s CPU for ")
                 per_model.append(float(seconds) / int(models.split()[0]))
     return round(percentile(per_model, 0.95), 4) if per_model else None
 
