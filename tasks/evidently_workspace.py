@@ -96,11 +96,13 @@ def _run_ids(workspace: Workspace, project: Project) -> set[str]:
 
 def project_id(path: Path, model_name: str) -> str | None:
     """The id of the model's project in the workspace, for links to its snapshots; None before its
-    first drift evaluation."""
+    first drift evaluation. Asked of the workspace this process opened (its project list is read
+    from disk, so it shows projects other processes created): opening it again would read every
+    snapshot it holds, for each model's daily report."""
     if not path.exists():
         return None
     with _WORKSPACE_LOCK:
-        for project in Workspace.create(str(path)).list_projects():
+        for project in _opened(path).list_projects():
             if project.name == model_name:
                 return str(project.id)
     return None
