@@ -297,3 +297,42 @@ def test_batches_waiting_on_the_store_leave_threads_for_scrapes_and_alerts(
             assert not any(post.done() for post in posts)  # still waiting for the store
         assert [post.result().status_code for post in posts] == [200] * posting
     assert counts(service.url)[("watchkeeper_predictions_total", "v1")] == 20 * posting
+
+
+def test_the_exposition_is_the_library_s_and_follows_families_rebuilt() -> None:
+    """`/metrics` sends a family it rendered before as rendered then, while it is the same object:
+    byte for byte what prometheus_client renders, in both formats, before and after a change."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.registry import Collector
+
+    from watchkeeper.service.metrics import Exposition
+
+    def gauge(value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily("ai_model_accuracy_score", "Accuracy.", labels=["model_name"])
+        family.add_metric(["credit_approval"], value)
+        return family
+
+    class Families(Collector):
+        def __init__(self) -> None:
+            self.evaluations, self.stored = [gauge(0.9)], 10.0
+
+        def collect(self):  # noqa: ANN202
+            yield from self.evaluations
+            yield CounterMetricFamily("watchkeeper_predictions", "Stored.", value=self.stored)
+
+    registry, families = CollectorRegistry(auto_describe=False), Families()
+    registry.register(families)
+    exposed = Exposition(registry)
+    openmetrics = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    for change in (
+        lambda: None,
+        lambda: setattr(families, "stored", 12.0),
+        lambda: families.evaluations.__setitem__(0, gauge(0.5)),
+    ):
+        change()
+        for accept in ("", openmetrics):
+            encode, content_type = choose_encoder(accept)
+            assert exposed(accept) == (encode(registry), content_type)
+    assert b"0.5" in exposed("")[0] and b"12.0" in exposed(openmetrics)[0]

@@ -18,7 +18,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -40,7 +39,13 @@ from watchkeeper.intake.records import (
 from watchkeeper.log_lines import log_json_lines
 from watchkeeper.service.edge import EdgeMetrics
 from watchkeeper.service.group_commit import GroupCommit
-from watchkeeper.service.metrics import LatencyExemplars, histogram_bounds, store_registry, union_registry
+from watchkeeper.service.metrics import (
+    Exposition,
+    LatencyExemplars,
+    histogram_bounds,
+    store_registry,
+    union_registry,
+)
 from watchkeeper.service.on_call import IncidentId, StorableText, answer_and_resume, on_call_router
 from watchkeeper.service.openapi import Components, MarkdownResponse, errors, examples
 from watchkeeper.service.people import ANONYMOUS, People, Person
@@ -581,26 +586,30 @@ def create_app(
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"error": f"no runbook named {name!r}"})
         return Response(text, media_type="text/markdown; charset=utf-8")
 
-    def exposition(of: CollectorRegistry, accept: str | None) -> Response:
+    def exposition(of: Exposition, accept: str | None) -> Response:
         """The Prometheus text format, or OpenMetrics (with the latency buckets' exemplars) to a
         scraper that asks for it, as Prometheus does."""
-        encode, content_type = choose_encoder(accept or "")
-        return Response(encode(of), media_type=content_type)
+        body, content_type = of(accept)
+        return Response(body, media_type=content_type)
+
+    everything_exposed, store_exposed, process_exposed = map(
+        Exposition, (everything, registry, process_registry)
+    )
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics(accept: Annotated[str | None, Header()] = None) -> Response:
         """Both of the parts below: what one service scraped alone exports."""
-        return exposition(everything, accept)
+        return exposition(everything_exposed, accept)
 
     @app.get("/metrics/store", response_class=PlainTextResponse)
     def store_metrics(accept: Annotated[str | None, Header()] = None) -> Response:
         """What the store says, alike from every replica: scraped once, through the load balancer,
         so that two replicas never double a sum."""
-        return exposition(registry, accept)
+        return exposition(store_exposed, accept)
 
     @app.get("/metrics/process", response_class=PlainTextResponse)
     def process_metrics(accept: Annotated[str | None, Header()] = None) -> Response:
         """This process's own requests: scraped from each replica, and summed."""
-        return exposition(process_registry, accept)
+        return exposition(process_exposed, accept)
 
     return app
