@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 
 from watchkeeper.times import as_utc
@@ -86,6 +87,42 @@ def parse_json(text: str) -> Any:
         raise BodyError("JSON nested too deeply") from exc
     except ValueError as exc:  # an integer of thousands of digits
         raise BodyError(f"not valid JSON: {exc}") from exc
+
+
+# Bytes to `0` for a digit and to a space otherwise: a run of 19 digits is the only way a JSON
+# text can write an integer outside 64 bits (or one past what orjson keeps an integer).
+_DIGITS_AS_ZEROS = bytes(ord("0") if chr(i) in "0123456789" else ord(" ") for i in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
+_CONTAINERS = (dict, list)
+
+
+def parse_plain(text: str) -> Any | None:
+    """The JSON document when nothing in it but its nesting can be what `check_value` refuses
+    (`too_deep` checks that), parsed by orjson (about 2.5 times as fast as `json`); None when the
+    text needs `parse_json` and `check_value`, which name the offending path. orjson itself refuses
+    NaN, Infinity, 1e999 and lone surrogates; integers of 19 digits or more, and NUL, are looked for
+    here in the text, at the speed of a byte copy."""
+    if "\\u0000" in text:
+        return None
+    if _LONG_DIGIT_RUN in text.encode().translate(_DIGITS_AS_ZEROS):
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def too_deep(value: Any) -> bool:
+    """Whether anything under `value` sits deeper than MAX_DEPTH (as `check_value` counts depth):
+    a walk of the containers only."""
+    stack: list[tuple[Any, int]] = [(value, 0)] if type(value) in _CONTAINERS else []
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if type(item) is dict else item
+        if depth >= MAX_DEPTH and children:
+            return True
+        stack.extend((child, depth + 1) for child in children if type(child) in _CONTAINERS)
+    return False
 
 
 def text_needs_checks(text: str) -> bool:

@@ -22,7 +22,15 @@ from pydantic import (
 )
 
 from watchkeeper.config import WatchkeeperConfig
-from watchkeeper.intake.bodies import BodyError, Timestamp, check_value, parse_json, text_needs_checks
+from watchkeeper.intake.bodies import (
+    BodyError,
+    Timestamp,
+    check_value,
+    parse_json,
+    parse_plain,
+    text_needs_checks,
+    too_deep,
+)
 from watchkeeper.intake.kinds import BINARY, MULTICLASS, embeddings_problem, label_problem, prediction_problem
 
 
@@ -195,6 +203,9 @@ def decode_batch(text: str, content_type: str | None) -> list[Any]:
         raise BatchError("the body is empty: expected a JSON array or NDJSON records")
     ndjson = content_type is not None and "ndjson" in content_type
     if stripped.startswith("[") and not ndjson:
+        plain = parse_plain(text)
+        if type(plain) is list and plain and not any(map(too_deep, plain)):
+            return plain
         items = _loads(text)
         if not isinstance(items, list) or not items:
             raise BatchError("expected a JSON array of at least one record")
