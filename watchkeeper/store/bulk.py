@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import ARRAY, ColumnElement, Table, TableClause, any_, bindparam
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from watchkeeper.store import insert_for
@@ -55,8 +56,7 @@ def insert_rows(
     if dialect.name == "postgresql":
         statement = _unnest_insert(table, columns, tuple(unique))
         arrays = {f"c{i}": _column_values(table, name, rows, dialect) for i, name in enumerate(columns)}
-        result = session.connection().exec_driver_sql(statement, arrays)
-        return {tuple(row) for row in result} if unique else set()
+        return set(_driver_rows(session, statement, arrays))
     records = list(zip(*(_column_values(table, name, rows, dialect) for name in columns), strict=True))
     connection = session.connection()
     if not unique:
@@ -68,8 +68,24 @@ def insert_rows(
         chunk = records[start : start + per_statement]
         statement = _values_insert(table, columns, tuple(unique), len(chunk))
         flat = tuple(value for record in chunk for value in record)
-        inserted.update(tuple(row) for row in connection.exec_driver_sql(statement, flat))
+        inserted.update(_driver_rows(session, statement, flat))
     return inserted
+
+
+def _driver_rows(session: Session, statement: str, parameters: Any) -> list[tuple[Any, ...]]:
+    """The statement's rows (none without RETURNING) as the driver's tuples, in the session's
+    transaction: a key insert returns a row per new key, and SQLAlchemy's row objects cost more than
+    the insert's own Python."""
+    connection = session.connection()
+    driver_error = connection.dialect.loaded_dbapi.Error
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(statement, parameters)
+        return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+    except driver_error as exc:  # as SQLAlchemy raises it: IntegrityError, OperationalError, ...
+        raise DBAPIError.instance(statement, parameters, exc, driver_error, hide_parameters=True) from exc
+    finally:
+        cursor.close()
 
 
 def _column_values(table: Table, name: str, rows: Sequence[Mapping[str, Any]], dialect: Dialect) -> list[Any]:
