@@ -37,6 +37,8 @@ OTHER_CLASS = "_other_"
 MAX_REFERENCE_CLASSES = 20
 FREE_FORM = ("text", "embedding")  # features without a range or a set of categories
 PLAIN_NUMBERS = (float, int)  # exactly these types: a bool is an int, and not a number here
+# Types as tuples: `dict | list` written in a check builds the union at each call (about 0.5 µs).
+CONTAINERS = (dict, list)
 T = TypeVar("T")
 
 
@@ -138,7 +140,7 @@ def _value_failure(spec: ColumnProfile, value: Any) -> str | None:
         return None if isinstance(value, str) else "type_mismatch"
     if spec.type == "embedding":
         return None  # its shape was checked when its batch was parsed (`kinds.embedding_problem`)
-    if isinstance(value, dict | list):
+    if isinstance(value, CONTAINERS):
         return "type_mismatch"
     if spec.categories is not None and class_name(value) not in spec.categories:
         return "unseen_category"

@@ -25,6 +25,7 @@ from watchkeeper.intake.checks import OTHER_CLASS, class_name, is_number
 
 BINARY, MULTICLASS, REGRESSION, RANKING = "binary", "multiclass", "regression", "ranking"
 MAX_ITEM_ID = 256  # characters of an item id
+ITEM_ID_TYPES = (str, int)  # a tuple: `str | int` in the check would be built at each call
 MAX_FEEDBACK_ITEMS = 10_000
 ITEM_SEPARATOR = ","  # between the item keys of a ranked list as its key row keeps it
 
@@ -119,7 +120,11 @@ def _item_problem(items: object, field: str, at_most: int, at_least: int) -> tup
     if not at_least <= len(items) <= at_most:
         return field, f"expected {at_least} to {at_most} items, got {len(items)}"
     for index, item in enumerate(items):
-        if isinstance(item, bool) or not isinstance(item, str | int) or not 0 < len(str(item)) <= MAX_ITEM_ID:
+        if (
+            isinstance(item, bool)
+            or not isinstance(item, ITEM_ID_TYPES)
+            or not 0 < len(str(item)) <= MAX_ITEM_ID
+        ):
             return (
                 f"{field}[{index}]",
                 f"expected an item id (a string of 1 to {MAX_ITEM_ID} characters, or an integer)",
