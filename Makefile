@@ -58,13 +58,14 @@ status: $(STAMP)
 	$(BIN)/watchkeeper status
 
 # Two pytest sessions side by side: the tests marked `stack` (each starts Prefect, Prometheus,
-# Alertmanager and the service, and mostly waits on them) one after another in one, everything
-# else in the other; the stack session's output follows the other's. Each has its own PostgreSQL.
+# Alertmanager and the service, and mostly waits on them) and `slow` one after another in one,
+# everything else in the other; the stack session's output follows the other's. Each has its own
+# PostgreSQL.
 STACK_LOG := $(VENV)/pytest-stack.log
 
 test: lint system-packages
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m stack > $(STACK_LOG) 2>&1 & stack=$$!; \
-	$(BIN)/python -m pytest -q -m "not stack"; rest=$$?; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "stack or slow" > $(STACK_LOG) 2>&1 & stack=$$!; \
+	$(BIN)/python -m pytest -q -m "not stack and not slow"; rest=$$?; \
 	wait $$stack; stacked=$$?; echo "--- stack tests"; cat $(STACK_LOG); \
 	test $$rest -eq 0 && test $$stacked -eq 0
 

@@ -87,6 +87,7 @@ def test_anomaly_rules_are_rendered_from_their_table() -> None:
     assert run("promtool", "check", "rules", str(ANOMALY_RULES)).returncode == 0
 
 
+@pytest.mark.slow
 def test_anomaly_rules_fire_off_pattern_and_stay_quiet_through_seasons() -> None:
     """A compressed week and a day of seasonal series (tests/seasonal.py): off-pattern drops and
     rises fire within two minutes; daily troughs, a weekend, a holiday, growth, a nightly batch seen
