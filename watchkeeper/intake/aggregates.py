@@ -257,7 +257,7 @@ class Served:
             "bucket_start": self.bucket_start,
             "predicted": self.predicted,
             "score_bin": self.score_bin,
-            "segments": PAIRS.join(detail(column, value) for column, value in self.segments) or None,
+            "segments": PAIRS.join([column + SEPARATOR + value for column, value in self.segments]) or None,
             "ranked": ITEM_SEPARATOR.join(self.ranked) or None,
             "probabilities": PAIRS.join(detail(c, f"{p:.6g}") for c, p in self.probabilities) or None,
             "labelled": False,

@@ -482,6 +482,12 @@ def _append_bucket_totals(
     insert_rows(session, appends, buckets.rows())
 
 
+# What a label's join reads of its prediction's key row (`Served.from_key_row`).
+_JOIN_COLUMNS = [
+    column for column in PredictionKey.__table__.c if column.name not in ("labelled", "received_at")
+]
+
+
 def _claim_keys(
     session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules
 ) -> dict[tuple[str, str], Served]:
@@ -504,7 +510,7 @@ def _claim_keys(
                     table.c.received_at >= utcnow() - horizon,
                 )
                 .values(labelled=True)
-                .returning(*table.c)
+                .returning(*_JOIN_COLUMNS)
             ).mappings()
             for row in rows:
                 model, request_id = hashes[row["key"]]
