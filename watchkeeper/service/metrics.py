@@ -928,8 +928,8 @@ class Exposition:
     """One registry rendered in the format the scraper asks for (`choose_encoder`), where a family
     that is the very object the previous scrape rendered is sent as rendered then. The evaluation
     results' families are rebuilt only when a window is written (`StoreCollector`), the references'
-    and the configuration's when they change: at fifty models they are most of 9,000 series, which
-    cost about 20 µs each to render, and Prometheus scrapes every 5 s."""
+    and the configuration's when they change: at fifty models they are 7,500 of 9,300 series, a
+    scrape took 0.4 to 0.8 s under load, and Prometheus scrapes every 5 s."""
 
     OPENMETRICS_END = b"# EOF\n"
 
