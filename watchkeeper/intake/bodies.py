@@ -93,7 +93,8 @@ def parse_json(text: str) -> Any:
 # text can write an integer outside 64 bits (or one past what orjson keeps an integer).
 _DIGITS_AS_ZEROS = bytes(ord("0") if chr(i) in "0123456789" else ord(" ") for i in range(256))
 _LONG_DIGIT_RUN = b"0" * 19
-_CONTAINERS = (dict, list)
+# Container types as a tuple: `dict | list` written in a check builds the union at each call.
+CONTAINERS = (dict, list)
 
 
 def parse_plain(text: str) -> Any | None:
@@ -115,13 +116,13 @@ def parse_plain(text: str) -> Any | None:
 def too_deep(value: Any) -> bool:
     """Whether anything under `value` sits deeper than MAX_DEPTH (as `check_value` counts depth):
     a walk of the containers only."""
-    stack: list[tuple[Any, int]] = [(value, 0)] if type(value) in _CONTAINERS else []
+    stack: list[tuple[Any, int]] = [(value, 0)] if type(value) in CONTAINERS else []
     while stack:
         item, depth = stack.pop()
         children = item.values() if type(item) is dict else item
         if depth >= MAX_DEPTH and children:
             return True
-        stack.extend((child, depth + 1) for child in children if type(child) in _CONTAINERS)
+        stack.extend((child, depth + 1) for child in children if type(child) in CONTAINERS)
     return False
 
 

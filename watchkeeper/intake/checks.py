@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar
 import pandas as pd
 
 from watchkeeper.config import Model, WatchkeeperConfig
+from watchkeeper.intake.bodies import CONTAINERS
 
 LOG = logging.getLogger(__name__)
 UNEXPECTED_COLUMN = "_unexpected_"
@@ -37,8 +38,6 @@ OTHER_CLASS = "_other_"
 MAX_REFERENCE_CLASSES = 20
 FREE_FORM = ("text", "embedding")  # features without a range or a set of categories
 PLAIN_NUMBERS = (float, int)  # exactly these types: a bool is an int, and not a number here
-# Types as tuples: `dict | list` written in a check builds the union at each call (about 0.5 µs).
-CONTAINERS = (dict, list)
 T = TypeVar("T")
 
 
