@@ -133,3 +133,26 @@ def test_a_nested_transaction_keeps_its_writers_turn(tmp_path: Path) -> None:
     with store.reading() as session:
         assert session.scalars(select(Tally.subject)).all() == ["nested"]
     store.dispose()
+
+
+def write_at_once(store: Store, start: threading.Barrier) -> None:
+    start.wait()
+    with store.writing(bulk=True):
+        pass
+
+
+def test_bulk_writers_starting_at_once_leave_no_lock_behind(tmp_path: Path) -> None:
+    """The first writers of a fresh process open the lock files together (the service's first
+    requests). Each must unlock what it locked: a leftover exclusive lock stops every later writer
+    that waits its turn, for good. Before the mend, 9 fresh stores in 30 kept one."""
+    for attempt in range(20):
+        store = Store(f"sqlite:///{tmp_path / f'store{attempt}.db'}")
+        start = threading.Barrier(8)
+        writers = [threading.Thread(target=write_at_once, args=(store, start), daemon=True) for _ in range(8)]
+        for thread in writers:
+            thread.start()
+        for thread in writers:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in writers)
+        assert not shared_lock_held(tmp_path / f"store{attempt}.db.writers.waiting"), f"attempt {attempt}"
+        store.dispose()

@@ -78,6 +78,7 @@ class _SqliteWriters:
         The inherited descriptors share the parent's `flock`s (closing them keeps the parent's)."""
         self._threads = threading.RLock()
         self._waiters = threading.Condition()
+        self._opening = threading.Lock()
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
@@ -86,12 +87,14 @@ class _SqliteWriters:
     def _fd(self, role: str) -> int:
         """A file description per role, so that their `flock`s conflict even within one process:
         `turn` (the writer's turn), `waiting` (held shared by waiting writers) and `bulk` (the
-        bulk writer's exclusive look at the same file)."""
-        if role not in self._fds:
-            assert self._path is not None
-            path = self._path if role == "turn" else self._path.with_name(self._path.name + ".waiting")
-            self._fds[role] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        return self._fds[role]
+        bulk writer's exclusive look at the same file). Opened under a lock: two threads opening
+        the same role at once would each lock their own description and unlock the other's."""
+        with self._opening:
+            if role not in self._fds:
+                assert self._path is not None
+                path = self._path if role == "turn" else self._path.with_name(self._path.name + ".waiting")
+                self._fds[role] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            return self._fds[role]
 
     @contextmanager
     def turn(self, bulk: bool = False) -> Iterator[None]:
@@ -139,8 +142,9 @@ class _SqliteWriters:
         """A bulk writer waits until no writer of this process, nor of any other, is waiting."""
         with self._waiters:
             self._waiters.wait_for(lambda: self._waiting == 0)
-        fcntl.flock(self._fd("bulk"), fcntl.LOCK_EX)
-        fcntl.flock(self._fd("bulk"), fcntl.LOCK_UN)
+        look = self._fd("bulk")
+        fcntl.flock(look, fcntl.LOCK_EX)
+        fcntl.flock(look, fcntl.LOCK_UN)
 
 
 _SQLITE_WRITERS: dict[str, _SqliteWriters] = {}
