@@ -21,7 +21,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ARRAY, ColumnElement, Table, TableClause, any_, bindparam
+from sqlalchemy import ARRAY, Boolean, ColumnElement, Table, TableClause, any_, bindparam
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
@@ -93,7 +93,9 @@ def _column_values(table: Table, name: str, rows: Sequence[Mapping[str, Any]], d
     process = table.c[name].type._cached_bind_processor(dialect)
     if not process:
         return values
-    if isinstance(values[0], datetime):  # a batch's times are mostly its buckets and its arrival
+    # A batch's times are mostly its buckets and its arrival, and a flag has two values: each
+    # distinct value is converted once (not a JSON column's, where 1 and True are equal keys).
+    if isinstance(values[0], datetime) or isinstance(table.c[name].type, Boolean):
         converted = {value: process(value) for value in set(values)}
         return [converted[value] for value in values]
     return [process(value) for value in values]

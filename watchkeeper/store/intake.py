@@ -333,14 +333,25 @@ class IntakeRules:
 DEFAULT_RULES = IntakeRules()
 
 
-def _write_predictions(
-    session: Session,
+@dataclass(frozen=True)
+class PreparedPredictions:
+    """A batch of predictions as its transaction writes them, worked out before the transaction
+    takes the write turn: on SQLite every other writer (acting on an alert among them) waits while
+    the turn is held, and the intake's Python work was most of that time. The aggregates count every
+    prediction as new, which they are unless the batch is a re-send."""
+
+    firsts: dict[tuple[str, str], PredictionRecord]
+    facts: dict[tuple[str, str], Served]
+    keys: dict[tuple[str, str], dict[str, Any]]
+    bucket_rows: list[dict[str, Any]]
+    tally_rows: list[dict[str, Any]]
+
+
+def _prepare_predictions(
     records: Sequence[PredictionRecord],
     rules: IntakeRules,
     profile_for: Callable[[str], ReferenceProfile | None],
-) -> set[tuple[str, str]]:
-    """New request ids become keys (a re-sent one is a duplicate), their aggregates are added to
-    their buckets, and the sampled share of them is kept as raw rows. Returns the keys stored."""
+) -> PreparedPredictions:
     now = utcnow()
     firsts = _first_per_request(records)
     losses = expected_losses(firsts, profile_for)
@@ -357,6 +368,40 @@ def _write_predictions(
         for key, r in firsts.items()
     }
     keys = {key: f.key_row(now) for key, f in facts.items()}
+    buckets, tallies = _prediction_aggregates(list(firsts.values()), facts, rules, profile_for)
+    return PreparedPredictions(firsts, facts, keys, buckets.rows(), tallies.rows)
+
+
+def _prediction_aggregates(
+    records: Sequence[PredictionRecord],
+    facts: Mapping[tuple[str, str], Served],
+    rules: IntakeRules,
+    profile_for: Callable[[str], ReferenceProfile | None],
+) -> tuple[BucketTotals, TallyRows]:
+    """The aggregates and Prometheus tallies `records` add."""
+    buckets = BucketTotals()
+    for r in records:
+        buckets.prediction(facts[(r.model_name, r.request_id)], r.latency_seconds)
+    tallies = TallyRows()
+    tallies.count("predictions", Counter((r.model_name, r.model_version) for r in records))
+    latencies = ((r.model_name, r.model_version, r.latency_seconds) for r in records)
+    tallies.histogram(
+        INFERENCE_LATENCY, ((m, v, x) for m, v, x in latencies if x is not None), rules.latency_buckets
+    )
+    _tally_predictions(tallies, records, profile_for, rules.model_for)
+    return buckets, tallies
+
+
+def _write_predictions(
+    session: Session,
+    prepared: PreparedPredictions,
+    rules: IntakeRules,
+    profile_for: Callable[[str], ReferenceProfile | None],
+) -> set[tuple[str, str]]:
+    """New request ids become keys (a re-sent one is a duplicate), their aggregates are added to
+    their buckets, and the sampled share of them is kept as raw rows. Returns the keys stored."""
+    now = utcnow()
+    firsts, facts, keys = prepared.firsts, prepared.facts, prepared.keys
     hashes = insert_rows(session, PredictionKey.__table__, list(keys.values()), ("key",))
     inserted = {key for key, row in keys.items() if (row["key"],) in hashes}
     new = [firsts[key] for key in firsts if key in inserted]
@@ -373,18 +418,16 @@ def _write_predictions(
         )
     ]
     insert_rows(session, PredictionSample.__table__, sampled, ("model_name", "request_id"))
-    buckets = BucketTotals()
-    for r in new:
-        buckets.prediction(facts[(r.model_name, r.request_id)], r.latency_seconds)
-    tallies = TallyRows()
-    tallies.count("predictions", Counter((r.model_name, r.model_version) for r in new))
-    latencies = ((r.model_name, r.model_version, r.latency_seconds) for r in new)
-    tallies.histogram(
-        INFERENCE_LATENCY, ((m, v, x) for m, v, x in latencies if x is not None), rules.latency_buckets
-    )
-    _tally_predictions(tallies, new, profile_for, rules.model_for)
-    _join_waiting(session, [(r.model_name, r.request_id) for r in new], rules, profile_for, buckets, tallies)
-    _append_bucket_totals(session, buckets)
+    if len(new) == len(firsts):
+        bucket_rows, tally_rows = prepared.bucket_rows, prepared.tally_rows
+    else:  # a re-sent batch: only its new predictions count
+        buckets, tallies = _prediction_aggregates(new, facts, rules, profile_for)
+        bucket_rows, tally_rows = buckets.rows(), tallies.rows
+    joined, tallies = BucketTotals(), TallyRows()
+    tallies.rows.extend(tally_rows)
+    new_hashes = {keys[key]["key"]: key for key in firsts if key in inserted}
+    _join_waiting(session, new_hashes, rules, profile_for, joined, tallies)
+    insert_rows(session, ModelTallyAppend.__table__, bucket_rows + joined.rows())
     tallies.write(session)
     return inserted
 
@@ -676,20 +719,21 @@ def aggregate_stored(
 
 def _join_waiting(
     session: Session,
-    keys: Sequence[tuple[str, str]],
+    hashes: Mapping[bytes, tuple[str, str]],
     rules: IntakeRules,
     profile_for: Callable[[str], ReferenceProfile | None],
     buckets: BucketTotals,
     tallies: TallyRows,
 ) -> int:
-    """Join the waiting labels of these keys: each is claimed by deleting it, so two joins never
-    count one twice; their counts go to `buckets` and `tallies`. Returns how many were joined."""
+    """Join the waiting labels of these keys (each key's hash, `request_key`, to the key): each is
+    claimed by deleting it, so two joins never count one twice; their counts go to `buckets` and
+    `tallies`. Returns how many were joined."""
     waiting = WaitingLabel.__table__
     labels: dict[tuple[str, str], FeedbackRecord] = {}
-    for hashes in _hashed_chunks(keys):
+    for chunk in _chunks(list(hashes)):
         rows = session.execute(
             delete(waiting)
-            .where(one_of(session, waiting.c.key, list(hashes)))
+            .where(one_of(session, waiting.c.key, list(chunk)))
             .returning(waiting.c.model_name, waiting.c.request_id, waiting.c.label, waiting.c.business_value)
         )
         for model, request_id, label, value in rows:
@@ -721,8 +765,9 @@ def join_waiting_labels(store: Store, rules: IntakeRules, limit: int = 10_000) -
         return 0
     profiles = {name: rules.profile_for(name) for name in {model for model, _ in found}}
     buckets, tallies = BucketTotals(), TallyRows()
+    hashes = {request_key(model, request_id): (model, request_id) for model, request_id in found}
     with store.writing() as session:
-        joined = _join_waiting(session, [tuple(row) for row in found], rules, profiles.get, buckets, tallies)
+        joined = _join_waiting(session, hashes, rules, profiles.get, buckets, tallies)
         _append_bucket_totals(session, buckets)
         tallies.write(session)
     return joined
@@ -811,22 +856,34 @@ def _request_key(record: PredictionRecord | FeedbackRecord) -> tuple[str, str]:
     return record.model_name, record.request_id
 
 
+Profiles = Callable[[str], ReferenceProfile | None]
+
+
+def _as_received(records: Sequence[Any], _rules: IntakeRules, _profile_for: Profiles) -> Sequence[Any]:
+    return records
+
+
 def _with_profiles(
-    write: Callable[[Session, Sequence[Any], IntakeRules, Callable[[str], ReferenceProfile | None]], set],
+    write: Callable[[Session, Any, IntakeRules, Profiles], set],
     rules: IntakeRules,
+    prepare: Callable[[Sequence[Any], IntakeRules, Profiles], Any] = _as_received,
 ) -> Callable[[Sequence[Any]], Transaction]:
+    """A batch's transaction, and what `prepare` works out of its records before it (outside the
+    write turn; the transaction may run more than once, so it must not change what was prepared)."""
+
     def transaction(records: Sequence[Any]) -> Transaction:
         # Resolved once per model, before the transaction: no reference is read, nor its file
         # stat'ed, per record or while the batch holds its write lock.
         profiles = {name: rules.profile_for(name) for name in {r.model_name for r in records}}
-        return lambda session: write(session, records, rules, profiles.get)
+        prepared = prepare(records, rules, profiles.get)
+        return lambda session: write(session, prepared, rules, profiles.get)
 
     return transaction
 
 
 def prediction_writer(rules: IntakeRules = DEFAULT_RULES) -> BatchWriter:
     """Predictions, checked against their model's reference."""
-    return BatchWriter(_with_profiles(_write_predictions, rules), _request_key)
+    return BatchWriter(_with_profiles(_write_predictions, rules, _prepare_predictions), _request_key)
 
 
 def feedback_writer(rules: IntakeRules = DEFAULT_RULES) -> BatchWriter:
