@@ -29,7 +29,7 @@ from watchkeeper.intake.aggregates import (
 from watchkeeper.intake.records import FeedbackRecord, PredictionRecord
 from watchkeeper.store import Store
 from watchkeeper.store.buckets import fold_model_tallies, window_totals
-from watchkeeper.store.intake import IntakeRules, join_waiting_labels
+from watchkeeper.store.intake import IntakeRules, feedback_writer, join_waiting_labels
 from watchkeeper.store.samples import Sampling, trim_samples
 from watchkeeper.store.schema import Feedback, Prediction, PredictionKey, PredictionSample, WaitingLabel
 from watchkeeper.times import utcnow
@@ -109,6 +109,25 @@ def test_labels_racing_their_predictions_count_once_each(
     got = quality(store, example_config)
     assert (got["label_coverage_ratio"], got["true_positives"], got["false_negatives"]) == (1.0, 300, 300)
     assert rows(store, WaitingLabel) == 0
+
+
+def test_labels_count_once_when_the_store_changed_between_their_read_and_their_claim(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    """A batch of labels reads its predictions' keys before its transaction. Meanwhile another
+    batch labels some of them and more predictions arrive: the claim decides what counts."""
+    store_predictions(store, predictions(range(100)))
+    write = feedback_writer(IntakeRules()).transaction(labels(range(150)), store)  # the read
+    assert store_feedback(store, labels(range(0, 100, 2))).stored == 50  # labelled meanwhile
+    store_predictions(store, predictions(range(100, 150)))  # stored meanwhile
+
+    stored = store.write_idempotently(write, bulk=True)
+
+    assert len(stored) == 100  # 50 labelled before, 50 read unlabelled, 50 arrived after the read
+    got = quality(store, example_config)
+    assert (got["label_coverage_ratio"], got["true_positives"], got["false_negatives"]) == (1.0, 75, 75)
+    assert rows(store, WaitingLabel) == 0
+    assert store_feedback(store, labels(range(150))).duplicates == 150
 
 
 def test_concurrent_joins_of_the_same_waiting_labels_count_each_once(

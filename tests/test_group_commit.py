@@ -61,10 +61,10 @@ def test_a_batch_that_fails_fails_alone(store: Store) -> None:
     the group is written again batch by batch."""
     writer = prediction_writer()
 
-    def refusing(records: Sequence[Any]) -> Any:
+    def refusing(records: Sequence[Any], store: Store) -> Any:
         if any(r.request_id == "poison" for r in records):
             raise ValueError("refused")
-        return writer.transaction(records)
+        return writer.transaction(records, store)
 
     group = GroupCommit(store, BatchWriter(refusing, writer.key), limiter)
     batches = [[prediction(f"b{i}")] for i in range(5)]

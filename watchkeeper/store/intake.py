@@ -90,6 +90,8 @@ PREDICTION_FIELDS = (
     "latency_seconds",
     "error",
 )
+# A batch's reference profiles, by model (None: no reference).
+Profiles = Callable[[str], ReferenceProfile | None]
 # Tally families of the intake's own counters (see schema.Tally).
 COUNT, BUCKET, SUM = "count:", "bucket:", "sum:"
 
@@ -348,9 +350,7 @@ class PreparedPredictions:
 
 
 def _prepare_predictions(
-    records: Sequence[PredictionRecord],
-    rules: IntakeRules,
-    profile_for: Callable[[str], ReferenceProfile | None],
+    records: Sequence[PredictionRecord], rules: IntakeRules, profile_for: Profiles, _store: Store
 ) -> PreparedPredictions:
     now = utcnow()
     firsts = _first_per_request(records)
@@ -531,19 +531,22 @@ _JOIN_COLUMNS = [
 ]
 
 
-def _claim_keys(
-    session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules
-) -> dict[tuple[str, str], Served]:
-    """Mark the keys' predictions labelled (compare-and-set: only those not labelled yet, and within
-    their model's label horizon) and return what their labels' join needs. One statement per label
-    horizon and chunk, whatever the number of models in the batch."""
-    claimed: dict[tuple[str, str], Served] = {}
-    table = PredictionKey.__table__
-    by_horizon: dict[timedelta, list[tuple[str, str]]] = {}
+def _by_horizon(
+    keys: Iterable[tuple[str, str]], rules: IntakeRules
+) -> dict[timedelta, list[tuple[str, str]]]:
+    found: dict[timedelta, list[tuple[str, str]]] = {}
     for key in keys:
-        by_horizon.setdefault(rules.label_horizon(key[0]), []).append(key)
-    task_of = rules.task_of
-    for horizon, same_horizon in by_horizon.items():
+        found.setdefault(rules.label_horizon(key[0]), []).append(key)
+    return found
+
+
+def _claim(session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules) -> set[tuple[str, str]]:
+    """Mark the keys' predictions labelled (compare-and-set: only those not labelled yet, and within
+    their model's label horizon); returns the keys claimed. One statement per label horizon and
+    chunk, whatever the number of models in the batch."""
+    claimed: set[tuple[str, str]] = set()
+    table = PredictionKey.__table__
+    for horizon, same_horizon in _by_horizon(keys, rules).items():
         for hashes in _hashed_chunks(same_horizon):
             rows = session.execute(
                 update(table)
@@ -553,12 +556,37 @@ def _claim_keys(
                     table.c.received_at >= utcnow() - horizon,
                 )
                 .values(labelled=True)
-                .returning(*_JOIN_COLUMNS)
-            ).mappings()
-            for row in rows:
-                model, request_id = hashes[row["key"]]
-                claimed[(model, request_id)] = Served.from_key_row(row, model, request_id, task_of(model))
+                .returning(table.c.key)
+            )
+            claimed.update(hashes[key] for (key,) in rows)
     return claimed
+
+
+def _key_facts(
+    session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules, unlabelled: bool = False
+) -> dict[tuple[str, str], Served]:
+    """What the labels' join needs of the keys' predictions (`unlabelled`: of those not labelled yet
+    and within their model's label horizon, the ones a claim would take)."""
+    found: dict[tuple[str, str], Served] = {}
+    table = PredictionKey.__table__
+    task_of = rules.task_of
+    for horizon, same_horizon in _by_horizon(keys, rules).items():
+        for hashes in _hashed_chunks(same_horizon):
+            query = select(*_JOIN_COLUMNS).where(one_of(session, table.c.key, list(hashes)))
+            if unlabelled:
+                query = query.where(table.c.labelled.is_(False), table.c.received_at >= utcnow() - horizon)
+            for row in session.execute(query).mappings():
+                model, request_id = hashes[row["key"]]
+                found[(model, request_id)] = Served.from_key_row(row, model, request_id, task_of(model))
+    return found
+
+
+def _claim_keys(
+    session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules
+) -> dict[tuple[str, str], Served]:
+    """Claim the keys (`_claim`) and return what their labels' join needs."""
+    claimed = _claim(session, keys, rules)
+    return _key_facts(session, list(claimed), rules) if claimed else {}
 
 
 def _hashed_chunks(keys: Sequence[tuple[str, str]]) -> Iterator[dict[bytes, tuple[str, str]]]:
@@ -608,18 +636,52 @@ def _count_labels(
     tallies.add("ndcg_sum", ndcg)
 
 
-def _write_feedback(
-    session: Session,
-    records: Sequence[FeedbackRecord],
+@dataclass(frozen=True)
+class PreparedFeedback:
+    """A batch of labels as its transaction writes them, worked out before the transaction takes the
+    write turn (see `PreparedPredictions`): the key rows of their predictions not labelled yet, read
+    outside it (a key row changes only when it is labelled), and the labels' aggregates counted as
+    if each of those keys is claimed, which it is unless another writer labelled it meanwhile."""
+
+    firsts: dict[tuple[str, str], FeedbackRecord]
+    read: dict[tuple[str, str], Served]
+    bucket_rows: list[dict[str, Any]]
+    tally_rows: list[dict[str, Any]]
+
+
+def _prepare_feedback(
+    records: Sequence[FeedbackRecord], rules: IntakeRules, profile_for: Profiles, store: Store
+) -> PreparedFeedback:
+    firsts = _first_per_request(records)
+    with store.reading() as session:
+        read = _key_facts(session, list(firsts), rules, unlabelled=True)
+    buckets, tallies = _label_aggregates(firsts, read, rules, profile_for)
+    return PreparedFeedback(firsts, read, buckets.rows(), tallies.rows)
+
+
+def _label_aggregates(
+    firsts: Mapping[tuple[str, str], FeedbackRecord],
+    joined: Mapping[tuple[str, str], Served],
     rules: IntakeRules,
-    profile_for: Callable[[str], ReferenceProfile | None],
+    profile_for: Profiles,
+) -> tuple[BucketTotals, TallyRows]:
+    """The aggregates and tallies of the labels of the `joined` predictions."""
+    buckets, tallies = BucketTotals(), TallyRows()
+    _count_labels(
+        ((firsts[key], facts) for key, facts in joined.items()), rules, profile_for, buckets, tallies
+    )
+    tallies.count("feedback", Counter((key[0], facts.model_version) for key, facts in joined.items()))
+    return buckets, tallies
+
+
+def _write_feedback(
+    session: Session, prepared: PreparedFeedback, rules: IntakeRules, profile_for: Profiles
 ) -> set[tuple[str, str]]:
     """A label joins its prediction's key once (compare-and-set); one whose prediction has not
     arrived waits (`waiting_labels`) until the prediction's intake joins it. A label of a key already
     labelled, or already waiting, is a duplicate. Returns the keys stored."""
-    firsts = _first_per_request(records)
-    now = utcnow()
-    claimed = _claim_keys(session, list(firsts), rules)
+    firsts, now = prepared.firsts, utcnow()
+    claimed = _claim(session, list(firsts), rules)
     missing = [key for key in firsts if key not in claimed]
     labelled = _labelled_keys(session, missing) if missing else set()
     unknown = [key for key in missing if key not in labelled]
@@ -656,16 +718,19 @@ def _write_feedback(
         ],
         ("model_name", "request_id"),
     )
-    buckets, tallies = BucketTotals(), TallyRows()
-    _count_labels(
-        ((firsts[key], facts) for key, facts in claimed.items()), rules, profile_for, buckets, tallies
-    )
-    versions = Counter((key[0], facts.model_version) for key, facts in claimed.items())
-    versions.update((key[0], UNKNOWN_VERSION) for key in waiting)
-    tallies.count("feedback", versions)
-    _append_bucket_totals(session, buckets)
+    if claimed == prepared.read.keys():
+        bucket_rows, tally_rows = prepared.bucket_rows, prepared.tally_rows
+    else:  # labelled by another writer since the read, or predictions stored since
+        unread = [key for key in claimed if key not in prepared.read]
+        facts = {**prepared.read, **(_key_facts(session, unread, rules) if unread else {})}
+        buckets, tallies = _label_aggregates(firsts, {key: facts[key] for key in claimed}, rules, profile_for)
+        bucket_rows, tally_rows = buckets.rows(), tallies.rows
+    insert_rows(session, ModelTallyAppend.__table__, bucket_rows)
+    tallies = TallyRows()
+    tallies.rows.extend(tally_rows)
+    tallies.count("feedback", Counter((key[0], UNKNOWN_VERSION) for key in waiting))
     tallies.write(session)
-    return set(claimed) | waiting
+    return claimed | waiting
 
 
 def aggregate_stored(
@@ -831,18 +896,18 @@ Transaction = Callable[[Session], set[tuple[str, ...]]]
 
 @dataclass(frozen=True)
 class BatchWriter:
-    """How one kind of record is stored: `transaction(records)` is the write of those records,
-    which returns the keys it stored (a key stored before is a duplicate); `key(record)` is a
-    record's key."""
+    """How one kind of record is stored: `transaction(records, store)` is the write of those
+    records (worked out beforehand, reading `store` if need be), which returns the keys it stored
+    (a key stored before is a duplicate); `key(record)` is a record's key."""
 
-    transaction: Callable[[Sequence[Any]], Transaction]
+    transaction: Callable[[Sequence[Any], Store], Transaction]
     key: Callable[[Any], tuple[str, ...]]
 
     def store(self, store: Store, batches: Sequence[Sequence[Any]]) -> list[StoredBatch]:
         """Store the batches in one transaction (a group commit), whole or not at all, and answer
         each as if it had been stored alone, in order: a record stored by an earlier batch of the
         group is a duplicate in a later one."""
-        write = self.transaction([record for batch in batches for record in batch])
+        write = self.transaction([record for batch in batches for record in batch], store)
         stored = store.write_idempotently(write, bulk=True)
         answers, seen = [], set()
         for batch in batches:
@@ -856,26 +921,19 @@ def _request_key(record: PredictionRecord | FeedbackRecord) -> tuple[str, str]:
     return record.model_name, record.request_id
 
 
-Profiles = Callable[[str], ReferenceProfile | None]
-
-
-def _as_received(records: Sequence[Any], _rules: IntakeRules, _profile_for: Profiles) -> Sequence[Any]:
-    return records
-
-
 def _with_profiles(
+    prepare: Callable[[Sequence[Any], IntakeRules, Profiles, Store], Any],
     write: Callable[[Session, Any, IntakeRules, Profiles], set],
     rules: IntakeRules,
-    prepare: Callable[[Sequence[Any], IntakeRules, Profiles], Any] = _as_received,
-) -> Callable[[Sequence[Any]], Transaction]:
+) -> Callable[[Sequence[Any], Store], Transaction]:
     """A batch's transaction, and what `prepare` works out of its records before it (outside the
     write turn; the transaction may run more than once, so it must not change what was prepared)."""
 
-    def transaction(records: Sequence[Any]) -> Transaction:
+    def transaction(records: Sequence[Any], store: Store) -> Transaction:
         # Resolved once per model, before the transaction: no reference is read, nor its file
         # stat'ed, per record or while the batch holds its write lock.
         profiles = {name: rules.profile_for(name) for name in {r.model_name for r in records}}
-        prepared = prepare(records, rules, profiles.get)
+        prepared = prepare(records, rules, profiles.get, store)
         return lambda session: write(session, prepared, rules, profiles.get)
 
     return transaction
@@ -883,17 +941,17 @@ def _with_profiles(
 
 def prediction_writer(rules: IntakeRules = DEFAULT_RULES) -> BatchWriter:
     """Predictions, checked against their model's reference."""
-    return BatchWriter(_with_profiles(_write_predictions, rules, _prepare_predictions), _request_key)
+    return BatchWriter(_with_profiles(_prepare_predictions, _write_predictions, rules), _request_key)
 
 
 def feedback_writer(rules: IntakeRules = DEFAULT_RULES) -> BatchWriter:
-    return BatchWriter(_with_profiles(_write_feedback, rules), _request_key)
+    return BatchWriter(_with_profiles(_prepare_feedback, _write_feedback, rules), _request_key)
 
 
 def pipeline_run_writer(duration_buckets: Callable[[str], Sequence[float]]) -> BatchWriter:
     """Idempotent by (pipeline_name, run_id, stage); `duration_buckets(pipeline)` bounds its histogram."""
     return BatchWriter(
-        lambda records: lambda session: _write_pipeline_runs(session, records, duration_buckets),
+        lambda records, _store: lambda session: _write_pipeline_runs(session, records, duration_buckets),
         lambda record: (record.pipeline_name, record.run_id, record.stage),
     )
 
@@ -902,7 +960,7 @@ def feature_lookup_writer(latency_buckets: Callable[[str], Sequence[float]]) -> 
     """Idempotent by (feature_store, feature_view, request_id); `latency_buckets(store)` bounds its
     histogram."""
     return BatchWriter(
-        lambda records: lambda session: _write_feature_lookups(session, records, latency_buckets),
+        lambda records, _store: lambda session: _write_feature_lookups(session, records, latency_buckets),
         lambda record: (record.feature_store, record.feature_view, record.request_id),
     )
 
