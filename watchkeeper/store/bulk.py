@@ -56,7 +56,7 @@ def insert_rows(
     if dialect.name == "postgresql":
         statement = _unnest_insert(table, columns, tuple(unique))
         arrays = {f"c{i}": _column_values(table, name, rows, dialect) for i, name in enumerate(columns)}
-        return set(_driver_rows(session, statement, arrays))
+        return set(driver_rows(session, statement, arrays))
     records = list(zip(*(_column_values(table, name, rows, dialect) for name in columns), strict=True))
     connection = session.connection()
     if not unique:
@@ -68,11 +68,20 @@ def insert_rows(
         chunk = records[start : start + per_statement]
         statement = _values_insert(table, columns, tuple(unique), len(chunk))
         flat = tuple(value for record in chunk for value in record)
-        inserted.update(_driver_rows(session, statement, flat))
+        inserted.update(driver_rows(session, statement, flat))
     return inserted
 
 
-def _driver_rows(session: Session, statement: str, parameters: Any) -> list[tuple[Any, ...]]:
+def driver_keys(session: Session, keys: Sequence[Any]) -> tuple[str, str, list[Any]]:
+    """For a statement of the driver's own (`driver_rows`) that matches a binary key column
+    (`KeyBytes`) against `keys`: the match (`IN (?, ...)` on SQLite, `= ANY(%b)` on PostgreSQL,
+    the array sent in binary), the placeholder of one more parameter, and the match's parameters."""
+    if session.get_bind().dialect.name == "postgresql":
+        return "= ANY(CAST(%b AS BYTEA[]))", "%s", [list(keys)]
+    return f"IN ({', '.join('?' * len(keys))})", "?", list(keys)
+
+
+def driver_rows(session: Session, statement: str, parameters: Any) -> list[tuple[Any, ...]]:
     """The statement's rows (none without RETURNING) as the driver's tuples, in the session's
     transaction: a key insert returns a row per new key, and SQLAlchemy's row objects cost more than
     the insert's own Python."""

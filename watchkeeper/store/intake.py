@@ -7,10 +7,11 @@ import math
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, and_, delete, func, select, text, update
+from sqlalchemy import Table, and_, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from watchkeeper.config import (
@@ -50,7 +51,7 @@ from watchkeeper.intake.records import (
     PredictionRecord,
 )
 from watchkeeper.store import Store
-from watchkeeper.store.bulk import insert_rows, one_of
+from watchkeeper.store.bulk import driver_keys, driver_rows, insert_rows, one_of
 from watchkeeper.store.schema import (
     FeatureLookup,
     Feedback,
@@ -526,9 +527,13 @@ def _append_bucket_totals(
 
 
 # What a label's join reads of its prediction's key row (`Served.from_key_row`).
-_JOIN_COLUMNS = [
-    column for column in PredictionKey.__table__.c if column.name not in ("labelled", "received_at")
-]
+_JOIN_COLUMNS = tuple(c.name for c in PredictionKey.__table__.c if c.name not in ("labelled", "received_at"))
+
+
+@lru_cache(maxsize=4096)
+def _epoch_time(seconds: int) -> datetime:
+    """A time as `EpochSeconds` reads it; a batch's key rows share a few bucket starts."""
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _by_horizon(
@@ -540,25 +545,26 @@ def _by_horizon(
     return found
 
 
+def _since(horizon: timedelta) -> int:
+    """The oldest arrival a label can still join, as `received_at` holds it (`EpochSeconds`)."""
+    return int((utcnow() - horizon).timestamp())
+
+
 def _claim(session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules) -> set[tuple[str, str]]:
     """Mark the keys' predictions labelled (compare-and-set: only those not labelled yet, and within
     their model's label horizon); returns the keys claimed. One statement per label horizon and
-    chunk, whatever the number of models in the batch."""
+    chunk, whatever the number of models in the batch; the driver's own, since SQLAlchemy's
+    expanding IN costs more than the update."""
     claimed: set[tuple[str, str]] = set()
-    table = PredictionKey.__table__
     for horizon, same_horizon in _by_horizon(keys, rules).items():
         for hashes in _hashed_chunks(same_horizon):
-            rows = session.execute(
-                update(table)
-                .where(
-                    one_of(session, table.c.key, list(hashes)),
-                    table.c.labelled.is_(False),
-                    table.c.received_at >= utcnow() - horizon,
-                )
-                .values(labelled=True)
-                .returning(table.c.key)
+            match, one, parameters = driver_keys(session, list(hashes))
+            statement = (
+                f"UPDATE prediction_keys SET labelled = true WHERE key {match} AND labelled = false"
+                f" AND received_at >= {one} RETURNING key"
             )
-            claimed.update(hashes[key] for (key,) in rows)
+            rows = driver_rows(session, statement, [*parameters, _since(horizon)])
+            claimed.update(hashes[bytes(key)] for (key,) in rows)
     return claimed
 
 
@@ -568,16 +574,19 @@ def _key_facts(
     """What the labels' join needs of the keys' predictions (`unlabelled`: of those not labelled yet
     and within their model's label horizon, the ones a claim would take)."""
     found: dict[tuple[str, str], Served] = {}
-    table = PredictionKey.__table__
     task_of = rules.task_of
     for horizon, same_horizon in _by_horizon(keys, rules).items():
         for hashes in _hashed_chunks(same_horizon):
-            query = select(*_JOIN_COLUMNS).where(one_of(session, table.c.key, list(hashes)))
+            match, one, parameters = driver_keys(session, list(hashes))
+            statement = f"SELECT {', '.join(_JOIN_COLUMNS)} FROM prediction_keys WHERE key {match}"
             if unlabelled:
-                query = query.where(table.c.labelled.is_(False), table.c.received_at >= utcnow() - horizon)
-            for row in session.execute(query).mappings():
-                model, request_id = hashes[row["key"]]
-                found[(model, request_id)] = Served.from_key_row(row, model, request_id, task_of(model))
+                statement += f" AND labelled = false AND received_at >= {one}"
+                parameters.append(_since(horizon))
+            for row in driver_rows(session, statement, parameters):
+                values = dict(zip(_JOIN_COLUMNS, row, strict=True))
+                values["bucket_start"] = _epoch_time(values["bucket_start"])
+                model, request_id = hashes[bytes(values["key"])]
+                found[(model, request_id)] = Served.from_key_row(values, model, request_id, task_of(model))
     return found
 
 
