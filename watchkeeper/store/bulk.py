@@ -17,6 +17,7 @@ many rows a statement as SQLite's parameter limit allows.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -33,31 +34,55 @@ _POSTGRESQL = postgresql.dialect()
 SQLITE_PARAMETERS = 32_766  # SQLite's bound on a statement's parameters (3.32 and later)
 
 
+@dataclass(frozen=True)
+class ConvertedRows:
+    """Rows of one table with each column's values converted for one dialect (`convert_rows`):
+    worked out before a transaction, so that while it holds the write turn it only inserts them."""
+
+    dialect: str
+    columns: tuple[str, ...]
+    values: list[list[Any]]  # a list per column
+
+    def __len__(self) -> int:
+        return len(self.values[0]) if self.values else 0
+
+
+def convert_rows(dialect: Dialect, table: Table, rows: Sequence[Mapping[str, Any]]) -> ConvertedRows:
+    """`rows` (each with the same columns) as `insert_rows` would convert them."""
+    columns = tuple(rows[0]) if rows else ()
+    values = [_column_values(table, name, rows, dialect) for name in columns]
+    return ConvertedRows(dialect.name, columns, values)
+
+
 def insert_rows(
     session: Session,
     table: Table | TableClause,
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]] | ConvertedRows,
     unique: Sequence[str] = (),
 ) -> set[tuple[Any, ...]]:
-    """Insert `rows` (each with the same columns) in one statement. With `unique`, the columns of
-    a unique constraint, a row whose key is stored already is skipped (ON CONFLICT DO NOTHING: no
-    lookup before, no race with a concurrent writer), and the keys inserted are returned."""
+    """Insert `rows` (each with the same columns, or converted already) in one statement. With
+    `unique`, the columns of a unique constraint, a row whose key is stored already is skipped (ON
+    CONFLICT DO NOTHING: no lookup before, no race with a concurrent writer), and the keys inserted
+    are returned."""
     if not rows:
         return set()
     dialect = session.get_bind().dialect
-    columns = tuple(rows[0])
     if not isinstance(table, Table):  # a migration's own view of a table
+        assert not isinstance(rows, ConvertedRows)
         if not unique:
             session.execute(table.insert(), rows)
             return set()
         statement = insert_for(session)(table).on_conflict_do_nothing(index_elements=list(unique))
         result = session.execute(statement.returning(*(table.c[k] for k in unique)), rows)
         return {tuple(row) for row in result}
+    if not isinstance(rows, ConvertedRows):
+        rows = convert_rows(dialect, table, rows)
+    assert rows.dialect == dialect.name, "rows converted for another back end"
+    columns = rows.columns
     if dialect.name == "postgresql":
         statement = _unnest_insert(table, columns, tuple(unique))
-        arrays = {f"c{i}": _column_values(table, name, rows, dialect) for i, name in enumerate(columns)}
-        return set(driver_rows(session, statement, arrays))
-    records = list(zip(*(_column_values(table, name, rows, dialect) for name in columns), strict=True))
+        return set(driver_rows(session, statement, {f"c{i}": v for i, v in enumerate(rows.values)}))
+    records = list(zip(*rows.values, strict=True))
     connection = session.connection()
     if not unique:
         connection.exec_driver_sql(_values_insert(table, columns, (), 1), records)

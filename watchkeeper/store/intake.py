@@ -51,7 +51,7 @@ from watchkeeper.intake.records import (
     PredictionRecord,
 )
 from watchkeeper.store import Store
-from watchkeeper.store.bulk import driver_keys, driver_rows, insert_rows, one_of
+from watchkeeper.store.bulk import ConvertedRows, convert_rows, driver_keys, driver_rows, insert_rows, one_of
 from watchkeeper.store.schema import (
     FeatureLookup,
     Feedback,
@@ -341,19 +341,22 @@ class PreparedPredictions:
     """A batch of predictions as its transaction writes them, worked out before the transaction
     takes the write turn: on SQLite every other writer (acting on an alert among them) waits while
     the turn is held, and the intake's Python work was most of that time. The aggregates count every
-    prediction as new, which they are unless the batch is a re-send."""
+    prediction as new, which they are unless the batch is a re-send; rows are converted for the
+    store's back end already."""
 
     firsts: dict[tuple[str, str], PredictionRecord]
     facts: dict[tuple[str, str], Served]
-    keys: dict[tuple[str, str], dict[str, Any]]
-    bucket_rows: list[dict[str, Any]]
-    tally_rows: list[dict[str, Any]]
+    hashes: dict[tuple[str, str], bytes]  # each key's `request_key`
+    priorities: dict[str, int]  # each request id's `request_priority`
+    key_rows: ConvertedRows
+    bucket_rows: ConvertedRows
+    tally_rows: ConvertedRows
 
 
 def _prepare_predictions(
-    records: Sequence[PredictionRecord], rules: IntakeRules, profile_for: Profiles, _store: Store
+    records: Sequence[PredictionRecord], rules: IntakeRules, profile_for: Profiles, store: Store
 ) -> PreparedPredictions:
-    now = utcnow()
+    now, dialect = utcnow(), store.engine.dialect
     firsts = _first_per_request(records)
     losses = expected_losses(firsts, profile_for)
     classes = expected_classes(firsts, profile_for)
@@ -368,9 +371,17 @@ def _prepare_predictions(
         )
         for key, r in firsts.items()
     }
-    keys = {key: f.key_row(now) for key, f in facts.items()}
+    keys = [f.key_row(now) for f in facts.values()]
     buckets, tallies = _prediction_aggregates(list(firsts.values()), facts, rules, profile_for)
-    return PreparedPredictions(firsts, facts, keys, buckets.rows(), tallies.rows)
+    return PreparedPredictions(
+        firsts,
+        facts,
+        {key: row["key"] for key, row in zip(facts, keys, strict=True)},
+        {r.request_id: request_priority(r.request_id) for r in firsts.values()},
+        convert_rows(dialect, PredictionKey.__table__, keys),
+        convert_rows(dialect, ModelTallyAppend.__table__, buckets.rows()),
+        convert_rows(dialect, Tally.__table__, tallies.rows),
+    )
 
 
 def _prediction_aggregates(
@@ -402,11 +413,11 @@ def _write_predictions(
     """New request ids become keys (a re-sent one is a duplicate), their aggregates are added to
     their buckets, and the sampled share of them is kept as raw rows. Returns the keys stored."""
     now = utcnow()
-    firsts, facts, keys = prepared.firsts, prepared.facts, prepared.keys
-    hashes = insert_rows(session, PredictionKey.__table__, list(keys.values()), ("key",))
-    inserted = {key for key, row in keys.items() if (row["key"],) in hashes}
+    firsts, facts, hashes = prepared.firsts, prepared.facts, prepared.hashes
+    stored = insert_rows(session, PredictionKey.__table__, prepared.key_rows, ("key",))
+    inserted = {key for key, hashed in hashes.items() if (hashed,) in stored}
     new = [firsts[key] for key in firsts if key in inserted]
-    priorities = {r.request_id: request_priority(r.request_id) for r in new}
+    priorities = prepared.priorities
     raw_below = rules.raw_fraction * PRIORITY_SPACE
     raw = [_raw_row(r, now) for r in new if rules.raw_fraction >= 1.0 or priorities[r.request_id] < raw_below]
     insert_rows(session, Prediction.__table__, raw, ("model_name", "request_id"))
@@ -420,15 +431,16 @@ def _write_predictions(
     ]
     insert_rows(session, PredictionSample.__table__, sampled, ("model_name", "request_id"))
     if len(new) == len(firsts):
-        bucket_rows, tally_rows = prepared.bucket_rows, prepared.tally_rows
+        insert_rows(session, ModelTallyAppend.__table__, prepared.bucket_rows)
+        insert_rows(session, Tally.__table__, prepared.tally_rows)
     else:  # a re-sent batch: only its new predictions count
-        buckets, tallies = _prediction_aggregates(new, facts, rules, profile_for)
-        bucket_rows, tally_rows = buckets.rows(), tallies.rows
+        buckets, counted = _prediction_aggregates(new, facts, rules, profile_for)
+        insert_rows(session, ModelTallyAppend.__table__, buckets.rows())
+        counted.write(session)
     joined, tallies = BucketTotals(), TallyRows()
-    tallies.rows.extend(tally_rows)
-    new_hashes = {keys[key]["key"]: key for key in firsts if key in inserted}
+    new_hashes = {hashes[key]: key for key in inserted}
     _join_waiting(session, new_hashes, rules, profile_for, joined, tallies)
-    insert_rows(session, ModelTallyAppend.__table__, bucket_rows + joined.rows())
+    _append_bucket_totals(session, joined)
     tallies.write(session)
     return inserted
 
@@ -654,8 +666,8 @@ class PreparedFeedback:
 
     firsts: dict[tuple[str, str], FeedbackRecord]
     read: dict[tuple[str, str], Served]
-    bucket_rows: list[dict[str, Any]]
-    tally_rows: list[dict[str, Any]]
+    bucket_rows: ConvertedRows
+    tally_rows: ConvertedRows
 
 
 def _prepare_feedback(
@@ -665,7 +677,13 @@ def _prepare_feedback(
     with store.reading() as session:
         read = _key_facts(session, list(firsts), rules, unlabelled=True)
     buckets, tallies = _label_aggregates(firsts, read, rules, profile_for)
-    return PreparedFeedback(firsts, read, buckets.rows(), tallies.rows)
+    dialect = store.engine.dialect
+    return PreparedFeedback(
+        firsts,
+        read,
+        convert_rows(dialect, ModelTallyAppend.__table__, buckets.rows()),
+        convert_rows(dialect, Tally.__table__, tallies.rows),
+    )
 
 
 def _label_aggregates(
@@ -728,15 +746,14 @@ def _write_feedback(
         ("model_name", "request_id"),
     )
     if claimed == prepared.read.keys():
-        bucket_rows, tally_rows = prepared.bucket_rows, prepared.tally_rows
+        insert_rows(session, ModelTallyAppend.__table__, prepared.bucket_rows)
+        insert_rows(session, Tally.__table__, prepared.tally_rows)
+        tallies = TallyRows()
     else:  # labelled by another writer since the read, or predictions stored since
         unread = [key for key in claimed if key not in prepared.read]
         facts = {**prepared.read, **(_key_facts(session, unread, rules) if unread else {})}
         buckets, tallies = _label_aggregates(firsts, {key: facts[key] for key in claimed}, rules, profile_for)
-        bucket_rows, tally_rows = buckets.rows(), tallies.rows
-    insert_rows(session, ModelTallyAppend.__table__, bucket_rows)
-    tallies = TallyRows()
-    tallies.rows.extend(tally_rows)
+        _append_bucket_totals(session, buckets)
     tallies.count("feedback", Counter((key[0], UNKNOWN_VERSION) for key in waiting))
     tallies.write(session)
     return claimed | waiting
@@ -805,6 +822,9 @@ def _join_waiting(
     waiting = WaitingLabel.__table__
     labels: dict[tuple[str, str], FeedbackRecord] = {}
     for chunk in _chunks(list(hashes)):
+        match, _, parameters = driver_keys(session, chunk)
+        if not driver_rows(session, f"SELECT 1 FROM waiting_labels WHERE key {match} LIMIT 1", parameters):
+            continue  # most predictions have no label waiting: a probe costs less than the delete
         rows = session.execute(
             delete(waiting)
             .where(one_of(session, waiting.c.key, list(chunk)))
