@@ -347,10 +347,32 @@ class PreparedPredictions:
     firsts: dict[tuple[str, str], PredictionRecord]
     facts: dict[tuple[str, str], Served]
     hashes: dict[tuple[str, str], bytes]  # each key's `request_key`
-    priorities: dict[str, int]  # each request id's `request_priority`
     key_rows: ConvertedRows
+    raw_rows: KeyedRows
+    sample_rows: KeyedRows
     bucket_rows: ConvertedRows
     tally_rows: ConvertedRows
+
+
+@dataclass(frozen=True)
+class KeyedRows:
+    """Rows of one table, a prediction's each (`keys`), as written if every prediction is new."""
+
+    keys: list[tuple[str, str]]
+    rows: list[dict[str, Any]]
+    converted: ConvertedRows
+
+    @classmethod
+    def of(cls, store: Store, table: Table, rows: dict[tuple[str, str], dict[str, Any]]) -> KeyedRows:
+        return cls(
+            list(rows), list(rows.values()), convert_rows(store.engine.dialect, table, list(rows.values()))
+        )
+
+    def new(self, inserted: Collection[tuple[str, str]], every: bool) -> ConvertedRows | list[dict[str, Any]]:
+        """The rows of the predictions `inserted` (`every`: all of them were)."""
+        if every:
+            return self.converted
+        return [row for key, row in zip(self.keys, self.rows, strict=True) if key in inserted]
 
 
 def _prepare_predictions(
@@ -372,13 +394,29 @@ def _prepare_predictions(
         for key, r in firsts.items()
     }
     keys = [f.key_row(now) for f in facts.values()]
+    priorities = {key: request_priority(key[1]) for key in firsts}
+    raw_below = rules.raw_fraction * PRIORITY_SPACE
+    raw = {
+        key: _raw_row(r, now)
+        for key, r in firsts.items()
+        if rules.raw_fraction >= 1.0 or priorities[key] < raw_below
+    }
+    # Admitted before the write: a re-sent prediction admitted again is in the store already, so the
+    # sample stays a superset of each bucket's bottom k (BottomK).
+    scope = str(store.engine.url)
+    sampled = {
+        key: _sample_row(r, facts[key].bucket_start, priorities[key])
+        for key, r in firsts.items()
+        if rules.sampler.admit(scope, r.model_name, facts[key].bucket_start, priorities[key])
+    }
     buckets, tallies = _prediction_aggregates(list(firsts.values()), facts, rules, profile_for)
     return PreparedPredictions(
         firsts,
         facts,
         {key: row["key"] for key, row in zip(facts, keys, strict=True)},
-        {r.request_id: request_priority(r.request_id) for r in firsts.values()},
         convert_rows(dialect, PredictionKey.__table__, keys),
+        KeyedRows.of(store, Prediction.__table__, raw),
+        KeyedRows.of(store, PredictionSample.__table__, sampled),
         convert_rows(dialect, ModelTallyAppend.__table__, buckets.rows()),
         convert_rows(dialect, Tally.__table__, tallies.rows),
     )
@@ -412,25 +450,15 @@ def _write_predictions(
 ) -> set[tuple[str, str]]:
     """New request ids become keys (a re-sent one is a duplicate), their aggregates are added to
     their buckets, and the sampled share of them is kept as raw rows. Returns the keys stored."""
-    now = utcnow()
     firsts, facts, hashes = prepared.firsts, prepared.facts, prepared.hashes
     stored = insert_rows(session, PredictionKey.__table__, prepared.key_rows, ("key",))
     inserted = {key for key, hashed in hashes.items() if (hashed,) in stored}
     new = [firsts[key] for key in firsts if key in inserted]
-    priorities = prepared.priorities
-    raw_below = rules.raw_fraction * PRIORITY_SPACE
-    raw = [_raw_row(r, now) for r in new if rules.raw_fraction >= 1.0 or priorities[r.request_id] < raw_below]
-    insert_rows(session, Prediction.__table__, raw, ("model_name", "request_id"))
-    scope = str(session.get_bind().url)
-    sampled = [
-        _sample_row(r, facts[(r.model_name, r.request_id)].bucket_start, priorities[r.request_id])
-        for r in new
-        if rules.sampler.admit(
-            scope, r.model_name, facts[(r.model_name, r.request_id)].bucket_start, priorities[r.request_id]
-        )
-    ]
-    insert_rows(session, PredictionSample.__table__, sampled, ("model_name", "request_id"))
-    if len(new) == len(firsts):
+    every = len(new) == len(firsts)
+    unique = ("model_name", "request_id")
+    insert_rows(session, Prediction.__table__, prepared.raw_rows.new(inserted, every), unique)
+    insert_rows(session, PredictionSample.__table__, prepared.sample_rows.new(inserted, every), unique)
+    if every:
         insert_rows(session, ModelTallyAppend.__table__, prepared.bucket_rows)
         insert_rows(session, Tally.__table__, prepared.tally_rows)
     else:  # a re-sent batch: only its new predictions count
