@@ -364,9 +364,8 @@ class KeyedRows:
 
     @classmethod
     def of(cls, store: Store, table: Table, rows: dict[tuple[str, str], dict[str, Any]]) -> KeyedRows:
-        return cls(
-            list(rows), list(rows.values()), convert_rows(store.engine.dialect, table, list(rows.values()))
-        )
+        values = list(rows.values())
+        return cls(list(rows), values, convert_rows(store.engine.dialect, table, values))
 
     def new(self, inserted: Collection[tuple[str, str]], every: bool) -> ConvertedRows | list[dict[str, Any]]:
         """The rows of the predictions `inserted` (`every`: all of them were)."""
