@@ -7,7 +7,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -53,6 +53,7 @@ from watchkeeper.intake.records import (
 from watchkeeper.store import Store
 from watchkeeper.store.bulk import ConvertedRows, convert_rows, driver_keys, driver_rows, insert_rows, one_of
 from watchkeeper.store.schema import (
+    EpochSeconds,
     FeatureLookup,
     Feedback,
     ModelTallyAppend,
@@ -93,6 +94,8 @@ PREDICTION_FIELDS = (
 )
 # A batch's reference profiles, by model (None: no reference).
 Profiles = Callable[[str], ReferenceProfile | None]
+# Keys (model, request id) to their hashes (`aggregates.request_key`), computed once a batch.
+Hashed = Mapping[tuple[str, str], bytes]
 # Tally families of the intake's own counters (see schema.Tally).
 COUNT, BUCKET, SUM = "count:", "bucket:", "sum:"
 
@@ -569,33 +572,34 @@ def _append_bucket_totals(
 _JOIN_COLUMNS = tuple(c.name for c in PredictionKey.__table__.c if c.name not in ("labelled", "received_at"))
 
 
+_EPOCH = EpochSeconds()  # how `received_at` and `bucket_start` hold a time
+
+
 @lru_cache(maxsize=4096)
-def _epoch_time(seconds: int) -> datetime:
+def _epoch_time(seconds: int) -> datetime | None:
     """A time as `EpochSeconds` reads it; a batch's key rows share a few bucket starts."""
-    return datetime.fromtimestamp(seconds, UTC)
+    return _EPOCH.process_result_value(seconds, None)
 
 
-def _by_horizon(
-    keys: Iterable[tuple[str, str]], rules: IntakeRules
-) -> dict[timedelta, list[tuple[str, str]]]:
-    found: dict[timedelta, list[tuple[str, str]]] = {}
-    for key in keys:
-        found.setdefault(rules.label_horizon(key[0]), []).append(key)
+def _since(horizon: timedelta) -> int | None:
+    """The oldest arrival a label can still join, as `received_at` holds it."""
+    return _EPOCH.process_bind_param(utcnow() - horizon, None)
+
+
+def _by_horizon(hashed: Hashed, rules: IntakeRules) -> dict[timedelta, dict[tuple[str, str], bytes]]:
+    found: dict[timedelta, dict[tuple[str, str], bytes]] = {}
+    for key, hash_ in hashed.items():
+        found.setdefault(rules.label_horizon(key[0]), {})[key] = hash_
     return found
 
 
-def _since(horizon: timedelta) -> int:
-    """The oldest arrival a label can still join, as `received_at` holds it (`EpochSeconds`)."""
-    return int((utcnow() - horizon).timestamp())
-
-
-def _claim(session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules) -> set[tuple[str, str]]:
+def _claim(session: Session, hashed: Hashed, rules: IntakeRules) -> set[tuple[str, str]]:
     """Mark the keys' predictions labelled (compare-and-set: only those not labelled yet, and within
     their model's label horizon); returns the keys claimed. One statement per label horizon and
     chunk, whatever the number of models in the batch; the driver's own, since SQLAlchemy's
     expanding IN costs more than the update."""
     claimed: set[tuple[str, str]] = set()
-    for horizon, same_horizon in _by_horizon(keys, rules).items():
+    for horizon, same_horizon in _by_horizon(hashed, rules).items():
         for hashes in _hashed_chunks(same_horizon):
             match, one, parameters = driver_keys(session, list(hashes))
             statement = (
@@ -608,13 +612,13 @@ def _claim(session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules
 
 
 def _key_facts(
-    session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules, unlabelled: bool = False
+    session: Session, hashed: Hashed, rules: IntakeRules, unlabelled: bool = False
 ) -> dict[tuple[str, str], Served]:
     """What the labels' join needs of the keys' predictions (`unlabelled`: of those not labelled yet
     and within their model's label horizon, the ones a claim would take)."""
     found: dict[tuple[str, str], Served] = {}
     task_of = rules.task_of
-    for horizon, same_horizon in _by_horizon(keys, rules).items():
+    for horizon, same_horizon in _by_horizon(hashed, rules).items():
         for hashes in _hashed_chunks(same_horizon):
             match, one, parameters = driver_keys(session, list(hashes))
             statement = f"SELECT {', '.join(_JOIN_COLUMNS)} FROM prediction_keys WHERE key {match}"
@@ -629,27 +633,25 @@ def _key_facts(
     return found
 
 
-def _claim_keys(
-    session: Session, keys: Sequence[tuple[str, str]], rules: IntakeRules
-) -> dict[tuple[str, str], Served]:
+def _claim_keys(session: Session, hashed: Hashed, rules: IntakeRules) -> dict[tuple[str, str], Served]:
     """Claim the keys (`_claim`) and return what their labels' join needs."""
-    claimed = _claim(session, keys, rules)
-    return _key_facts(session, list(claimed), rules) if claimed else {}
+    claimed = _claim(session, hashed, rules)
+    return _key_facts(session, {key: hashed[key] for key in claimed}, rules) if claimed else {}
 
 
-def _hashed_chunks(keys: Sequence[tuple[str, str]]) -> Iterator[dict[bytes, tuple[str, str]]]:
-    """The keys in chunks an IN (...) list can hold, as each key's hash (`request_key`) to the key."""
-    for chunk in _chunks(keys):
-        yield {request_key(*key): key for key in chunk}
+def _hashed_chunks(hashed: Hashed) -> Iterator[dict[bytes, tuple[str, str]]]:
+    """The keys in chunks an IN (...) list can hold, as each key's hash to the key."""
+    for chunk in _chunks(list(hashed.items())):
+        yield {hash_: key for key, hash_ in chunk}
 
 
-def _labelled_keys(session: Session, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+def _labelled_keys(session: Session, hashed: Hashed) -> set[tuple[str, str]]:
     """The keys whose prediction is labelled already: a label of one is a duplicate. A key stored
     but not labelled, that the claim did not find, was committed by a prediction's intake after the
     claim read: its label waits, and the collection's join counts it (`join_waiting_labels`)."""
     table = PredictionKey.__table__
     found: set[tuple[str, str]] = set()
-    for hashes in _hashed_chunks(keys):
+    for hashes in _hashed_chunks(hashed):
         rows = session.execute(
             select(table.c.key).where(one_of(session, table.c.key, list(hashes)), table.c.labelled.is_(True))
         )
@@ -692,6 +694,7 @@ class PreparedFeedback:
     if each of those keys is claimed, which it is unless another writer labelled it meanwhile."""
 
     firsts: dict[tuple[str, str], FeedbackRecord]
+    hashed: dict[tuple[str, str], bytes]  # each key's `request_key`
     read: dict[tuple[str, str], Served]
     bucket_rows: ConvertedRows
     tally_rows: ConvertedRows
@@ -701,12 +704,14 @@ def _prepare_feedback(
     records: Sequence[FeedbackRecord], rules: IntakeRules, profile_for: Profiles, store: Store
 ) -> PreparedFeedback:
     firsts = _first_per_request(records)
+    hashed = {key: request_key(*key) for key in firsts}
     with store.reading() as session:
-        read = _key_facts(session, list(firsts), rules, unlabelled=True)
+        read = _key_facts(session, hashed, rules, unlabelled=True)
     buckets, tallies = _label_aggregates(firsts, read, rules, profile_for)
     dialect = store.engine.dialect
     return PreparedFeedback(
         firsts,
+        hashed,
         read,
         convert_rows(dialect, ModelTallyAppend.__table__, buckets.rows()),
         convert_rows(dialect, Tally.__table__, tallies.rows),
@@ -734,9 +739,9 @@ def _write_feedback(
     """A label joins its prediction's key once (compare-and-set); one whose prediction has not
     arrived waits (`waiting_labels`) until the prediction's intake joins it. A label of a key already
     labelled, or already waiting, is a duplicate. Returns the keys stored."""
-    firsts, now = prepared.firsts, utcnow()
-    claimed = _claim(session, list(firsts), rules)
-    missing = [key for key in firsts if key not in claimed]
+    firsts, hashed, now = prepared.firsts, prepared.hashed, utcnow()
+    claimed = _claim(session, hashed, rules)
+    missing = {key: hash_ for key, hash_ in hashed.items() if key not in claimed}
     labelled = _labelled_keys(session, missing) if missing else set()
     unknown = [key for key in missing if key not in labelled]
     waiting = insert_rows(
@@ -746,7 +751,7 @@ def _write_feedback(
             {
                 "model_name": key[0],
                 "request_id": key[1],
-                "key": request_key(*key),
+                "key": hashed[key],
                 "label": firsts[key].label,
                 "business_value": firsts[key].business_value,
                 "received_at": now,
@@ -777,7 +782,7 @@ def _write_feedback(
         insert_rows(session, Tally.__table__, prepared.tally_rows)
         tallies = TallyRows()
     else:  # labelled by another writer since the read, or predictions stored since
-        unread = [key for key in claimed if key not in prepared.read]
+        unread = {key: hashed[key] for key in claimed if key not in prepared.read}
         facts = {**prepared.read, **(_key_facts(session, unread, rules) if unread else {})}
         buckets, tallies = _label_aggregates(firsts, {key: facts[key] for key in claimed}, rules, profile_for)
         _append_bucket_totals(session, buckets)
@@ -863,7 +868,7 @@ def _join_waiting(
             )
     if not labels:
         return 0
-    claimed = _claim_keys(session, list(labels), rules)
+    claimed = _claim_keys(session, {key: hash_ for hash_, key in hashes.items() if key in labels}, rules)
     _count_labels(
         ((labels[key], facts) for key, facts in claimed.items()), rules, profile_for, buckets, tallies
     )
