@@ -53,6 +53,8 @@ from watchkeeper.store.schema import (
     WaitingLabel,
 )
 
+# Bound parameters in one DELETE by key, below SQLite's limit (32,766) and PostgreSQL's (65,535).
+KEY_PARAMETERS = 30_000
 # Files a retention pass removes under the home, by folder and pattern.
 REPORT_FILES = (("reports", "**/*.html"), ("evidently", "**/snapshots/*.json"))
 
@@ -85,10 +87,18 @@ def purge_by_key(store: Store, table: Any, condition: ColumnElement[bool], batch
         with store.writing() as session:
             rows = session.execute(select(*columns).where(condition).limit(batch_size)).all()
             found = [tuple(row) if len(columns) > 1 else row[0] for row in rows]
-            if found:
-                removed += session.execute(delete(table).where(key.in_(found))).rowcount
+            per_statement = KEY_PARAMETERS // len(columns)
+            for start in range(0, len(found), per_statement):
+                chunk = found[start : start + per_statement]
+                removed += session.execute(delete(table).where(key.in_(chunk))).rowcount
         if len(found) < batch_size:
             return removed
+
+
+def purge_old(store: Store, table: Any, condition: ColumnElement[bool], batch_size: int) -> int:
+    """`purge_rows` for a table with an `id`, else `purge_by_key`."""
+    purge = purge_rows if "id" in table.__table__.c else purge_by_key
+    return purge(store, table, condition, batch_size)
 
 
 def key_lifetime(config: WatchkeeperConfig) -> timedelta:
@@ -152,7 +162,7 @@ def apply_retention(store: Store, config: WatchkeeperConfig, home: Path, now: da
         ("model_reports", ModelReport, ModelReport.period_end < cutoff["reports"]),
         ("report_deliveries", ReportDelivery, ReportDelivery.period_end < cutoff["reports"]),
     ]
-    removed = {kind: purge_rows(store, entity, old, retention.batch_size) for kind, entity, old in by_age}
+    removed = {kind: purge_old(store, entity, old, retention.batch_size) for kind, entity, old in by_age}
     kept_until = now - key_lifetime(config)
     removed["prediction_keys"] = purge_by_key(
         store, PredictionKey, PredictionKey.received_at < kept_until, retention.batch_size

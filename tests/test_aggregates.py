@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 
 from tasks.logs import prediction_frame
 from tasks.measurements import Window
@@ -31,7 +31,14 @@ from watchkeeper.store import Store
 from watchkeeper.store.buckets import fold_model_tallies, window_totals
 from watchkeeper.store.intake import IntakeRules, feedback_writer, join_waiting_labels
 from watchkeeper.store.samples import Sampling, trim_samples
-from watchkeeper.store.schema import Feedback, Prediction, PredictionKey, PredictionSample, WaitingLabel
+from watchkeeper.store.schema import (
+    Feedback,
+    Prediction,
+    PredictionKey,
+    PredictionSample,
+    UTCDateTime,
+    WaitingLabel,
+)
 from watchkeeper.times import utcnow
 
 END = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -323,3 +330,56 @@ def test_a_window_sample_is_uniform_however_the_traffic_varied(store: Store) -> 
     assert list(prediction_frame(store, MODEL, start, END, sampling)["request_id"]) == list(
         frame["request_id"]
     )
+
+
+def migrate_down(store: Store, revision: str) -> None:
+    from alembic import command
+
+    config = Store._alembic_config()
+    with store.engine.execution_options(watchkeeper_write=True).begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+
+def test_series_and_samples_keyed_by_bucket_keep_every_total_and_sample_across_migration_0018(
+    empty_store_url: str,
+) -> None:
+    """Migration 0018 keys the folded series and the samples by model and bucket (epoch seconds):
+    down to the layout before it and up again, every window's totals (folded and appended alike)
+    and its sample read the same, the trim keeps each bucket's bottom k, and the intake writes on."""
+    store = Store(empty_store_url)
+    try:
+        store.upgrade()
+        rules = IntakeRules(sampler=BottomK(50))
+        for minute in (3, 4):
+            store_predictions(
+                store, timed_predictions(range(minute * 1000, minute * 1000 + 300), minute), rules
+            )
+        fold_model_tallies(store)
+        store_predictions(store, timed_predictions(range(5000, 5200), 3), rules)  # left appended
+        start, sampling = END - timedelta(minutes=10), Sampling(k=50, bucket_seconds=60)
+
+        def read() -> tuple[dict, list[str]]:
+            with store.reading() as session:
+                totals = window_totals(session, MODEL, start, END)
+            return totals, sorted(prediction_frame(store, MODEL, start, END, sampling)["request_id"])
+
+        before = read()
+        migrate_down(store, "0017")
+        with store.reading() as session:  # the earlier layout's times, as SQLAlchemy binds them
+            at = text("bucket_start = :at").bindparams(
+                bindparam("at", END - timedelta(minutes=3), UTCDateTime())
+            )
+            for table in ("model_tallies", "prediction_samples"):
+                assert session.execute(select(func.count()).select_from(text(table)).where(at)).scalar_one()
+        store.upgrade()
+        assert read() == before
+        assert trim_samples(store, 50, since=start) > 0
+        with store.reading() as session:
+            kept = session.execute(
+                select(PredictionSample.bucket_start, func.count()).group_by(PredictionSample.bucket_start)
+            ).all()
+        assert sorted(n for _, n in kept) == [50, 50]
+        assert store_predictions(store, timed_predictions(range(6000, 6100), 4), rules).stored == 100
+    finally:
+        store.dispose()

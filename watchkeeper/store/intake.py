@@ -96,6 +96,8 @@ PREDICTION_FIELDS = (
 Profiles = Callable[[str], ReferenceProfile | None]
 # Keys (model, request id) to their hashes (`aggregates.request_key`), computed once a batch.
 Hashed = Mapping[tuple[str, str], bytes]
+# A sample row's primary key: of two predictions of a bucket whose priorities collide, the first stays.
+SAMPLE_KEY = tuple(c.name for c in PredictionSample.__table__.primary_key)
 # Tally families of the intake's own counters (see schema.Tally).
 COUNT, BUCKET, SUM = "count:", "bucket:", "sum:"
 
@@ -457,9 +459,10 @@ def _write_predictions(
     inserted = {key for key, hashed in hashes.items() if (hashed,) in stored}
     new = [firsts[key] for key in firsts if key in inserted]
     every = len(new) == len(firsts)
-    unique = ("model_name", "request_id")
-    insert_rows(session, Prediction.__table__, prepared.raw_rows.new(inserted, every), unique)
-    insert_rows(session, PredictionSample.__table__, prepared.sample_rows.new(inserted, every), unique)
+    insert_rows(
+        session, Prediction.__table__, prepared.raw_rows.new(inserted, every), ("model_name", "request_id")
+    )
+    insert_rows(session, PredictionSample.__table__, prepared.sample_rows.new(inserted, every), SAMPLE_KEY)
     if every:
         insert_rows(session, ModelTallyAppend.__table__, prepared.bucket_rows)
         insert_rows(session, Tally.__table__, prepared.tally_rows)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -166,7 +167,7 @@ class _BucketSeries:
 
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
-    bucket_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    bucket_start: Mapped[datetime] = mapped_column(EpochSeconds())
     measure: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(String(300))
     total: Mapped[float] = mapped_column(Float)
@@ -174,23 +175,17 @@ class _BucketSeries:
 
 class ModelTally(_BucketSeries, Base):
     """One row per series and bucket: the appended rows folded (`store/buckets.py`). A window is
-    the sum of its buckets' rows here and in `model_tally_appends`."""
+    the sum of its buckets' rows here and in `model_tally_appends`.
+
+    Keyed by model, bucket and series: a window's read is one range of the key, and
+    without a rowid SQLite keeps each series once (with an id, a window index and a unique index,
+    it kept it three times)."""
 
     __tablename__ = "model_tallies"
     __table_args__ = (
-        Index("ix_model_tallies_window", "model_name", "bucket_start"),
-        Index(
-            "uq_model_tallies_series",
-            "model_name",
-            "model_version",
-            "bucket_start",
-            "measure",
-            "detail",
-            unique=True,
-        ),
+        PrimaryKeyConstraint("model_name", "bucket_start", "model_version", "measure", "detail"),
+        {"sqlite_with_rowid": False},
     )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
 
 
 class ModelTallyAppend(_BucketSeries, Base):
@@ -236,16 +231,19 @@ class PredictionSample(Base):
     request-id priorities (see `watchkeeper.intake.aggregates.BottomK` and `store/samples.py`)."""
 
     __tablename__ = "prediction_samples"
+    # Keyed by model, bucket and priority (a hash of the request id, so one a prediction): a
+    # bucket's rows lie together in priority order, and the trim's delete of those above the k-th
+    # frees whole pages that later rows reuse (with a rowid, rows lay in arrival order, and the trim
+    # left every page of a bucket two-thirds empty for good).
     __table_args__ = (
-        UniqueConstraint("model_name", "request_id", name="uq_prediction_samples_request"),
-        Index("ix_prediction_samples_bucket", "model_name", "bucket_start", "priority"),
+        PrimaryKeyConstraint("model_name", "bucket_start", "priority"),
+        {"sqlite_with_rowid": False},
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
     request_id: Mapped[str] = mapped_column(String(256))
-    bucket_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    bucket_start: Mapped[datetime] = mapped_column(EpochSeconds())
     priority: Mapped[int] = mapped_column(BigInteger)
     timestamp: Mapped[datetime] = mapped_column(UTCDateTime())
     features: Mapped[dict[str, Any]] = mapped_column(JSON)
