@@ -10,6 +10,7 @@ from datetime import datetime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 
 from tasks.report_delivery import build_model_report, deliver_model_report
 from tasks.reporting import Period
@@ -67,7 +68,7 @@ def model_report(
             description=f"Model report of {configured.name}",
         )
         if deliver and config.reports.deliver_to:
-            outcome = deliver_model_report(store, config, built, flow_run.id or "local")
+            outcome = deliver_model_report(store, quote(config), quote(built), flow_run.id or "local")
             get_run_logger().info("%s: report %d delivered: %s", configured.name, built.report_id, outcome)
         reports[configured.name] = built.report_id
     return reports
