@@ -125,6 +125,36 @@ def test_writers_of_one_process_go_before_its_next_bulk_transaction(tmp_path: Pa
     store.dispose()
 
 
+def test_a_writer_waiting_goes_before_a_bulk_transaction_queued_ahead_of_it(tmp_path: Path) -> None:
+    """The service's bulk writers (one a kind of record) queue for the turn while a group is being
+    written; the alert's write that comes after them still goes first."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(url)
+    store.upgrade()
+    with group_being_written(store) as release:
+        next_group = threading.Thread(target=record, args=(store, "next group", True))
+        next_group.start()
+        until(lambda: blocked_in(next_group, "_take_turn"), "the next group queues for its turn")
+        alert = threading.Thread(target=record, args=(store, "alert", False))
+        alert.start()
+        until(lambda: blocked_in(alert, "_take_turn"), "the alert's write waits for its turn")
+        executor = subprocess.Popen([sys.executable, "-c", URGENT_WRITER, url], env={**os.environ})
+        until(lambda: waiting_processes(tmp_path) == 2, "the executor waits its turn too")
+        release.set()
+    for thread in (alert, next_group):
+        thread.join()
+    assert executor.wait(60) == 0
+    assert order_of_writes(store)[-1] == "next group"
+    store.dispose()
+
+
+def waiting_processes(folder: Path) -> int:
+    """How many processes hold the shared `flock` of waiting writers (the kernel's lock table)."""
+    inode = os.stat(folder / "store.db.writers.waiting").st_ino
+    locks = Path("/proc/locks").read_text().splitlines()
+    return sum(f":{inode} " in line and " READ " in line for line in locks)
+
+
 def test_a_nested_transaction_keeps_its_writers_turn(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     store.upgrade()

@@ -102,13 +102,12 @@ class _SqliteWriters:
         the thread holding the turn, set and cleared by that thread alone."""
         if self._path is not None and self._owner != threading.get_ident():
             if bulk:
-                self._give_way()
+                self._take_bulk_turn()
             else:
                 self._announce(+1)
-            try:
-                self._take_turn()
-            finally:
-                if not bulk:
+                try:
+                    self._take_turn()
+                finally:
                     self._announce(-1)
         else:
             self._threads.acquire()
@@ -116,16 +115,40 @@ class _SqliteWriters:
         try:
             yield
         finally:
-            self._depth -= 1
-            if self._depth == 0 and self._path is not None:
-                self._owner = 0
-                fcntl.flock(self._fd("turn"), fcntl.LOCK_UN)
-            self._threads.release()
+            self._end_turn()
 
     def _take_turn(self) -> None:
         self._threads.acquire()
         fcntl.flock(self._fd("turn"), fcntl.LOCK_EX)
         self._owner, self._depth = threading.get_ident(), 1
+
+    def _end_turn(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._path is not None:
+            self._owner = 0
+            fcntl.flock(self._fd("turn"), fcntl.LOCK_UN)
+        self._threads.release()
+
+    def _take_bulk_turn(self) -> None:
+        """A bulk writer's turn, taken only while no other writer waits: one that began to wait
+        after this writer queued (the other bulk writers queued too, and the service has one for
+        each kind of record) is let go first, so it waits for one group, not for every group ahead."""
+        while True:
+            self._give_way()
+            self._take_turn()
+            if not self._others_waiting():
+                return
+            self._end_turn()
+
+    def _others_waiting(self) -> bool:
+        """Whether a writer of any process waits (holds the shared `flock` of the waiting file)."""
+        look = self._fd("bulk")
+        try:
+            fcntl.flock(look, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(look, fcntl.LOCK_UN)
+        return False
 
     def _announce(self, change: int) -> None:
         """This process's writers waiting for a turn: the first takes the shared `flock`, the last
