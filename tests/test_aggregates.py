@@ -220,7 +220,13 @@ def test_without_every_raw_row_the_counts_and_the_dedupe_hold(
     assert quality(store, example_config)["label_coverage_ratio"] == 0.5
 
 
-def test_folding_keeps_every_window_sum_and_concurrent_folds_count_once(store: Store) -> None:
+@pytest.mark.parametrize("chunk", [None, 7], ids=["one-chunk", "chunks-of-7"])
+def test_folding_keeps_every_window_sum_and_concurrent_folds_count_once(
+    store: Store, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three folds at once, each (on SQLite) in transactions of `FOLD_CHUNK` appended rows."""
+    if chunk:
+        monkeypatch.setattr("watchkeeper.store.buckets.FOLD_CHUNK", chunk)
     for start in range(0, 3000, 300):  # ten batches over three buckets
         store_predictions(store, predictions(range(start, start + 300), minutes_ago=1 + start // 1000))
     store_feedback(store, labels(range(0, 3000, 3)))

@@ -161,7 +161,12 @@ def test_intake_counts_checks_and_outcomes_for_the_fast_rules(
     assert got[("ai_model_min_throughput_rps", version)] == 10
 
 
-def test_concurrent_folds_never_count_a_row_twice(store: Store) -> None:
+@pytest.mark.parametrize("chunk", [None, 7], ids=["one-chunk", "chunks-of-7"])
+def test_concurrent_folds_never_count_a_row_twice(
+    store: Store, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if chunk:
+        monkeypatch.setattr("watchkeeper.store.buckets.FOLD_CHUNK", chunk)
     rows = [
         {"family": "labelled", "subject": "m", "variant": "v1", "detail": "", "total": 1.0}
         for _ in range(400)
@@ -181,4 +186,11 @@ def test_concurrent_folds_never_count_a_row_twice(store: Store) -> None:
         thread.join()
     with store.reading() as session:
         assert tally_totals(session) == [("labelled", "m", "v1", "", 400.0)]
-        assert session.scalar(select(func.count()).select_from(Tally)) <= 4
+        assert session.scalar(select(func.count()).select_from(Tally)) <= (
+            4 if chunk is None else 400 // chunk
+        )
+    monkeypatch.undo()  # a fold in one chunk leaves one row a series
+    fold_tallies(store)
+    with store.reading() as session:
+        assert tally_totals(session) == [("labelled", "m", "v1", "", 400.0)]
+        assert session.scalar(select(func.count()).select_from(Tally)) == 1

@@ -51,6 +51,7 @@ from watchkeeper.intake.records import (
     PredictionRecord,
 )
 from watchkeeper.store import Store
+from watchkeeper.store.buckets import fold_in_chunks
 from watchkeeper.store.bulk import ConvertedRows, convert_rows, driver_keys, driver_rows, insert_rows, one_of
 from watchkeeper.store.schema import (
     EpochSeconds,
@@ -174,26 +175,24 @@ _FOLD_TALLIES_POSTGRESQL = text(
     )
     SELECT count(*) FROM moved"""
 )
-# SQLite: under the write lock (BEGIN IMMEDIATE) nothing appends between the three statements.
+# SQLite: under the write lock (BEGIN IMMEDIATE) nothing appends between the two statements. The
+# sums are appended (new ids), so a later chunk of the same fold does not take them again.
 _SUM_TALLIES_SQLITE = text(
     f"""INSERT INTO tallies ({_TALLY_SERIES}, total)
-    SELECT {_TALLY_SERIES}, sum(total) FROM tallies WHERE id <= :last GROUP BY {_TALLY_SERIES}"""
+    SELECT {_TALLY_SERIES}, sum(total) FROM tallies WHERE id BETWEEN :first AND :last
+    GROUP BY {_TALLY_SERIES}"""
 )
-_DELETE_TALLIES_SQLITE = text("DELETE FROM tallies WHERE id <= :last")
+_DELETE_TALLIES_SQLITE = text("DELETE FROM tallies WHERE id BETWEEN :first AND :last")
 
 
 def fold_tallies(store: Store) -> int:
-    """Replace each series' rows by one row with their sum, in the database; returns the rows
-    removed. Two concurrent folds never count a row twice, and writers appending meanwhile are not
-    touched."""
+    """Replace each series' rows by one row with their sum (on SQLite, one row a series and chunk
+    of `FOLD_CHUNK` rows), in the database; returns the rows removed. Two concurrent folds never
+    count a row twice, and writers appending meanwhile are not touched."""
+    if store.is_sqlite:
+        return fold_in_chunks(store, Tally.__table__, _SUM_TALLIES_SQLITE, _DELETE_TALLIES_SQLITE)
     with store.writing() as session:
-        if not store.is_sqlite:
-            return int(session.execute(_FOLD_TALLIES_POSTGRESQL).scalar_one())
-        last = session.scalar(select(func.max(Tally.id)))
-        if last is None:
-            return 0
-        session.execute(_SUM_TALLIES_SQLITE, {"last": last})
-        return session.execute(_DELETE_TALLIES_SQLITE, {"last": last}).rowcount
+        return int(session.execute(_FOLD_TALLIES_POSTGRESQL).scalar_one())
 
 
 def predicted_class(

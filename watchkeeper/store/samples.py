@@ -76,21 +76,22 @@ def trim_samples(store: Store, k: int, since: datetime) -> int:
     from `since`; returns how many. (Readers take the bottom k themselves: an untrimmed older
     bucket costs space, never correctness.)"""
     table = PredictionSample
-    with store.writing() as session:
+    with store.reading() as session:
         crowded = session.execute(
             select(table.model_name, table.bucket_start)
             .where(table.bucket_start >= since)
             .group_by(table.model_name, table.bucket_start)
             .having(func.count() > k)
         ).all()
-        removed = 0
-        for model_name, start in crowded:
-            in_bucket = (table.model_name == model_name, table.bucket_start == start)
+    removed = 0
+    for model_name, start in crowded:  # a transaction a bucket: each holds SQLite's write turn briefly
+        in_bucket = (table.model_name == model_name, table.bucket_start == start)
+        with store.writing() as session:
             kth = session.scalar(
                 select(table.priority).where(*in_bucket).order_by(table.priority).offset(k - 1).limit(1)
             )
             removed += session.execute(delete(table).where(*in_bucket, table.priority > kth)).rowcount
-        return removed
+    return removed
 
 
 def traced_examples(
