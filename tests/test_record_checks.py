@@ -186,9 +186,8 @@ def test_concurrent_folds_never_count_a_row_twice(
         thread.join()
     with store.reading() as session:
         assert tally_totals(session) == [("labelled", "m", "v1", "", 400.0)]
-        assert session.scalar(select(func.count()).select_from(Tally)) <= (
-            4 if chunk is None else 400 // chunk
-        )
+        left = session.scalar(select(func.count()).select_from(Tally))
+    assert left <= 4 if chunk is None else left < 400  # a row a series and fold (or chunk)
     monkeypatch.undo()  # a fold in one chunk leaves one row a series
     fold_tallies(store)
     with store.reading() as session:
