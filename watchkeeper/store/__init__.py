@@ -136,19 +136,20 @@ class _SqliteWriters:
         while True:
             self._give_way()
             self._take_turn()
-            if not self._others_waiting():
+            if self._no_one_waiting(wait=False):
                 return
             self._end_turn()
 
-    def _others_waiting(self) -> bool:
-        """Whether a writer of any process waits (holds the shared `flock` of the waiting file)."""
+    def _no_one_waiting(self, wait: bool) -> bool:
+        """Whether no writer of any process waits (none holds the shared `flock` of the waiting
+        file): the bulk writer's exclusive look at it, for an instant; `wait`: until there is none."""
         look = self._fd("bulk")
         try:
-            fcntl.flock(look, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(look, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return True
+            return False
         fcntl.flock(look, fcntl.LOCK_UN)
-        return False
+        return True
 
     def _announce(self, change: int) -> None:
         """This process's writers waiting for a turn: the first takes the shared `flock`, the last
@@ -165,9 +166,7 @@ class _SqliteWriters:
         """A bulk writer waits until no writer of this process, nor of any other, is waiting."""
         with self._waiters:
             self._waiters.wait_for(lambda: self._waiting == 0)
-        look = self._fd("bulk")
-        fcntl.flock(look, fcntl.LOCK_EX)
-        fcntl.flock(look, fcntl.LOCK_UN)
+        self._no_one_waiting(wait=True)
 
 
 _SQLITE_WRITERS: dict[str, _SqliteWriters] = {}
