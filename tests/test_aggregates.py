@@ -4,6 +4,7 @@ the raw-row setting or the folds, and what windows sum to."""
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -135,6 +136,28 @@ def test_labels_count_once_when_the_store_changed_between_their_read_and_their_c
     assert (got["label_coverage_ratio"], got["true_positives"], got["false_negatives"]) == (1.0, 75, 75)
     assert rows(store, WaitingLabel) == 0
     assert store_feedback(store, labels(range(150))).duplicates == 150
+
+
+def test_a_labelled_key_keeps_only_what_recognises_a_resent_prediction_or_label(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    """Labels join by either path (a batch of labels, a waiting label joined by its prediction's
+    intake): the claim clears the join facts, and what a re-send needs stays."""
+    store_predictions(store, predictions(range(100)))
+    store_feedback(store, labels(range(50)))
+    store_feedback(store, labels(range(100, 120)))
+    store_predictions(store, predictions(range(100, 120)))
+
+    with store.reading() as session:
+        key = PredictionKey
+        keys = session.execute(select(key.labelled, key.predicted.is_(None), key.score_bin.is_(None)))
+        facts = Counter(tuple(row) for row in keys)
+    assert facts == {(True, True, True): 70, (False, False, False): 50}
+    got = quality(store, example_config)
+    assert (got["true_positives"], got["false_negatives"]) == (35, 35)
+    assert store_feedback(store, labels(range(50)) + labels(range(100, 120))).duplicates == 70
+    assert store_predictions(store, predictions(range(120))).duplicates == 120
+    assert quality(store, example_config)["true_positives"] == 35
 
 
 def test_concurrent_joins_of_the_same_waiting_labels_count_each_once(

@@ -572,6 +572,8 @@ def _append_bucket_totals(
 
 # What a label's join reads of its prediction's key row (`Served.from_key_row`).
 _JOIN_COLUMNS = tuple(c.name for c in PredictionKey.__table__.c if c.name not in ("labelled", "received_at"))
+# What a labelled key no longer needs: the join facts that may be null.
+_CLEARED = tuple(name for name in _JOIN_COLUMNS if PredictionKey.__table__.c[name].nullable)
 
 
 _EPOCH = EpochSeconds()  # how `received_at` and `bucket_start` hold a time
@@ -595,21 +597,30 @@ def _by_horizon(hashed: Hashed, rules: IntakeRules) -> dict[timedelta, dict[tupl
     return found
 
 
-def _claim(session: Session, hashed: Hashed, rules: IntakeRules) -> set[tuple[str, str]]:
+def _claim(
+    session: Session, hashed: Hashed, rules: IntakeRules, read: Collection[tuple[str, str]] = ()
+) -> set[tuple[str, str]]:
     """Mark the keys' predictions labelled (compare-and-set: only those not labelled yet, and within
     their model's label horizon); returns the keys claimed. One statement per label horizon and
     chunk, whatever the number of models in the batch; the driver's own, since SQLAlchemy's
-    expanding IN costs more than the update."""
+    expanding IN costs more than the update.
+
+    A labelled key is kept only to recognise a re-sent prediction or label: the claim of a key whose
+    join facts were `read` clears them (`_CLEARED`), and the row shrinks to its key, version and
+    times (for a ranking or multiclass model, its ranked list or probabilities too)."""
     claimed: set[tuple[str, str]] = set()
     for horizon, same_horizon in _by_horizon(hashed, rules).items():
-        for hashes in _hashed_chunks(same_horizon):
-            match, one, parameters = driver_keys(session, list(hashes))
-            statement = (
-                f"UPDATE prediction_keys SET labelled = true WHERE key {match} AND labelled = false"
-                f" AND received_at >= {one} RETURNING key"
-            )
-            rows = driver_rows(session, statement, [*parameters, _since(horizon)])
-            claimed.update(hashes[bytes(key)] for (key,) in rows)
+        for clear in (True, False):
+            part = {key: hash_ for key, hash_ in same_horizon.items() if (key in read) == clear}
+            for hashes in _hashed_chunks(part):
+                match, one, parameters = driver_keys(session, list(hashes))
+                cleared = "".join(f", {column} = NULL" for column in _CLEARED) if clear else ""
+                statement = (
+                    f"UPDATE prediction_keys SET labelled = true{cleared} WHERE key {match}"
+                    f" AND labelled = false AND received_at >= {one} RETURNING key"
+                )
+                rows = driver_rows(session, statement, [*parameters, _since(horizon)])
+                claimed.update(hashes[bytes(key)] for (key,) in rows)
     return claimed
 
 
@@ -637,8 +648,22 @@ def _key_facts(
 
 def _claim_keys(session: Session, hashed: Hashed, rules: IntakeRules) -> dict[tuple[str, str], Served]:
     """Claim the keys (`_claim`) and return what their labels' join needs."""
-    claimed = _claim(session, hashed, rules)
-    return _key_facts(session, {key: hashed[key] for key in claimed}, rules) if claimed else {}
+    read = _key_facts(session, hashed, rules, unlabelled=True)
+    return _claimed_facts(session, _claim(session, hashed, rules, read.keys()), read, hashed, rules)
+
+
+def _claimed_facts(
+    session: Session,
+    claimed: set[tuple[str, str]],
+    read: Mapping[tuple[str, str], Served],
+    hashed: Hashed,
+    rules: IntakeRules,
+) -> dict[tuple[str, str], Served]:
+    """The join facts of the claimed keys: as `read` before the claim (a key row changes only when it
+    is labelled), and read now for those stored since (their claim kept the facts)."""
+    unread = {key: hashed[key] for key in claimed if key not in read}
+    facts = {**read, **(_key_facts(session, unread, rules) if unread else {})}
+    return {key: facts[key] for key in claimed}
 
 
 def _hashed_chunks(hashed: Hashed) -> Iterator[dict[bytes, tuple[str, str]]]:
@@ -742,7 +767,7 @@ def _write_feedback(
     arrived waits (`waiting_labels`) until the prediction's intake joins it. A label of a key already
     labelled, or already waiting, is a duplicate. Returns the keys stored."""
     firsts, hashed, now = prepared.firsts, prepared.hashed, utcnow()
-    claimed = _claim(session, hashed, rules)
+    claimed = _claim(session, hashed, rules, prepared.read.keys())
     missing = {key: hash_ for key, hash_ in hashed.items() if key not in claimed}
     labelled = _labelled_keys(session, missing) if missing else set()
     unknown = [key for key in missing if key not in labelled]
@@ -784,9 +809,8 @@ def _write_feedback(
         insert_rows(session, Tally.__table__, prepared.tally_rows)
         tallies = TallyRows()
     else:  # labelled by another writer since the read, or predictions stored since
-        unread = {key: hashed[key] for key in claimed if key not in prepared.read}
-        facts = {**prepared.read, **(_key_facts(session, unread, rules) if unread else {})}
-        buckets, tallies = _label_aggregates(firsts, {key: facts[key] for key in claimed}, rules, profile_for)
+        joined = _claimed_facts(session, claimed, prepared.read, hashed, rules)
+        buckets, tallies = _label_aggregates(firsts, joined, rules, profile_for)
         _append_bucket_totals(session, buckets)
     tallies.count("feedback", Counter((key[0], UNKNOWN_VERSION) for key in waiting))
     tallies.write(session)

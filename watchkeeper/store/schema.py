@@ -199,7 +199,8 @@ class ModelTallyAppend(_BucketSeries, Base):
 
 class PredictionKey(Base):
     """A prediction's key, kept `intake.dedupe_window` so a re-sent batch counts once, and what its
-    label's join needs until the label arrives or `windows.label_horizon` passes. The key is mostly a
+    label's join needs until the label arrives (its claim clears those facts) or
+    `windows.label_horizon` passes. The key is mostly a
     hash of the model and request id (`aggregates.request_key`): 16 bytes for an ASCII id, where the
     two were about 40, in the row and again in the index by arrival."""
 
