@@ -394,24 +394,25 @@ def time_to_act(service: str, prefect_api: str, http: HttpRecorder, runs: int = 
     """p95 seconds from each notification's POST to its action, and the median of each step
     (`benchmarks/remediation.py`'s timeline)."""
     latencies, posted, acted = [], {}, {}
-    for run in range(runs):
-        body = notification(run)
-        body["alerts"][0]["labels"]["bench"] = "act"
-        target = f"/breaker/bench-model-{run}/open"
-        started = time.monotonic()
-        posted[f"bench-model-{run}"] = time.time()
-        while True:  # as Alertmanager does: a notification not answered in 10 s is sent again
-            try:
-                httpx.post(f"{service}/v1/alertmanager", json=body, timeout=10).raise_for_status()
-                break
-            except httpx.TimeoutException:
-                continue
-        while not http.to(target):
-            if time.monotonic() - started > 60:
-                raise SystemExit(f"act run {run}: no action within 60 s")
-            time.sleep(0.01)
-        latencies.append(http.to(target)[0].at - started)
-        acted[f"bench-model-{run}"] = posted[f"bench-model-{run}"] + latencies[-1]
+    with httpx.Client(timeout=10) as alertmanager:  # kept, as Alertmanager keeps its connection
+        for run in range(runs):
+            body = notification(run)
+            body["alerts"][0]["labels"]["bench"] = "act"
+            target = f"/breaker/bench-model-{run}/open"
+            started = time.monotonic()
+            posted[f"bench-model-{run}"] = time.time()
+            while True:  # as Alertmanager does: a notification not answered in 10 s is sent again
+                try:
+                    alertmanager.post(f"{service}/v1/alertmanager", json=body).raise_for_status()
+                    break
+                except httpx.TimeoutException:
+                    continue
+            while not http.to(target):
+                if time.monotonic() - started > 60:
+                    raise SystemExit(f"act run {run}: no action within 60 s")
+                time.sleep(0.01)
+            latencies.append(http.to(target)[0].at - started)
+            acted[f"bench-model-{run}"] = posted[f"bench-model-{run}"] + latencies[-1]
     steps, _finals = timeline(prefect_api, posted, acted)
     return round(percentile(latencies, 0.95), 3), steps
 
