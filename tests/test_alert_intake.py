@@ -6,6 +6,7 @@ import base64
 import copy
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import func, select
 from tasks.incidents import correlate_pending_alerts
 from tests.conftest import LiveService, alertmanager_only
 from watchkeeper.config import WatchkeeperConfig
+from watchkeeper.runtime.nudges import NudgeListener
 from watchkeeper.store import Store
 from watchkeeper.store.schema import Alert, AlertNotification, FlowRunOutbox, Incident
 
@@ -93,6 +95,22 @@ def test_the_same_notification_three_times_stores_its_alert_once_and_owes_one_ru
     )
     assert alert.ends_at is None
     assert outbox.deployment == "handle-alerts/handle-alerts" and outbox.state == "pending"
+
+
+def test_a_notification_that_owes_a_run_nudges_the_executors_and_a_duplicate_does_not(
+    example_config: WatchkeeperConfig, store: Store, tmp_path: Path
+) -> None:
+    listener = NudgeListener.open(tmp_path)
+    assert listener is not None
+    credentials = alertmanager_only(TOKEN)
+    try:
+        with LiveService(example_config, store, credentials=credentials, nudged_in=tmp_path) as live:
+            assert post(live, NOTIFICATION).json()["run_pending"]
+            assert listener.wait(0)  # sent before the answer
+            assert post(live, NOTIFICATION).json()["duplicate"]
+            assert not listener.wait(0)
+    finally:
+        listener.close()
 
 
 def test_a_regrouped_notification_adds_only_the_new_alert_and_a_resolution_closes_it(webhook, store) -> None:  # noqa: ANN001

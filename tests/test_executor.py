@@ -9,6 +9,8 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from prefect import flow
@@ -22,6 +24,7 @@ from tests.realstack import wait_until
 from watchkeeper.config import ExecutorLanes
 from watchkeeper.runtime.control import uninterruptible, waiting_for_people
 from watchkeeper.runtime.executor import WarmExecutor
+from watchkeeper.runtime.nudges import nudge
 from watchkeeper.store import Store, executions
 from watchkeeper.store.schema import Executor, FlowRunOutbox
 from watchkeeper.times import utcnow
@@ -73,17 +76,10 @@ DEPLOYMENTS = {"handle-alerts": echo, "backfill-drift": slow}
 def executor(prefect_api: None, store: Store) -> Iterator[WarmExecutor]:
     started: list[WarmExecutor] = []
 
-    def start(lanes: ExecutorLanes | None = None) -> WarmExecutor:
+    def start(lanes: ExecutorLanes | None = None, **options: Any) -> WarmExecutor:
         deployments = [f.to_deployment(name=name) for name, f in DEPLOYMENTS.items()]
-        warm = WarmExecutor(
-            store,
-            deployments,
-            dict(DEPLOYMENTS),
-            lanes,
-            poll_seconds=0.5,
-            sweep_seconds=1,
-            cancel_poll_seconds=0.25,
-        )
+        timing = {"poll_seconds": 0.5, "sweep_seconds": 1, "cancel_poll_seconds": 0.25}
+        warm = WarmExecutor(store, deployments, dict(DEPLOYMENTS), lanes, **(timing | options))
         warm.start()
         assert warm.ready.wait(60)
         started.append(warm)
@@ -150,6 +146,17 @@ def test_owed_and_scheduled_runs_run_once_each_with_two_executors(executor, stor
             return executions.liveness(session) == (2, 0)
 
     wait_until(released, "every claim to be released")  # after the run's final state
+
+
+def test_an_owed_run_starts_on_the_intakes_nudge_not_at_the_next_poll(
+    executor,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
+    warm = executor(outbox_poll_seconds=3600, nudged_in=tmp_path)  # its first poll is behind it
+    key = uuid.uuid4().hex
+    owe(warm.store, key)
+    assert nudge(tmp_path) == 1
+    wait_until(lambda: CALLS[key] == 1, "the owed run's body")
 
 
 def test_a_retry_from_the_ui_runs_again_warm(executor) -> None:  # noqa: ANN001

@@ -8,7 +8,8 @@ The executor
 - registers the deployments (with their schedules) and serves them: it polls Prefect for their
   `Scheduled` runs, which covers the schedules, Quick Runs and retries from the UI;
 - starts the runs the intake owes (the outbox; `watchkeeper.runtime.dispatcher`) with their idempotency
-  keys, and executes each at once;
+  keys, and executes each at once: it polls the outbox, and the intake nudges it on the same host
+  (`watchkeeper.runtime.nudges`);
 - takes each run by a claim in the store and then by proposing `Pending` (Prefect refuses a second
   `Pending`, so two executors never both run it), and calls `prefect.flow_engine.run_flow` in a
   thread of the run's lane;
@@ -36,6 +37,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -71,6 +73,7 @@ from prefect.utilities.engine import propose_state_sync
 from watchkeeper.config import ExecutorLanes
 from watchkeeper.runtime.control import RunCancelled, RunControl, controlled
 from watchkeeper.runtime.dispatcher import OutboxDispatcher, OwedRun
+from watchkeeper.runtime.nudges import NudgeListener
 from watchkeeper.store import Store, executions
 from watchkeeper.tracing import context_of, current_traceparent, tracer
 
@@ -189,6 +192,7 @@ class WarmExecutor:
         cancel_poll_seconds: float = 1.0,
         sweep_seconds: float = 10.0,
         max_backoff: timedelta = timedelta(seconds=30),
+        nudged_in: Path | None = None,
     ) -> None:
         lanes = lanes or ExecutorLanes()
         self.store = store
@@ -207,9 +211,12 @@ class WarmExecutor:
         self._stop = threading.Event()
         self._loop_thread: threading.Thread | None = None
         self._client: SyncPrefectClient | None = None
+        self.nudged_in = nudged_in
+        self._nudges: NudgeListener | None = None
+        self._dispatch = Every(outbox_poll_seconds, self.dispatcher.dispatch_due)
         self._duties = [  # in this order on the first pass: what a dead executor left goes back first
             Every(sweep_seconds, self.sweep),
-            Every(outbox_poll_seconds, self.dispatcher.dispatch_due),
+            self._dispatch,
             Every(poll_seconds, self.poll_scheduled),
             Every(outbox_poll_seconds, self.start_due),
             Every(ANNOUNCE_SECONDS, self.announce),
@@ -254,6 +261,14 @@ class WarmExecutor:
             log.exception("could not retire executor %s", self.id)
 
     def _loop(self) -> None:
+        self._nudges = NudgeListener.open(self.nudged_in) if self.nudged_in is not None else None
+        try:
+            self._serve_until_stopped()
+        finally:
+            if self._nudges is not None:
+                self._nudges.close()
+
+    def _serve_until_stopped(self) -> None:
         while not self._stop.is_set():
             try:
                 with prefect_client_context() as context:
@@ -272,7 +287,15 @@ class WarmExecutor:
             for duty in self._duties:
                 duty.run_if_due(now)
             self.ready.set()
-            self._stop.wait(min(d.due for d in self._duties) - time.monotonic())
+            self._pause(min(d.due for d in self._duties) - time.monotonic())
+
+    def _pause(self, seconds: float) -> None:
+        """Until the next duty is due, or until a nudge says the outbox owes a run: its dispatch is
+        then due at once (`runtime/nudges.py`)."""
+        if self._nudges is None:
+            self._stop.wait(seconds)
+        elif self._nudges.wait(seconds):
+            self._dispatch.due = 0.0
 
     def _apply_deployments(self) -> bool:
         """Register the deployments; False while the Prefect API does not answer (the owed runs

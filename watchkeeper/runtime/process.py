@@ -126,6 +126,7 @@ def run_executor(settings: Settings, config: WatchkeeperConfig, store: Store) ->
             FLOWS,
             config.executor,
             max_backoff=timedelta(seconds=settings.outbox_max_backoff_seconds),
+            nudged_in=settings.run_dir,
         )
         warm.start()
         while not stop.is_set():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import pathlib
 import sys
 from collections.abc import Awaitable, Callable
 from functools import cache, partial
@@ -37,6 +38,7 @@ from watchkeeper.intake.records import (
     parse_batch,
 )
 from watchkeeper.log_lines import log_json_lines
+from watchkeeper.runtime.nudges import nudge
 from watchkeeper.service.edge import EdgeMetrics
 from watchkeeper.service.group_commit import GroupCommit
 from watchkeeper.service.metrics import (
@@ -279,6 +281,7 @@ def service_from_environment() -> FastAPI:
         settings.open_store(),
         settings.credentials,
         alertmanager_url=settings.alertmanager_url,
+        nudged_in=settings.run_dir,
     )
 
 
@@ -288,10 +291,12 @@ def create_app(
     credentials: Credentials = NO_CREDENTIALS,
     resume_run: Callable[[str, dict[str, Any]], None] = resume_paused_run,
     alertmanager_url: str | None = None,
+    nudged_in: pathlib.Path | None = None,
 ) -> FastAPI:
     """Each role's credentials guard its endpoints: intake (predictions, feedback, pipeline runs,
     feature lookups), the Alertmanager webhook, operators (reads, the kill switch, approvals). The
-    Prefect runs the intake owes are started by the warm executor (`watchkeeper executor`), not here."""
+    Prefect runs the intake owes are started by the warm executor (`watchkeeper executor`), not here;
+    the executors listening in `nudged_in` are nudged when one is owed (`runtime/nudges.py`)."""
     app = FastAPI(title="Watchkeeper", version="0.1.0")
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -461,6 +466,8 @@ def create_app(
             return store_unavailable("the notification", exc)
         span.set_attribute("watchkeeper.alerts.new", stored.new_alerts)
         span.set_attribute("watchkeeper.run_pending", stored.run_key is not None)
+        if stored.run_key is not None and nudged_in is not None:
+            nudge(nudged_in)
         edge.alerts_rejected.inc(len(rejected))
         return JSONResponse(stored.as_json())
 
