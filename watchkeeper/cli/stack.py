@@ -49,7 +49,7 @@ def serve(
     """Run the HTTP service (intake, health, /metrics, alerts, incidents) in the foreground."""
     import uvicorn
 
-    from watchkeeper.service.app import create_app, serving_process
+    from watchkeeper.service.app import service_for, serving_process
 
     settings = state.settings
     credentials = settings.credentials
@@ -67,7 +67,7 @@ def serve(
     if config.intake.processes == 1:
         serving_process()
         uvicorn.run(
-            create_app(config, store, credentials),
+            service_for(settings, config, store),
             host=host,
             port=port,
             log_level="info",

@@ -276,9 +276,14 @@ def service_from_environment() -> FastAPI:
     start from the environment; the parent has checked credentials and upgraded the store)."""
     serving_process()
     settings = Settings()
+    return service_for(settings, settings.monitoring, settings.open_store())
+
+
+def service_for(settings: Settings, config: WatchkeeperConfig, store: Store) -> FastAPI:
+    """The service as the settings configure it, in one process or in each of several."""
     return create_app(
-        settings.monitoring,
-        settings.open_store(),
+        config,
+        store,
         settings.credentials,
         alertmanager_url=settings.alertmanager_url,
         nudged_in=settings.run_dir,
