@@ -363,12 +363,14 @@ def cycle_cpu(home: Path, start: datetime, end: datetime) -> float | None:
     return round(percentile(per_model, 0.95), 4) if per_model else None
 
 
-def labels_total(scrape: str, family: str, models: list[str]) -> float:
+def labels_total(
+    scrape: str, family: str, models: list[str], versions: tuple[str, ...] = ("v1", "unknown")
+) -> float:
     """Labels stored: joined (under their prediction's version) or waiting for it (`unknown`)."""
     return sum(
         metric_value(scrape, family, {"model_name": n, "model_version": v}) or 0
         for n in models
-        for v in ("v1", "unknown")
+        for v in versions
     )
 
 
@@ -498,6 +500,7 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
         scrape = httpx.get(f"{service}/metrics", timeout=60).text  # one scrape: the live phase has begun
         before = sum(metric_value(scrape, counted, {"model_name": n}) or 0 for n in names)
         labels_before = labels_total(scrape, labels, names)
+        waited_before = labels_total(scrape, labels, names, ("unknown",))
         freshness = probe_freshness(service)
         prefect_api = f"http://127.0.0.1:{ports['prefect']}/api"
         act, act_steps = time_to_act(service, prefect_api, http) if http is not None else (None, None)
@@ -510,6 +513,7 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
         scrape = httpx.get(f"{service}/metrics", timeout=30).text
         after = sum(metric_value(scrape, counted, {"model_name": n}) or 0 for n in names)
         labels_after = labels_total(scrape, labels, names)
+        waited = labels_total(scrape, labels, names, ("unknown",)) - waited_before
         stored, by_table = store_bytes(url, home)
         level = {
             "rps": rate,
@@ -518,6 +522,8 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
             "service_processes": args.service_processes,
             "intake_rps": round((after - before) / live, 1),
             "labels_rps": round((labels_after - labels_before) / live, 1),
+            # Labels stored before their prediction (kept waiting, joined by its intake).
+            "labels_waited_share": round(waited / max(1.0, labels_after - labels_before), 3),
             "intake_p99_ms": outcome["intake_p99_ms"],
             "cpu_cores": round(cpu / live, 3),
             "generator_cores": round(outcome["generator_cpu_s"] / live, 3),

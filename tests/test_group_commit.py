@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,10 +11,10 @@ import anyio
 import pytest
 from sqlalchemy import func, select
 
-from tests.test_store import prediction, totals
+from tests.test_store import feedback, prediction, totals
 from watchkeeper.service.group_commit import GroupCommit
 from watchkeeper.store import Store
-from watchkeeper.store.intake import COUNT, BatchWriter, StoredBatch, prediction_writer
+from watchkeeper.store.intake import COUNT, BatchWriter, StoredBatch, feedback_writer, prediction_writer
 from watchkeeper.store.schema import PredictionKey, Tally
 
 
@@ -101,3 +102,47 @@ def test_a_group_holds_at_most_group_records(
 
     assert [a.stored for a in answers] == [records] * 4
     assert transactions(store) == (2 if records == 5 else 4)
+
+
+class Watched(GroupCommit):
+    """Says when another writer first waits for it."""
+
+    asked: asyncio.Event
+
+    async def written_before(self, moment: float) -> None:
+        self.asked.set()
+        await super().written_before(moment)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_labels_wait_for_the_predictions_that_reached_the_service_before_them(
+    store: Store, ordered: bool
+) -> None:
+    """The predictions' transaction is held up. Labels of those predictions posted meanwhile are
+    written after them and join them at once; written alone (`ordered` off, as before), they were
+    kept waiting, counted under an unknown version, until their predictions' intake joined them."""
+    predicted, held = prediction_writer(), threading.Event()
+
+    def held_up(records: Sequence[Any], store: Store) -> Any:
+        held.wait()
+        return predicted.transaction(records, store)
+
+    async def post() -> list[StoredBatch]:
+        predictions = Watched(store, BatchWriter(held_up, predicted.key), limiter)
+        predictions.asked = asyncio.Event()
+        labels = GroupCommit(store, feedback_writer(), limiter, after=predictions if ordered else None)
+        posted = [asyncio.ensure_future(predictions.store([prediction(f"r{i}")])) for i in range(2)]
+        posted.append(asyncio.ensure_future(labels.store([feedback("r0"), feedback("r1")])))
+        asked = asyncio.ensure_future(predictions.asked.wait())
+        await asyncio.wait([asked, posted[2]], return_when=asyncio.FIRST_COMPLETED)
+        held.set()
+        answers = await asyncio.gather(*posted)
+        asked.cancel()
+        return answers
+
+    answers = asyncio.run(post())
+
+    assert [a.stored for a in answers] == [1, 1, 2]
+    counted = totals(store)
+    assert counted.get(("feedback", "credit_approval", "v1"), 0) == (2 if ordered else 0)
+    assert counted.get(("feedback", "credit_approval", "unknown"), 0) == (0 if ordered else 2)

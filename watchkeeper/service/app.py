@@ -347,7 +347,7 @@ def create_app(
         return anyio.CapacityLimiter(INTAKE_THREADS)
 
     predictions = GroupCommit(store, prediction_writer(rules), intake_threads)
-    feedback = GroupCommit(store, feedback_writer(rules), intake_threads)
+    feedback = GroupCommit(store, feedback_writer(rules), intake_threads, after=predictions)
     pipeline_runs = GroupCommit(store, pipeline_run_writer(pipeline_buckets), intake_threads)
     lookup_buckets = {f.name: f.latency_buckets for f in config.feature_stores}.__getitem__
     feature_lookups = GroupCommit(store, feature_lookup_writer(lookup_buckets), intake_threads)

@@ -5,12 +5,20 @@ on SQLite, a round of statements on PostgreSQL, and aggregate rows per batch rat
 group. Here one writer per kind of record takes every batch waiting (up to `GROUP_RECORDS`
 records) into one transaction, and answers each POST as if its batch had been stored alone. A
 quiet service writes each batch at once: nothing waits for a group to fill.
+
+A writer may go `after` another: the labels' writer writes a group only once every batch of
+predictions that reached the service before it is written. Without that, a service behind on
+predictions stored labels ahead of their predictions, and each such label took the dearer path
+(kept waiting, then joined inside its prediction's transaction), which kept the service behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -25,55 +33,85 @@ from watchkeeper.store.intake import BatchWriter, StoredBatch
 GROUP_RECORDS = 500
 
 
+@dataclass(frozen=True)
+class Posted:
+    """A batch waiting for its transaction, and when it reached the writer."""
+
+    records: Sequence[Any]
+    answer: asyncio.Future[StoredBatch]
+    arrived: float
+
+
 class GroupCommit:
-    """One writer of one kind of record in one service process."""
+    """One writer of one kind of record in one service process (`after`: see the module)."""
 
     def __init__(
-        self, store: Store, writer: BatchWriter, limiter: Callable[[], anyio.CapacityLimiter]
+        self,
+        store: Store,
+        writer: BatchWriter,
+        limiter: Callable[[], anyio.CapacityLimiter],
+        after: GroupCommit | None = None,
     ) -> None:
-        self._store, self._writer, self._limiter = store, writer, limiter
-        self._waiting: list[tuple[Sequence[Any], asyncio.Future[StoredBatch]]] = []
+        self._store, self._writer, self._limiter, self._after = store, writer, limiter, after
+        self._waiting: list[Posted] = []
+        self._in_transaction: list[Posted] = []
         self._writing: asyncio.Task[None] | None = None
+        self._progress = asyncio.Condition()
 
     async def store(self, records: Sequence[Any]) -> StoredBatch:
         """The batch's answer once it is stored (or the store's error). A POST whose client went away
         is still stored: its records were accepted, and a re-send counts them once."""
         future: asyncio.Future[StoredBatch] = asyncio.get_running_loop().create_future()
-        self._waiting.append((records, future))
+        self._waiting.append(Posted(records, future, time.monotonic()))
         if self._writing is None:
             self._writing = asyncio.create_task(self._write_waiting())
         return await asyncio.shield(future)
 
+    async def written_before(self, moment: float) -> None:
+        """Until every batch that reached this writer before `moment` is written (or failed)."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._oldest_unwritten() >= moment)
+
+    def _oldest_unwritten(self) -> float:
+        return min((p.arrived for p in self._in_transaction + self._waiting), default=math.inf)
+
     async def _write_waiting(self) -> None:
         try:
             while self._waiting:
-                group = self._next_group()
-                await self._write(group)
+                group = self._in_transaction = self._next_group()
+                try:
+                    if self._after is not None:
+                        await self._after.written_before(group[-1].arrived)
+                    await self._write(group)
+                finally:
+                    self._in_transaction = []
+                    async with self._progress:
+                        self._progress.notify_all()
         finally:
             self._writing = None
 
-    def _next_group(self) -> list[tuple[Sequence[Any], asyncio.Future[StoredBatch]]]:
+    def _next_group(self) -> list[Posted]:
         taken, records = 0, 0
-        for batch, _ in self._waiting:
-            if taken and records + len(batch) > GROUP_RECORDS:
+        for posted in self._waiting:
+            if taken and records + len(posted.records) > GROUP_RECORDS:
                 break
-            taken, records = taken + 1, records + len(batch)
+            taken, records = taken + 1, records + len(posted.records)
         group, self._waiting = self._waiting[:taken], self._waiting[taken:]
         return group
 
-    async def _write(self, group: list[tuple[Sequence[Any], asyncio.Future[StoredBatch]]]) -> None:
-        batches = [batch for batch, _ in group]
+    async def _write(self, group: list[Posted]) -> None:
+        batches = [posted.records for posted in group]
         try:
             answers = await anyio.to_thread.run_sync(
                 self._writer.store, self._store, batches, limiter=self._limiter()
             )
         except Exception as exc:
             if len(group) == 1:
-                group[0][1].set_exception(exc)
+                group[0].answer.set_exception(exc)
                 return
             # One batch's fault must not fail the others: each is written alone.
             for one in group:
                 await self._write([one])
             return
-        for (_, future), answer in zip(group, answers, strict=True):
-            future.set_result(answer)
+        for posted, answer in zip(group, answers, strict=True):
+            posted.answer.set_result(answer)
