@@ -56,7 +56,7 @@ class GroupCommit:
         self._waiting: list[Posted] = []
         self._in_transaction: list[Posted] = []
         self._writing: asyncio.Task[None] | None = None
-        self._progress = asyncio.Condition()
+        self._progress: list[asyncio.Future[None]] = []  # `written_before`'s waits
 
     async def store(self, records: Sequence[Any]) -> StoredBatch:
         """The batch's answer once it is stored (or the store's error). A POST whose client went away
@@ -69,8 +69,10 @@ class GroupCommit:
 
     async def written_before(self, moment: float) -> None:
         """Until every batch that reached this writer before `moment` is written (or failed)."""
-        async with self._progress:
-            await self._progress.wait_for(lambda: self._oldest_unwritten() >= moment)
+        while self._oldest_unwritten() < moment:
+            progress = asyncio.get_running_loop().create_future()
+            self._progress.append(progress)
+            await progress
 
     def _oldest_unwritten(self) -> float:
         return min((p.arrived for p in self._in_transaction + self._waiting), default=math.inf)
@@ -85,10 +87,15 @@ class GroupCommit:
                     await self._write(group)
                 finally:
                     self._in_transaction = []
-                    async with self._progress:
-                        self._progress.notify_all()
+                    self._tell_progress()
         finally:
             self._writing = None
+
+    def _tell_progress(self) -> None:
+        waits, self._progress = self._progress, []
+        for wait in waits:
+            if not wait.done():  # cancelled: the service is stopping
+                wait.set_result(None)
 
     def _next_group(self) -> list[Posted]:
         taken, records = 0, 0
