@@ -419,28 +419,46 @@ class Stack:
         return outcome
 
     def up(self, report: Callable[[str, str], None]) -> None:
-        """Start, in dependency order, every component that is not already running."""
+        """Start, in dependency order, every component that is not already running. When one does not
+        come up, the components this call started are stopped again (their logs stay), so that a
+        failed `up` leaves no half stack running that nobody will stop."""
         self.settings.ensure_home()
         self.render_configs()
-        for component in self.components():
-            record = self.record(component.name)
-            if record is not None and record.alive():
-                report(component.name, f"already running (pid {record.pid})")
-            elif component.health_url and healthy(component.health_url):
-                report(
-                    component.name, f"already running, not started by watchkeeper ({component.health_url})"
-                )
-            elif not component.available:
-                report(
-                    component.name,
-                    f"not started: {component.argv[0]} is not installed ({component.missing_hint})",
-                )
-            else:
-                record = self.start(component)
-                self.wait_ready(component, record)
-                if component.after_ready is not None:
-                    component.after_ready()
-                report(component.name, f"started (pid {record.pid})")
+        started: list[str] = []
+        try:
+            for component in self.components():
+                if self._start_unless_running(component, report):
+                    started.append(component.name)
+        except BaseException:
+            for name in reversed(started):
+                report(name, f"{self.stop(name)}: the stack did not come up")
+            raise
+
+    def _start_unless_running(self, component: Component, report: Callable[[str, str], None]) -> bool:
+        """Start `component` and wait until it is ready; False when it was not started here."""
+        record = self.record(component.name)
+        if record is not None and record.alive():
+            report(component.name, f"already running (pid {record.pid})")
+            return False
+        if component.health_url and healthy(component.health_url):
+            report(component.name, f"already running, not started by watchkeeper ({component.health_url})")
+            return False
+        if not component.available:
+            report(
+                component.name,
+                f"not started: {component.argv[0]} is not installed ({component.missing_hint})",
+            )
+            return False
+        record = self.start(component)
+        try:
+            self.wait_ready(component, record)
+            if component.after_ready is not None:
+                component.after_ready()
+        except BaseException:
+            report(component.name, f"{self.stop(component.name)}: it did not come up")
+            raise
+        report(component.name, f"started (pid {record.pid})")
+        return True
 
     def down(self, report: Callable[[str, str], None]) -> None:
         for name in reversed(self.all_names()):
