@@ -8,8 +8,9 @@ quiet service writes each batch at once: nothing waits for a group to fill.
 
 A writer may go `after` another: the labels' writer writes a group only once every batch of
 predictions that reached the service before it is written. Without that, a service behind on
-predictions stored labels ahead of their predictions, and each such label took the dearer path
-(kept waiting, then joined inside its prediction's transaction), which kept the service behind.
+predictions could store labels ahead of their predictions, and each such label takes the dearer
+path (kept waiting, then joined inside its prediction's transaction, in the write turn) just when
+the service can least afford it.
 """
 
 from __future__ import annotations
