@@ -76,7 +76,10 @@ class GroupCommit:
             await progress
 
     def _oldest_unwritten(self) -> float:
-        return min((p.arrived for p in self._in_transaction + self._waiting), default=math.inf)
+        """Batches are written in the order they reached the writer: the oldest not yet written is
+        the group in its transaction's first, else the first waiting."""
+        first = self._in_transaction[:1] or self._waiting[:1]
+        return first[0].arrived if first else math.inf
 
     async def _write_waiting(self) -> None:
         try:
