@@ -427,15 +427,21 @@ class Stack:
         started: list[str] = []
         try:
             for component in self.components():
-                if self._start_unless_running(component, report):
-                    started.append(component.name)
+                if not self._startable(component, report):
+                    continue
+                record = self.start(component)
+                started.append(component.name)
+                self.wait_ready(component, record)
+                if component.after_ready is not None:
+                    component.after_ready()
+                report(component.name, f"started (pid {record.pid})")
         except BaseException:
             for name in reversed(started):
                 report(name, f"{self.stop(name)}: the stack did not come up")
             raise
 
-    def _start_unless_running(self, component: Component, report: Callable[[str, str], None]) -> bool:
-        """Start `component` and wait until it is ready; False when it was not started here."""
+    def _startable(self, component: Component, report: Callable[[str, str], None]) -> bool:
+        """False, and says why, when `component` runs already or is not installed."""
         record = self.record(component.name)
         if record is not None and record.alive():
             report(component.name, f"already running (pid {record.pid})")
@@ -449,15 +455,6 @@ class Stack:
                 f"not started: {component.argv[0]} is not installed ({component.missing_hint})",
             )
             return False
-        record = self.start(component)
-        try:
-            self.wait_ready(component, record)
-            if component.after_ready is not None:
-                component.after_ready()
-        except BaseException:
-            report(component.name, f"{self.stop(component.name)}: it did not come up")
-            raise
-        report(component.name, f"started (pid {record.pid})")
         return True
 
     def down(self, report: Callable[[str, str], None]) -> None:
