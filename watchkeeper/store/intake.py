@@ -572,8 +572,8 @@ def _append_bucket_totals(
 
 # What a label's join reads of its prediction's key row (`Served.from_key_row`).
 _JOIN_COLUMNS = tuple(c.name for c in PredictionKey.__table__.c if c.name not in ("labelled", "received_at"))
-# What a labelled key no longer needs: the join facts that may be null.
-_CLEARED = tuple(name for name in _JOIN_COLUMNS if PredictionKey.__table__.c[name].nullable)
+# What a labelled key no longer needs, as the claim's SET clears it: the join facts that may be null.
+_CLEARED = "".join(f", {name} = NULL" for name in _JOIN_COLUMNS if PredictionKey.__table__.c[name].nullable)
 
 
 _EPOCH = EpochSeconds()  # how `received_at` and `bucket_start` hold a time
@@ -614,9 +614,8 @@ def _claim(
             part = {key: hash_ for key, hash_ in same_horizon.items() if (key in read) == clear}
             for hashes in _hashed_chunks(part):
                 match, one, parameters = driver_keys(session, list(hashes))
-                cleared = "".join(f", {column} = NULL" for column in _CLEARED) if clear else ""
                 statement = (
-                    f"UPDATE prediction_keys SET labelled = true{cleared} WHERE key {match}"
+                    f"UPDATE prediction_keys SET labelled = true{_CLEARED if clear else ''} WHERE key {match}"
                     f" AND labelled = false AND received_at >= {one} RETURNING key"
                 )
                 rows = driver_rows(session, statement, [*parameters, _since(horizon)])
