@@ -4,6 +4,7 @@ Prometheus) and among an incident's example requests."""
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,9 +12,12 @@ import httpx
 import yaml
 
 from tasks.incidents import correlate_pending_alerts
-from tests.conftest import LiveService
+from tests.conftest import LiveService, free_port
 from tests.realstack import AlertingStack, WebhookRecorder, wait_until
+from tests.standins import OtlpReceiver
+from tests.test_alert_intake import NOTIFICATION
 from tests.test_cli import run as run_cli
+from tests.test_executor_process import BIN, environment
 from tests.test_incidents import alert, notify
 from watchkeeper.config import WatchkeeperConfig
 from watchkeeper.settings import DEFAULT_CONFIG
@@ -143,3 +147,32 @@ def test_an_incident_shows_its_model_s_slowest_and_failing_traced_requests(
             }
         }
     )
+
+
+def test_machines_calls_leave_no_fastapi_span_and_people_s_requests_do(tmp_path: Path, store: Store) -> None:
+    """`watchkeeper serve` exporting to an OTLP receiver: an intake POST or a scrape is no trace of
+    its own (hundreds a second at volume), a notification's trace is the one its handler starts,
+    and an operator's read is a trace."""
+    now, port = datetime.now(UTC), free_port()
+    env = environment(tmp_path, store) | {"OTEL_BSP_SCHEDULE_DELAY": "50"}
+    with OtlpReceiver() as receiver, (tmp_path / "service.log").open("wb") as log:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
+        service = subprocess.Popen(
+            [str(BIN / "watchkeeper"), "serve", "--port", str(port)], env=env, stderr=log
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until(lambda: httpx.get(f"{url}/healthz").is_success, "the service")
+            assert httpx.post(f"{url}/v1/predictions", json=[traced(1, now, 0.1)]).status_code == 200
+            label = {"model_name": "credit_approval", "request_id": "t-1", "label": 1}
+            assert httpx.post(f"{url}/v1/feedback", json=[label]).status_code == 200
+            for path in ("/metrics", "/metrics/store", "/metrics/process"):
+                assert httpx.get(f"{url}{path}").status_code == 200
+            assert httpx.post(f"{url}/v1/alertmanager", json=NOTIFICATION).status_code == 200
+            assert httpx.get(f"{url}/v1/incidents").status_code == 200
+            wait_until(lambda: any("/v1/incidents" in s.name for s in receiver.spans), "the read's span")
+        finally:
+            service.terminate()
+            service.wait(timeout=30)
+    roots = {s.name for s in receiver.spans if s.parent_span_id is None}
+    assert roots == {"alertmanager notification", "GET /v1/incidents"}, roots

@@ -39,7 +39,7 @@ from watchkeeper.intake.records import (
 )
 from watchkeeper.log_lines import log_json_lines
 from watchkeeper.runtime.nudges import nudge
-from watchkeeper.service.edge import EdgeMetrics
+from watchkeeper.service.edge import EdgeMetrics, untraced
 from watchkeeper.service.group_commit import GroupCommit
 from watchkeeper.service.metrics import (
     Exposition,
@@ -302,7 +302,7 @@ def create_app(
     feature lookups), the Alertmanager webhook, operators (reads, the kill switch, approvals). The
     Prefect runs the intake owes are started by the warm executor (`watchkeeper executor`), not here;
     the executors listening in `nudged_in` are nudged when one is owed (`runtime/nudges.py`)."""
-    app = FastAPI(title="Watchkeeper", version="0.1.0")
+    app = FastAPI(title="Watchkeeper", version="0.1.0", telemetry={"exclude": untraced})
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(SQLAlchemyError, store_down)

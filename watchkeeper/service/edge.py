@@ -30,6 +30,13 @@ REASONS = {
 WRITE_REASONS = ("undecodable_body", "unauthorized", "too_large", "unsupported_encoding", "invalid_value")
 WRITE_ENDPOINTS = ("/v1/predictions", "/v1/feedback", "/v1/pipeline-runs", "/v1/alertmanager")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# What machines call many times a second: FastAPI records no span of its own for these. A receiver
+# would get a trace per intake POST and scrape (hundreds a second at fifty models), and each costs
+# the service about 0.6 ms of CPU (docs/benchmarks.md); a notification's trace starts in its own
+# handler (`watchkeeper/tracing.py`).
+UNTRACED = frozenset(
+    {*WRITE_ENDPOINTS, "/v1/feature-lookups", "/healthz", "/metrics", "/metrics/store", "/metrics/process"}
+)
 
 
 class EdgeMetrics:
@@ -101,6 +108,11 @@ class MeasuredRequests:
             await self.app(scope, receive, send_and_note)
         finally:
             self.edge.answered(scope, status_code, time.perf_counter() - started)
+
+
+def untraced(scope: Scope) -> bool:
+    """FastAPI's telemetry skips the request (`UNTRACED`)."""
+    return scope.get("path") in UNTRACED
 
 
 def route_template(scope: Scope) -> str:
