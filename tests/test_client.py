@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -191,6 +192,39 @@ def test_labels_go_between_prediction_batches_when_predictions_keep_coming() -> 
         ("feedback", 500),
         ("predictions", 1000),
     ]
+    client.close(timeout=0)
+
+
+def test_a_slow_service_gets_larger_batches_not_more_of_them() -> None:
+    """Records logged while a batch is in flight wait for a whole batch or the next tick: sent as
+    soon as the POST returned, each would be a small batch, and a slow service would get more
+    requests the slower it is (fifty models' clients sent 800 POSTs a second of 5 records each)."""
+    release = threading.Semaphore(0)
+    taken: queue.Queue[int | None] = queue.Queue()  # what each decision of the sending thread took
+
+    class SlowService(WatchkeeperClient):
+        def _take(self) -> tuple[str, list[dict]] | None:
+            batch = super()._take()
+            taken.put(None if batch is None else len(batch[1]))
+            return batch
+
+        def _deliver(self, path: str, batch: list) -> None:
+            assert release.acquire(timeout=30)
+
+    client = SlowService(f"http://127.0.0.1:{free_port()}", batch_size=100, flush_interval=3600)
+    log(client, range(100))
+    assert taken.get(timeout=30) == 100
+    log(client, range(100, 130))
+    release.release()
+    assert taken.get(timeout=30) is None  # 30 records: not a whole batch, and no tick yet
+    log(client, range(130, 200))
+    assert taken.get(timeout=30) == 100
+    release.release()
+    assert taken.get(timeout=30) is None
+    log(client, range(200, 250))
+    release.release()  # for the flush's batch
+    assert client.flush(30)
+    assert taken.get(timeout=30) == 50
     client.close(timeout=0)
 
 

@@ -12,6 +12,8 @@ Watchkeeper without its server's dependencies::
     client.log_label("fraud", request_id, label=0)
 
 What it promises a model service:
+- a batch goes when `batch_size` records are queued, and the rest every `flush_interval` seconds
+  (or on `flush()`): against a slow service, batches grow instead of multiplying;
 - it never blocks nor raises in the serving path: the queue is bounded (`max_queued` records), and a
   record that finds it full is dropped and counted (`stats().dropped`);
 - a batch the service did not acknowledge is sent again, the same records with the same request
@@ -74,6 +76,7 @@ class WatchkeeperClient:
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._queues: dict[str, deque[dict[str, Any]]] = {kind: deque() for kind in PATHS}
+        self._owed = dict.fromkeys(PATHS, 0)  # records of each kind to send without a whole batch
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -183,12 +186,12 @@ class WatchkeeperClient:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far was acknowledged or refused; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._wake.set()
         with self._lock:
             while self._in_flight or any(self._queues.values()):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
+                self._owe_everything()
                 self._wake.set()
                 self._idle.wait(0.05 if remaining is None else min(remaining, 0.05))
         return True
@@ -210,27 +213,39 @@ class WatchkeeperClient:
         return flushed
 
     def _take(self) -> tuple[str, list[dict[str, Any]]] | None:
-        """The next batch: predictions first, but no kind twice in a row while another waits (in
-        turns, `PATHS`' order): against a slow service, predictions arrive faster than they are
-        sent, and labels would never go. A label never goes before its prediction (it would wait in
-        the store, counted under an unknown version): labels go in order up to the first whose
-        prediction is still unsent."""
+        """The next batch: a whole one (`batch_size` records), or the records owed since the last
+        tick or `flush()` (`_owe_everything`). Predictions first, but no kind twice in a row while
+        another waits (in turns, `PATHS`' order): against a slow service, predictions arrive faster
+        than they are sent, and labels would never go. A label never goes before its prediction (it
+        would wait in the store, counted under an unknown version): labels go in order up to the
+        first whose prediction is still unsent."""
         kinds = list(PATHS)
         after = kinds.index(self._last_kind) + 1
         order = kinds[after:] + kinds[:after]
         with self._lock:
             for kind in order:
                 queue = self._queues[kind]
-                batch: list[dict[str, Any]] = []
-                while queue and len(batch) < self.batch_size:
-                    if kind == "label" and _key(queue[0]) in self._unsent:
+                ready = 0
+                while ready < min(len(queue), self.batch_size):
+                    if kind == "label" and _key(queue[ready]) in self._unsent:
                         break
-                    batch.append(queue.popleft())
-                if batch:
-                    self._in_flight = len(batch)
-                    self._last_kind = kind
-                    return kind, batch
+                    ready += 1
+                if ready == 0 or (ready < self.batch_size and not self._owed[kind]):
+                    continue
+                batch = [queue.popleft() for _ in range(ready)]
+                self._owed[kind] = max(0, self._owed[kind] - ready)
+                self._in_flight = len(batch)
+                self._last_kind = kind
+                return kind, batch
         return None
+
+    def _owe_everything(self) -> None:
+        """What is queued now goes in this round, whole batches or not (the caller holds the lock).
+        Records logged later wait for the next tick unless they make a whole batch: a slow service
+        would otherwise get, back to back, batches of whatever arrived during the last POST, each
+        costing it a request."""
+        for kind, queue in self._queues.items():
+            self._owed[kind] = len(queue)
 
     def _sent(self, kind: str, batch: list[dict[str, Any]]) -> None:
         """A batch is done with: acknowledged, refused or given up."""
@@ -244,9 +259,14 @@ class WatchkeeperClient:
             self._idle.notify_all()
 
     def _run(self) -> None:
+        tick = time.monotonic() + self.flush_interval
         while True:
-            self._wake.wait(self.flush_interval)
+            self._wake.wait(max(0.0, tick - time.monotonic()))
             self._wake.clear()
+            if time.monotonic() >= tick:
+                tick = time.monotonic() + self.flush_interval
+                with self._lock:
+                    self._owe_everything()
             while (taken := self._take()) is not None:
                 kind, batch = taken
                 self._deliver(PATHS[kind], batch)
