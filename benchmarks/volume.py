@@ -11,7 +11,9 @@ predictions' labels fall due during the live phase, as if it had begun at the fi
 `intake.raw_predictions` at 1 %. Each level gets a fresh stack and store.
 
 Per level: `intake_rps` (predictions stored per second, live, from the service's own counter),
-`labels_rps` (labels stored per second, likewise),
+`labels_rps` (labels stored per second, likewise), `intake_posts_per_s` (POSTs of predictions
+and of labels the service answered 200 a second, live, from its request counter: how well the
+clients batch; with several service processes, none),
 `intake_p99_ms` (per POST of predictions, live), `cpu_cores` (user + system CPU of every stack process and its
 children over the live seconds; the generator apart as `generator_cores`), `cpu_s_per_1k`,
 `cycle_cpu_s` (p95 of the collection's own CPU per cycle and model, from its log), `freshness_s`
@@ -280,6 +282,16 @@ def metric_value(text: str, name: str, labels: dict[str, str]) -> float | None:
     return None
 
 
+def intake_posts(text: str) -> dict[str, float]:
+    """POSTs of predictions and of labels answered 200 so far (the service's request counter)."""
+    paths = {"predictions": "/v1/predictions", "labels": "/v1/feedback"}
+    requests = "watchkeeper_http_requests_total"
+    return {
+        kind: metric_value(text, requests, {"endpoint": path, "method": "POST", "code": "200"}) or 0.0
+        for kind, path in paths.items()
+    }
+
+
 def probe_freshness(service: str) -> float | None:
     """Predictions of the probe model, half of them labelled right; once its accuracy reads 1.0 on
     `/metrics`, labels that make the other half wrong: seconds from their acknowledged POST until
@@ -500,6 +512,7 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
         scrape = httpx.get(f"{service}/metrics", timeout=60).text  # one scrape: the live phase has begun
         before = sum(metric_value(scrape, counted, {"model_name": n}) or 0 for n in names)
         labels_before = labels_total(scrape, labels, names)
+        posts_before = intake_posts(scrape)
         waited_before = labels_total(scrape, labels, names, ("unknown",))
         freshness = probe_freshness(service)
         prefect_api = f"http://127.0.0.1:{ports['prefect']}/api"
@@ -513,6 +526,7 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
         scrape = httpx.get(f"{service}/metrics", timeout=30).text
         after = sum(metric_value(scrape, counted, {"model_name": n}) or 0 for n in names)
         labels_after = labels_total(scrape, labels, names)
+        posts = {kind: round((n - posts_before[kind]) / live, 1) for kind, n in intake_posts(scrape).items()}
         waited = labels_total(scrape, labels, names, ("unknown",)) - waited_before
         stored, by_table = store_bytes(url, home)
         level = {
@@ -524,6 +538,8 @@ def run_level(args: argparse.Namespace, rate: int, models: int, database: str, f
             "labels_rps": round((labels_after - labels_before) / live, 1),
             # Labels stored before their prediction (kept waiting, joined by its intake).
             "labels_waited_share": round(waited / max(1.0, labels_after - labels_before), 3),
+            # Each service process counts its own requests, and a scrape reaches one of them.
+            "intake_posts_per_s": posts if args.service_processes == 1 else None,
             "intake_p99_ms": outcome["intake_p99_ms"],
             "cpu_cores": round(cpu / live, 3),
             "generator_cores": round(outcome["generator_cpu_s"] / live, 3),
