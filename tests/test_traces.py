@@ -149,7 +149,9 @@ def test_an_incident_shows_its_model_s_slowest_and_failing_traced_requests(
     )
 
 
-def test_a_machine_s_calls_leave_no_fastapi_span_and_a_person_s_request_does(tmp_path: Path, store: Store) -> None:
+def test_a_machine_s_calls_leave_no_fastapi_span_and_a_person_s_request_does(
+    tmp_path: Path, store: Store
+) -> None:
     """`watchkeeper serve` exporting to an OTLP receiver: an intake POST or a scrape is no trace of
     its own (hundreds a second at volume), a notification's trace is the one its handler starts,
     and an operator's read is a trace."""
