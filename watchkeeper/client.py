@@ -225,11 +225,9 @@ class WatchkeeperClient:
         with self._lock:
             for kind in order:
                 queue = self._queues[kind]
-                ready = 0
-                while ready < min(len(queue), self.batch_size):
-                    if kind == "label" and _key(queue[ready]) in self._unsent:
-                        break
-                    ready += 1
+                ready = min(len(queue), self.batch_size)
+                if kind == "label":
+                    ready = next((i for i in range(ready) if _key(queue[i]) in self._unsent), ready)
                 if ready == 0 or (ready < self.batch_size and not self._owed[kind]):
                     continue
                 batch = [queue.popleft() for _ in range(ready)]
