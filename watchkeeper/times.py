@@ -27,8 +27,11 @@ EXPECTED = "an ISO-8601 time such as 2026-12-05T08:00:00Z or 2026-12-05T10:00:00
 def as_utc(moment: datetime | str, *, naive_is_utc: bool = False) -> datetime:
     """`moment` as a plain `datetime` in `datetime.UTC`, whatever its zone object or subclass
     (pendulum, pandas). A naive time is refused unless `naive_is_utc`."""
-    if type(moment) is datetime and moment.tzinfo is UTC:  # already one: the common case, per record
-        return moment
+    if type(moment) is datetime and moment.tzinfo is not None:
+        if moment.tzinfo is UTC:  # already one: the common case, per record
+            return moment
+        if moment.utcoffset() is not None:  # pydantic's `TzInfo`: each record's parsed time
+            return moment.astimezone(UTC)  # a plain datetime stays one (0.3 µs; rebuilt, 1.2)
     if isinstance(moment, str):
         moment = datetime.fromisoformat(moment.strip())
     if moment.tzinfo is None or moment.utcoffset() is None:
