@@ -44,7 +44,7 @@ import heapq
 import math
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -171,21 +171,34 @@ class BottomK:
         self._heaps: dict[tuple[str, str], dict[datetime, list[int]]] = {}
         self._lock = threading.Lock()
 
-    def admit(self, scope: str, model: str, start: datetime, priority: int) -> bool:
+    def admit(self, scope: str, entries: Iterable[tuple[str, datetime, int]]) -> list[bool]:
+        """Whether each (model, bucket start, priority) of a batch goes to the sample: one lock a
+        batch, and each (model, bucket)'s heap looked up once."""
+        admitted, k = [], self.k
+        heaps: dict[tuple[str, datetime], list[int]] = {}
         with self._lock:
-            open_buckets = self._heaps.setdefault((scope, model), {})
-            heap = open_buckets.get(start)
-            if heap is None:
-                if len(open_buckets) >= self.buckets:
-                    del open_buckets[min(open_buckets)]
-                heap = open_buckets[start] = []
-            if len(heap) < self.k:
-                heapq.heappush(heap, -priority)
-                return True
-            if priority < -heap[0]:
-                heapq.heapreplace(heap, -priority)
-                return True
-            return False
+            for model, start, priority in entries:
+                heap = heaps.get((model, start))
+                if heap is None:
+                    heap = heaps[(model, start)] = self._heap(scope, model, start)
+                if len(heap) < k:
+                    heapq.heappush(heap, -priority)
+                    admitted.append(True)
+                elif priority < -heap[0]:
+                    heapq.heapreplace(heap, -priority)
+                    admitted.append(True)
+                else:
+                    admitted.append(False)
+        return admitted
+
+    def _heap(self, scope: str, model: str, start: datetime) -> list[int]:
+        open_buckets = self._heaps.setdefault((scope, model), {})
+        heap = open_buckets.get(start)
+        if heap is None:
+            if len(open_buckets) >= self.buckets:
+                del open_buckets[min(open_buckets)]
+            heap = open_buckets[start] = []
+        return heap
 
 
 def name_of(value: object) -> str:

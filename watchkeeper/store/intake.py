@@ -406,11 +406,13 @@ def _prepare_predictions(
     }
     # Admitted before the write: a re-sent prediction admitted again is in the store already, so the
     # sample stays a superset of each bucket's bottom k (BottomK).
-    scope = str(store.engine.url)
+    admitted = rules.sampler.admit(
+        str(store.engine.url), ((key[0], facts[key].bucket_start, priorities[key]) for key in firsts)
+    )
     sampled = {
         key: _sample_row(r, facts[key].bucket_start, priorities[key])
-        for key, r in firsts.items()
-        if rules.sampler.admit(scope, r.model_name, facts[key].bucket_start, priorities[key])
+        for (key, r), admit in zip(firsts.items(), admitted, strict=True)
+        if admit
     }
     buckets, tallies = _prediction_aggregates(list(firsts.values()), facts, rules, profile_for)
     return PreparedPredictions(
