@@ -359,7 +359,7 @@ class BucketTotals:
 
     def prediction(self, facts: Served, latency_seconds: float | None) -> None:
         # A classifier's dozen additions written out with the key's head unpacked once: `add` and
-        # `detail` calls were most of this (2.3 against 4.2 µs a prediction).
+        # `detail` calls were most of this (a prediction and its label, 4.9 against 6.6 µs).
         totals, sep = self.totals, SEPARATOR
         model, version, start = facts.model_name, facts.model_version, facts.bucket_start
         totals[(model, version, start, REQUESTS, "")] += 1.0
