@@ -153,7 +153,7 @@ def test_a_machine_s_calls_leave_no_fastapi_span_and_a_person_s_request_does(
     tmp_path: Path, store: Store
 ) -> None:
     """`watchkeeper serve` exporting to an OTLP receiver: an intake POST or a scrape is no trace of
-    its own (about 100 a second at fifty models), a notification's trace is the one its handler starts,
+    its own (tens a second at fifty models), a notification's trace is the one its handler starts,
     and an operator's read is a trace."""
     now, port = datetime.now(UTC), free_port()
     env = environment(tmp_path, store) | {"OTEL_BSP_SCHEDULE_DELAY": "50"}
