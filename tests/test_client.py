@@ -228,6 +228,32 @@ def test_a_slow_service_gets_larger_batches_not_more_of_them() -> None:
     client.close(timeout=0)
 
 
+def test_a_batch_over_the_services_limits_goes_again_in_halves(
+    store: Store, example_config: WatchkeeperConfig
+) -> None:
+    """A `batch_size` above the service's `intake.max_records`: the service answers 413, and the
+    client sends the batch again in halves until they fit; nothing is refused or counted twice."""
+    intake = example_config.intake.model_copy(update={"max_records": 300})
+    config = example_config.model_copy(update={"intake": intake})
+    statuses: list[int] = []
+
+    class Counted(WatchkeeperClient):
+        def _post(self, path: str, body: bytes) -> tuple[int, bytes, float | None]:
+            answer = super()._post(path, body)
+            statuses.append(answer[0])
+            return answer
+
+    with LiveService(config, store) as service:
+        client = Counted(service.url, batch_size=1000, flush_interval=3600)
+        log(client, range(1000))
+        assert client.flush(timeout=60)  # 1,000 refused, 500 refused, 250 and 250 taken, and again
+        client.close()
+    stats = client.stats()
+    assert (stats.sent, stats.refused, stats.dropped) == (1000, 0, 0)
+    assert statuses == [413, 413, 200, 200, 413, 200, 200]
+    assert stored(store) == {"keys": 1000, "requests": 1000, "counted": 1000}
+
+
 def test_a_label_never_goes_before_its_prediction() -> None:
     """Labels alternate with predictions, but one whose prediction is still queued waits for it:
     sent first, it would wait in the store and count under an unknown version."""

@@ -21,6 +21,8 @@ What it promises a model service:
 - a batch the service did not acknowledge is sent again, the same records with the same request
   ids, so the intake counts it once; it backs off (exponentially, honouring Retry-After) on 429,
   503, other 5xx answers and network errors, and keeps trying until `close()` gives up;
+- a batch the service answers 413 (more records or bytes than its `intake` limits: a `batch_size`
+  above the service's `max_records`) goes again in halves, so none is lost to its size;
 - a batch the service refuses (another 4xx: a record that breaks the schema) is not retried: it is
   counted in `stats().refused`, with the service's answer in `stats().last_refusal`;
 - at interpreter exit it sends what is queued, for at most `exit_timeout` seconds; what it could
@@ -288,6 +290,11 @@ class WatchkeeperClient:
                 if 200 <= status < 300:
                     with self._lock:
                         self._counts["sent"] += len(batch)
+                    return
+                if status == 413 and len(batch) > 1:
+                    half = len(batch) // 2
+                    self._deliver(path, batch[:half])
+                    self._deliver(path, batch[half:])
                     return
                 if status not in RETRIED_STATUSES:
                     with self._lock:
