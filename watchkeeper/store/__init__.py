@@ -9,6 +9,8 @@ with `BEGIN IMMEDIATE`: a deferred transaction that reads, then writes, fails at
 from __future__ import annotations
 
 import fcntl
+import functools
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +29,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# JSON columns without the spaces `json.dumps` puts after separators: 17 bytes of a drift sample's
+# nine features (about 6 % of its row).
+compact_json = functools.partial(json.dumps, separators=(",", ":"))
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 IDEMPOTENT_ATTEMPTS = 3
 # Arbitrary constant naming the migration lock on PostgreSQL.
@@ -201,7 +206,7 @@ class Store:
         self.url = make_url(url)
         if self.url.get_backend_name() == "sqlite" and self.url.database:
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(self.url, pool_pre_ping=True)
+        self.engine = create_engine(self.url, pool_pre_ping=True, json_serializer=compact_json)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
